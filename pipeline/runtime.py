@@ -1,0 +1,58 @@
+"""Ray start-up and stage bookkeeping shared by every stage: connect or start Ray once, log progress.
+
+``init_ray(cfg)`` connects to the cluster named by ``cfg.ray.address`` or ``RAY_ADDRESS`` (set by ``ray job
+submit``), or starts a local Ray; it does nothing when Ray is already up (tests share one instance).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+
+import ray
+
+from pipeline.config import Config
+
+log = logging.getLogger("facerank")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(h)
+    log.setLevel(level)
+
+
+def init_ray(cfg: Config) -> None:
+    """Connect to (or start) Ray once per process."""
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"ignore_reinit_error": True, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+    try:  # quieter progress output in logs; bars stay on in a terminal
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = sys.stderr.isatty()
+    except Exception:  # pragma: no cover - older Ray
+        pass
+
+
+@contextmanager
+def stage(name: str):
+    """Log the start, end and duration of a stage."""
+    setup_logging()
+    t0 = time.monotonic()
+    log.info("stage %s: start", name)
+    try:
+        yield
+    except Exception:
+        log.error("stage %s: failed after %.1fs", name, time.monotonic() - t0)
+        raise
+    log.info("stage %s: done in %.1fs", name, time.monotonic() - t0)

@@ -1,0 +1,455 @@
+"""The data root: where every dataset lives, its Parquet schema, atomic writes, and "what is already done".
+
+This is the one module that spells a path under the data root or a column type. Every stage reads its inputs and
+writes its output through a :class:`DataRoot`, so the same code runs on a local folder and on ``s3://bucket/prefix``
+(pyarrow's filesystem layer).
+
+Layout (``root`` is a local folder or an ``s3://`` URI)::
+
+    images/<aa>/<sha256>          raw image bytes, content-addressed, written once
+    fetches/part-*.parquet        one row per fetched URL (page, image, robots.txt): status and reason
+    posts/part-*.parquet          one row per feed post            key (site, item_id)
+    staff/part-*.parquet          one row per staff person         key (site, item_id)
+    faces/part-*.parquet          one row per image                key image_sha256
+    labels/<task>/labels.parquet  one row per labelled item        key item_id  (task: selfie, department, beauty)
+    models/<run_id>/              model.pt, model.json, metrics.json, plots; checkpoints/ while training
+    scores/dt=YYYY-MM-DD/part-*   one row per (image, model)       key (image_sha256, model_id)
+    optout/part-*.parquet         people who asked to be forgotten
+    audit/part-*.parquet          what was erased when (never the erased data)
+
+Writes are atomic: a part file is written under ``<dataset>/_tmp/`` and then moved into place, so a killed job
+leaves no half-written Parquet file where readers look (pyarrow ignores names starting with ``_`` or ``.``).
+Reruns resume by key: :meth:`DataRoot.done_keys` reads only the key columns of what is already there.
+
+Example::
+
+    root = DataRoot("data")
+    root.append("posts", [{"site": "demo", "item_id": "p1", ...}])
+    table = root.read("posts", columns=["item_id", "likes"])
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import posixpath
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+class MissingDatasetError(RuntimeError):
+    """A stage's input dataset does not exist yet (run the stage that writes it first)."""
+
+
+TS = pa.timestamp("us", tz="UTC")
+STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_EXCLUDED = "ok", "skipped", "error", "excluded"
+
+# ------------------------------------------------------------------------------------------------ schemas
+FETCHES = pa.schema(
+    [
+        ("url", pa.string()),
+        ("site", pa.string()),
+        ("kind", pa.string()),  # page | image | robots
+        ("host", pa.string()),
+        ("status", pa.string()),  # ok | skipped | error
+        ("http_status", pa.int32()),
+        ("reason", pa.string()),
+        ("attempts", pa.int32()),
+        ("bytes", pa.int64()),
+        ("image_sha256", pa.string()),
+        ("fetched_at", TS),
+    ]
+)
+
+POSTS = pa.schema(
+    [
+        ("site", pa.string()),
+        ("item_id", pa.string()),
+        ("hashtag", pa.string()),
+        ("user_id", pa.string()),
+        ("followers", pa.int64()),
+        ("likes", pa.int64()),
+        ("tags", pa.list_(pa.string())),
+        ("posted_at", TS),
+        ("scraped_at", TS),
+        ("too_young", pa.bool_()),  # younger than min_post_age_days when scraped: likes not yet stable
+        ("image_url", pa.string()),
+        ("image_sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+STAFF = pa.schema(
+    [
+        ("site", pa.string()),
+        (
+            "item_id",
+            pa.string(),
+        ),  # stable person id on the site (a hash of page URL and name when none is given)
+        ("department", pa.string()),
+        ("name", pa.string()),
+        ("role", pa.string()),
+        ("is_academic", pa.bool_()),
+        ("page_url", pa.string()),
+        ("image_url", pa.string()),
+        ("image_sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("scraped_at", TS),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+FACES = pa.schema(
+    [
+        ("image_sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("n_faces", pa.int32()),
+        ("boxes", pa.list_(pa.list_(pa.float32(), 4))),  # x1, y1, x2, y2 in original pixels, by probability
+        ("probs", pa.list_(pa.float32())),
+        ("landmarks", pa.list_(pa.list_(pa.float32(), 10))),  # 5 points (x, y): eyes, nose, mouth corners
+        ("face_share", pa.float32()),  # the kept (or largest) face's box area / image area
+        ("kept", pa.bool_()),
+        ("reason", pa.string()),  # why not kept: no_face, low_prob, too_small, many_faces, decode_error: ...
+        ("crop_box", pa.list_(pa.float32(), 4)),
+        ("crop_jpeg", pa.binary()),
+        ("processed_at", TS),
+    ]
+)
+
+# Every labels/<task> table has these columns first; a task may add its own after them.
+LABELS_BASE = [
+    ("item_id", pa.string()),
+    ("site", pa.string()),
+    ("person_id", pa.string()),  # the split key: one person never lands on two splits
+    ("image_sha256", pa.string()),
+    ("status", pa.string()),  # ok | excluded
+    ("reason", pa.string()),
+    ("label", pa.int32()),  # class index (classification); null for regression and excluded rows
+    ("class_name", pa.string()),
+    ("target", pa.float64()),  # regression target (or the label as a float)
+    ("split", pa.string()),  # train | val | test
+    ("fold", pa.int32()),  # k-fold index when k-fold is configured, else null
+    ("weight", pa.float64()),  # class-balanced sampling weight
+]
+
+SELFIE_LABELS = pa.schema(
+    LABELS_BASE
+    + [
+        ("followers", pa.int64()),
+        ("likes", pa.int64()),
+        ("n_tags", pa.int32()),
+        ("audience", pa.float64()),
+        ("group_id", pa.int32()),
+        ("rank_in_group", pa.int32()),  # 0 = most likes in the group
+        ("like_percentile", pa.float64()),  # within-group percentile of likes, 0..1
+        ("likes_per_follower", pa.float64()),
+    ]
+)
+DEPARTMENT_LABELS = pa.schema(LABELS_BASE + [("department", pa.string())])
+BEAUTY_LABELS = pa.schema(LABELS_BASE + [("file", pa.string())])
+LABEL_SCHEMAS = {"selfie": SELFIE_LABELS, "department": DEPARTMENT_LABELS, "beauty": BEAUTY_LABELS}
+
+SCORES = pa.schema(
+    [
+        ("image_sha256", pa.string()),
+        ("model_id", pa.string()),
+        ("score", pa.float64()),  # probability of the positive class, predicted class probability, or value
+        ("predicted", pa.string()),  # predicted class name (classification) or null
+        ("percentile", pa.float64()),  # share of the model's test-set scores below this score, 0..1
+        ("face_found", pa.bool_()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("run_id", pa.string()),
+        ("scored_at", TS),
+    ]
+)
+
+OPTOUT = pa.schema(
+    [
+        ("kind", pa.string()),  # user | person | image
+        ("value", pa.string()),
+        ("added_at", TS),
+    ]
+)
+AUDIT = pa.schema(
+    [
+        ("action", pa.string()),
+        ("kind", pa.string()),
+        ("subject_hash", pa.string()),  # sha256 of the subject id: the audit never holds the erased id itself
+        ("dataset", pa.string()),
+        ("rows_removed", pa.int64()),
+        ("files_removed", pa.int64()),
+        ("at", TS),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "fetches": FETCHES,
+    "posts": POSTS,
+    "staff": STAFF,
+    "faces": FACES,
+    "optout": OPTOUT,
+    "audit": AUDIT,
+}
+KEYS: dict[str, tuple[str, ...]] = {
+    "fetches": ("url",),
+    "posts": ("site", "item_id"),
+    "staff": ("site", "item_id"),
+    "faces": ("image_sha256",),
+    "scores": ("image_sha256", "model_id"),
+}
+# Which stage writes which dataset: used to name the missing input in errors.
+WRITTEN_BY = {
+    "posts": "scrape",
+    "staff": "scrape",
+    "fetches": "scrape",
+    "faces": "faces",
+    "labels": "labels",
+    "models": "train",
+    "scores": "score",
+}
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def to_table(rows: Sequence[dict[str, Any]] | pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) or a table → a table with exactly ``schema`` (missing columns null, extra columns an error)."""
+    if isinstance(rows, pa.Table):
+        extra = set(rows.column_names) - set(schema.names)
+        if extra:
+            raise ValueError(f"columns not in the schema: {sorted(extra)}")
+        cols = [
+            rows.column(f.name).cast(f.type) if f.name in rows.column_names else pa.nulls(len(rows), f.type)
+            for f in schema
+        ]
+        return pa.Table.from_arrays(cols, schema=schema)
+    for r in rows:
+        extra = set(r) - set(schema.names)
+        if extra:
+            raise ValueError(f"columns not in the schema: {sorted(extra)}")
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+class DataRoot:
+    """A data root on a local folder or an object store; all dataset I/O goes through it."""
+
+    def __init__(self, root: str):
+        self.uri = str(root)
+        if "://" in self.uri:
+            self.fs, self.base = pafs.FileSystem.from_uri(self.uri)
+        else:
+            import os
+
+            self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(self.uri)
+        self.base = self.base.rstrip("/")
+
+    # ---------------------------------------------------------------- paths
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.base, *parts)
+
+    def image_path(self, sha: str) -> str:
+        return self.path("images", sha[:2], sha)
+
+    def labels_dataset(self, task: str) -> str:
+        return f"labels/{task}"
+
+    def model_dir(self, run_id: str) -> str:
+        return self.path("models", run_id)
+
+    def scores_partition(self, day: dt.date) -> str:
+        return f"scores/dt={day.isoformat()}"
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def mkdir(self, *parts: str) -> str:
+        p = self.path(*parts)
+        self.fs.create_dir(p, recursive=True)
+        return p
+
+    # ---------------------------------------------------------------- atomic bytes
+    def write_bytes_atomic(self, path: str, data: bytes) -> None:
+        """Write ``data`` to the absolute ``path`` under this root: a temp name beside it, then a rename."""
+        parent = posixpath.dirname(path)
+        self.fs.create_dir(parent, recursive=True)
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}")
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, path)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes_atomic(path, json.dumps(obj, indent=2, default=str).encode())
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self.read_bytes(path))
+
+    # ---------------------------------------------------------------- images
+    def has_image(self, sha: str) -> bool:
+        return self.fs.get_file_info(self.image_path(sha)).type == pafs.FileType.File
+
+    def put_image(self, data: bytes) -> str:
+        """Store image bytes under their sha256 (once) and return the hash."""
+        sha = sha256_bytes(data)
+        if not self.has_image(sha):
+            self.write_bytes_atomic(self.image_path(sha), data)
+        return sha
+
+    def get_image(self, sha: str) -> bytes:
+        return self.read_bytes(self.image_path(sha))
+
+    def delete_image(self, sha: str) -> bool:
+        if self.has_image(sha):
+            self.fs.delete_file(self.image_path(sha))
+            return True
+        return False
+
+    # ---------------------------------------------------------------- datasets
+    def schema(self, dataset: str) -> pa.Schema:
+        top = dataset.split("/")[0]
+        if top == "labels":
+            return LABEL_SCHEMAS[dataset.split("/")[1]]
+        if top == "scores":
+            return SCORES
+        return SCHEMAS[top]
+
+    def has(self, dataset: str) -> bool:
+        return bool(self.part_files(dataset))
+
+    def part_files(self, dataset: str) -> list[str]:
+        d = self.path(dataset)
+        info = self.fs.get_file_info(d)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        sel = pafs.FileSelector(d, recursive=True)
+        return sorted(
+            f.path
+            for f in self.fs.get_file_info(sel)
+            if f.type == pafs.FileType.File
+            and f.path.endswith(".parquet")
+            and not any(part.startswith(("_", ".")) for part in posixpath.relpath(f.path, d).split("/"))
+        )
+
+    def require(self, dataset: str) -> None:
+        """Raise :class:`MissingDatasetError` naming the dataset and the stage that writes it."""
+        if not self.has(dataset):
+            stage = WRITTEN_BY.get(dataset.split("/")[0], "?")
+            raise MissingDatasetError(
+                f"input dataset '{dataset}' is missing under {self.uri}: run the '{stage}' stage first"
+            )
+
+    def dataset(self, dataset: str) -> pads.Dataset:
+        """A lazily read pyarrow dataset over the part files (hive partitions such as ``dt=`` become columns)."""
+        self.require(dataset)
+        return pads.dataset(
+            self.part_files(dataset),
+            filesystem=self.fs,
+            format="parquet",
+            partitioning=pads.HivePartitioning.discover(infer_dictionary=False),
+            partition_base_dir=self.path(dataset),
+        )
+
+    def read(self, dataset: str, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
+        return self.dataset(dataset).to_table(columns=columns, filter=filter)
+
+    def read_or_empty(self, dataset: str, columns: list[str] | None = None) -> pa.Table:
+        if not self.has(dataset):
+            schema = self.schema(dataset)
+            return schema.empty_table().select(columns) if columns else schema.empty_table()
+        return self.read(dataset, columns=columns)
+
+    def done_keys(self, dataset: str, key: Sequence[str] | None = None) -> set:
+        """The keys already written to ``dataset`` (one column: a set of values; several: a set of tuples)."""
+        key = tuple(key or KEYS[dataset.split("/")[0]])
+        if not self.has(dataset):
+            return set()
+        t = self.read(dataset, columns=list(key))
+        cols = [t.column(k).to_pylist() for k in key]
+        return set(cols[0]) if len(key) == 1 else set(zip(*cols, strict=True))
+
+    def write_part(
+        self, dataset: str, rows: Sequence[dict] | pa.Table, name: str | None = None
+    ) -> str | None:
+        """Write one Parquet part file atomically (temp file in ``_tmp/``, then a rename). Returns its path."""
+        table = to_table(rows, self.schema(dataset))
+        if table.num_rows == 0:
+            return None
+        d = self.path(dataset)
+        self.fs.create_dir(posixpath.join(d, "_tmp"), recursive=True)
+        name = name or f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
+        tmp = posixpath.join(d, "_tmp", name)
+        pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
+        final = posixpath.join(d, name)
+        self.fs.move(tmp, final)
+        return final
+
+    append = write_part
+
+    def replace(self, dataset: str, tables: Iterable[pa.Table] | pa.Table, name: str = "data.parquet") -> str:
+        """Replace a whole derived dataset with one file, streamed, atomically: readers see old or new, never half.
+
+        ``tables`` may be an iterable of record-batch tables, written one by one, so the data need not fit in
+        memory. Other part files of the dataset are removed after the new file is in place.
+        """
+        schema = self.schema(dataset)
+        d = self.path(dataset)
+        self.fs.create_dir(posixpath.join(d, "_tmp"), recursive=True)
+        tmp = posixpath.join(d, "_tmp", f"{uuid.uuid4().hex}-{name}")
+        if isinstance(tables, pa.Table):
+            tables = [tables]
+        with pq.ParquetWriter(tmp, schema, filesystem=self.fs, compression="zstd") as w:
+            for t in tables:
+                w.write_table(to_table(t, schema))
+        final = posixpath.join(d, name)
+        old = [p for p in self.part_files(dataset) if p != final]
+        self.fs.move(tmp, final)
+        for p in old:
+            self.fs.delete_file(p)
+        return final
+
+    def rewrite_part(self, path: str, table: pa.Table) -> None:
+        """Atomically replace one existing part file with ``table`` (used by ``forget``); empty → delete."""
+        if table.num_rows == 0:
+            self.fs.delete_file(path)
+            return
+        tmp = posixpath.join(posixpath.dirname(path), "_tmp", f"{uuid.uuid4().hex}.parquet")
+        self.fs.create_dir(posixpath.dirname(tmp), recursive=True)
+        pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
+        self.fs.move(tmp, path)
+
+    def clean_tmp(self, dataset: str) -> int:
+        """Remove temp files a killed job left behind; returns how many."""
+        d = posixpath.join(self.path(dataset), "_tmp")
+        if self.fs.get_file_info(d).type == pafs.FileType.NotFound:
+            return 0
+        n = len(self.fs.get_file_info(pafs.FileSelector(d, recursive=True)))
+        self.fs.delete_dir(d)
+        return n
+
+    def list_dir(self, *parts: str) -> list[str]:
+        d = self.path(*parts)
+        if self.fs.get_file_info(d).type == pafs.FileType.NotFound:
+            return []
+        return sorted(posixpath.basename(f.path) for f in self.fs.get_file_info(pafs.FileSelector(d)))

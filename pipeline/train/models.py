@@ -1,0 +1,162 @@
+"""Backbones and task heads: ``build_model(cfg, num_outputs)`` gives a :class:`FaceModel` (backbone + linear head).
+
+Backbones: ``small_cnn`` (quick runs and tests), torchvision ``resnet18`` / ``resnet50`` and facenet-pytorch's
+``InceptionResnetV1`` (a face network). All start from random weights; nothing is ever downloaded. Pretrained
+weights come from ``cfg.pretrained``: a local file (a state dict), or ``imagenet`` / ``vggface2`` /
+``casia-webface`` when the framework's cache (``torch.hub.get_dir()/checkpoints``) already holds that file.
+
+The head follows the task: binary → 2 logits (softmax; class 1 is "good"), multi-class → n logits,
+regression → 1 value. ``model.embed(x)`` returns the penultimate features (the backbone's output).
+
+Example::
+
+    model = build_model(cfg.train, num_outputs=2)
+    logits = model(torch.zeros(4, 3, 112, 112))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from pipeline.config import TrainConfig
+
+log = logging.getLogger("facerank")
+
+# Per-backbone input normalisation (applied to 0..1 RGB): ImageNet statistics for the torchvision nets,
+# facenet's (x - 127.5) / 128 for InceptionResnetV1.
+NORMALISATION: dict[str, tuple[list[float], list[float]]] = {
+    "small_cnn": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+    "resnet18": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "resnet50": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "inception_resnet_v1": ([0.5, 0.5, 0.5], [128 / 255, 128 / 255, 128 / 255]),
+}
+
+# Weight files the frameworks put in their cache when they download (we only ever read them).
+_CACHED = {
+    ("resnet18", "imagenet"): "resnet18-f37072fd.pth",
+    ("resnet50", "imagenet"): "resnet50-11ad3fa6.pth",
+    ("inception_resnet_v1", "vggface2"): "20180402-114759-vggface2.pt",
+    ("inception_resnet_v1", "casia-webface"): "20180408-102900-casia-webface.pt",
+}
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks and global average pooling: 128 features, fast on a CPU."""
+
+    out_features = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        chans = [3, 24, 48, 96, 128]
+        for cin, cout in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.features(x)), 1)
+
+
+class FaceNetTrunk(nn.Module):
+    """InceptionResnetV1 up to its batch-normed 512-d embedding, without the final L2 normalisation."""
+
+    out_features = 512
+
+    def __init__(self) -> None:
+        super().__init__()
+        from facenet_pytorch import InceptionResnetV1
+
+        self.net = InceptionResnetV1(pretrained=None, classify=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        for layer in (n.conv2d_1a, n.conv2d_2a, n.conv2d_2b, n.maxpool_3a, n.conv2d_3b, n.conv2d_4a, n.conv2d_4b):
+            x = layer(x)
+        for layer in (n.repeat_1, n.mixed_6a, n.repeat_2, n.mixed_7a, n.repeat_3, n.block8, n.avgpool_1a):
+            x = layer(x)
+        x = n.dropout(x)
+        return n.last_bn(n.last_linear(x.flatten(1)))
+
+
+class FaceModel(nn.Module):
+    """A backbone producing features and a linear head producing the task's outputs."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_outputs: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, num_outputs)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (what the head sees)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze (phase one of fine-tuning) or unfreeze the backbone; the head always trains."""
+        for p in self.backbone.parameters():
+            p.requires_grad_(trainable)
+
+
+def _backbone(name: str) -> tuple[nn.Module, int]:
+    if name == "small_cnn":
+        return SmallCNN(), SmallCNN.out_features
+    if name in ("resnet18", "resnet50"):
+        import torchvision
+
+        net = getattr(torchvision.models, name)(weights=None)
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return net, dim
+    if name == "inception_resnet_v1":
+        return FaceNetTrunk(), FaceNetTrunk.out_features
+    raise ValueError(f"unknown backbone {name!r}")
+
+
+def pretrained_path(backbone: str, spec: str) -> str:
+    """The local file for ``spec``: a path, or a named set of weights already in the framework's cache."""
+    if os.path.isfile(spec):
+        return spec
+    name = _CACHED.get((backbone, spec))
+    if name is None:
+        raise FileNotFoundError(
+            f"pretrained weights {spec!r}: not a file, and not a known cached set for {backbone} "
+            f"(known: {sorted(s for b, s in _CACHED if b == backbone)})"
+        )
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights {spec!r} for {backbone}: {path} is not there (never downloaded)")
+    return path
+
+
+def load_backbone_weights(model: FaceModel, backbone: str, spec: str) -> None:
+    """Load a backbone state dict (a file or a cached named set); head and classifier keys are skipped."""
+    state = torch.load(pretrained_path(backbone, spec), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    target = model.backbone.net if isinstance(model.backbone, FaceNetTrunk) else model.backbone
+    if any(k.startswith("backbone.") for k in state):  # a FaceModel state dict (e.g. one of our own runs)
+        prefix = "backbone.net." if isinstance(model.backbone, FaceNetTrunk) else "backbone."
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    own = target.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"pretrained weights {spec!r} share no tensors with the {backbone} backbone")
+    target.load_state_dict(usable, strict=False)
+    log.info("pretrained %s: loaded %d of %d backbone tensors from %s", backbone, len(usable), len(own), spec)
+
+
+def build_model(cfg: TrainConfig, num_outputs: int, load_pretrained: bool = True) -> FaceModel:
+    """The configured backbone with a fresh head of ``num_outputs`` (2 binary, n classes, 1 regression)."""
+    backbone, dim = _backbone(cfg.backbone)
+    model = FaceModel(backbone, dim, num_outputs)
+    if load_pretrained and cfg.pretrained:
+        load_backbone_weights(model, cfg.backbone, cfg.pretrained)
+    return model

@@ -1,0 +1,75 @@
+"""Shared fixtures: one Ray instance per test session, a temp data root, the demo sites on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+HAVE_CHROMIUM = Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(
+        reason="needs /usr/bin/chromium and /usr/bin/chromedriver (make test installs them)"
+    )
+    for item in items:
+        if "chromium" in item.keywords and not HAVE_CHROMIUM:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (ray.init is slow)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def data_root(tmp_path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(scope="session")
+def demo_site():
+    """The bundled demo sites on 127.0.0.1 (a free port), small: shared by the whole session."""
+    from pipeline.demo.server import DemoServer
+
+    with DemoServer(host="127.0.0.1", port=0, n_posts=240, staff_per_department=12) as srv:
+        yield srv
+
+
+@pytest.fixture
+def demo_config(data_root, demo_site):
+    """configs/test.yaml pointed at the session's demo site and a fresh data root."""
+    os.environ["DEMO_BASE_URL"] = demo_site.base_url
+    return load_config(REPO / "configs" / "test.yaml", overrides={"data_root": str(data_root)})
+
+
+@pytest.fixture(scope="session")
+def shared_faces() -> Path:
+    d = SHARED / "faces"
+    if not (d / "MANIFEST.csv").exists():
+        pytest.skip("../shared/faces is not beside this checkout")
+    return d
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, dirs_exist_ok=True)

@@ -1,0 +1,113 @@
+"""Config loading: typed, validated up front; a bad config is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_and_test_configs_load(monkeypatch):
+    monkeypatch.setenv("DEMO_BASE_URL", "http://127.0.0.1:9999")
+    for name in ("demo.yaml", "test.yaml"):
+        cfg = load_config(REPO / "configs" / name)
+        assert cfg.scrape.feeds[0].base_url == "http://127.0.0.1:9999"
+        assert cfg.scrape.staff[0].start_urls[0].startswith("http://127.0.0.1:9999/uni/")
+        assert {s.department for s in cfg.scrape.staff} == {"cs", "econ", "german", "mech"}
+        assert cfg.labels.selfie.min_post_age_days == 30
+
+
+def test_env_default_and_override(monkeypatch):
+    monkeypatch.delenv("DEMO_BASE_URL", raising=False)
+    cfg = load_config(REPO / "configs" / "demo.yaml", overrides={"data_root": "/tmp/x", "train.epochs": 1})
+    assert cfg.scrape.feeds[0].base_url == "http://127.0.0.1:8765"
+    assert cfg.data_root == "/tmp/x" and cfg.train.epochs == 1
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("data_root: x\nbogus: 1\n", "bogus: unknown key"),
+        ("train:\n  epochs: many\n", "train.epochs"),
+        ("labels:\n  split: {train: 0.9, val: 0.2, test: 0.1}\n", "sum to 1"),
+        ("train: [1, 2\n", "not valid YAML"),
+        ("- a\n- b\n", "must be a mapping"),
+    ],
+)
+def test_bad_configs_raise_one_line(tmp_path, text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/config.yaml")
+
+
+@pytest.mark.parametrize("job", ["scrape", "faces", "labels", "train", "score", "run_all"])
+def test_jobs_exit_2_on_bad_config_before_work(tmp_path, job):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("scrape:\n  num_actors: zero\n")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / f"{job}.py"), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and "scrape.num_actors" in lines[0]
+    assert not (tmp_path / "data").exists()
+
+
+def test_missing_config_file_exit_2(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "stage", "labels", "--config", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2 and "config file not found" in proc.stderr
+
+
+def test_stage_without_input_names_the_missing_dataset(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_root: {tmp_path / 'empty'}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "stage", "labels", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "'posts'" in proc.stderr or "'faces'" in proc.stderr
+    assert "run the" in proc.stderr
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_fuzzed_config_trees_never_crash(tree):
+    """Any YAML-shaped tree is either a valid config or a one-line ConfigError."""
+    try:
+        parse_config(tree)
+    except ConfigError as err:
+        assert "\n" not in str(err)
