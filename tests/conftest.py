@@ -19,9 +19,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(
-        reason="needs /usr/bin/chromium and /usr/bin/chromedriver (make test installs them)"
-    )
+    skip = pytest.mark.skip(reason="needs /usr/bin/chromium and /usr/bin/chromedriver (make test installs them)")
     for item in items:
         if "chromium" in item.keywords and not HAVE_CHROMIUM:
             item.add_marker(skip)
@@ -73,3 +71,25 @@ def shared_faces() -> Path:
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1; yields a function bucket → data root URI."""
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+    def make_root(bucket: str, prefix: str = "root") -> str:
+        client.create_bucket(Bucket=bucket)
+        return f"s3://{bucket}/{prefix}?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+
+    make_root.endpoint = endpoint
+    yield make_root
+    server.stop()
