@@ -7,6 +7,7 @@ writes its output through a :class:`DataRoot`, so the same code runs on a local 
 Layout (``root`` is a local folder or an ``s3://`` URI)::
 
     images/<aa>/<sha256>          raw image bytes, content-addressed, written once
+    crops/<aa>/<sha256>.jpg       face crops as files, only when faces.write_files is on
     fetches/part-*.parquet        one row per fetched URL (page, image, robots.txt): status and reason
     posts/part-*.parquet          one row per feed post            key (site, item_id)
     staff/part-*.parquet          one row per staff person         key (site, item_id)
@@ -116,14 +117,17 @@ FACES = pa.schema(
         ("image_sha256", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
-        ("n_faces", pa.int32()),
+        ("n_faces", pa.int32()),  # faces with probability >= faces.min_prob, any size (boxes etc. hold them)
         ("boxes", pa.list_(pa.list_(pa.float32(), 4))),  # x1, y1, x2, y2 in original pixels, by probability
         ("probs", pa.list_(pa.float32())),
         ("landmarks", pa.list_(pa.list_(pa.float32(), 10))),  # 5 points (x, y): eyes, nose, mouth corners
         ("face_share", pa.float32()),  # the kept (or largest) face's box area / image area
         ("kept", pa.bool_()),
-        ("reason", pa.string()),  # why not kept: no_face, low_prob, too_small, many_faces, decode_error: ...
-        ("crop_box", pa.list_(pa.float32(), 4)),
+        # why not kept, "<code>: <detail>"; codes: decode_error, missing_image, image_too_small, no_face, low_prob,
+        # too_small, many_faces, detect_error, crop_error
+        ("reason", pa.string()),
+        ("face_index", pa.int32()),  # index into boxes/probs/landmarks of the cropped face (null when not kept)
+        ("crop_box", pa.list_(pa.float32(), 4)),  # the square cut, in original pixels (may extend past the edges)
         ("crop_jpeg", pa.binary()),
         ("processed_at", TS),
     ]
@@ -180,7 +184,7 @@ SCORES = pa.schema(
 OPTOUT = pa.schema(
     [
         ("kind", pa.string()),  # user | person | image
-        ("value", pa.string()),
+        ("subject_hash", pa.string()),  # sha256 of "kind:id": the list never holds the id itself
         ("added_at", TS),
     ]
 )
@@ -268,6 +272,10 @@ class DataRoot:
 
     def image_path(self, sha: str) -> str:
         return self.path("images", sha[:2], sha)
+
+    def crop_path(self, sha: str) -> str:
+        """Face crops written as files on request (``faces.write_files``), beside the Parquet copy."""
+        return self.path("crops", sha[:2], f"{sha}.jpg")
 
     def labels_dataset(self, task: str) -> str:
         return f"labels/{task}"
@@ -389,9 +397,7 @@ class DataRoot:
         cols = [t.column(k).to_pylist() for k in key]
         return set(cols[0]) if len(key) == 1 else set(zip(*cols, strict=True))
 
-    def write_part(
-        self, dataset: str, rows: Sequence[dict] | pa.Table, name: str | None = None
-    ) -> str | None:
+    def write_part(self, dataset: str, rows: Sequence[dict] | pa.Table, name: str | None = None) -> str | None:
         """Write one Parquet part file atomically (temp file in ``_tmp/``, then a rename). Returns its path."""
         table = to_table(rows, self.schema(dataset))
         if table.num_rows == 0:
@@ -407,7 +413,9 @@ class DataRoot:
 
     append = write_part
 
-    def replace(self, dataset: str, tables: Iterable[pa.Table] | pa.Table, name: str = "data.parquet") -> str:
+    def replace(
+        self, dataset: str, tables: Iterable[pa.Table] | pa.Table | list[dict], name: str = "data.parquet"
+    ) -> str:
         """Replace a whole derived dataset with one file, streamed, atomically: readers see old or new, never half.
 
         ``tables`` may be an iterable of record-batch tables, written one by one, so the data need not fit in
@@ -417,8 +425,8 @@ class DataRoot:
         d = self.path(dataset)
         self.fs.create_dir(posixpath.join(d, "_tmp"), recursive=True)
         tmp = posixpath.join(d, "_tmp", f"{uuid.uuid4().hex}-{name}")
-        if isinstance(tables, pa.Table):
-            tables = [tables]
+        if isinstance(tables, pa.Table) or (isinstance(tables, list) and tables and isinstance(tables[0], dict)):
+            tables = [tables]  # one table, or one list of row dicts
         with pq.ParquetWriter(tmp, schema, filesystem=self.fs, compression="zstd") as w:
             for t in tables:
                 w.write_table(to_table(t, schema))

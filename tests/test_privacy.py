@@ -1,0 +1,116 @@
+"""Erasure: after `forget`, nothing of the person is left anywhere under the data root; the audit holds no id."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.config import load_config
+from pipeline.privacy import OptOut, apply_retention, forget
+from pipeline.store import DataRoot
+
+
+def _build(root: DataRoot) -> dict[str, list[str]]:
+    shas = {u: [root.put_image(f"{u}-photo-{i}".encode()) for i in range(2)] for u in ("u1", "u2")}
+    staff_sha = root.put_image(b"staff-photo")
+    posts = [
+        {
+            "site": "demo",
+            "item_id": f"{u}-p{i}",
+            "user_id": u,
+            "image_sha256": s,
+            "image_url": f"http://x/{u}{i}.jpg",
+            "status": "ok",
+        }
+        for u, ss in shas.items()
+        for i, s in enumerate(ss)
+    ]
+    root.write_part("posts", posts[:3])
+    root.write_part("posts", posts[3:])
+    root.write_part("staff", [{"site": "uni", "item_id": "prof-7", "image_sha256": staff_sha, "status": "ok"}])
+    root.write_part(
+        "fetches", [{"url": p["image_url"], "image_sha256": p["image_sha256"], "status": "ok"} for p in posts]
+    )
+    every = [s for ss in shas.values() for s in ss] + [staff_sha]
+    root.write_part("faces", [{"image_sha256": s, "kept": True, "crop_jpeg": b"crop-" + s.encode()} for s in every])
+    for s in every:
+        root.write_bytes_atomic(root.crop_path(s), b"crop file")
+    root.replace(
+        "labels/selfie",
+        [
+            {"item_id": p["item_id"], "person_id": p["user_id"], "image_sha256": p["image_sha256"], "status": "ok"}
+            for p in posts
+        ],
+    )
+    root.replace("labels/department", [{"item_id": "prof-7", "person_id": "prof-7", "image_sha256": staff_sha}])
+    root.write_part(
+        root.scores_partition(dt.date(2026, 11, 1)),
+        [{"image_sha256": s, "model_id": "m1", "score": 0.5} for s in every],
+    )
+    root.write_bytes_atomic(root.path("models", "m1", "report.html"), f"<img data-sha256='{shas['u1'][0]}'>".encode())
+    return {"u1": shas["u1"], "u2": shas["u2"], "staff": [staff_sha]}
+
+
+def _everything(root: DataRoot) -> tuple[list[str], list[object]]:
+    files, cells = [], []
+    for info in root.fs.get_file_info(pafs.FileSelector(root.base, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        files.append(info.path)
+        if info.path.endswith(".parquet"):
+            for col in pq.read_table(info.path, filesystem=root.fs).columns:
+                cells += col.to_pylist()
+    return files, cells
+
+
+def test_forget_user_leaves_nothing(tmp_path):
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
+    root = DataRoot(cfg.data_root)
+    shas = _build(root)
+    out = forget(cfg, "user", "u1")
+    assert out["images_removed"] == 2 and out["crops_removed"] == 2 and out["reports_removed"] == 1
+    assert out["rows_removed"]["posts"] == 2 and out["rows_removed"]["labels/selfie"] == 2
+    files, cells = _everything(root)
+    names = " ".join(files)
+    text = repr(cells)
+    for s in shas["u1"]:
+        assert s not in names and s not in text
+    assert "u1" not in text.replace("'u1-", "")  # no id, in any column of any dataset (audit holds a hash)
+    assert not any("u1-p" in str(c) for c in cells)
+    # the others are untouched
+    for s in shas["u2"] + shas["staff"]:
+        assert root.has_image(s)
+    assert root.read("posts").num_rows == 2 and root.read("faces").num_rows == 3
+    assert OptOut(root).blocks("user", "u1") and not OptOut(root).blocks("user", "u2")
+    audit = root.read("audit").to_pylist()
+    assert {a["dataset"] for a in audit} >= {"posts", "faces", "labels/selfie", "fetches", "scores/dt=2026-11-01"}
+    assert all(len(a["subject_hash"]) == 64 for a in audit)
+    again = forget(cfg, "user", "u1")  # idempotent
+    assert again["rows_removed"] == {} and len(OptOut(root)) == 1
+
+
+def test_forget_person_and_image(tmp_path):
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
+    root = DataRoot(cfg.data_root)
+    shas = _build(root)
+    forget(cfg, "person", "prof-7")
+    assert not root.has("staff") and not root.has("labels/department")
+    assert not root.has_image(shas["staff"][0])
+    forget(cfg, "image", shas["u2"][0])
+    assert not root.has_image(shas["u2"][0]) and root.has_image(shas["u2"][1])
+    left = root.read("posts").column("image_sha256").to_pylist()
+    assert len(left) == 3 and shas["u2"][0] not in left
+
+
+def test_retention_drops_old_raw_images_with_crops(tmp_path):
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d"), "privacy.raw_image_retention_days": 10})
+    root = DataRoot(cfg.data_root)
+    shas = _build(root)
+    old = root.image_path(shas["u1"][0])
+    t = (dt.datetime.now() - dt.timedelta(days=11)).timestamp()
+    os.utime(old, (t, t))
+    assert apply_retention(cfg) == {"images_removed": 1}
+    assert not root.has_image(shas["u1"][0]) and root.has_image(shas["u1"][1])
