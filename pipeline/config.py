@@ -44,14 +44,18 @@ class RetryConfig(_Section):
     backoff_s: float = Field(0.5, ge=0)  # base of the exponential backoff (urllib3 Retry backoff_factor)
     backoff_max_s: float = Field(30.0, ge=0)
     jitter_s: float = Field(0.25, ge=0)
+    max_retry_after_s: float = Field(60.0, ge=0)  # a server's Retry-After is honoured up to this many seconds
 
 
 class HttpConfig(_Section):
     user_agent: str = "facerank-bot/0.1 (+https://github.com/facerank/facerank)"
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(15.0, gt=0)
+    total_timeout_s: float = Field(60.0, gt=0)  # whole response, so a byte-by-byte trickle cannot hold a thread
     max_image_bytes: int = Field(10_000_000, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)  # Pillow's decompression-bomb guard
+    max_page_bytes: int = Field(20_000_000, gt=0)  # feed pages (JSON/HTML) and robots.txt
+    max_redirects: int = Field(5, ge=0)
     requests_per_second_per_host: float = Field(20.0, gt=0)
     max_concurrency_per_host: int = Field(4, ge=1)
     allow_private_addresses: bool = False  # loopback/private/link-local hosts are refused unless True
@@ -97,11 +101,16 @@ class SeleniumConfig(_Section):
     page_load_timeout_s: float = Field(20.0, gt=0)
     wait_timeout_s: float = Field(10.0, gt=0)
     max_clicks: int = Field(50, ge=0)
+    num_browsers: int = Field(1, ge=1)  # browser actors (one headless Chromium each) for the staff pages
 
 
 class ScrapeConfig(_Section):
     num_actors: int = Field(2, ge=1)
+    threads_per_actor: int = Field(8, ge=1)  # concurrent downloads inside one actor
+    cpus_per_actor: float = Field(0.5, gt=0)  # Ray CPUs reserved per crawl actor (the work is mostly I/O)
+    tasks_per_call: int = Field(16, ge=1)  # frontier items handed to an actor per call
     batch_rows: int = Field(200, ge=1)  # rows per atomically written Parquet part
+    retry_errors: bool = False  # rerun: drop earlier status=error rows and fetch those items again
     min_post_age_days: int = Field(30, ge=0)
     allowed_domains: list[str] = []  # empty: the hosts of the configured sites
     http: HttpConfig = HttpConfig()
@@ -121,43 +130,61 @@ class ScrapeConfig(_Section):
 
 # ---------------------------------------------------------------- faces
 class FacesConfig(_Section):
-    num_actors: int = Field(2, ge=1)
+    num_actors: int = Field(2, ge=1)  # Ray Data actor pool size (one MTCNN per actor)
+    num_cpus_per_actor: float = Field(1.0, gt=0)  # also the actor's torch thread count (rounded, at least 1)
     num_gpus_per_actor: float = Field(0.0, ge=0)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1)  # images per actor call; same-size images inside it share one MTCNN pass
+    part_rows: int = Field(500, ge=1)  # rows per atomically written faces/ part file
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_side: int = Field(800, ge=64)  # detection runs on a copy whose long side is at most this
+    max_pixels: int = Field(40_000_000, gt=0)  # decompression-bomb guard: larger images are rejected unread
+    min_image_px: int = Field(20, ge=12)  # images with a shorter side are rejected (reason image_too_small)
+    detect_min_px: int = Field(20, ge=12)  # MTCNN min_face_size, in pixels of the detection copy
+    pyramid_factor: float = Field(0.709, gt=0.1, lt=1.0)  # MTCNN scale-pyramid factor
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P-/R-/O-net thresholds
+    recheck_below: float = Field(0.99, ge=0, le=1)  # faces found on a downscaled copy with a lower probability
+    # are confirmed on a full-resolution crop around them (0 disables); removes small false faces
     min_prob: float = Field(0.9, ge=0, le=1)
-    min_face_px: int = Field(20, ge=1)
+    min_face_px: int = Field(20, ge=1)  # shorter box side in original pixels
     policy: Literal["exactly_one", "at_least_one", "largest"] = "largest"
-    margin: float = Field(0.2, ge=0)  # fraction of the box side added around it
+    margin: float = Field(0.2, ge=0)  # fraction of the box side added on each side of the square crop
     crop_size: int = Field(224, ge=16)
-    align: bool = False
+    align: bool = False  # rotate the crop so that the eyes are level
     jpeg_quality: int = Field(90, ge=50, le=100)
     write_files: bool = False  # also write crops as files under crops/
 
 
 # ---------------------------------------------------------------- labels
 class SelfieLabelsConfig(_Section):
-    min_post_age_days: int = Field(30, ge=0)
+    """The group-ranking rule of the selfie study (see pipeline/labels/selfie.py for the exact rule)."""
+
+    min_post_age_days: int = Field(30, ge=0)  # younger posts (scraped_at - posted_at) have unstable likes
     min_followers: int = Field(0, ge=0)
     max_followers: int = Field(10**12, ge=0)
     max_tags: int = Field(30, ge=0)
     tag_bonus: float = Field(0.01, ge=0)  # audience = followers * (1 + tag_bonus * max(n_tags - 1, 0))
-    group_size: int = Field(100, ge=2)
-    min_group_size: int | None = None  # keep the last, incomplete group when it has at least this many posts
+    group_size: int = Field(100, ge=2)  # even: the top half of a group is "good", the bottom half not
+    min_group_size: int | None = Field(None, ge=2)  # keep the last, incomplete group when it has this many posts
+    require_face: bool = True  # the face policy (faces.kept) must say kept
 
     @model_validator(mode="after")
     def _bounds(self) -> SelfieLabelsConfig:
         if self.min_followers > self.max_followers:
             raise ValueError("min_followers must not exceed max_followers")
+        if self.group_size % 2:
+            raise ValueError("group_size must be even (top half / bottom half)")
+        if self.min_group_size is not None and self.min_group_size > self.group_size:
+            raise ValueError("min_group_size must not exceed group_size")
         return self
 
 
 class SplitConfig(_Section):
+    """Person-level splits: a hash of (seed, person id) decides, so one person never lands on two sides."""
+
     train: float = Field(0.7, ge=0, le=1)
     val: float = Field(0.2, ge=0, le=1)
     test: float = Field(0.1, ge=0, le=1)
-    k_folds: int | None = Field(None, ge=2)
+    k_folds: int | None = Field(None, ge=2)  # also write a fold column 0..k-1 (an independent hash)
     seed: str = "facerank"
 
     @model_validator(mode="after")
@@ -167,10 +194,33 @@ class SplitConfig(_Section):
         return self
 
 
+class DepartmentLabelsConfig(_Section):
+    require_face: bool = True
+    class_weights: Literal["balanced", "none"] = "balanced"  # weight = n / (n_classes * n_class)
+
+
+class BeautyLabelsConfig(_Section):
+    # hash: the person-hash split of labels.split; split60: person-hash 60/40 train/test (the SCUT-FBP5500
+    # benchmark's holdout protocol); cv5: person-hash 5-fold cross validation (fold column; split is "test" for
+    # cv_fold, "train" otherwise); files: the split named by each scores file (train*.txt / test*.txt / val*.txt,
+    # a trailing number in a test file name gives the fold), as shipped with SCUT-FBP5500.
+    protocol: Literal["hash", "split60", "cv5", "files"] = "hash"
+    cv_fold: int = Field(0, ge=0, le=4)
+    min_score: float | None = None  # scores outside [min_score, max_score] are excluded with a reason
+    max_score: float | None = None
+
+
 class LabelsConfig(_Section):
     selfie: SelfieLabelsConfig = SelfieLabelsConfig()
     departments: dict[str, str] = {"cs": "cs", "econ": "econ", "german": "german", "mech": "mech"}
+    department: DepartmentLabelsConfig = DepartmentLabelsConfig()
+    beauty: BeautyLabelsConfig = BeautyLabelsConfig()
     split: SplitConfig = SplitConfig()
+    report: bool = True  # write labels/report.html and labels/report.json
+    report_sample_rows: int = Field(1_000_000, ge=1000)  # histograms are drawn from at most this many rows
+    # The demo's hidden quality (pipeline.demo.truth) is compared with the labels in the report when set.
+    demo_n_posts: int | None = Field(None, ge=1)
+    demo_seed: int = 0
 
 
 # ---------------------------------------------------------------- train
@@ -194,6 +244,11 @@ class TrainConfig(_Section):
     max_failures: int = Field(2, ge=0)
     seed: int = 0
     run_id: str | None = None  # None: a timestamped id
+    jitter: float = Field(0.2, ge=0, lt=1)  # colour jitter strength (brightness, contrast, saturation ±)
+    shuffle_buffer: int = Field(256, ge=0)  # rows in each worker's local shuffle buffer (0: no shuffle)
+    data_cpus: float = Field(0.25, gt=0)  # CPUs per Ray Data read/join task (kept free beside the workers)
+    allow_missing_crops: bool = False  # True: drop labelled rows without a face crop instead of failing
+    keep_checkpoints: bool = True  # False: delete models/<run>/checkpoints/ after export (no --resume then)
 
 
 # ---------------------------------------------------------------- score
