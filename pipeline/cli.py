@@ -172,6 +172,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         with DemoServer(host="127.0.0.1", port=args.port, n_posts=args.n_posts) as srv:
             os.environ["DEMO_BASE_URL"] = srv.base_url
+            os.environ["DEMO_N_POSTS"] = str(args.n_posts)
             cfg = load(args) if args.config else load_config(_repo() / "configs" / "demo.yaml")
             print(
                 f"demo sites: {srv.base_url}  (feed: {srv.base_url}/api/feed?tag=selfie&page=1)", flush=True
