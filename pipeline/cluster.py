@@ -1,0 +1,230 @@
+"""A real, separate Ray head on 127.0.0.1 for tests and local tries: started, authenticated, always stopped.
+
+:func:`ray_head` runs ``ray start --head --block`` in a new session with its own ``--temp-dir``, free ports
+for every listener, the dashboard and job API on 127.0.0.1, and token authentication on
+(``RAY_AUTH_MODE=token`` with a fresh ``RAY_AUTH_TOKEN``). It waits, bounded, until the job API answers, and on
+exit stops exactly the processes it started, found by session id (``ray stop`` would stop *every* Ray on the
+machine, also other people's). Clients authenticate with :attr:`RayHead.client_env` (the ``ray`` CLI) or
+:attr:`RayHead.headers` (``JobSubmissionClient(headers=...)``).
+
+Example::
+
+    from pipeline.cluster import ray_head
+    with ray_head(num_cpus=2) as head:
+        subprocess.run(["ray", "job", "submit", "--working-dir", ".", "--", "python", "jobs/labels.py", ...],
+                       env=head.client_env, check=True, timeout=300)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Ray's listeners besides the GCS and the dashboard: each gets a free port so that two heads never collide.
+_PORT_FLAGS = (
+    "--port",
+    "--dashboard-port",
+    "--ray-client-server-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+)
+
+
+class RayHeadError(RuntimeError):
+    """The Ray head did not come up in time (the message holds the tail of its log)."""
+
+
+@dataclass
+class RayHead:
+    """A running head: its addresses, its token, and the environment a client needs."""
+
+    gcs_address: str
+    dashboard_url: str
+    token: str
+    temp_dir: str
+    pid: int
+    log_path: str
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers for ``JobSubmissionClient(address, headers=...)`` and plain requests."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """``os.environ`` plus what the ``ray`` CLI needs to talk to this head with its token."""
+        env = dict(os.environ)
+        env.update(RAY_ADDRESS=self.dashboard_url, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
+        env.pop("RAY_AUTH_TOKEN_PATH", None)
+        return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    try:
+        for _ in range(n):  # hold them all open at once so that no two are equal
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def ray_executable() -> str:
+    """The ``ray`` CLI beside this interpreter (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
+
+
+def job_api_ready(dashboard_url: str, headers: Mapping[str, str], timeout_s: float = 2.0) -> bool:
+    """True when the job API answers an authenticated ``GET /api/jobs/``."""
+    req = urllib.request.Request(f"{dashboard_url}/api/jobs/", headers=dict(headers))
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _session_procs(sid: int) -> list:
+    """Every live process in session ``sid`` (the head's ``ray start`` and everything it spawned)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid:
+                found.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return found
+
+
+def stop_session(pid: int, grace_s: float = 5.0) -> int:
+    """Stop the process ``pid`` started with ``start_new_session=True`` and all its session; returns how many."""
+    import psutil
+
+    procs = _session_procs(pid)
+    try:
+        procs += [c for c in psutil.Process(pid).children(recursive=True) if c not in procs]
+    except psutil.Error:
+        pass
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    # Workers re-parented to init while we waited are still in the session: one more sweep.
+    late = _session_procs(pid)
+    for p in late:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(late, timeout=5)
+    return len(procs) + len(late)
+
+
+@contextmanager
+def ray_head(
+    *,
+    num_cpus: int = 2,
+    object_store_mb: int = 200,
+    token: str | None = None,
+    env: Mapping[str, str] | None = None,
+    start_timeout_s: float = 120.0,
+    keep_temp: bool = False,
+) -> Iterator[RayHead]:
+    """Start a token-authenticated Ray head on 127.0.0.1, yield it, and always stop it (bounded time).
+
+    ``env`` adds variables to the head's environment (its workers and job drivers inherit them).
+    """
+    token = token or secrets.token_hex(32)
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's Unix socket paths must stay < 108
+    ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+    cmd = [
+        ray_executable(),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        f"--object-store-memory={object_store_mb * 1024 * 1024}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
+    head_env = dict(os.environ)
+    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        head_env.pop(k, None)
+    # The job entrypoint's ``python`` is this interpreter (a venv's bin/ first on PATH), as on a real node.
+    head_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), head_env.get("PATH", "")])
+    head_env.update(env or {})
+    head_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    log_path = os.path.join(temp_dir, "ray-start.log")
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=head_env, start_new_session=True)
+    head = RayHead(
+        gcs_address=f"127.0.0.1:{ports['--port']}",
+        dashboard_url=f"http://127.0.0.1:{ports['--dashboard-port']}",
+        token=token,
+        temp_dir=temp_dir,
+        pid=proc.pid,
+        log_path=log_path,
+        ports={k.lstrip("-"): v for k, v in ports.items()},
+    )
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not job_api_ready(head.dashboard_url, head.headers):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = Path(log_path).read_text(errors="replace")[-3000:]
+                why = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
+                raise RayHeadError(f"ray start --head {why} after {start_timeout_s:.0f}s; log tail:\n{tail}")
+            time.sleep(1.0)
+        yield head
+    finally:
+        stop_session(proc.pid)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - killed above
+            pass
+        if not keep_temp:
+            shutil.rmtree(temp_dir, ignore_errors=True)
