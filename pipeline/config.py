@@ -32,9 +32,7 @@ class _Section(BaseModel):
 
 
 class RayConfig(_Section):
-    address: str | None = (
-        None  # None: connect to RAY_ADDRESS when set (ray job submit), else start a local Ray
-    )
+    address: str | None = None  # None: connect to RAY_ADDRESS when set (ray job submit), else start a local Ray
     num_cpus: int | None = None  # only for a local Ray started by the pipeline
 
 
@@ -247,6 +245,7 @@ class TrainConfig(_Section):
     jitter: float = Field(0.2, ge=0, lt=1)  # colour jitter strength (brightness, contrast, saturation ±)
     shuffle_buffer: int = Field(256, ge=0)  # rows in each worker's local shuffle buffer (0: no shuffle)
     data_cpus: float = Field(0.25, gt=0)  # CPUs per Ray Data read/join task (kept free beside the workers)
+    cache_data: bool = True  # materialize the joined crops in the object store once (False: stream every epoch)
     allow_missing_crops: bool = False  # True: drop labelled rows without a face crop instead of failing
     keep_checkpoints: bool = True  # False: delete models/<run>/checkpoints/ after export (no --resume then)
 

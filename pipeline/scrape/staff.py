@@ -1,0 +1,261 @@
+"""Staff pages rendered by JavaScript, read with Selenium: one headless Chromium reused across pages.
+
+:class:`Browser` owns one WebDriver (local headless Chromium, or a remote one when ``SELENIUM_REMOTE_URL`` or
+``selenium.remote_url`` is set), restarts it when it dies, and sets a page-load timeout; downloads and pop-ups are
+disabled. :meth:`Browser.scrape_site` renders a configured :class:`~pipeline.config.StaffSite`: wait for the person
+list, click "load more" until it disappears (or follow a next-page link), scroll every card into view so lazy images
+get their ``src``, then read every card with one script call. Everything a site needs is YAML (selectors, paging);
+no site-specific code.
+
+Roles are checked against ``scrape.non_academic_roles`` keywords (:func:`is_academic`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+
+from pipeline.config import SeleniumConfig, StaffSite
+
+EXTRACT_JS = """
+const [personSel, nameSel, roleSel, photoSel, attrs] = arguments;
+return Array.from(document.querySelectorAll(personSel)).map(el => {
+  const q = s => (s ? el.querySelector(s) : null);
+  const n = q(nameSel), r = q(roleSel), p = q(photoSel);
+  let photo = null;
+  if (p) {
+    for (const a of attrs) {
+      const v = p.getAttribute(a);
+      if (v && !v.startsWith('data:')) { photo = new URL(v, document.baseURI).href; break; }
+    }
+  }
+  return {id: el.getAttribute('data-id'), name: n ? n.textContent.trim() : null,
+          role: r ? r.textContent.trim() : null, photo: photo};
+});
+"""
+
+SCROLL_PENDING_JS = """
+const [personSel, photoSel] = arguments;
+let pending = 0, first = null;
+for (const el of document.querySelectorAll(personSel)) {
+  const p = photoSel ? el.querySelector(photoSel) : null;
+  if (p && !p.getAttribute('src')) { pending++; if (!first) first = el; }
+}
+if (first) first.scrollIntoView({block: 'start'});
+return pending;
+"""
+
+
+def is_academic(role: str | None, keywords: list[str]) -> bool:
+    """False when the role contains one of the non-academic ``keywords`` (case-insensitive)."""
+    r = (role or "").lower()
+    return not any(k.lower() in r for k in keywords)
+
+
+def person_id(page_url: str, name: str | None, given: str | None) -> str:
+    """The site's own id when it gives one, else a stable hash of the page URL and the name."""
+    if given:
+        return str(given)
+    return "h" + hashlib.sha1(f"{page_url}\n{name or ''}".encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class StaffPage:
+    """One rendered page: the people on it, or an error."""
+
+    url: str
+    people: list[dict]
+    status: str = "ok"
+    reason: str | None = None
+    clicks: int = 0
+
+
+class Browser:
+    """One headless Chromium (or remote WebDriver), created lazily, restarted when it dies."""
+
+    def __init__(self, cfg: SeleniumConfig, user_agent: str):
+        self.cfg = cfg
+        self.user_agent = user_agent
+        self.driver = None
+        self._profile: str | None = None
+        self.restarts = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def _options(self):
+        from selenium.webdriver.chrome.options import Options
+
+        o = Options()
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-gpu",
+            "--disable-extensions",
+            "--window-size=1280,1600",
+            f"--user-agent={self.user_agent}",
+        ):
+            o.add_argument(arg)
+        o.add_experimental_option(
+            "prefs",
+            {
+                "download_restrictions": 3,  # block all downloads
+                "download.prompt_for_download": False,
+                "profile.default_content_setting_values.popups": 2,
+                "profile.default_content_setting_values.automatic_downloads": 2,
+                "profile.default_content_setting_values.notifications": 2,
+            },
+        )
+        return o
+
+    def start(self) -> None:
+        from selenium import webdriver
+
+        self.quit()
+        opts = self._options()
+        remote = os.environ.get("SELENIUM_REMOTE_URL") or self.cfg.remote_url
+        if remote:
+            self.driver = webdriver.Remote(command_executor=remote, options=opts)
+        else:
+            from selenium.webdriver.chrome.service import Service
+
+            self._profile = tempfile.mkdtemp(prefix="facerank-chromium-")
+            opts.add_argument(f"--user-data-dir={self._profile}")
+            opts.binary_location = self.cfg.chromium_path
+            self.driver = webdriver.Chrome(service=Service(self.cfg.chromedriver_path), options=opts)
+        self.driver.set_page_load_timeout(self.cfg.page_load_timeout_s)
+        self.driver.set_script_timeout(self.cfg.wait_timeout_s)
+
+    def alive(self) -> bool:
+        if self.driver is None:
+            return False
+        try:
+            _ = self.driver.current_url
+            return True
+        except Exception:
+            return False
+
+    def ensure(self) -> None:
+        if not self.alive():
+            if self.driver is not None:
+                self.restarts += 1
+            self.start()
+
+    def quit(self) -> None:
+        if self.driver is not None:
+            try:
+                self.driver.quit()
+            except Exception:
+                pass
+            self.driver = None
+        if self._profile:
+            shutil.rmtree(self._profile, ignore_errors=True)
+            self._profile = None
+
+    # ------------------------------------------------------------------ pages
+    def scrape_site(self, site: StaffSite, may_fetch: Callable[[str], tuple[str, str] | None]) -> list[StaffPage]:
+        """Render every page of ``site``; ``may_fetch(url)`` returns (status, reason) when a URL must be skipped."""
+        pages: list[StaffPage] = []
+        queue = list(site.start_urls)
+        seen: set[str] = set()
+        while queue and len(pages) < site.max_pages * max(1, len(site.start_urls)):
+            url = queue.pop(0)
+            if url in seen:
+                continue
+            seen.add(url)
+            refused = may_fetch(url)
+            if refused:
+                pages.append(StaffPage(url, [], refused[0], refused[1]))
+                continue
+            page, next_url = self._render_with_restart(site, url)
+            if page.url != url and may_fetch(page.url):  # the browser was redirected somewhere we may not go
+                page = StaffPage(url, [], "error", "redirect_outside_allowed_domains")
+                next_url = None
+            pages.append(page)
+            if next_url and next_url not in seen:
+                queue.insert(0, next_url)
+        return pages
+
+    def _render_with_restart(self, site: StaffSite, url: str) -> tuple[StaffPage, str | None]:
+        from selenium.common.exceptions import WebDriverException
+
+        for attempt in range(2):
+            try:
+                self.ensure()
+                return self._render(site, url)
+            except WebDriverException as e:
+                if attempt == 0 and not self.alive():
+                    continue  # the browser died: restart it once and try the page again
+                name = type(e).__name__
+                reason = "timeout" if "Timeout" in name else f"browser:{name}"
+                return StaffPage(url, [], "error", reason), None
+            except Exception as e:  # never crash the stage on one page
+                return StaffPage(url, [], "error", f"browser:{type(e).__name__}"), None
+        return StaffPage(url, [], "error", "browser_died"), None
+
+    def _render(self, site: StaffSite, url: str) -> tuple[StaffPage, str | None]:
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        d = self.driver
+        assert d is not None
+        d.get(url)
+        wait = WebDriverWait(d, self.cfg.wait_timeout_s, poll_frequency=0.1)
+        try:
+            wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, site.wait_for)))
+        except TimeoutException:
+            return StaffPage(url, [], "error", "no_people_found"), None
+        clicks = 0
+        if site.load_more:
+            while clicks < self.cfg.max_clicks:
+                buttons = [b for b in d.find_elements(By.CSS_SELECTOR, site.load_more) if b.is_displayed()]
+                if not buttons:
+                    break
+                before = len(d.find_elements(By.CSS_SELECTOR, site.person))
+                d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", buttons[0])
+                clicks += 1
+                try:
+                    WebDriverWait(d, self.cfg.wait_timeout_s, poll_frequency=0.05).until(
+                        lambda drv, before=before: (
+                            len(drv.find_elements(By.CSS_SELECTOR, site.person)) > before
+                            or not [b for b in drv.find_elements(By.CSS_SELECTOR, site.load_more) if b.is_displayed()]
+                        )
+                    )
+                except TimeoutException:
+                    break
+        if site.scroll_for_lazy_images:  # bring each card without a loaded photo into view, screen by screen
+            deadline = time.monotonic() + self.cfg.wait_timeout_s
+            while time.monotonic() < deadline:
+                if not d.execute_script(SCROLL_PENDING_JS, site.person, site.photo_selector):
+                    break
+                time.sleep(0.05)
+        raw = d.execute_script(
+            EXTRACT_JS, site.person, site.name_selector, site.role_selector, site.photo_selector, site.photo_attrs
+        )
+        final_url = d.current_url
+        people = [
+            {
+                "item_id": person_id(final_url, p.get("name"), p.get("id")),
+                "name": p.get("name"),
+                "role": p.get("role"),
+                "image_url": p.get("photo"),
+                "page_url": final_url,
+            }
+            for p in raw or []
+        ]
+        next_url = None
+        if site.next_page:
+            links = d.find_elements(By.CSS_SELECTOR, site.next_page)
+            if links:
+                next_url = links[0].get_attribute("href")
+        return StaffPage(final_url, people, clicks=clicks), next_url

@@ -1,0 +1,209 @@
+"""The polite HTTP client against real servers on 127.0.0.1: every failure is a result with a reason, never a crash."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import HttpConfig, RetryConfig
+from pipeline.scrape.http import HttpClient, inspect_image, is_public_address
+
+
+def _jpeg(w: int = 64, h: int = 48, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+OK = _jpeg()
+BIG = _jpeg(400, 400, 1)  # ~150 KB of noise
+HUGE_DIMS = _jpeg(300, 300, 2)
+MID = _jpeg(180, 180, 3)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def log_message(self, *a):  # keep the test output quiet
+        pass
+
+    def _send(self, code: int, body: bytes, ctype: str = "image/jpeg", headers: dict | None = None, length=True):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        with self.lock:
+            n = self.counts[self.path] = self.counts.get(self.path, 0) + 1
+        p = self.path
+        port = self.server.server_address[1]
+        if p == "/robots.txt":
+            return self._send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
+        if p in ("/img/ok.jpg", "/private/ok.jpg", "/img/copy.jpg"):
+            return self._send(200, OK)
+        if p == "/img/noai.jpg":
+            return self._send(200, OK, headers={"X-Robots-Tag": "noimageai, noai"})
+        if p == "/img/429.jpg":
+            if n == 1:
+                return self._send(429, b"slow down", "text/plain", {"Retry-After": "1"})
+            return self._send(200, OK)
+        if p == "/img/500.jpg":
+            return self._send(500, b"boom", "text/plain")
+        if p == "/img/truncated.jpg":
+            return self._send(200, MID[: len(MID) // 2])
+        if p == "/img/html.jpg":
+            return self._send(200, b"<html><body>not an image</body></html>")
+        if p == "/img/big.jpg":  # no Content-Length: the client must abort the stream itself
+            self.close_connection = True
+            return self._send(200, BIG, length=False)
+        if p == "/img/huge.jpg":
+            return self._send(200, HUGE_DIMS)
+        if p == "/img/text.jpg":
+            return self._send(200, b"hello", "text/plain")
+        if p == "/redirect/away":
+            return self._send(302, b"", "text/plain", {"Location": f"http://localhost:{port}/img/ok.jpg"})
+        if p == "/redirect/in":
+            return self._send(302, b"", "text/plain", {"Location": "/img/ok.jpg"})
+        if p == "/redirect/private":
+            return self._send(302, b"", "text/plain", {"Location": f"http://127.0.0.1:{port}/private/ok.jpg"})
+        if p == "/img/hang.jpg":
+            time.sleep(3)
+            return self._send(200, OK)
+        return self._send(404, b"nope", "text/plain")
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # a client aborting a stream is expected here
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = _QuietServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _client(**kw) -> HttpClient:
+    retry = RetryConfig(attempts=kw.pop("attempts", 3), backoff_s=0.01, backoff_max_s=0.1, jitter_s=0.01)
+    domains = kw.pop("domains", ["127.0.0.1"])
+    cfg = HttpConfig(
+        allow_private_addresses=kw.pop("allow_private", True),
+        connect_timeout_s=1.0,
+        read_timeout_s=kw.pop("read_timeout_s", 2.0),
+        max_image_bytes=kw.pop("max_image_bytes", 100_000),
+        max_image_pixels=kw.pop("max_image_pixels", 1_000_000),
+        retry=retry,
+        **kw,
+    )
+    return HttpClient(cfg, allowed_domains=domains)
+
+
+def test_ok_image_and_dimensions(server):
+    r = _client().fetch_image(f"{server}/img/ok.jpg")
+    assert (r.status, r.reason, r.width, r.height, r.http_status) == ("ok", None, 64, 48, 200)
+    assert r.data == OK and r.attempts == 1
+    row = r.fetch_row("t", "abc")
+    assert row["kind"] == "image" and row["bytes"] == len(OK) and row["host"] == "127.0.0.1"
+
+
+def test_robots_disallow_is_obeyed_and_cached(server):
+    c = _client()
+    before = _Handler.counts.get("/private/ok.jpg", 0)
+    r = c.fetch_image(f"{server}/private/ok.jpg")
+    assert (r.status, r.reason) == ("skipped", "robots")
+    assert _Handler.counts.get("/private/ok.jpg", 0) == before  # never requested
+    robots_before = _Handler.counts["/robots.txt"]
+    assert c.fetch_image(f"{server}/img/ok.jpg").ok
+    assert _Handler.counts["/robots.txt"] == robots_before  # cached per host
+    assert [x.url for x in c.robots.drain()] == [f"{server}/robots.txt"]
+
+
+def test_noai_header_skips(server):
+    r = _client().fetch_image(f"{server}/img/noai.jpg")
+    assert (r.status, r.reason, r.data) == ("skipped", "noai", None)
+
+
+def test_429_retry_after_then_success(server):
+    t0 = time.monotonic()
+    r = _client().fetch_image(f"{server}/img/429.jpg")
+    assert r.ok and r.attempts == 2
+    assert time.monotonic() - t0 >= 0.9  # Retry-After: 1 was honoured
+
+
+def test_500_until_attempts_run_out(server):
+    before = _Handler.counts.get("/img/500.jpg", 0)
+    r = _client(attempts=3).fetch_image(f"{server}/img/500.jpg")
+    assert (r.status, r.reason, r.http_status, r.attempts) == ("error", "http_500", 500, 3)
+    assert _Handler.counts["/img/500.jpg"] - before == 3
+
+
+@pytest.mark.parametrize(
+    "path,reason",
+    [
+        ("/img/truncated.jpg", "truncated"),
+        ("/img/html.jpg", "not_an_image"),
+        ("/img/big.jpg", "too_large"),
+        ("/img/huge.jpg", "too_many_pixels"),
+        ("/img/text.jpg", "content_type"),
+        ("/redirect/away", "redirect_outside_allowed_domains"),
+        ("/nope.jpg", "http_404"),
+    ],
+)
+def test_bad_images_are_rows_with_reasons(server, path, reason):
+    c = _client(max_image_bytes=100_000, max_image_pixels=200 * 200)
+    r = c.fetch_image(f"{server}{path}")
+    assert r.status in ("error", "skipped") and r.reason == reason
+    assert r.fetch_row("t")["reason"] == reason
+
+
+def test_redirect_inside_allowed_domains_is_followed(server):
+    r = _client().fetch_image(f"{server}/redirect/in")
+    assert r.ok and r.final_url.endswith("/img/ok.jpg") and r.width == 64
+
+
+def test_private_addresses_refused_unless_allowed(server):
+    port = server.rsplit(":", 1)[1]
+    c = _client(allow_private=False, domains=["127.0.0.1", "localhost"])
+    r = c.fetch_image(f"{server}/img/ok.jpg")  # a literal loopback IP
+    assert (r.status, r.reason) == ("error", "private_address")
+    r = c.fetch_image(f"http://localhost:{port}/img/ok.jpg")  # a name that resolves to loopback
+    assert (r.status, r.reason) == ("error", "private_address")
+    # a redirect hop into a private address is refused too (the check runs on every hop's socket)
+    r = _client(allow_private=False, domains=["localhost", "127.0.0.1"]).fetch_image(
+        f"http://localhost:{port}/redirect/private"
+    )
+    assert r.reason == "private_address"
+    assert not is_public_address("169.254.169.254") and not is_public_address("::ffff:10.0.0.1")
+    assert is_public_address("93.184.216.34")
+
+
+def test_hanging_host_times_out(server):
+    t0 = time.monotonic()
+    r = _client(attempts=1, read_timeout_s=0.3).fetch_image(f"{server}/img/hang.jpg")
+    assert (r.status, r.reason) == ("error", "timeout")
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_inspect_image_rejects_garbage():
+    for data in (b"", b"\xff\xd8\xff\xe0garbage", OK[:40]):
+        with pytest.raises(ValueError):
+            inspect_image(data, 1_000_000)
+    assert inspect_image(OK, 1_000_000) == (64, 48)
