@@ -44,9 +44,25 @@ def init_ray(cfg: Config) -> None:
         pass
 
 
+_active: set[str] = set()
+
+
 @contextmanager
 def stage(name: str):
-    """Log the start, end and duration of a stage."""
+    """Log the start, end and duration of a stage (once: nested enters of the same stage are silent)."""
+    if name in _active:
+        yield
+        return
+    _active.add(name)
+    try:
+        with _logged(name):
+            yield
+    finally:
+        _active.discard(name)
+
+
+@contextmanager
+def _logged(name: str):
     setup_logging()
     t0 = time.monotonic()
     log.info("stage %s: start", name)
