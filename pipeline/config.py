@@ -235,7 +235,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(0.75, gt=0)  # 2 workers + data_cpus fit a 2-core machine; torch threads = int()
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     class_weights: bool = False
     augment: bool = True

@@ -1,0 +1,82 @@
+"""The train stage: labels + face crops → a model under ``models/<run_id>/`` (Ray Train, Ray Data).
+
+Modules: ``data`` (label set checks, Ray Data ingest, transforms), ``models`` (backbones and heads), ``loop`` (the
+TorchTrainer and its per-worker loop, checkpoints), ``metrics`` (numbers and plots), ``export`` (the model folder and
+``LoadedModel``, what the score stage uses).
+
+Example::
+
+    from pipeline.train import run
+    summary = run(cfg)                 # a new run
+    summary = run(cfg, resume=True)    # continue the newest (or cfg.train.run_id) run from its checkpoint
+"""
+
+from __future__ import annotations
+
+from pipeline.config import Config
+from pipeline.runtime import init_ray, log, stage
+from pipeline.store import DataRoot, now
+from pipeline.train.data import TrainInputError, load_labels
+from pipeline.train.export import LoadedModel, resolve_model_dir
+
+__all__ = ["run", "LoadedModel", "resolve_model_dir", "TrainInputError", "new_run_id"]
+
+
+def new_run_id(task: str) -> str:
+    """A sortable run id: ``20261123T183000Z-selfie``."""
+    return f"{now():%Y%m%dT%H%M%SZ}-{task}"
+
+
+def _has_checkpoints(root: DataRoot, run_id: str) -> bool:
+    return any(n.startswith("checkpoint") for n in root.list_dir("models", run_id, "checkpoints"))
+
+
+def pick_run_id(cfg: Config, root: DataRoot, resume: bool) -> str:
+    """The configured run id, the newest resumable run of the task (``resume``), or a fresh timestamped one."""
+    task = cfg.train.task
+    if resume:
+        if cfg.train.run_id:
+            run_id = cfg.train.run_id
+        else:
+            runs = [r for r in root.list_dir("models") if r.endswith(f"-{task}") and _has_checkpoints(root, r)]
+            if not runs:
+                raise TrainInputError(f"--resume: no run of task {task!r} with checkpoints under {root.uri}/models")
+            run_id = sorted(runs)[-1]
+        if not _has_checkpoints(root, run_id):
+            raise TrainInputError(f"--resume: run {run_id!r} has no checkpoints under {root.uri}/models/{run_id}")
+        return run_id
+    run_id = cfg.train.run_id or new_run_id(task)
+    if root.exists("models", run_id):
+        raise TrainInputError(f"run {run_id!r} already exists under {root.uri}/models: use --resume or a new run id")
+    return run_id
+
+
+def run(cfg: Config, resume: bool = False) -> dict:
+    """Train (or with ``resume`` continue) a model and export its best epoch; returns a JSON-able summary."""
+    from pipeline.train.export import export_run
+    from pipeline.train.loop import check_cluster, fit
+
+    with stage("train"):
+        init_ray(cfg)
+        root = DataRoot(cfg.data_root)
+        root.require(root.labels_dataset(cfg.train.task))
+        root.require("faces")
+        labels = load_labels(root, cfg.train)
+        check_cluster(cfg.train)
+        run_id = pick_run_id(cfg, root, resume)
+        log.info("train %s: %s %s, rows %s", run_id, labels.kind, labels.class_names, labels.counts())
+        result = fit(cfg, root, labels, run_id)
+        if result.error is not None:
+            raise result.error
+        test = export_run(cfg, root, labels, run_id, result.checkpoint)
+        return {
+            "run_id": run_id,
+            "model_dir": root.model_dir(run_id),
+            "task": labels.task,
+            "kind": labels.kind,
+            "class_names": labels.class_names,
+            "rows": labels.counts(),
+            "epochs": cfg.train.epochs,
+            "resumed": resume,
+            "test": test,
+        }

@@ -1,0 +1,229 @@
+"""Training data: the label set (validated before training), Ray Data datasets of crops, and image transforms.
+
+* :func:`load_labels` reads ``labels/<task>`` (``ok`` rows; no image bytes) and checks it: at least two classes,
+  no empty split, no NaN targets, a crop in ``faces`` for every labelled image. Problems raise
+  :class:`TrainInputError` with one readable line, before any training starts.
+* :func:`make_datasets` builds one ``ray.data.Dataset`` per split: the ``faces`` Parquet files read by Ray Data
+  (only ``image_sha256``, ``kept`` and ``crop_jpeg``), inner-joined batch by batch with that split's small label
+  table. The crops stream to the Train workers; nothing is collected onto the driver.
+* :func:`decode_batch` turns JPEG bytes into a normalised float tensor in the worker: resize, and for training
+  random crop, horizontal flip and colour jitter (brightness, contrast, saturation).
+
+Example::
+
+    labels = load_labels(root, cfg.train)
+    datasets = make_datasets(root, labels, world_size=2)   # train, val_0, val_1, test_0, test_1
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from PIL import Image
+
+from pipeline.config import TrainConfig
+from pipeline.store import STATUS_OK, DataRoot
+
+SPLITS = ("train", "val", "test")
+LABEL_COLUMNS = ["item_id", "person_id", "image_sha256", "label", "class_name", "target", "split", "weight"]
+
+
+class TrainInputError(ValueError):
+    """The label set or the cluster cannot be trained on; ``str(err)`` says why in one line."""
+
+
+@dataclass
+class LabelSet:
+    """A validated label set: the rows (no image bytes), the task kind and what the head needs."""
+
+    task: str
+    table: pa.Table  # LABEL_COLUMNS plus ``y`` (int class index or float target, standardised for regression)
+    kind: str  # binary | multiclass | regression
+    class_names: list[str] = field(default_factory=list)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    class_weights: list[float] | None = None
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.kind == "regression" else len(self.class_names)
+
+    def split(self, name: str) -> pa.Table:
+        return self.table.filter(pc.equal(self.table["split"], name))
+
+    def counts(self) -> dict[str, int]:
+        return {s: self.split(s).num_rows for s in SPLITS}
+
+
+def load_labels(root: DataRoot, cfg: TrainConfig) -> LabelSet:
+    """Read and validate ``labels/<task>``; raises :class:`TrainInputError` on anything training cannot use."""
+    dataset = root.labels_dataset(cfg.task)
+    root.require(dataset)
+    t = root.read(dataset, columns=LABEL_COLUMNS + ["status"])
+    t = t.filter(pc.equal(t["status"], STATUS_OK)).select(LABEL_COLUMNS)
+    if t.num_rows == 0:
+        raise TrainInputError(f"{dataset}: no rows with status 'ok'")
+    where = f"{dataset} ({t.num_rows} ok rows)"
+    for s in SPLITS:
+        if pc.sum(pc.equal(t["split"], s)).as_py() in (None, 0):
+            raise TrainInputError(f"{where}: the {s!r} split is empty")
+    unknown = set(t["split"].to_pylist()) - set(SPLITS)
+    if unknown:
+        raise TrainInputError(f"{where}: unknown split values {sorted(map(str, unknown))}")
+
+    classify = t["label"].null_count < t.num_rows
+    if classify:
+        if t["label"].null_count:
+            raise TrainInputError(f"{where}: {t['label'].null_count} rows have no label (class index)")
+        pairs = sorted(set(zip(t["label"].to_pylist(), t["class_name"].to_pylist(), strict=True)))
+        names = dict(pairs)
+        if len(names) != len(pairs):
+            raise TrainInputError(f"{where}: a class index has several class names: {pairs}")
+        train_classes = set(t.filter(pc.equal(t["split"], "train"))["label"].to_pylist())
+        if len(names) < 2 or len(train_classes) < 2:
+            raise TrainInputError(
+                f"{where}: only one class ({names[min(names)]!r}) in the "
+                f"{'train split' if len(names) >= 2 else 'label set'}; a classifier needs at least two"
+            )
+        n = max(names) + 1
+        if sorted(names) != list(range(n)):
+            raise TrainInputError(f"{where}: class indices must be 0..n-1, got {sorted(names)}")
+        class_names = [str(names[i]) if names[i] is not None else str(i) for i in range(n)]
+        y = t["label"].cast(pa.int64())
+        weights = None
+        if cfg.class_weights:
+            counts = np.bincount(np.asarray(t.filter(pc.equal(t["split"], "train"))["label"]), minlength=n)
+            weights = [float(sum(counts) / (n * c)) if c else 0.0 for c in counts]
+        labels = LabelSet(cfg.task, t, "binary" if n == 2 else "multiclass", class_names, class_weights=weights)
+    else:
+        target = np.asarray(t["target"].to_numpy(zero_copy_only=False), dtype=np.float64)
+        bad = int(np.sum(~np.isfinite(target)))
+        if bad:
+            raise TrainInputError(f"{where}: {bad} rows have a NaN or missing regression target")
+        train_target = target[np.asarray(pc.equal(t["split"], "train"))]
+        mean, std = float(train_target.mean()), float(train_target.std())
+        if not std > 0:
+            raise TrainInputError(f"{where}: every training target is the same ({mean}); nothing to learn")
+        y = pa.array((target - mean) / std, pa.float32())
+        labels = LabelSet(cfg.task, t, "regression", target_mean=mean, target_std=std)
+    labels.table = t.append_column("y", y)
+    check_crops(root, labels, drop_missing=cfg.allow_missing_crops)
+    return labels
+
+
+def check_crops(root: DataRoot, labels: LabelSet, drop_missing: bool = False) -> None:
+    """Every labelled image must have a kept face crop in ``faces`` (only keys are read, never bytes)."""
+    root.require("faces")
+    f = root.read("faces", columns=["image_sha256", "kept"])
+    have = pc.unique(f.filter(pc.fill_null(f["kept"], False))["image_sha256"])
+    present = pc.is_in(labels.table["image_sha256"], value_set=have)
+    missing = labels.table.num_rows - pc.sum(present).as_py()
+    if not missing:
+        return
+    if drop_missing:
+        labels.table = labels.table.filter(present)
+        for s in SPLITS:
+            if labels.split(s).num_rows == 0:
+                raise TrainInputError(f"labels/{labels.task}: the {s!r} split is empty once rows without a crop go")
+        return
+    examples = labels.table.filter(pc.invert(present))["item_id"].to_pylist()[:3]
+    raise TrainInputError(
+        f"labels/{labels.task}: {missing} labelled rows have no kept face crop in 'faces' (e.g. items {examples}); "
+        "rerun the faces stage or set train.allow_missing_crops"
+    )
+
+
+class _JoinLabels:
+    """A Ray Data batch UDF: keep kept crops of one split's images and attach their targets."""
+
+    def __init__(self, split_labels: pa.Table):
+        self.labels = split_labels.select(["image_sha256", "y"])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = batch.filter(pc.fill_null(batch["kept"], False)).select(["image_sha256", "crop_jpeg"])
+        joined = batch.join(self.labels, keys="image_sha256", join_type="inner")
+        return joined.select(["crop_jpeg", "y"])
+
+
+def make_datasets(
+    root: DataRoot, labels: LabelSet, world_size: int = 1, num_cpus: float = 0.25, cache: bool = True
+) -> dict:
+    """Ray Data datasets with columns ``crop_jpeg`` (bytes) and ``y``: ``train`` (split by Ray Train) and
+    ``val_<rank>`` / ``test_<rank>``, one evaluation shard per worker (materialized, every row exactly once).
+
+    ``cache``: run the read + join once and keep the blocks in Ray's object store (``materialize``), so epochs
+    iterate without starting read tasks again; otherwise every epoch streams from Parquet (for data larger than
+    the object store). Either way the crops never pass through the driver process.
+    """
+    import ray.data
+
+    files = root.part_files("faces")
+    out = {}
+    for s in SPLITS:
+        ds = ray.data.read_parquet(files, filesystem=root.fs, num_cpus=num_cpus, partitioning=None)
+        ds = ds.select_columns(["image_sha256", "kept", "crop_jpeg"])
+        out[s] = ds.map_batches(
+            _JoinLabels(labels.split(s)),
+            batch_format="pyarrow",
+            batch_size=None,
+            num_cpus=num_cpus,
+            zero_copy_batch=True,
+        )
+        if cache or s != "train":
+            out[s] = out[s].materialize()
+    for s in ("val", "test"):  # evaluation shards: every row once (a Train split would drop rows to even it)
+        for rank, part in enumerate(out.pop(s).split(world_size)):
+            out[f"{s}_{rank}"] = part
+    return out
+
+
+def decode_batch(
+    jpegs,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    train: bool = False,
+    jitter: float = 0.0,
+    generator: np.random.Generator | None = None,
+) -> torch.Tensor:
+    """JPEG bytes → a normalised float tensor N x 3 x S x S; training adds random crop, flip and colour jitter."""
+    rng = generator or np.random.default_rng()
+    pad = int(math.ceil(image_size * 1.14)) if train else image_size
+    out = np.empty((len(jpegs), image_size, image_size, 3), dtype=np.uint8)
+    for i, data in enumerate(jpegs):
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            im = im.convert("RGB").resize((pad, pad), Image.BILINEAR)
+            a = np.asarray(im)
+        if train:
+            x0, y0 = rng.integers(0, pad - image_size + 1, size=2)
+            a = a[y0 : y0 + image_size, x0 : x0 + image_size]
+            if rng.random() < 0.5:
+                a = a[:, ::-1]
+        out[i] = a
+    x = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+    if train and jitter > 0:
+        n = x.shape[0]
+        f = torch.from_numpy(rng.uniform(1 - jitter, 1 + jitter, size=(3, n, 1, 1, 1)).astype(np.float32))
+        x = x * f[0]  # brightness
+        gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        m = gray.mean(dim=(2, 3), keepdim=True)
+        x = (x - m) * f[1] + m  # contrast
+        gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+        x = (x - gray) * f[2] + gray  # saturation
+        x = x.clamp_(0, 1)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def decode_images(images, image_size: int, mean: list[float], std: list[float]) -> torch.Tensor:
+    """PIL images → the same normalised tensor the model saw at evaluation time (no augmentation)."""
+    arr = np.stack([np.asarray(im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)) for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)

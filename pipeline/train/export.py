@@ -1,0 +1,195 @@
+"""The exported model: what ``models/<run_id>/`` holds, how it is written, and how the scorer loads it.
+
+``export_run`` takes the finished run's last checkpoint (which carries the best epoch's weights and that model's
+test-set outputs) and writes, through the data root's filesystem (local or ``s3://``)::
+
+    models/<run_id>/model.pt          state dict of the best epoch by validation metric
+    models/<run_id>/metrics.json      test metrics, best epoch, per-epoch history, label counts
+    models/<run_id>/test_scores.json  sorted test-set scores (percentiles of new scores are taken against them)
+    models/<run_id>/plots/*.png       training curve; confusion matrix + ROC (classification);
+                                      predicted-vs-true scatter + histograms (regression)
+    models/<run_id>/model.json        task, kind, backbone, num_outputs, class_names, image_size, mean/std,
+                                      target_mean/std, model_id, the train config (written last: marks the
+                                      export complete)
+
+``resolve_model_dir(root, spec)`` turns ``latest`` / a run id / a path into a model folder and
+``LoadedModel.load(model_dir)`` gives ``predict``, ``embed`` and ``percentile`` over PIL crops.
+
+Example::
+
+    m = LoadedModel.load(resolve_model_dir(root, "latest"), root)
+    scores, names = m.predict([Image.open("face.jpg")])
+    m.percentile(scores)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+
+import numpy as np
+import pyarrow.fs as pafs
+import torch
+
+from pipeline.config import Config, TrainConfig
+from pipeline.store import DataRoot, now
+from pipeline.train import metrics as M
+from pipeline.train.data import LabelSet, decode_images
+from pipeline.train.models import NORMALISATION, build_model
+
+
+# ------------------------------------------------------------------------------------------------ export
+def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, checkpoint) -> dict:
+    """Write the best epoch of a finished run to ``models/<run_id>/``; returns the test metrics."""
+    with checkpoint.as_directory() as d:
+        with open(os.path.join(d, "best_model.pt"), "rb") as f:
+            weights = f.read()
+        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+        with open(os.path.join(d, "test.json")) as f:
+            test = json.load(f)
+    history = json.loads(state["history"])
+    y, outputs = np.asarray(test["y"]), np.asarray(test["outputs"], dtype=np.float64)
+    kind = labels.kind
+    test_metrics = M.evaluate(kind, y, outputs, labels.class_names, labels.target_mean, labels.target_std)
+    scores, _ = M.scores_from_outputs(kind, outputs, labels.target_mean, labels.target_std)
+    metric = "rmse" if kind == "regression" else "accuracy"
+    mean, std = NORMALISATION[cfg.train.backbone]
+    model_dir = root.model_dir(run_id)
+
+    plots = {"training_curve.png": M.curve_png(history, metric)}
+    if kind == "regression":
+        true = y.astype(float) * labels.target_std + labels.target_mean
+        plots["scatter.png"] = M.scatter_png(true, scores)
+        plots["histograms.png"] = M.histograms_png(true, scores)
+    else:
+        plots["confusion.png"] = M.confusion_png(test_metrics["confusion"], labels.class_names)
+        if kind == "binary" and len(set(y.tolist())) == 2:
+            plots["roc.png"] = M.roc_png(y, scores)
+    for name, png in plots.items():
+        root.write_bytes_atomic(posixpath.join(model_dir, "plots", name), png)
+
+    root.write_bytes_atomic(posixpath.join(model_dir, "model.pt"), weights)
+    root.write_json(posixpath.join(model_dir, "test_scores.json"), sorted(float(s) for s in scores))
+    summary = {
+        "run_id": run_id,
+        "task": labels.task,
+        "kind": kind,
+        "best_epoch": test.get("best_epoch"),
+        "selection_metric": f"val {metric}",
+        "test": test_metrics,
+        "counts": labels.counts(),
+        "history": history,
+    }
+    root.write_json(posixpath.join(model_dir, "metrics.json"), summary)
+    root.write_json(
+        posixpath.join(model_dir, "model.json"),
+        {
+            "model_id": run_id,
+            "task": labels.task,
+            "kind": kind,
+            "backbone": cfg.train.backbone,
+            "num_outputs": labels.num_outputs,
+            "class_names": labels.class_names,
+            "image_size": cfg.train.image_size,
+            "mean": mean,
+            "std": std,
+            "target_mean": labels.target_mean,
+            "target_std": labels.target_std,
+            "best_epoch": test.get("best_epoch"),
+            "created_at": now().isoformat(),
+            "train_config": cfg.train.model_dump(),
+        },
+    )
+    if not cfg.train.keep_checkpoints:
+        ckpts = posixpath.join(model_dir, "checkpoints")
+        if root.fs.get_file_info(ckpts).type != pafs.FileType.NotFound:
+            root.fs.delete_dir(ckpts)
+    return test_metrics
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _fs_and_path(model_dir: str, root: DataRoot | None) -> tuple[pafs.FileSystem, str]:
+    if "://" in model_dir:
+        return pafs.FileSystem.from_uri(model_dir)
+    if root is not None and (model_dir.startswith(root.base + "/") or "://" in root.uri):
+        return root.fs, model_dir
+    return pafs.LocalFileSystem(), os.path.abspath(model_dir)
+
+
+def _is_file(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def resolve_model_dir(root: DataRoot, spec: str) -> str:
+    """``latest`` (the newest exported run id), a run id under ``models/``, or a path → the model folder."""
+    if spec == "latest":
+        runs = [r for r in root.list_dir("models") if _is_file(root.fs, root.path("models", r, "model.json"))]
+        if not runs:
+            raise FileNotFoundError(f"no exported model under {root.uri}/models: run the 'train' stage first")
+        return root.model_dir(sorted(runs)[-1])
+    if "/" not in spec and _is_file(root.fs, root.path("models", spec, "model.json")):
+        return root.model_dir(spec)
+    fs, path = _fs_and_path(spec, root)
+    if _is_file(fs, posixpath.join(path, "model.json")):
+        return spec
+    raise FileNotFoundError(f"model {spec!r}: neither a run id under {root.uri}/models nor a folder with model.json")
+
+
+class LoadedModel:
+    """An exported model ready for inference on face crops (PIL images)."""
+
+    def __init__(self, meta: dict, state: dict, test_scores: list[float], device: str | None = None):
+        self.meta = meta
+        self.model_id: str = meta["model_id"]
+        self.task: str = meta["task"]
+        self.kind: str = meta["kind"]
+        self.class_names: list[str] = list(meta["class_names"])
+        self.image_size: int = int(meta["image_size"])
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tc = TrainConfig.model_validate({**meta["train_config"], "pretrained": None})
+        self.model = build_model(tc, int(meta["num_outputs"]), load_pretrained=False)
+        self.model.load_state_dict(state)
+        self.model.to(self.device).eval()
+        self.test_scores = np.sort(np.asarray(test_scores, dtype=np.float64))
+
+    @classmethod
+    def load(cls, model_dir: str, root: DataRoot | None = None, device: str | None = None) -> LoadedModel:
+        """Read ``model.json``, ``model.pt`` (``weights_only=True``) and ``test_scores.json`` from a folder."""
+        fs, path = _fs_and_path(model_dir, root)
+
+        def read(name: str) -> bytes:
+            with fs.open_input_stream(posixpath.join(path, name)) as f:
+                return f.read()
+
+        meta = json.loads(read("model.json"))
+        state = torch.load(io.BytesIO(read("model.pt")), map_location="cpu", weights_only=True)
+        return cls(meta, state, json.loads(read("test_scores.json")), device)
+
+    def _batch(self, crops) -> torch.Tensor:
+        return decode_images(crops, self.image_size, self.meta["mean"], self.meta["std"]).to(self.device)
+
+    @torch.no_grad()
+    def predict(self, crops: list) -> tuple[np.ndarray, list[str | None]]:
+        """Scores (P(class 1) binary, max class probability multi-class, value regression) and class names."""
+        if not crops:
+            return np.empty(0), []
+        out = self.model(self._batch(crops)).float().cpu().numpy()
+        scores, pred = M.scores_from_outputs(self.kind, out, self.meta["target_mean"], self.meta["target_std"])
+        names = [None] * len(crops) if pred is None else [self.class_names[int(i)] for i in pred]
+        return np.asarray(scores, dtype=np.float64), names
+
+    @torch.no_grad()
+    def embed(self, crops: list) -> np.ndarray:
+        """Penultimate features, one row per crop."""
+        if not crops:
+            return np.empty((0, 0), dtype=np.float32)
+        return self.model.embed(self._batch(crops)).float().cpu().numpy()
+
+    def percentile(self, scores) -> np.ndarray:
+        """Share of the test-set scores strictly below each score, 0..1."""
+        s = np.asarray(scores, dtype=np.float64)
+        if len(self.test_scores) == 0:
+            return np.full(s.shape, np.nan)
+        return np.searchsorted(self.test_scores, s, side="left") / len(self.test_scores)

@@ -1,0 +1,304 @@
+"""The distributed training loop: a Ray Train ``TorchTrainer`` over Ray Data shards, checkpointed every epoch.
+
+``fit(cfg, root, labels, run_id)`` starts ``num_workers`` Train workers (``ScalingConfig`` from the config). Each
+worker reads its shard of ``train`` (``ray.train.get_dataset_shard``), decodes and augments the JPEG crops itself,
+and trains with DDP. Fine-tuning has two phases: for ``freeze_epochs`` only the head learns (backbone frozen, its
+batch norms in eval mode, learning rate ``lr``), then the whole network at ``finetune_lr`` (with
+``freeze_epochs == 0`` the whole network trains at ``lr`` from the start). On a GPU: mixed precision
+(``bf16``/``fp16`` autocast, a grad scaler for fp16), channels_last and pinned host memory.
+
+Validation and test sets come as one materialized shard per worker (``val_<rank>``, every row exactly once), the
+outputs are all-gathered, so each worker computes the same metrics and keeps the same best weights.
+
+Every epoch rank 0 reports a checkpoint (``state.pt``: weights, optimiser, epoch, phase, history;
+``best_model.pt``: the best weights so far by validation metric) with ``ray.train.report``. The last epoch's
+checkpoint also holds ``test.json`` (the best model's test-set outputs). Checkpoints live under
+``models/<run_id>/checkpoints/`` on the data root's own filesystem (``RunConfig(storage_filesystem=root.fs)``), so a
+local root keeps them in a local folder and an ``s3://`` root puts them in the bucket. A worker that dies is
+restarted from the latest checkpoint (``FailureConfig(max_failures)``); running again with the same run id and
+storage continues the run (Ray Train restores its checkpoint manager from storage). Checkpoints load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from pipeline.config import Config, TrainConfig
+from pipeline.runtime import log
+from pipeline.store import DataRoot
+from pipeline.train.data import LabelSet, TrainInputError, decode_batch, make_datasets
+from pipeline.train.metrics import evaluate, selection_score
+from pipeline.train.models import NORMALISATION, build_model
+
+CHECKPOINTS = "checkpoints"
+
+
+def check_cluster(cfg: TrainConfig) -> None:
+    """Refuse a config asking for more workers than the cluster can place (leaving room for Ray Data)."""
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
+    need = cfg.num_workers * cfg.cpus_per_worker
+    if need + cfg.data_cpus > cpus + 1e-9:
+        raise TrainInputError(
+            f"train: {cfg.num_workers} workers x {cfg.cpus_per_worker} CPU + {cfg.data_cpus} CPU for Ray Data "
+            f"needs {need + cfg.data_cpus:g} CPUs but the cluster has {cpus:g}; lower train.num_workers or "
+            "train.cpus_per_worker"
+        )
+    if cfg.use_gpu and cfg.num_workers > gpus:
+        raise TrainInputError(f"train: {cfg.num_workers} GPU workers but the cluster has {gpus:g} GPUs")
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+def _gather(obj):
+    """All-gather a picklable object over the workers (a list with one entry per rank)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _predict_split(model, name: str, tc: TrainConfig, kind: str, device, autocast, loss_fn, rank: int, world: int):
+    """Evaluate this rank's shard (``<name>_<rank>``) of a split; gather all ranks' outputs."""
+    import ray.train
+
+    mean, std = NORMALISATION[tc.backbone]
+    ys, outs, loss_sum = [], [], 0.0
+    model.eval()
+    it = ray.train.get_dataset_shard(f"{name}_{rank}")
+    with torch.no_grad():
+        for batch in it.iter_batches(batch_size=tc.batch_size, batch_format="numpy", prefetch_batches=2):
+            x = decode_batch(batch["crop_jpeg"], tc.image_size, mean, std)
+            y = torch.as_tensor(batch["y"])
+            x, y = _to_device(x, y, device)
+            with autocast():
+                out = model(x)
+            out = out.float()
+            loss_sum += float(loss_fn(out.squeeze(1) if kind == "regression" else out, y)) * len(y)
+            ys.append(batch["y"])
+            outs.append(out.cpu().numpy())
+    parts = _gather((ys, outs, loss_sum))
+    y_all = np.concatenate([a for p in parts for a in p[0]]) if any(p[0] for p in parts) else np.empty(0)
+    o_all = np.concatenate([a for p in parts for a in p[1]]) if any(p[1] for p in parts) else np.empty((0, 1))
+    loss = sum(p[2] for p in parts) / max(len(y_all), 1)
+    return y_all, o_all, loss
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device):
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.pin_memory().to(device, non_blocking=True)
+    return x, y
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The per-worker training function (runs inside Ray Train)."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    tc = TrainConfig.model_validate(config["train"])
+    kind, n_out = config["kind"], config["num_outputs"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(tc.seed)
+    torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+    cuda = device.type == "cuda"
+    mean, std = NORMALISATION[tc.backbone]
+
+    ckpt = ray.train.get_checkpoint()
+    model = build_model(tc, n_out, load_pretrained=ckpt is None).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    state, best_state = None, None
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+            best_state = torch.load(os.path.join(d, "best_model.pt"), map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+    history: list[dict] = json.loads(state["history"]) if state else []
+    start = int(state["epoch"]) + 1 if state else 0
+    best_score = max((h["score"] for h in history), default=-float("inf"))
+    best_epoch = max(history, key=lambda h: h["score"])["epoch"] if history else None
+
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
+    use_amp = cuda and amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
+
+    if kind == "regression":
+        loss_fn = torch.nn.MSELoss()
+    else:
+        weights = config["class_weights"]
+        w = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
+        loss_fn = torch.nn.CrossEntropyLoss(weight=w)
+
+    def setup(phase: str):
+        head_only = phase == "head"
+        model.set_backbone_trainable(not head_only)
+        params = [p for p in model.parameters() if p.requires_grad]
+        lr = tc.lr if (head_only or tc.freeze_epochs == 0) else tc.finetune_lr
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=tc.weight_decay)
+        net = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        return opt, net
+
+    phase = None
+    opt = net = None
+    rng = np.random.default_rng([tc.seed, rank, start])
+    train_it = ray.train.get_dataset_shard("train")
+
+    def finish(epoch: int, record: dict | None) -> None:
+        """Test the best weights, then report the last checkpoint (with test outputs)."""
+        model.load_state_dict(best_state)
+        y, out, _ = _predict_split(model, "test", tc, kind, device, autocast, loss_fn, rank, world)
+        model.load_state_dict(last_state)
+        test = {"y": y.tolist(), "outputs": out.tolist(), "best_epoch": best_epoch}
+        _report(epoch, record, test)
+
+    def _report(epoch: int, record: dict | None, test: dict | None) -> None:
+        metrics = {"epoch": epoch, "best_epoch": best_epoch, "best_score": best_score}
+        if record:
+            metrics.update(train_loss=record["train_loss"], val_loss=record["val_loss"], val_score=record["score"])
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(
+                {
+                    "model": last_state,
+                    "optimizer": opt.state_dict() if opt is not None else {},
+                    "phase": phase or "",
+                    "epoch": epoch,
+                    "history": json.dumps(history),
+                },
+                os.path.join(d, "state.pt"),
+            )
+            torch.save(best_state, os.path.join(d, "best_model.pt"))
+            if test is not None:
+                with open(os.path.join(d, "test.json"), "w") as f:
+                    json.dump(test, f)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if start >= tc.epochs:  # a resumed run with nothing left to train: test and report again
+        finish(start - 1, history[-1] if history else None)
+        return
+
+    for epoch in range(start, tc.epochs):
+        want = "head" if epoch < tc.freeze_epochs else "full"
+        if want != phase:
+            phase = want
+            opt, net = setup(phase)
+            if state is not None and state.get("phase") == phase and state.get("optimizer"):
+                opt.load_state_dict(state["optimizer"])
+            state = None
+        net.train()
+        if phase == "head":
+            model.backbone.eval()
+        total, count, t0 = 0.0, 0, time.perf_counter()
+        batches = train_it.iter_batches(
+            batch_size=tc.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=tc.shuffle_buffer or None,
+            local_shuffle_seed=int(rng.integers(1 << 31)),
+            prefetch_batches=2,
+        )
+        for batch in batches:
+            x = decode_batch(
+                batch["crop_jpeg"], tc.image_size, mean, std, train=tc.augment, jitter=tc.jitter, generator=rng
+            )
+            y = torch.as_tensor(batch["y"])
+            x, y = _to_device(x, y, device)
+            with autocast():
+                out = net(x)
+                loss = loss_fn(out.float().squeeze(1) if kind == "regression" else out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        train_s = time.perf_counter() - t0
+        parts = _gather((total, count))
+        train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
+        images = sum(p[1] for p in parts)
+        t1 = time.perf_counter()
+
+        y, out, val_loss = _predict_split(model, "val", tc, kind, device, autocast, loss_fn, rank, world)
+        val = evaluate(kind, y, out, config["class_names"], config["target_mean"], config["target_std"])
+        score = selection_score(kind, val)
+        last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if best_state is None or score > best_score:
+            best_score, best_epoch, best_state = score, epoch, last_state
+        record = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "val_loss": val_loss, "score": score}
+        record.update(train_s=round(train_s, 3), val_s=round(time.perf_counter() - t1, 3), images=images)
+        record["images_per_s"] = round(images / train_s, 2) if train_s > 0 else None
+        record["val"] = {k: v for k, v in val.items() if k in ("n", "accuracy", "roc_auc", "pearson", "mae", "rmse")}
+        history.append(record)
+        if epoch == tc.epochs - 1:
+            finish(epoch, record)
+        else:
+            _report(epoch, record, None)
+
+
+# ------------------------------------------------------------------------------------------------ driver side
+def storage(root: DataRoot, run_id: str) -> str:
+    """The Ray Train storage path (on ``root.fs``) whose ``checkpoints/`` folder holds the run's checkpoints."""
+    return root.path("models", run_id)
+
+
+def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):
+    """Run the TorchTrainer for ``run_id``; continues from the latest checkpoint stored for that run id."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
+    t0 = time.perf_counter()
+    resources = {"CPU": tc.cpus_per_worker}
+    if tc.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train": tc.model_dump(),
+            "kind": labels.kind,
+            "num_outputs": labels.num_outputs,
+            "class_names": labels.class_names,
+            "class_weights": labels.class_weights,
+            "target_mean": labels.target_mean,
+            "target_std": labels.target_std,
+        },
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
+        datasets=make_datasets(root, labels, tc.num_workers, num_cpus=tc.data_cpus, cache=tc.cache_data),
+        dataset_config=DataConfig(datasets_to_split=["train"]),  # val_<rank>/test_<rank> are per-worker already
+        run_config=RunConfig(
+            name=CHECKPOINTS,
+            storage_path=storage(root, run_id),
+            storage_filesystem=root.fs,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    log.info("train %s: datasets ready in %.1fs; starting %d workers", run_id, time.perf_counter() - t0, tc.num_workers)
+    result = trainer.fit()
+    log.info("train %s: trainer finished in %.1fs", run_id, time.perf_counter() - t0)
+    return result

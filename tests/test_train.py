@@ -1,0 +1,178 @@
+"""The train stage on a tiny synthetic data root: it learns, exports, resumes, and refuses bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from pipeline.config import load_config
+from pipeline.store import DataRoot
+from pipeline.train import LoadedModel, TrainInputError, resolve_model_dir, run
+
+N = 100  # 60 train, 20 val, 20 test
+
+
+def _crop(brightness: float, rng: np.random.Generator) -> bytes:
+    """A 64x64 JPEG whose mean brightness carries the signal, with texture noise and a random tint."""
+    a = rng.normal(brightness, 25, size=(64, 64, 1)) + rng.normal(0, 10, size=(1, 1, 3))
+    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_root(path, task: str = "selfie", n: int = N, seed: int = 0) -> tuple[DataRoot, list[bytes], list[int]]:
+    """Write ``faces`` and ``labels/<task>``: bright crops are class 1 ('good'); the target is the brightness."""
+    rng = np.random.default_rng(seed)
+    root = DataRoot(str(path))
+    faces, labels, crops, classes = [], [], [], []
+    for i in range(n):
+        cls = i % 2
+        b = float(rng.uniform(150, 210) if cls else rng.uniform(50, 110))
+        jpeg = _crop(b, rng)
+        sha = hashlib.sha256(jpeg).hexdigest()
+        faces.append({"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": jpeg, "width": 64, "height": 64})
+        split = "train" if i < 0.6 * n else ("val" if i < 0.8 * n else "test")
+        row = {"item_id": f"p{i}", "site": "t", "person_id": f"u{i}", "image_sha256": sha, "status": "ok"}
+        row.update(split=split, weight=1.0, target=b / 255 * 4 + 1)
+        if task != "beauty":
+            row.update(label=cls, class_name=["bad", "good"][cls])
+        labels.append(row)
+        crops.append(jpeg)
+        classes.append(cls)
+    labels.append({"item_id": "x", "person_id": "ux", "image_sha256": "0" * 64, "status": "excluded", "split": "train"})
+    root.write_part("faces", faces)
+    root.replace(f"labels/{task}", pa.Table.from_pylist(labels))
+    return root, crops, classes
+
+
+def cfg_for(path, task: str = "selfie", **train):
+    base = {
+        "task": task,
+        "backbone": "small_cnn",
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 16,
+        "lr": 0.003,
+        "num_workers": 2,
+        "cpus_per_worker": 0.5,
+        "max_failures": 0,
+    }
+    base.update(train)
+    return load_config(None, overrides={"data_root": str(path), "train": base})
+
+
+def test_selfie_learns_exports_resumes_and_predicts(ray_session, tmp_path):
+    root, crops, classes = make_root(tmp_path)
+    first = run(cfg_for(tmp_path, run_id="20260101T000000Z-selfie", epochs=2))
+    d = root.model_dir("20260101T000000Z-selfie")
+    m1 = root.read_json(f"{d}/metrics.json")
+    assert [h["epoch"] for h in m1["history"]] == [0, 1]
+    assert first["run_id"] == "20260101T000000Z-selfie"
+
+    again = run(cfg_for(tmp_path, run_id="20260101T000000Z-selfie", epochs=5), resume=True)
+    m2 = root.read_json(f"{d}/metrics.json")
+    assert [h["epoch"] for h in m2["history"]] == [0, 1, 2, 3, 4]
+    assert m2["history"][:2] == m1["history"]  # continued from the checkpoint, not restarted
+    test = m2["test"]
+    assert test["n"] == 20 and again["test"]["accuracy"] == test["accuracy"]
+    assert test["accuracy"] >= 0.75, test  # chance is 0.5
+    assert test["roc_auc"] >= 0.9
+    assert set(test["per_class"]) == {"bad", "good"} and np.sum(test["confusion"]) == 20
+
+    meta = root.read_json(f"{d}/model.json")
+    assert meta["model_id"] == "20260101T000000Z-selfie" and meta["class_names"] == ["bad", "good"]
+    assert meta["image_size"] == 32 and meta["num_outputs"] == 2 and len(meta["mean"]) == 3
+    for name in ("model.pt", "test_scores.json", "plots/training_curve.png", "plots/confusion.png", "plots/roc.png"):
+        assert root.fs.get_file_info(f"{d}/{name}").size > 0, name
+
+    assert resolve_model_dir(root, "latest") == d
+    assert resolve_model_dir(root, "20260101T000000Z-selfie") == d
+    model = LoadedModel.load(resolve_model_dir(root, "latest"), root)
+    assert model.task == "selfie" and model.class_names == ["bad", "good"]
+    images = [Image.open(io.BytesIO(c)) for c in crops[-20:]]
+    scores, names = model.predict(images)
+    assert scores.shape == (20,) and np.all((scores >= 0) & (scores <= 1))
+    acc = np.mean([(s > 0.5) == bool(c) for s, c in zip(scores, classes[-20:], strict=True)])
+    assert acc == test["accuracy"]  # the loader scores exactly as the trainer evaluated
+    assert names[int(np.argmax(scores))] == "good"
+    assert model.embed(images[:3]).shape == (3, 128)
+    pct = model.percentile([-1.0, 2.0, float(np.median(scores))])
+    assert pct[0] == 0.0 and pct[1] == 1.0 and 0.2 < pct[2] < 0.8
+
+    with pytest.raises(TrainInputError, match="already exists"):
+        run(cfg_for(tmp_path, run_id="20260101T000000Z-selfie"))
+
+
+def test_regression_beauty(ray_session, tmp_path):
+    root, _, _ = make_root(tmp_path, task="beauty", seed=1)
+    out = run(cfg_for(tmp_path, task="beauty", epochs=4, freeze_epochs=1, finetune_lr=0.003))
+    assert out["kind"] == "regression" and out["class_names"] == []
+    m = root.read_json(f"{out['model_dir']}/metrics.json")
+    assert [h["phase"] for h in m["history"]] == ["head", "full", "full", "full"]
+    assert m["test"]["pearson"] > 0.6, m["test"]
+    assert m["test"]["mae"] < 1.0  # targets span about 1.8..4.3
+    for name in ("scatter.png", "histograms.png", "training_curve.png"):
+        assert root.fs.get_file_info(f"{out['model_dir']}/plots/{name}").size > 0
+    model = LoadedModel.load(out["model_dir"])
+    scores, names = model.predict([Image.new("RGB", (64, 64), (200, 200, 200)), Image.new("RGB", (64, 64), (60,) * 3)])
+    assert names == [None, None] and scores[0] > scores[1]
+    assert json.loads(root.read_bytes(f"{out['model_dir']}/test_scores.json")) == sorted(
+        json.loads(root.read_bytes(f"{out['model_dir']}/test_scores.json"))
+    )
+
+
+def _relabel(root: DataRoot, task: str, fn) -> None:
+    t = root.read(f"labels/{task}").to_pylist()
+    root.replace(f"labels/{task}", pa.Table.from_pylist([fn(r) or r for r in t]))
+
+
+@pytest.mark.parametrize(
+    ("task", "change", "overrides", "message"),
+    [
+        ("selfie", lambda r: r.update(label=1, class_name="good"), {}, "only one class"),
+        ("selfie", lambda r: r.update(split="train") if r["split"] == "val" else None, {}, "'val' split is empty"),
+        ("beauty", lambda r: r.update(target=float("nan")) if r["item_id"] == "p3" else None, {}, "NaN"),
+        ("selfie", lambda r: r.update(image_sha256="f" * 64) if r["item_id"] == "p5" else None, {}, "no kept face"),
+        ("selfie", None, {"num_workers": 8}, "cluster has"),
+    ],
+)
+def test_bad_input_fails_before_training(ray_session, tmp_path, task, change, overrides, message):
+    root, _, _ = make_root(tmp_path, task=task, n=20)
+    if change is not None:
+        _relabel(root, task, change)
+    with pytest.raises(TrainInputError, match=message):
+        run(cfg_for(tmp_path, task=task, **overrides))
+    assert not root.exists("models")
+
+
+def test_missing_inputs_are_named(ray_session, tmp_path):
+    from pipeline.store import MissingDatasetError
+
+    with pytest.raises(MissingDatasetError, match="labels/selfie"):
+        run(cfg_for(tmp_path))
+
+
+def test_backbones_heads_and_local_pretrained_file(tmp_path):
+    import torch
+
+    from pipeline.config import TrainConfig
+    from pipeline.train.models import build_model
+
+    for backbone, size, dim in (("resnet18", 64, 512), ("inception_resnet_v1", 112, 512), ("small_cnn", 32, 128)):
+        m = build_model(TrainConfig(backbone=backbone), num_outputs=4).eval()
+        x = torch.rand(2, 3, size, size)
+        assert m(x).shape == (2, 4) and m.embed(x).shape == (2, dim)
+    src = build_model(TrainConfig(backbone="small_cnn"), 2)
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    dst = build_model(TrainConfig(backbone="small_cnn", pretrained=str(tmp_path / "w.pt")), 1)
+    for k, v in src.backbone.state_dict().items():
+        assert torch.equal(v, dst.backbone.state_dict()[k]), k
+    with pytest.raises(FileNotFoundError, match="never downloaded|not a file"):
+        build_model(TrainConfig(backbone="resnet18", pretrained="imagenet"), 2)
