@@ -1,0 +1,246 @@
+"""Score-stage throughput: the Ray Data scorer (``pipeline.score.run``) against a plain PyTorch loop.
+
+Both score the same N face crops with the same exported model (resnet18 at 96 px, random weights: speed does not
+depend on them) and the same batch size. Ours: the whole stage over a data root whose ``faces`` rows hold the
+crops (so face detection is reused, as in production), Parquet parts written included. Plain: a DataLoader that
+decodes the same JPEG crops, the model's forward pass, the same percentile lookup, results kept in memory.
+Then peak RSS (driver + Ray processes) of our stage at 2,000 and 20,000 images: streaming keeps it flat.
+
+    python benchmarks/bench_score.py [--n 2000] [--batch 32] [--rss 2000,20000] [--device cpu|cuda]
+
+Prints a table, then one JSON line: {"bench": "score", "ours": …, "peer": …, "ratio": ours/plain, "unit": "images/s"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import posixpath
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def make_root(path: str, n: int, backbone: str = "resnet18", image_size: int = 96) -> str:
+    """A data root with n posts rows, n faces rows (112 px JPEG crops) and one exported model."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from pipeline.config import TrainConfig
+    from pipeline.store import DataRoot, now
+    from pipeline.train.models import NORMALISATION, build_model
+
+    root = DataRoot(path)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, size=(112, 112, 3), dtype=np.uint8)
+    chunk = 5000
+    for start in range(0, n, chunk):
+        posts, faces = [], []
+        for i in range(start, min(n, start + chunk)):
+            img = np.roll(base, i % 97, axis=0) ^ np.uint8(i % 251)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=85)
+            sha = f"{i:064x}"
+            posts.append({"site": "bench", "item_id": str(i), "status": "ok", "image_sha256": sha})
+            faces.append(
+                {"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": buf.getvalue(), "processed_at": now()}
+            )
+        root.write_part("posts", posts)
+        root.write_part("faces", faces)
+    tc = TrainConfig(task="selfie", backbone=backbone, image_size=image_size)
+    model = build_model(tc, 2, load_pretrained=False)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    d = root.model_dir("bench")
+    root.write_bytes_atomic(posixpath.join(d, "model.pt"), buf.getvalue())
+    root.write_json(posixpath.join(d, "test_scores.json"), [float(x) for x in np.linspace(0, 1, 201)])
+    mean, std = NORMALISATION[backbone]
+    root.write_json(
+        posixpath.join(d, "model.json"),
+        {
+            "model_id": "bench",
+            "task": "selfie",
+            "kind": "binary",
+            "backbone": backbone,
+            "num_outputs": 2,
+            "class_names": ["bad", "good"],
+            "image_size": image_size,
+            "mean": mean,
+            "std": std,
+            "target_mean": 0.0,
+            "target_std": 1.0,
+            "train_config": tc.model_dump(),
+        },
+    )
+    return path
+
+
+def plain_loop(root_path: str, batch: int, device: str, workers: int) -> tuple[float, int]:
+    """DataLoader over the same crops → the same model → scores and percentiles; returns (seconds, n)."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from pipeline.imaging import decode_image
+    from pipeline.store import DataRoot
+    from pipeline.train.export import LoadedModel
+
+    root = DataRoot(root_path)
+    crops = root.read("faces", columns=["crop_jpeg"])["crop_jpeg"].to_pylist()
+    m = LoadedModel.load(root.model_dir("bench"), root, device=device)
+    size, mean, std = m.image_size, m.meta["mean"], m.meta["std"]
+
+    class Crops(Dataset):
+        def __len__(self):
+            return len(crops)
+
+        def __getitem__(self, i):
+            im = decode_image(crops[i]).resize((size, size))
+            return torch.from_numpy(np.array(im)).permute(2, 0, 1)
+
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1).to(device)
+    std_t = torch.tensor(std).view(1, 3, 1, 1).to(device)
+    t0 = time.perf_counter()
+    out = []
+    loader = DataLoader(Crops(), batch_size=batch, num_workers=workers)
+    with torch.no_grad():
+        for x in loader:
+            x = (x.to(device).float() / 255.0 - mean_t) / std_t
+            p = torch.softmax(m.model(x).float(), 1)[:, 1].cpu().numpy()
+            out.append(m.percentile(p))
+    return time.perf_counter() - t0, sum(len(o) for o in out)
+
+
+def ours(root_path: str, batch: int, device: str, actors: int) -> dict:
+    from pipeline import score
+    from pipeline.config import load_config
+
+    cfg = load_config(
+        None,
+        overrides={
+            "data_root": root_path,
+            "score.model": "bench",
+            "score.batch_size": batch,
+            "score.num_actors": actors,
+            "score.part_rows": 2048,
+            "score.device": device,
+            "ray.num_cpus": os.cpu_count(),
+            "score.num_gpus_per_actor": 1.0 / actors if device == "cuda" else 0.0,
+        },
+    )
+    t0 = time.perf_counter()
+    s = score.run(cfg)
+    return {"seconds": time.perf_counter() - t0, "scored": s["scored"]}
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p] + p.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def peak_rss(n: int, batch: int, device: str, actors: int) -> tuple[float, float]:
+    """Run our stage on n images in a child process; returns (peak RSS MiB of its process tree, seconds)."""
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as d:
+        make_root(d, n)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            d,
+            "--batch",
+            str(batch),
+            "--device",
+            device,
+            "--actors",
+            str(actors),
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak, t0 = 0, time.perf_counter()
+        stop = threading.Event()
+
+        def sample():
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, _tree_rss(proc.pid))
+                time.sleep(0.2)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        proc.wait()
+        stop.set()
+        th.join()
+        if proc.returncode != 0:
+            raise RuntimeError(f"child run failed ({proc.returncode})")
+        return peak / 2**20, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--actors", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the plain loop")
+    ap.add_argument("--rss", default="2000,20000", help="image counts for the peak-RSS runs ('' to skip)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        ours(a.child, a.batch, a.device, a.actors)
+        return
+    import torch
+
+    dev_name = torch.cuda.get_device_name(0) if a.device == "cuda" else f"CPU x{os.cpu_count()}"
+    with tempfile.TemporaryDirectory(prefix="bench-score-") as d:
+        make_root(d, a.n)
+        plain_s, plain_n = plain_loop(d, a.batch, a.device, a.workers)
+        r = ours(d, a.batch, a.device, a.actors)
+    ours_ips, plain_ips = r["scored"] / r["seconds"], plain_n / plain_s
+    rss = {}
+    for n in [int(x) for x in a.rss.split(",") if x.strip()]:
+        rss[n] = peak_rss(n, a.batch, a.device, a.actors)
+    print(f"score benchmark on {dev_name}, load average {os.getloadavg()[0]:.1f}, n={a.n}, batch={a.batch}")
+    print(f"{'':28}{'images':>8}{'seconds':>10}{'images/s':>10}")
+    print(f"{'ours (Ray Data stage)':28}{r['scored']:>8}{r['seconds']:>10.1f}{ours_ips:>10.1f}")
+    print(f"{'plain PyTorch DataLoader':28}{plain_n:>8}{plain_s:>10.1f}{plain_ips:>10.1f}")
+    for n, (mib, secs) in rss.items():
+        print(f"peak RSS (driver + Ray), {n} images: {mib:.0f} MiB in {secs:.0f} s")
+    print(
+        json.dumps(
+            {
+                "bench": "score",
+                "ours": round(ours_ips, 2),
+                "peer": round(plain_ips, 2),
+                "ratio": round(ours_ips / plain_ips, 3),
+                "unit": "images/s",
+                "n": a.n,
+                "batch": a.batch,
+                "device": dev_name,
+                "peak_rss_mib": {str(k): round(v[0]) for k, v in rss.items()},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The model report: one static, self-contained HTML page per trained model (every image inlined as a data URI).
+
+    python -m pipeline report --run data/demo/models/<run_id>      # → <run dir>/report.html
+
+What it shows: the model's test metrics; the top and bottom scored faces as image grids; a histogram of the scores;
+the training curve and the confusion matrix or scatter written by training (the model dir's PNGs); a 2-D t-SNE map
+of the penultimate-layer embeddings with thumbnails (:mod:`pipeline.report.tsne`).
+
+The scores come from the score stage's output for this model id. When the model has not scored anything yet, up to
+``score.report_tsne_points`` face crops of the face stage are scored on the spot, and the page says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import posixpath
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+from PIL import Image
+
+from pipeline.config import Config
+from pipeline.store import DataRoot
+
+
+def _uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _png_bytes(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def histogram_png(scores: np.ndarray, title: str) -> bytes:
+    """A histogram of scores as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(scores, bins=min(40, max(5, len(scores) // 4)), color="#4477aa", edgecolor="white")
+    ax.set_xlabel("score")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    return _png_bytes(fig)
+
+
+def _model_pngs(fs: pafs.FileSystem, model_dir: str) -> list[tuple[str, bytes]]:
+    """Every PNG the training run left in its model dir (plots), except checkpoints."""
+    infos = fs.get_file_info(pafs.FileSelector(model_dir, recursive=True, allow_not_found=True))
+    out = []
+    for f in sorted(infos, key=lambda i: i.path):
+        rel = posixpath.relpath(f.path, model_dir)
+        if f.type == pafs.FileType.File and rel.lower().endswith(".png") and not rel.startswith("checkpoints"):
+            with fs.open_input_stream(f.path) as s:
+                out.append((rel, s.read()))
+    return out
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> dict:
+    try:
+        with fs.open_input_stream(path) as s:
+            return json.loads(s.read())
+    except (OSError, ValueError):
+        return {}
+
+
+def _scores_for(root: DataRoot, model_id: str) -> pa.Table:
+    if not root.has("scores"):
+        return pa.table({"image_sha256": pa.array([], pa.string()), "score": pa.array([], pa.float64())})
+    flt = (pc.field("model_id") == model_id) & (pc.field("status") == "ok")
+    t = root.read("scores", columns=["image_sha256", "score", "predicted", "percentile"], filter=flt)
+    return t
+
+
+def _crops(root: DataRoot, shas: list[str] | None, limit: int | None = None) -> dict[str, bytes]:
+    """image_sha256 → the face stage's crop JPEG (kept faces only), for ``shas`` or the first ``limit``."""
+    if not root.has("faces"):
+        return {}
+    flt = pc.field("kept") == True  # noqa: E712 - a pyarrow expression
+    if shas is not None:
+        flt = flt & pc.field("image_sha256").isin(shas)
+    t = root.read("faces", columns=["image_sha256", "crop_jpeg"], filter=flt)
+    t = t.filter(pc.is_valid(t["crop_jpeg"]))
+    if limit is not None:
+        t = t.sort_by("image_sha256").slice(0, limit)
+    return dict(zip(t["image_sha256"].to_pylist(), t["crop_jpeg"].to_pylist(), strict=True))
+
+
+def _grid(title: str, items: list[tuple[str, bytes, float, str | None]]) -> str:
+    cells = "".join(
+        f'<figure><img src="{_uri(jpeg, "image/jpeg")}" alt="{html.escape(sha[:12])}" width="112" height="112">'
+        f"<figcaption>{score:.3f}{(' · ' + html.escape(str(pred))) if pred else ''}</figcaption></figure>"
+        for sha, jpeg, score, pred in items
+    )
+    return f"<section><h2>{html.escape(title)}</h2><div class='grid'>{cells or '<p>none</p>'}</div></section>"
+
+
+def _figure(title: str, png: bytes) -> str:
+    return f"<section><h2>{html.escape(title)}</h2><img class='plot' src='{_uri(png, 'image/png')}' alt=''></section>"
+
+
+def _metrics_table(metrics: dict) -> str:
+    test = metrics.get("test", metrics)
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{v:.4g}</td></tr>"
+        for k, v in test.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    )
+    return f"<section><h2>Test metrics</h2><table>{rows or '<tr><td>none recorded</td></tr>'}</table></section>"
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+.grid{display:flex;flex-wrap:wrap;gap:8px}
+figure{margin:0;text-align:center;font-size:12px}
+figure img{display:block;border-radius:4px;object-fit:cover}
+img.plot{max-width:100%;border:1px solid #ddd}
+table{border-collapse:collapse}th,td{padding:2px 10px;border-bottom:1px solid #eee;text-align:left}
+.note{color:#a60}
+"""
+
+
+def write_report(run_dir: str, cfg: Config) -> str:
+    """Write ``<run_dir>/report.html`` (self-contained) for the model in ``run_dir``; returns its path."""
+    from pipeline.report.tsne import tsne_2d, tsne_png
+    from pipeline.score import _load_model
+    from pipeline.train.export import _fs_and_path, resolve_model_dir
+
+    root = DataRoot(cfg.data_root)
+    model_dir = resolve_model_dir(root, run_dir)
+    fs, mdir = _fs_and_path(model_dir, root)
+    model = _load_model(model_dir, root, "cpu")
+    metrics = _read_json(fs, posixpath.join(mdir, "metrics.json"))
+    sc = cfg.score
+
+    scores = _scores_for(root, model.model_id)
+    note = ""
+    shas = scores["image_sha256"].to_pylist()
+    vals = np.asarray(scores["score"].to_pylist(), dtype=np.float64)
+    preds = scores["predicted"].to_pylist() if "predicted" in scores.column_names else [None] * len(shas)
+    if len(shas):
+        order = np.argsort(-vals, kind="stable")
+        want = [shas[i] for i in order[: sc.report_grid * 3]] + [shas[i] for i in order[::-1][: sc.report_grid * 3]]
+        rng = np.random.default_rng(sc.seed)
+        sample_idx = rng.choice(len(shas), size=min(len(shas), sc.report_tsne_points), replace=False)
+        want += [shas[i] for i in sample_idx]
+        crops = _crops(root, sorted(set(want)))
+    else:  # nothing scored yet: score the face stage's crops now
+        crops = _crops(root, None, limit=sc.report_tsne_points)
+        from pipeline.imaging import decode_image
+
+        shas = list(crops)
+        if shas:
+            s, preds = model.predict([decode_image(crops[h]) for h in shas])
+            vals = np.asarray(s, dtype=np.float64).reshape(len(shas), -1)[:, 0]
+            preds = list(preds)
+        note = "This model has not scored any images yet: the faces below were scored while writing this report."
+    by_sha = {h: (float(v), p) for h, v, p in zip(shas, vals, preds, strict=True)}
+    ranked = sorted((h for h in by_sha if h in crops), key=lambda h: -by_sha[h][0])
+    n = sc.report_grid
+    top = [(h, crops[h], *by_sha[h]) for h in ranked[:n]]
+    bottom = [(h, crops[h], *by_sha[h]) for h in ranked[::-1][:n]]
+
+    parts = [
+        f"<h1>Model {html.escape(str(model.model_id))}</h1>",
+        f"<p>task: {html.escape(str(getattr(model, 'task', '')))} · classes: "
+        f"{html.escape(', '.join(map(str, getattr(model, 'class_names', None) or [])) or '—')} · "
+        f"{len(by_sha)} scored images · written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC</p>",
+    ]
+    if note:
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    parts.append(_metrics_table(metrics))
+    parts.append(_grid(f"Top {len(top)} scored faces", top))
+    parts.append(_grid(f"Bottom {len(bottom)} scored faces", bottom))
+    if len(vals):
+        parts.append(_figure("Score histogram", histogram_png(vals, f"{len(vals)} images")))
+    for rel, png in _model_pngs(fs, mdir):
+        parts.append(_figure(f"Training: {rel}", png))
+    with_crops = [h for h in by_sha if h in crops][: sc.report_tsne_points]
+    if len(with_crops) >= 5:
+        from pipeline.imaging import decode_image
+
+        thumbs = [decode_image(crops[h]) for h in with_crops]
+        emb = np.asarray(model.embed(thumbs))
+        xy = tsne_2d(emb, seed=sc.seed)
+        parts.append(
+            _figure(
+                "t-SNE of the penultimate layer", tsne_png(xy, thumbs, np.array([by_sha[h][0] for h in with_crops]))
+            )
+        )
+    else:
+        parts.append("<section><h2>t-SNE</h2><p>fewer than 5 faces: no map.</p></section>")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>facerank report {html.escape(str(model.model_id))}</title><style>{CSS}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
+    out = posixpath.join(mdir, "report.html")
+    tmp = posixpath.join(mdir, f".report-{dt.datetime.now(dt.UTC):%H%M%S%f}.tmp")
+    with fs.open_output_stream(tmp) as f:
+        f.write(page.encode("utf-8"))
+    fs.move(tmp, out)
+    return out if "://" not in root.uri else f"{root.uri.split('://')[0]}://{out}"
+
+
+def thumbnail(jpeg: bytes, size: int = 112) -> Image.Image:
+    """Decode a crop JPEG and resize it to a square thumbnail."""
+    from pipeline.imaging import decode_image
+
+    return decode_image(jpeg).resize((size, size))

@@ -1,0 +1,333 @@
+"""The score stage: Ray Data batch inference of a trained model over the images it has not scored yet.
+
+Flow (one streaming Ray Data pipeline, nothing collected onto the driver but the small score rows)::
+
+    candidate images (posts/staff rows with status ok, or a folder/URI of new images stored by sha256)
+      - images this model id already scored (any scores/dt=* partition)
+      → face rows: the face stage's ``faces`` rows when they exist, else :func:`pipeline.faces.detect_faces`
+      → model (:class:`_Scorer`: loaded once per actor; an actor pool of ``score.num_actors``, GPUs per actor
+        from config) → score, predicted class, percentile against the model's test set
+      → ``scores/dt=<today>/part-*.parquet`` written atomically every ``score.part_rows`` rows
+
+Incremental and idempotent: the key is (image_sha256, model_id). A run killed halfway leaves only whole part files,
+so the rerun scores exactly the images that are still missing; within a run each image is written once.
+
+Row status: ``ok`` (a face was scored), ``skipped`` (no usable face: ``reason`` is the face stage's, e.g.
+``no_face``, ``many_faces``, ``low_prob``), ``error`` (unreadable image or crop: ``reason`` says why).
+
+Example::
+
+    from pipeline.config import load_config
+    from pipeline import score
+    summary = score.run(load_config("configs/demo.yaml"))
+    summary["scored"], summary["partition"]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from pipeline.config import Config
+from pipeline.runtime import init_ray, log
+from pipeline.store import SCORES, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, DataRoot, now
+
+# face-stage reasons that mean the image itself is unusable (an error row, not a skipped one)
+ERROR_REASONS = ("decode_error", "detect_error", "error")
+IMAGE_EXTENSIONS = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+# what the scorer needs from a face row
+FACE_COLUMNS = ["image_sha256", "kept", "reason", "crop_jpeg"]
+FACE_TYPES = pa.schema(
+    [("image_sha256", pa.string()), ("kept", pa.bool_()), ("reason", pa.string()), ("crop_jpeg", pa.binary())]
+)
+OUT_SCHEMA = SCORES  # rows leave the actors already in the stored schema
+
+
+# ------------------------------------------------------------------------------------------------ candidates
+def candidate_images(root: DataRoot) -> list[str]:
+    """Distinct image sha256s referenced by ``posts`` and ``staff`` rows with status ok (sorted)."""
+    found: set[str] = set()
+    present = [d for d in ("posts", "staff") if root.has(d)]
+    if not present:
+        root.require("posts")  # names the missing input and the stage that writes it
+    for name in present:
+        t = root.read(name, columns=["image_sha256", "status"])
+        mask = pc.and_(pc.equal(t["status"], "ok"), pc.is_valid(t["image_sha256"]))
+        found.update(v for v in t.filter(mask)["image_sha256"].to_pylist() if v)
+    return sorted(found)
+
+
+def _local_or_uri(location: str):
+    import os
+
+    import pyarrow.fs as pafs
+
+    if "://" in location:
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+def ingest_images(root: DataRoot, images: str, threads: int = 8) -> list[str]:
+    """Store every image file under the folder or URI ``images`` in the data root by sha256; return the hashes.
+
+    Files are found recursively by extension (``IMAGE_EXTENSIONS``) and copied with a small thread pool (I/O
+    bound); a file already stored under its hash is not written again.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.fs as pafs
+
+    fs, base = _local_or_uri(images)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"images: {images} does not exist")
+    infos = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    paths = sorted(
+        f.path for f in infos if f.type == pafs.FileType.File and f.path.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
+    )
+
+    def _put(path: str) -> str:
+        with fs.open_input_stream(path) as f:
+            return root.put_image(f.read())
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return sorted(set(pool.map(_put, paths)))
+
+
+def scored_images(root: DataRoot, model_id: str) -> set[str]:
+    """Image sha256s that ``model_id`` has already scored, over every ``scores/dt=*`` partition."""
+    if not root.has("scores"):
+        return set()
+    t = root.read("scores", columns=["image_sha256"], filter=pc.field("model_id") == model_id)
+    return set(t["image_sha256"].to_pylist())
+
+
+def face_rows_present(root: DataRoot) -> set[str]:
+    """Image sha256s the face stage has rows for."""
+    if not root.has("faces"):
+        return set()
+    return set(root.read("faces", columns=["image_sha256"])["image_sha256"].to_pylist())
+
+
+# ------------------------------------------------------------------------------------------------ pipeline pieces
+def _keep_only(batch: pa.Table, wanted: pa.Array) -> pa.Table:
+    return batch.filter(pc.is_in(batch["image_sha256"], value_set=wanted))
+
+
+def _conform_faces(batch: pa.Table) -> pa.Table:
+    cols = [
+        batch[n].cast(f.type) if n in batch.column_names else pa.nulls(len(batch), f.type)
+        for n, f in zip(FACE_TYPES.names, FACE_TYPES, strict=True)
+    ]
+    return pa.Table.from_arrays(cols, schema=FACE_TYPES)
+
+
+def model_meta(root: DataRoot, model_dir: str) -> dict:
+    """The exported model's ``model.json`` (id, task, classes) without loading its weights."""
+    import json
+    import posixpath
+
+    from pipeline.train.export import _fs_and_path
+
+    fs, path = _fs_and_path(model_dir, root)
+    with fs.open_input_stream(posixpath.join(path, "model.json")) as f:
+        return json.loads(f.read())
+
+
+def pick_device(device: str, num_gpus: float) -> str:
+    """``cuda`` when asked for (or ``auto`` with a GPU given to this actor and visible), else ``cpu``."""
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if device == "cuda" or (num_gpus > 0 and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+class _Scorer:
+    """Ray Data actor: loads the model once, scores face crops batch by batch."""
+
+    def __init__(self, model_dir: str, data_root: str, run_id: str, device: str):
+
+        self.model = _load_model(model_dir, DataRoot(data_root), device)
+        self.run_id = run_id
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return score_face_rows(self.model, batch.to_pylist(), self.run_id)
+
+
+def _load_model(model_dir: str, root: DataRoot | None, device: str = "cpu") -> Any:
+    """``LoadedModel.load`` with the device when its signature takes one."""
+    import inspect
+
+    from pipeline.train.export import LoadedModel
+
+    params = inspect.signature(LoadedModel.load).parameters
+    if "device" in params:
+        return LoadedModel.load(model_dir, root=root, device=device)
+    return LoadedModel.load(model_dir, root=root)
+
+
+def score_face_rows(model: Any, rows: list[dict], run_id: str) -> pa.Table:
+    """Face rows (image_sha256, kept, reason, crop_jpeg) → score rows in the SCORES schema.
+
+    A crop that cannot be decoded becomes an ``error`` row; a batch the model fails on is retried row by row,
+    so one bad crop never loses the batch.
+    """
+    from pipeline.imaging import decode_image
+
+    out: list[dict] = []
+    todo: list[tuple[int, Any]] = []
+    stamp = now()
+    for r in rows:
+        base = {
+            "image_sha256": r["image_sha256"],
+            "model_id": model.model_id,
+            "run_id": run_id,
+            "scored_at": stamp,
+            "face_found": bool(r.get("kept")),
+        }
+        if not r.get("kept") or not r.get("crop_jpeg"):
+            reason = r.get("reason") or "no_face"
+            status = STATUS_ERROR if reason.startswith(ERROR_REASONS) else STATUS_SKIPPED
+            out.append({**base, "face_found": False, "status": status, "reason": reason})
+            continue
+        try:
+            todo.append((len(out), decode_image(r["crop_jpeg"])))
+            out.append({**base, "status": STATUS_OK, "reason": None})
+        except Exception as err:  # a corrupt crop: one error row
+            out.append({**base, "status": STATUS_ERROR, "reason": f"crop_decode_error: {err}"[:300]})
+
+    def _fill(items: list[tuple[int, Any]]) -> None:
+        scores, predicted = model.predict([im for _, im in items])
+        scores = np.asarray(scores, dtype=np.float64).reshape(len(items), -1)[:, 0]
+        pct = np.asarray(model.percentile(scores), dtype=np.float64).reshape(-1)
+        for (i, _), s, p, q in zip(items, scores, predicted, pct, strict=True):
+            out[i].update(score=float(s), predicted=p, percentile=float(q))
+
+    if todo:
+        try:
+            _fill(todo)
+        except Exception:
+            for item in todo:  # isolate the failing crop(s)
+                try:
+                    _fill([item])
+                except Exception as err:
+                    out[item[0]].update(status=STATUS_ERROR, reason=f"model_error: {err}"[:300])
+    return pa.Table.from_pylist(out, schema=OUT_SCHEMA)
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def run(cfg: Config, images: str | None = None) -> dict:
+    """Score every candidate image that the configured model has not scored yet; returns a summary.
+
+    ``images``: a folder or URI of new images; they are stored in the data root by sha256 and become the
+    candidates (instead of the images referenced by ``posts``/``staff``).
+    """
+    from pipeline.train.export import resolve_model_dir
+
+    t0 = time.monotonic()
+    init_ray(cfg)
+    root = DataRoot(cfg.data_root)
+    sc = cfg.score
+    model_dir = resolve_model_dir(root, sc.model)
+    model_id = model_meta(root, model_dir)["model_id"]  # the actors load the weights, the driver only reads the id
+
+    if images is not None:
+        candidates = ingest_images(root, images)
+        source = images
+    else:
+        candidates = candidate_images(root)
+        source = "posts/staff"
+    done = scored_images(root, model_id)
+    todo = [s for s in candidates if s not in done]
+    day = dt.datetime.now(dt.UTC).date()
+    partition = root.scores_partition(day)
+    run_id = f"score-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    summary: dict[str, Any] = {
+        "model_id": model_id,
+        "model_dir": model_dir,
+        "run_id": run_id,
+        "source": source,
+        "candidates": len(candidates),
+        "already_scored": len(candidates) - len(todo),
+        "to_score": len(todo),
+        "partition": partition,
+    }
+    log.info(
+        "score: model %s, %d candidates, %d already scored, %d to score",
+        model_id,
+        len(candidates),
+        len(candidates) - len(todo),
+        len(todo),
+    )
+    counts = {STATUS_OK: 0, STATUS_SKIPPED: 0, STATUS_ERROR: 0}
+    parts: list[str] = []
+    reused = detected = 0
+    if todo:
+        root.clean_tmp(partition)
+        have_faces = face_rows_present(root)
+        reuse = [s for s in todo if s in have_faces]
+        fresh = [s for s in todo if s not in have_faces]
+        reused, detected = len(reuse), len(fresh)
+        pieces = []
+        if reuse:
+            wanted = pa.array(reuse, pa.string())
+            ds = ray.data.read_parquet(root.part_files("faces"), filesystem=root.fs).select_columns(FACE_COLUMNS)
+            ds = ds.map_batches(_keep_only, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
+            pieces.append(ds.map_batches(_conform_faces, batch_format="pyarrow"))
+        if fresh:
+            from pipeline.faces import detect_faces
+
+            ds = ray.data.from_items([{"image_sha256": s} for s in fresh])
+            ds = detect_faces(ds, cfg.faces, data_root=root.uri)  # the face stage reads the bytes
+            pieces.append(ds.map_batches(_conform_faces, batch_format="pyarrow"))
+        faces_ds = pieces[0] if len(pieces) == 1 else pieces[0].union(*pieces[1:])
+        device = pick_device(sc.device, sc.num_gpus_per_actor)
+        scored = faces_ds.map_batches(
+            _Scorer,
+            fn_constructor_kwargs={"model_dir": model_dir, "data_root": root.uri, "run_id": run_id, "device": device},
+            batch_format="pyarrow",
+            batch_size=sc.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
+            num_cpus=sc.num_cpus_per_actor,
+            num_gpus=sc.num_gpus_per_actor or None,
+        )
+        written: set[str] = set()
+        for batch in scored.iter_batches(batch_size=sc.part_rows, batch_format="pyarrow"):
+            shas = batch["image_sha256"].to_pylist()
+            keep = [i for i, s in enumerate(shas) if s not in written and s not in done]
+            if not keep:
+                continue
+            table = batch.take(pa.array(keep, pa.int64())) if len(keep) < len(shas) else batch
+            path = root.write_part(partition, table)
+            if path:
+                parts.append(path)
+            written.update(table["image_sha256"].to_pylist())
+            for status, n in zip(
+                *np.unique(table["status"].to_numpy(zero_copy_only=False), return_counts=True), strict=True
+            ):
+                counts[str(status)] = counts.get(str(status), 0) + int(n)
+    seconds = time.monotonic() - t0
+    scored_n = sum(counts.values())
+    summary.update(
+        reused_faces=reused,
+        detected_faces=detected,
+        scored=scored_n,
+        ok=counts[STATUS_OK],
+        no_face=counts[STATUS_SKIPPED],
+        errors=counts[STATUS_ERROR],
+        parts=len(parts),
+        seconds=round(seconds, 2),
+        images_per_s=round(scored_n / seconds, 2) if seconds > 0 else None,
+    )
+    log.info("score: %s", summary)
+    return summary

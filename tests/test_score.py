@@ -1,0 +1,146 @@
+"""The score stage on a tiny data root with a tiny exported model: rows, reuse of face rows, incremental reruns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections import Counter
+
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+from PIL import Image
+from score_helpers import add_posts, face_images, no_face_images, write_model
+
+from pipeline import score
+from pipeline.config import load_config
+from pipeline.store import DataRoot, now
+
+
+@pytest.fixture
+def cfg(data_root):
+    return load_config(
+        None,
+        overrides={
+            "data_root": str(data_root),
+            "faces.num_actors": 1,
+            "faces.batch_size": 4,
+            "faces.max_side": 320,
+            "score.part_rows": 3,
+            "score.batch_size": 4,
+        },
+    )
+
+
+def _fake_face_row(sha: str) -> dict:
+    """A faces row that says "face kept" for an image that has none: proves the stage reuses face rows."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 90)).save(buf, format="JPEG")
+    return {
+        "image_sha256": sha,
+        "n_faces": 1,
+        "kept": True,
+        "crop_jpeg": buf.getvalue(),
+        "processed_at": now(),
+        "crop_box": [0.0, 0.0, 64.0, 64.0],
+    }
+
+
+def _scores(root: DataRoot) -> pd.DataFrame:
+    return root.read("scores").to_pandas()
+
+
+def test_scores_new_images_once_and_reuses_faces(ray_session, cfg, data_root):
+    root = DataRoot(cfg.data_root)
+    write_model(root)
+    faces = face_images(3)
+    coffee, rocket, html = no_face_images()
+    shas = add_posts(root, faces + [coffee, rocket, html])
+    root.write_part("faces", [_fake_face_row(shas[3])])  # coffee: the face stage "found" a face
+
+    s1 = score.run(cfg)
+    assert s1["candidates"] == 6 and s1["to_score"] == 6 and s1["reused_faces"] == 1 and s1["detected_faces"] == 5
+    assert s1["scored"] == 6 and s1["parts"] == 2  # part_rows 3
+    df = _scores(root)
+    assert sorted(df.image_sha256) == sorted(shas) and df.image_sha256.is_unique
+    by = df.set_index("image_sha256")
+    assert set(df.model_id) == {"20250101T000000-test"} and set(df.run_id) == {s1["run_id"]}
+    for sha in shas[:3]:  # the astronaut: a face, a score and a percentile
+        r = by.loc[sha]
+        assert r.status == "ok" and r.face_found and r.predicted in ("bad", "good")
+        assert 0.0 <= r.score <= 1.0 and 0.0 <= r.percentile <= 1.0
+    assert by.loc[shas[3]].status == "ok" and by.loc[shas[3]].face_found  # reused row, not re-detected
+    assert by.loc[shas[4]].status == "skipped" and not by.loc[shas[4]].face_found
+    assert by.loc[shas[4]].reason.startswith("no_face") and pd.isna(by.loc[shas[4]].score)
+    assert by.loc[shas[5]].status == "error" and by.loc[shas[5]].reason.startswith("decode_error")
+    assert Counter(df.status) == {"ok": 4, "skipped": 1, "error": 1}
+    assert (s1["ok"], s1["no_face"], s1["errors"]) == (4, 1, 1)
+
+    # the partition layout: scores/dt=<today>/part-*.parquet, readable by pyarrow and pandas with a dt column
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    assert s1["partition"] == f"scores/dt={today}"
+    assert root.list_dir("scores") == [f"dt={today}"]
+    ds = pads.dataset(str(data_root / "scores"), format="parquet", partitioning="hive")
+    assert ds.to_table().num_rows == 6
+    pdf = pd.read_parquet(data_root / "scores")
+    assert len(pdf) == 6 and {str(v) for v in pdf["dt"]} == {today}
+
+    # second run after two new images: only those are scored
+    new = add_posts(root, face_images(5)[3:], start=100)
+    s2 = score.run(cfg)
+    assert (s2["candidates"], s2["already_scored"], s2["to_score"], s2["scored"]) == (8, 6, 2, 2)
+    df = _scores(root)
+    assert len(df) == 8 and df.image_sha256.is_unique
+    assert sorted(df[df.run_id == s2["run_id"]].image_sha256) == sorted(new)
+
+    # third run: nothing left
+    s3 = score.run(cfg)
+    assert s3["to_score"] == 0 and s3["scored"] == 0 and s3["parts"] == 0
+    assert len(_scores(root)) == 8
+
+
+def test_killed_run_then_rerun_scores_each_image_once(ray_session, cfg, data_root):
+    root = DataRoot(cfg.data_root)
+    write_model(root)
+    shas = add_posts(root, face_images(4) + no_face_images()[:2])
+    s1 = score.run(cfg)
+    assert s1["scored"] == 6 and s1["parts"] == 2
+    # what a run killed after its first part leaves: one whole part and a half-written temp file
+    parts = root.part_files("scores")
+    root.fs.delete_file(parts[1])
+    tmp = root.path(s1["partition"], "_tmp", "part-half.parquet")
+    root.write_bytes_atomic(tmp, b"PAR1 half written")
+    left = set(root.read("scores", columns=["image_sha256"])["image_sha256"].to_pylist())
+    assert len(left) == 3
+
+    s2 = score.run(cfg)
+    assert s2["already_scored"] == 3 and s2["scored"] == 3
+    df = _scores(root)
+    assert sorted(df.image_sha256) == sorted(shas) and df.image_sha256.is_unique
+    assert not root.exists(s1["partition"], "_tmp", "part-half.parquet")
+
+
+def test_scores_a_folder_of_new_images(ray_session, cfg, data_root, tmp_path):
+    root = DataRoot(cfg.data_root)
+    write_model(root)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    imgs = face_images(2)
+    for i, b in enumerate(imgs):
+        (folder / f"img{i}.jpg").write_bytes(b)
+    (folder / "notes.txt").write_text("not an image")
+    s = score.run(cfg, images=str(folder))
+    assert s["candidates"] == 2 and s["scored"] == 2 and s["ok"] == 2
+    assert all(root.has_image(sha) for sha in root.read("scores")["image_sha256"].to_pylist())
+    assert score.run(cfg, images=str(folder))["scored"] == 0
+
+
+def test_missing_inputs_are_named(ray_session, cfg):
+    root = DataRoot(cfg.data_root)
+    with pytest.raises(FileNotFoundError, match="train"):
+        score.run(cfg)
+    write_model(root)
+    from pipeline.store import MissingDatasetError
+
+    with pytest.raises(MissingDatasetError, match="posts"):
+        score.run(cfg)
