@@ -323,8 +323,8 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    where = ".".join(p if isinstance(p, str) and p.isidentifier() else repr(p) for p in first["loc"]) or "(top level)"
+    msg = " ".join(str(first["msg"]).split())
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
