@@ -36,7 +36,8 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+        # The dashboard (on 127.0.0.1 only) also serves the state API that Ray Train's controller polls.
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
     try:  # quieter progress output in logs; bars stay on in a terminal
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = sys.stderr.isatty()

@@ -15,6 +15,17 @@ def _count(root: DataRoot, dataset: str) -> int:
     return root.dataset(dataset).count_rows()
 
 
+def _numbers(d: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, Any]:
+    """The numeric entries of a stage summary, one level of nesting flattened (``selfie.ok``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[prefix + k] = round(v, 3) if isinstance(v, float) else v
+        elif isinstance(v, dict) and depth == 0 and k not in ("test", "excluded", "reasons", "errors_by_reason"):
+            out.update(_numbers(v, f"{k}.", 1))
+    return out
+
+
 def format_summary(cfg: Config, summaries: dict[str, dict[str, Any]], seconds: float) -> str:
     root = DataRoot(cfg.data_root)
     lines = [f"facerank: {len(summaries)} stage(s) in {seconds:.0f}s, data root {root.uri}", ""]
@@ -32,11 +43,13 @@ def format_summary(cfg: Config, summaries: dict[str, dict[str, Any]], seconds: f
     train = summaries.get("train") or {}
     if train.get("model_dir"):
         lines += ["", f"  model {train.get('run_id')}: {train['model_dir']}"]
-        metrics = train.get("test_metrics") or {}
-        flat = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+        metrics = train.get("test") or {}
+        flat = {k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "n"}
         if flat:
-            lines.append("  test metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(flat.items())))
-    lines += ["", "  stage summaries:"]
+            n = metrics.get("n", "?")
+            lines.append(f"  test metrics (n={n}): " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(flat.items())))
+    lines += ["", "  stage summaries (counts):"]
     for name, s in summaries.items():
-        lines.append(f"    {name}: {json.dumps(s, default=str)[:400]}")
+        counts = _numbers(s)
+        lines.append(f"    {name:<7} {json.dumps(counts, default=str)}")
     return "\n".join(lines)
