@@ -316,19 +316,9 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1000,800",
-    ):
-        opts.add_argument(arg)
+    from pipeline.scrape.staff import chrome_options
+
+    opts = chrome_options("--window-size=1000,800", binary="/usr/bin/chromium")
     with tempfile.TemporaryDirectory(prefix="demo-chromium-") as profile:
         opts.add_argument(f"--user-data-dir={profile}")
         driver = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))

@@ -95,20 +95,10 @@ def test_report_renders_in_chromium(report_cfg, tmp_path):
         assert title in page, title
     assert "src='http" not in page and 'src="http' not in page  # self-contained
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = "/usr/bin/chromium"
-    for a in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1200,2000",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='chr', dir=str(tmp_path))}",
-    ):
-        opts.add_argument(a)
+    from pipeline.scrape.staff import chrome_options
+
+    profile = tempfile.mkdtemp(prefix="chr", dir=str(tmp_path))
+    opts = chrome_options("--window-size=1200,2000", f"--user-data-dir={profile}", binary="/usr/bin/chromium")
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     try:
         driver.set_page_load_timeout(60)

@@ -22,6 +22,30 @@ from collections.abc import Callable
 
 from pipeline.config import SeleniumConfig, StaffSite
 
+# How every headless Chromium of this project starts (the scraper's, and the tests' that look at pages).
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def chrome_options(*extra: str, binary: str | None = None):
+    """Selenium options for a headless Chromium with :data:`CHROMIUM_FLAGS` plus ``extra`` flags."""
+    from selenium.webdriver.chrome.options import Options
+
+    o = Options()
+    if binary:
+        o.binary_location = binary
+    for arg in CHROMIUM_FLAGS + extra:
+        o.add_argument(arg)
+    return o
+
+
 EXTRACT_JS = """
 const [personSel, nameSel, roleSel, photoSel, attrs] = arguments;
 return Array.from(document.querySelectorAll(personSel)).map(el => {
@@ -87,23 +111,9 @@ class Browser:
 
     # ------------------------------------------------------------------ lifecycle
     def _options(self):
-        from selenium.webdriver.chrome.options import Options
-
-        o = Options()
-        for arg in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-gpu",
-            "--disable-extensions",
-            "--window-size=1280,1600",
-            f"--user-agent={self.user_agent}",
-        ):
-            o.add_argument(arg)
+        o = chrome_options(
+            "--disable-gpu", "--disable-extensions", "--window-size=1280,1600", f"--user-agent={self.user_agent}"
+        )
         o.add_experimental_option(
             "prefs",
             {
