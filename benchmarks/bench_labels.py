@@ -5,12 +5,15 @@ same rows in this process (each from its own in-memory frame, conversion not tim
 (group, rank in group and label of every post; reason of every excluded post). Ends with one JSON line,
 ``ratio = pandas seconds / ours`` (> 1: ours is faster).
 
-``--big``: 50,000,000 posts written to Parquet under ``--dir`` (reused when present), then each implementation in
-its own subprocess reading the Parquet file and writing its labels to Parquet; prints seconds and peak RSS.
-pandas runs under an address-space cap (``--pandas-mem-gib``) so that it fails cleanly instead of swapping.
+``--big``: 50,000,000 posts generated chunk by chunk into ``--files`` Parquet files under ``--dir`` (deleted at the
+end unless ``--keep``), then each implementation in its own subprocess reading the Parquet files and writing its
+labels to Parquet (ours through the stage's own path: ``label_selfies`` + ``DataRoot.replace``); prints seconds
+and peak RSS (the child's ru_maxrss, or the watchdog's sampled peak when it failed). pandas runs under an
+address-space cap (``--pandas-mem-gib``, at most 70% of the memory available) so that it fails cleanly with a
+MemoryError; a watchdog kills either run whose RSS passes ``--rss-cap-gib`` (a shared machine).
 
     .venv/bin/python benchmarks/bench_labels.py [--posts 1000000] [--users 50000] [--repeat 3]
-    .venv/bin/python benchmarks/bench_labels.py --big --dir /tmp/bench_labels [--posts 50000000]
+    .venv/bin/python benchmarks/bench_labels.py --big [--posts 50000000] [--keep]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,15 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import LabelsConfig  # noqa: E402
 from pipeline.labels.selfie import label_selfies  # noqa: E402
-from pipeline.labels.splits import assign_splits  # noqa: E402
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
-def synth(n_posts: int, n_users: int, seed: int = 0, offset: int = 0) -> pa.Table:
-    """Synthetic posts: log-normal followers per user, likes ~ followers * rate * noise, 1-8 tags, 10% young."""
+def synth(n_posts: int, n_users: int, seed: int = 0, offset: int = 0, user_seed: int = 0) -> pa.Table:
+    """Synthetic posts: log-normal followers per user, likes ~ followers * rate * noise, 1-8 tags, 10% young.
+
+    ``user_seed`` fixes the users' follower counts (the same in every chunk of a large input); ``seed`` the posts;
+    ``offset`` the first post number (ids ``p000000000``...).
+    """
+    user_followers = np.maximum(np.random.default_rng(user_seed).lognormal(7.0, 1.6, n_users).astype(np.int64), 1)
     rng = np.random.default_rng(seed)
-    user_followers = np.maximum(rng.lognormal(7.0, 1.6, n_users).astype(np.int64), 1)
     user = rng.integers(0, n_users, n_posts)
     followers = user_followers[user]
     quality = rng.random(n_posts)
@@ -53,27 +60,26 @@ def synth(n_posts: int, n_users: int, seed: int = 0, offset: int = 0) -> pa.Tabl
     posted = np.datetime64(NOW.replace(tzinfo=None), "us") - age_days.astype("timedelta64[D]").astype("timedelta64[us]")
     ends = np.cumsum(n_tags)
     within = np.arange(ends[-1]) - np.repeat(ends - n_tags, n_tags)  # 0..k-1 inside each post, vectorised
-    tags = np.array(["selfie", "me", "photo", "face", "style", "day", "fun", "art"])
-    tag_values = pa.array(tags[within])
-    if isinstance(tag_values, pa.ChunkedArray):
-        tag_values = tag_values.combine_chunks()
+    tags = pa.array(["selfie", "me", "photo", "face", "style", "day", "fun", "art"])
     tag_offsets = pa.array(np.concatenate([[0], ends]).astype(np.int32))
     ts = pa.timestamp("us", tz="UTC")
-    ids = np.char.add("p", np.char.zfill((np.arange(n_posts) + offset).astype(str), 9))
-    users = np.char.add("u", np.char.zfill(user.astype(str), 6))
+    strs = pl.select(
+        item_id=pl.lit("p") + pl.int_range(offset, offset + n_posts).cast(pl.String).str.zfill(9),
+        user_id=pl.lit("u") + pl.Series(user).cast(pl.String).str.zfill(6),
+    ).with_columns(image_sha256=pl.lit("img") + pl.col("item_id"))
     return pa.table(
         {
-            "site": pa.array(np.full(n_posts, "demo")),
-            "item_id": pa.array(ids),
-            "user_id": pa.array(users),
+            "site": pa.array(["demo"] * 1, pa.string()).take(np.zeros(n_posts, np.int8)),
+            "item_id": strs["item_id"].to_arrow().cast(pa.string()),
+            "user_id": strs["user_id"].to_arrow().cast(pa.string()),
             "followers": pa.array(followers),
             "likes": pa.array(likes),
-            "tags": pa.ListArray.from_arrays(tag_offsets, tag_values),
+            "tags": pa.ListArray.from_arrays(tag_offsets, tags.take(within)),
             "posted_at": pa.array(posted).cast(ts),
             "scraped_at": pa.array(np.full(n_posts, np.datetime64(NOW.replace(tzinfo=None), "us"))).cast(ts),
             "too_young": pa.array(age_days < 30),
-            "image_sha256": pa.array(np.char.add("img", ids)),
-            "status": pa.array(np.where(rng.random(n_posts) < 0.02, "error", "ok")),
+            "image_sha256": strs["image_sha256"].to_arrow().cast(pa.string()),
+            "status": pa.array(["ok", "error"]).take(np.where(rng.random(n_posts) < 0.02, 1, 0)),
         }
     )
 
@@ -111,11 +117,15 @@ def ours_labels(lf: pl.LazyFrame, cfg: LabelsConfig, splits: pl.DataFrame | None
 
 
 def _check_identical(ours: pl.DataFrame, peer: pd.DataFrame) -> int:
-    a = ours.filter(pl.col("status") == "ok").select("item_id", "group_id", "rank_in_group", "label").sort("item_id")
-    b = pl.from_pandas(peer[["item_id", "group_id", "rank_in_group", "label"]]).sort("item_id")
-    b = b.with_columns(pl.col("group_id").cast(pl.Int32), pl.col("rank_in_group").cast(pl.Int32))
-    if not a.equals(b):
+    """Group, rank in group, label and like percentile of every labelled post equal; excluded rows have reasons."""
+    cols = ["item_id", "group_id", "rank_in_group", "label", "like_percentile"]
+    a = ours.filter(pl.col("status") == "ok").select(cols).sort("item_id")
+    b = pl.from_pandas(peer[cols]).sort("item_id")
+    b = b.with_columns(pl.col("group_id", "rank_in_group", "label").cast(pl.Int32))
+    if not a.drop("like_percentile").equals(b.drop("like_percentile")):
         raise SystemExit(f"results differ: ours {a.height} ok rows, pandas {b.height}")
+    if (a["like_percentile"] - b["like_percentile"]).abs().max() > 1e-12:
+        raise SystemExit("like percentiles differ")
     if ours.filter(pl.col("status") != "ok").get_column("reason").null_count():
         raise SystemExit("an excluded row without a reason")
     return a.height
@@ -159,65 +169,134 @@ def bench_in_memory(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ --big
-def _write_big(path: Path, n_posts: int, n_users: int) -> None:
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    chunk = 2_000_000
-    with pq.ParquetWriter(tmp, synth(1, 1).schema, compression="zstd") as w:
-        for i, start in enumerate(range(0, n_posts, chunk)):
-            t = synth(min(chunk, n_posts - start), n_users, seed=1000 + i, offset=start)
-            w.write_table(t, row_group_size=500_000)
-    tmp.rename(path)
+def write_big(d: Path, n_posts: int, n_users: int, files: int, chunk: int = 1_000_000) -> list[Path]:
+    """``n_posts`` synthetic posts as ``files`` Parquet files under ``d``, generated and written chunk by chunk.
+
+    Reused when the same files are already there (a ``_complete`` marker is written last).
+    """
+    marker = d / f"_complete_{n_posts}_{n_users}_{files}"
+    paths = [d / f"posts-{i:03d}.parquet" for i in range(files)]
+    if marker.exists():
+        return paths
+    d.mkdir(parents=True, exist_ok=True)
+    per_file = -(-n_posts // files)
+    start = 0
+    for path in paths:
+        end = min(n_posts, start + per_file)
+        with pq.ParquetWriter(path, synth(1, 1).schema, compression="zstd") as w:
+            for c0 in range(start, end, chunk):
+                n = min(chunk, end - c0)
+                w.write_table(synth(n, n_users, seed=1000 + c0 // chunk, offset=c0), row_group_size=n)
+        start = end
+    marker.touch()
+    return paths
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 def _child(impl: str, src: str, dst: str) -> None:
+    """One implementation on the Parquet input, its labels written to Parquet; prints one JSON line."""
     cfg = LabelsConfig()
     t0 = time.perf_counter()
-    if impl == "ours":
-        lf = pl.scan_parquet(src)
-        users = lf.select("user_id").unique().collect(engine="streaming").get_column("user_id")
-        label_selfies(lf, None, cfg, splits=assign_splits(users, cfg.split)).sink_parquet(dst)
-        n = pl.scan_parquet(dst).select(pl.len()).collect().item()
-    else:
-        df = pd.read_parquet(src)
-        out = pandas_labels(df, cfg)
-        out.to_parquet(dst)
-        n = len(out)
+    try:
+        if impl == "ours":  # the stage's own path: lazy scan, ranking on narrow columns, streamed replace
+            from pipeline.labels.io import arrow_batches
+            from pipeline.store import DataRoot
+
+            root = DataRoot(dst)
+            lf = label_selfies(pl.scan_parquet(f"{src}/*.parquet"), None, cfg)
+            root.replace("labels/selfie", arrow_batches(lf, root.schema("labels/selfie")))
+            n = pl.scan_parquet(root.part_files("labels/selfie")).select(pl.len()).collect().item()
+        else:
+            df = pd.read_parquet(src)
+            out = pandas_labels(df, cfg)
+            del df
+            out.to_parquet(f"{dst}/pandas.parquet")
+            n = len(out)
+    except MemoryError as err:
+        secs = time.perf_counter() - t0
+        print(json.dumps({"impl": impl, "failed": f"MemoryError {err}"[:120], "seconds": round(secs, 1),
+                          "peak_rss_gib": round(_peak_rss_gib(), 3)}))  # fmt: skip
+        return
     secs = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024  # KiB → GiB
-    print(json.dumps({"impl": impl, "seconds": round(secs, 2), "peak_rss_gib": round(rss, 3), "rows": n}))
+    print(json.dumps({"impl": impl, "seconds": round(secs, 2), "peak_rss_gib": round(_peak_rss_gib(), 3), "rows": n}))
 
 
-def _run_child(impl: str, src: Path, out_dir: Path, mem_gib: float | None, timeout: float) -> dict:
+def _run_child(impl: str, src: Path, out_dir: Path, mem_gib: float | None, timeout: float, rss_cap: float) -> dict:
+    """Run one implementation in a subprocess: address-space cap ``mem_gib`` (RLIMIT_AS, so that it fails with
+    MemoryError) and a watchdog that samples its RSS and kills it above ``rss_cap`` GiB (protecting a shared
+    machine); returns the child's JSON (its own ru_maxrss) or the failure with the sampled peak."""
+    import psutil
+
     def cap() -> None:
         if mem_gib:
             b = int(mem_gib * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (b, b))
 
-    cmd = [sys.executable, __file__, "--child", impl, "--src", str(src), "--dst", str(out_dir / f"{impl}.parquet")]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, __file__, "--child", impl, "--src", str(src), "--dst", str(out_dir)]
     t0 = time.perf_counter()
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
-    except subprocess.TimeoutExpired:
-        return {"impl": impl, "failed": f"timeout after {timeout:.0f}s"}
-    if p.returncode != 0:
-        tail = (p.stderr.strip().splitlines() or ["?"])[-1][:200]
-        return {"impl": impl, "failed": f"exit {p.returncode}: {tail}", "seconds": round(time.perf_counter() - t0, 1)}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    peak, why = 0.0, None
+    errf = tempfile.TemporaryFile("w+")  # not a pipe: a chatty child must not block on a full pipe
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True, preexec_fn=cap) as p:
+        proc = psutil.Process(p.pid)
+        while p.poll() is None:
+            try:
+                peak = max(peak, proc.memory_info().rss / 2**30)
+            except psutil.Error:
+                pass
+            if peak > rss_cap or time.perf_counter() - t0 > timeout:
+                why = f"killed: RSS over {rss_cap} GiB" if peak > rss_cap else f"killed: timeout {timeout:.0f}s"
+                p.kill()
+                break
+            time.sleep(0.2)
+        out, _ = p.communicate()
+    errf.seek(0)
+    err = errf.read()
+    secs = round(time.perf_counter() - t0, 1)
+    lines = out.strip().splitlines()
+    if why or p.returncode != 0 or not lines:
+        tail = (err.strip().splitlines() or ["?"])[-1][:160]
+        why = why or f"exit {p.returncode}: {tail}"
+        return {"impl": impl, "failed": why, "seconds": secs, "peak_rss_gib": round(peak, 3)}
+    return json.loads(lines[-1])
 
 
 def bench_big(args: argparse.Namespace) -> None:
+    import shutil
+
+    import psutil
+
     d = Path(args.dir)
-    src = d / f"posts_{args.posts}.parquet"
+    src = d / "posts"
+    load0 = os.getloadavg()
     t0 = time.perf_counter()
-    _write_big(src, args.posts, args.users)
-    print(f"input {src} ({src.stat().st_size / 2**30:.2f} GiB, ready in {time.perf_counter() - t0:.0f}s)")
-    ours = _run_child("ours", src, d, None, args.timeout)
-    peer = _run_child("pandas", src, d, args.pandas_mem_gib, args.timeout)
+    write_big(src, args.posts, args.users, args.files)
+    size = sum(p.stat().st_size for p in src.glob("*.parquet")) / 2**30
+    print(f"input {src}: {args.posts:,} posts in {args.files} files, {size:.2f} GiB ({time.perf_counter() - t0:.0f}s)")
+    avail = psutil.virtual_memory().available / 2**30
+    cap = min(args.pandas_mem_gib, round(avail * 0.7, 1))
+    try:
+        ours = _run_child("ours", src, d / "out_ours", None, args.timeout, args.rss_cap_gib)
+        load1 = os.getloadavg()
+        peer = (
+            {"impl": "pandas", "failed": "skipped (--skip-pandas)"}
+            if args.skip_pandas
+            else _run_child("pandas", src, d / "out_pandas", cap, args.timeout, args.rss_cap_gib)
+        )
+    finally:
+        if not args.keep:
+            shutil.rmtree(d, ignore_errors=True)
+    print(f"{'impl':<8}{'seconds':>10}{'peak RSS GiB':>14}  note")
     for r in (ours, peer):
-        print(f"{r['impl']:<8} seconds={r.get('seconds')} peak_rss_gib={r.get('peak_rss_gib')} {r.get('failed', '')}")
+        note = r.get("failed", f"{r.get('rows', 0):,} rows written")
+        if r["impl"] == "pandas" and not args.skip_pandas:
+            note += f" (address-space cap {cap} GiB)"
+        print(f"{r['impl']:<8}{r.get('seconds', '-'):>10}{r.get('peak_rss_gib', '-'):>14}  {note}")
+    end = os.getloadavg()[0]
+    print(f"load1 before {load0[0]:.1f}, after ours {load1[0]:.1f}, at end {end:.1f}; cpus={os.cpu_count()}")
     ratio = None
     if "failed" not in peer and "failed" not in ours:
         ratio = round(peer["peak_rss_gib"] / ours["peak_rss_gib"], 3)
@@ -231,8 +310,12 @@ def bench_big(args: argparse.Namespace) -> None:
                 "unit": "peak_rss_gib",
                 "ours_seconds": ours.get("seconds"),
                 "peer_seconds": peer.get("seconds"),
+                "ours_failed": ours.get("failed"),
                 "peer_failed": peer.get("failed"),
-                "load1": os.getloadavg()[0],
+                "peer_mem_cap_gib": cap,
+                "posts": args.posts,
+                "load1_before": load0[0],
+                "load1_after": os.getloadavg()[0],
             }
         )
     )
@@ -245,6 +328,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--big", action="store_true")
     ap.add_argument("--dir", default="/tmp/facerank_bench_labels")
+    ap.add_argument("--files", type=int, default=10)
+    ap.add_argument("--keep", action="store_true", help="--big: keep the generated input and outputs")
+    ap.add_argument("--skip-pandas", action="store_true")
+    ap.add_argument("--rss-cap-gib", type=float, default=14.0, help="--big: kill a run whose RSS passes this")
     ap.add_argument("--pandas-mem-gib", type=float, default=16.0)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--child", choices=["ours", "pandas"])

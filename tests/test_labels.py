@@ -17,7 +17,7 @@ from pipeline.config import Config, LabelsConfig, SelfieLabelsConfig, SplitConfi
 from pipeline.labels import run
 from pipeline.labels.beauty import import_scores
 from pipeline.labels.departments import label_departments
-from pipeline.labels.selfie import EmptyInputError, label_selfies_table
+from pipeline.labels.selfie import EmptyInputError, label_selfies_table, tiebreak_keys
 from pipeline.labels.splits import assign_splits, stable_hash
 from pipeline.store import FACES, POSTS, STAFF, DataRoot, MissingDatasetError, to_table
 
@@ -118,6 +118,68 @@ def test_group_ranking_properties(rows, perm_seed):
     perm = np.random.default_rng(perm_seed).permutation(posts.num_rows)
     again = label_selfies_table(posts.take(perm), faces.take(np.random.default_rng(1).permutation(faces.num_rows)), CFG)
     assert again.sort("item_id").equals(out.sort("item_id"))
+
+
+def _reference_ranks(rows: list[dict], gs: int) -> dict[tuple, tuple[int, int]]:
+    """(site, item_id) -> (group_id, rank_in_group) by the documented rule, sorting the strings themselves."""
+    df = pl.DataFrame(rows).select("site", "item_id", "followers", "likes")
+    df = df.sort(["followers", "site", "item_id"]).with_row_index("pos")
+    df = df.filter(pl.col("pos") < df.height // gs * gs).with_columns(g=(pl.col("pos") // gs).cast(pl.Int32))
+    df = df.sort(["g", "likes", "site", "item_id"], descending=[False, True, False, False])
+    df = df.with_columns(r=(pl.int_range(pl.len()) - pl.col("g") * gs).cast(pl.Int32))
+    return {(a, b): (g, r) for a, b, g, r in df.select("site", "item_id", "g", "r").iter_rows()}
+
+
+ID_SETS = {
+    "short": ["p1", "p10", "p2", "", "a", "p01"],  # one uint64 key after the common prefix
+    "shared_prefix": [f"instagram_post_{i:05d}" for i in (3, 10000, 7, 42, 99999)],  # prefix stripped, one key
+    "two_keys": ["Bx9kLmn0QrsT1", "Bx9kLmn0QrsT", "zz", "Cq1-_aaaaaaaaaa", "é-ü-日本"],  # 9..16 bytes: two keys
+    "long": ["a" * 30, "a" * 29 + "b", "b", "a" * 17],  # > 16 bytes after the prefix: the string itself
+    "nul": ["a\x00", "a", "a\x00\x00", "b"],  # a NUL byte: the string itself
+}
+
+
+@pytest.mark.parametrize("name", list(ID_SETS))
+def test_tiebreak_keys_order_like_the_strings(name):
+    ids = ID_SETS[name]
+    rows = [{"site": site, "item_id": i, "user_id": "u"} for site in ("s2", "s1") for i in ids]
+    lf = pl.DataFrame(rows).lazy()
+    keys, _ = tiebreak_keys(lf, want_users=False)
+    got = lf.with_columns(keys).sort([f"_k{i}" for i in range(len(keys))])
+    want = pl.DataFrame(rows).select("site", "item_id").sort(["site", "item_id"])
+    assert got.select("site", "item_id").collect().equals(want)
+    if name in ("long", "nul"):
+        assert str(keys[-1].meta.output_name()) == f"_k{len(keys) - 1}" and len(keys) == 2  # site rank + string
+    else:
+        assert len(keys) == {"two_keys": 3}.get(name, 2)  # site rank + one or two uint64
+
+
+id_text = st.one_of(  # mostly ids that pack into one or two uint64 keys; some with NUL bytes or long
+    st.text(alphabet=st.sampled_from(["a", "b", "0", "é", "~"]), max_size=10),
+    st.text(alphabet=st.sampled_from(["a", "b", "\x00", "é"]), max_size=20),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    prefix=st.sampled_from(["", "post_", "x" * 14]),
+    rows=st.lists(
+        st.tuples(st.sampled_from(["demo", "alt", "ö"]), id_text, st.integers(0, 2), st.integers(0, 3)),
+        min_size=1,
+        max_size=60,
+        unique_by=lambda r: (r[0], r[1]),
+    ),
+)
+def test_ties_are_broken_by_site_then_item_id(prefix, rows):
+    """Audience and likes ties everywhere: group and rank must follow the (site, item_id) string order."""
+    posts = [
+        post(0, site=site, item_id=prefix + iid, followers=100 + f, likes=lk, tags=["t"]) for site, iid, f, lk in rows
+    ]
+    out = label_selfies_table(to_table(posts, POSTS), None, LabelsConfig(selfie=SelfieLabelsConfig(group_size=4)))
+    want = _reference_ranks(posts, 4)
+    ok = out.filter(pl.col("status") == "ok")
+    got = {(a, b): (g, r) for a, b, g, r in ok.select("site", "item_id", "group_id", "rank_in_group").iter_rows()}
+    assert got == want
 
 
 def test_last_group_kept_when_large_enough_and_odd_median_excluded():

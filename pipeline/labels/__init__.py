@@ -24,7 +24,6 @@ from pipeline.config import Config
 from pipeline.labels.departments import label_departments
 from pipeline.labels.io import arrow_batches, scan
 from pipeline.labels.selfie import POST_COLUMNS, label_selfies
-from pipeline.labels.splits import assign_splits
 from pipeline.store import STATUS_OK, DataRoot, MissingDatasetError
 
 __all__ = ["run"]
@@ -79,8 +78,7 @@ def run(cfg: Config, truth: Any = None) -> dict[str, Any]:
         if n_posts == 0:
             notes.append("selfie: the posts dataset has no rows; skipped")
         else:
-            users = posts.select("user_id").unique().collect(engine="streaming").get_column("user_id")
-            lf = label_selfies(posts, faces, cfg.labels, splits=assign_splits(users, cfg.labels.split))
+            lf = label_selfies(posts, faces, cfg.labels)  # splits from the users its first pass reads
             root.replace("labels/selfie", arrow_batches(lf, root.schema("labels/selfie")))
             summary["selfie"] = _counts(root, "labels/selfie")
     else:

@@ -1,12 +1,24 @@
-"""Selfie labels: the follower-normalised like ranking of the selfie study, as one lazy polars plan.
+"""Selfie labels: the follower-normalised like ranking of the selfie study, vectorised in polars, memory-lean.
 
 Why polars: the rule is a filter, a global sort, a cut into consecutive groups and a rank inside each group.
-Polars expresses all of it as one lazy query (window functions for the in-group rank and percentile), runs it
-multi-threaded in Rust with no Python per row, reads Parquet with projection pushdown (only the ~12 columns the
-rule needs, never the image URL or the raw bytes), and streams the result out in batches (``collect_batches``), so
-the only full-length state it holds is the sort of the eligible rows' narrow columns. pyarrow compute has no
-window functions or multi-key rank (the group cut would need hand-written numpy glue), and DuckDB would add a
-dependency for the same plan. pandas is the benchmark peer (``benchmarks/bench_labels.py``).
+Polars runs each step multi-threaded in Rust with no Python per row, reads Parquet with projection pushdown and
+streams (``engine="streaming"``). pyarrow compute has no multi-key rank or window functions (the group cut would
+need hand-written numpy glue), and DuckDB would add a dependency for the same plan. pandas is the benchmark peer
+(``benchmarks/bench_labels.py``).
+
+How it stays lean at tens of millions of posts (never the wide table in memory):
+
+* a streaming pass over the ids finds integer tie-break keys (:func:`tiebreak_keys`: the site's rank and the
+  id, less the prefix all ids share, packed big-endian into uint64 words, whose order is exactly the
+  (site, item_id) string order) and the distinct users (for the splits);
+* pass 1 streams every post to 16 bytes: its ``reason`` (Categorical), ``n_tags`` and a hash of (site, item_id);
+  rows whose hash repeats are checked exactly for duplicates (:func:`_duplicate_losers`), then the hash is dropped;
+* pass 2 streams only the eligible posts' sort columns (row index, audience, likes, keys: ~28 bytes a post);
+  :func:`rank_groups` sorts them twice, one step at a time, and the results are scattered back by row index;
+* the returned lazy frame streams the wide columns (ids, user, image hash) from ``posts`` once more, beside the
+  ranking row for row (a horizontal concat: ``posts`` must give its rows in the same order on every scan, as
+  Parquet scans and in-memory frames do), and the splits are an element-wise lookup, so writing it
+  (``DataRoot.replace``) holds no more than the narrow ranking and a few batches.
 
 The rule (every constant is in :class:`pipeline.config.SelfieLabelsConfig`):
 
@@ -107,11 +119,26 @@ def _faces_lookup(faces: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def _face_verdict(faces: pl.LazyFrame) -> pl.Expr:
+    """Per post, from its ``image_sha256``: null (no faces row), ``""`` (kept) or the faces stage's reason.
+
+    An element-wise lookup in a table with one row per image (not a join), so the posts keep their order.
+    """
+    t = _faces_lookup(faces).collect(engine="streaming")
+    reason = pl.col("_face_reason")
+    verdict = t.select(
+        pl.when(pl.col("_face_kept"))
+        .then(pl.lit(""))
+        .when(reason.is_null() | (reason == ""))
+        .then(pl.lit("face_not_kept"))
+        .otherwise(reason)
+    ).to_series()
+    return pl.col("image_sha256").replace_strict(t.get_column("image_sha256"), verdict, default=None)
+
+
 def _dedupe(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Mark every copy of a duplicated (site, item_id) but one; the kept copy is chosen by content."""
+    """Mark every copy of a duplicated (site, item_id) but one (``_dup_loser``); the kept copy is chosen by content."""
     key = ["site", "item_id"]
-    lf = lf.with_columns(_n_copies=pl.len().over(key))
-    single = lf.filter(pl.col("_n_copies") == 1).with_columns(_dup_loser=pl.lit(False))
     tiebreak = [
         (pl.col("status") == STATUS_OK).fill_null(False),
         "scraped_at",
@@ -122,28 +149,23 @@ def _dedupe(lf: pl.LazyFrame) -> pl.LazyFrame:
         "user_id",
         "image_sha256",
     ]
-    multi = (
-        lf.filter(pl.col("_n_copies") > 1)
-        .sort(
-            [*key, *tiebreak],
-            descending=[False, False, True, True, True, True, True, False, False, False],
-            nulls_last=True,
-        )
-        .with_columns(_dup_loser=~pl.struct(key).is_first_distinct())
-    )
-    return pl.concat([single, multi], how="vertical").drop("_n_copies")
+    return lf.sort(
+        [*key, *tiebreak],
+        descending=[False, False, True, True, True, True, True, False, False, False],
+        nulls_last=True,
+    ).with_columns(_dup_loser=~pl.struct(key).is_first_distinct())
 
 
-def prepare(posts: pl.LazyFrame, faces: pl.LazyFrame | None, cfg: SelfieLabelsConfig) -> pl.LazyFrame:
-    """Every post with ``n_tags``, ``audience`` and ``reason`` (null when eligible for ranking)."""
-    lf = (
+def _with_n_tags(posts: pl.LazyFrame) -> pl.LazyFrame:
+    return (
         posts.select(POST_COLUMNS)
         .with_columns(n_tags=pl.col("tags").list.len().fill_null(0).cast(pl.Int32))
         .drop("tags")
     )
-    lf = _dedupe(lf)
-    if faces is not None:
-        lf = lf.join(_faces_lookup(faces), on="image_sha256", how="left")
+
+
+def reason_expr(cfg: SelfieLabelsConfig, faces: bool) -> pl.Expr:
+    """The first per-row filter that holds (null when none does); duplicates are marked separately."""
     age_us = (pl.col("scraped_at") - pl.col("posted_at")).dt.total_microseconds()
     too_young = (
         pl.when(age_us.is_not_null()).then(age_us < cfg.min_post_age_days * _US_PER_DAY).otherwise(pl.col("too_young"))
@@ -151,8 +173,6 @@ def prepare(posts: pl.LazyFrame, faces: pl.LazyFrame | None, cfg: SelfieLabelsCo
     reason = (
         pl.when(pl.col("item_id").is_null())
         .then(pl.lit("missing_item_id"))
-        .when(pl.col("_dup_loser"))
-        .then(pl.lit("duplicate_item_id"))
         .when(pl.col("status").fill_null("missing") != STATUS_OK)
         .then(pl.lit("scrape_") + pl.col("status").fill_null("status_missing"))
         .when(pl.col("user_id").is_null())
@@ -174,61 +194,186 @@ def prepare(posts: pl.LazyFrame, faces: pl.LazyFrame | None, cfg: SelfieLabelsCo
         .when(pl.col("n_tags") > cfg.max_tags)
         .then(pl.lit("too_many_tags"))
     )
-    if faces is not None and cfg.require_face:
+    if faces:
         reason = (
             reason.when(pl.col("image_sha256").is_null())
             .then(pl.lit("no_image"))
-            .when(pl.col("_face_row").is_null())
+            .when(pl.col("_face").is_null())
             .then(pl.lit("no_faces_row"))
-            .when(~pl.col("_face_kept"))
-            .then(pl.col("_face_reason").fill_null("face_not_kept"))
+            .when(pl.col("_face") != "")
+            .then(pl.col("_face"))
         )
-    return lf.with_columns(audience_expr(cfg.tag_bonus), reason.otherwise(pl.lit(None, pl.String)).alias("reason"))
+    return reason.otherwise(pl.lit(None, pl.String)).alias("reason")
 
 
-def rank_groups(eligible: pl.LazyFrame, cfg: SelfieLabelsConfig) -> pl.LazyFrame:
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
+
+
+def tiebreak_keys(posts: pl.LazyFrame, want_users: bool) -> tuple[list[pl.Expr], pl.Series | None]:
+    """Integer columns whose order is exactly the (site, item_id) order, from one streaming pass over the ids.
+
+    ``site`` becomes its rank among the distinct sites (dropped when there is one site). ``item_id`` loses the
+    prefix every id shares (the common prefix of the smallest and the largest id), and the rest, NUL-padded to 8
+    or 16 bytes, is read as one or two big-endian uint64: unsigned comparison of those is byte-wise comparison of
+    the strings, i.e. the string order. Ids with a NUL byte or more than 16 bytes after the prefix keep the string
+    itself as the key (correct, only slower). Returns the key expressions (named ``_k0``, ``_k1``, ...) and, when
+    ``want_users``, the distinct user ids (the same pass reads them, for the splits).
+    """
+    aggs = [
+        pl.col("item_id").min().alias("lo"),
+        pl.col("item_id").max().alias("hi"),
+        pl.col("item_id").str.len_bytes().max().alias("maxlen"),
+        pl.col("item_id").str.contains("\x00", literal=True).any().alias("nul"),
+        pl.col("site").drop_nulls().unique().sort().implode().alias("sites"),
+    ]
+    if want_users:
+        aggs.append(pl.col("user_id").unique().implode().alias("users"))
+    st = posts.select(aggs).collect(engine="streaming").row(0, named=True)
+    users = pl.Series("user_id", st["users"], dtype=pl.String) if want_users else None
+    keys: list[pl.Expr] = []
+    sites = st["sites"] or []
+    if len(sites) > 1:
+        keys.append(pl.col("site").replace_strict(sites, range(len(sites)), default=None, return_dtype=pl.UInt32))
+    if st["lo"] is None:  # no ids at all: every row is excluded, nothing is sorted
+        return [k.alias(f"_k{i}") for i, k in enumerate(keys)], users
+    prefix = _common_prefix(st["lo"], st["hi"])
+    rest = st["maxlen"] - len(prefix.encode())
+    if st["nul"] or rest > 16:
+        keys.append(pl.col("item_id"))
+    else:
+        width = 8 if rest <= 8 else 16
+        padded = pl.concat_str([pl.col("item_id").str.slice(len(prefix)), pl.lit("\x00" * width)]).cast(pl.Binary)
+        for off in range(0, width, 8):
+            keys.append(padded.bin.slice(off, 8).bin.reinterpret(dtype=pl.UInt64, endianness="big"))
+    return [k.alias(f"_k{i}") for i, k in enumerate(keys)], users
+
+
+def rank_groups(eligible: pl.DataFrame, cfg: SelfieLabelsConfig, tiebreak: list[str]) -> pl.DataFrame:
     """Cut eligible posts (sorted by audience) into groups and rank likes inside each group.
 
-    Adds ``group_id``, ``rank_in_group``, ``label``, ``like_percentile`` and ``reason`` (``incomplete_group`` /
-    ``odd_group_median`` for the posts the cut leaves out, else null). Input rows must all be eligible.
+    ``eligible`` holds ``_idx, audience, likes`` and the ``tiebreak`` columns, which order ties like
+    (site, item_id) (see :func:`tiebreak_keys`); every row must be eligible. Returns ``_idx, group_id,
+    rank_in_group, label, like_percentile, reason`` (``incomplete_group`` / ``odd_group_median`` for the posts
+    the cut leaves out, else null). Eager, one step at a time, so that each sort's input is freed as soon as
+    its output exists.
     """
     gs = cfg.group_size
-    n = pl.len()
-    full_end = (n // gs) * gs
-    rem = n - full_end
-    keep_last = (rem >= cfg.min_group_size) if cfg.min_group_size else pl.lit(False)
-    ranked = (
-        eligible.sort(["audience", "site", "item_id"])
-        .with_row_index("_pos")
-        .with_columns(
-            group_id=(pl.col("_pos") // gs).cast(pl.Int32),
-            _in_group=(pl.col("_pos") < full_end) | keep_last,
-            _gsize=pl.when(pl.col("_pos") < full_end).then(pl.lit(gs)).otherwise(rem).cast(pl.Int32),
-        )
-        .sort(["group_id", "likes", "site", "item_id"], descending=[False, True, False, False])
-        .with_row_index("_pos2")
-        .with_columns(rank_in_group=(pl.col("_pos2") - pl.col("group_id").cast(pl.UInt64) * gs).cast(pl.Int32))
-    )
+    n = eligible.height
+    n_full = n // gs
+    rem = n - n_full * gs
+    keep_last = bool(cfg.min_group_size and rem >= cfg.min_group_size)
+    df = eligible.sort(["audience", *tiebreak]).drop("audience")
+    del eligible
+    df = df.with_columns(group_id=(pl.int_range(pl.len(), dtype=pl.UInt64) // gs).cast(pl.Int32))
+    df = df.sort(["group_id", "likes", *tiebreak], descending=[False, True] + [False] * len(tiebreak))
+    df = df.drop(tiebreak)
+    full = pl.col("group_id") < n_full
+    gsize = pl.when(full).then(pl.lit(gs)).otherwise(pl.lit(rem)).cast(pl.Int32)
+    r = (pl.int_range(pl.len(), dtype=pl.Int64) - pl.col("group_id").cast(pl.Int64) * gs).cast(pl.Int32)
+    df = df.with_columns(rank_in_group=r, _gsize=gsize)
+    # Rows are in (group, likes desc) order, so tied likes form runs: their average rank (``rank("average")``,
+    # 0-based, ascending) is the mean of the run's first and last position, found without a hash group-by.
+    g, likes, r = pl.col("group_id"), pl.col("likes"), pl.col("rank_in_group")
+    starts = ((g != g.shift(1)) | (likes != likes.shift(1))).fill_null(True)
+    ends = ((g != g.shift(-1)) | (likes != likes.shift(-1))).fill_null(True)
+    first, last = pl.when(starts).then(r).forward_fill(), pl.when(ends).then(r).backward_fill()
+    size1 = (pl.col("_gsize") - 1).cast(pl.Float64)
+    pct = (size1 - (first + last).cast(pl.Float64) / 2) / size1
     half = pl.col("_gsize") // 2
-    median = (pl.col("_gsize") % 2 == 1) & (pl.col("rank_in_group") == half)
-    pct = (pl.col("likes").rank("average").over("group_id") - 1.0) / (pl.col("_gsize") - 1).cast(pl.Float64)
-    return (
-        ranked.with_columns(
-            reason=pl.when(~pl.col("_in_group"))
-            .then(pl.lit("incomplete_group"))
-            .when(median)
-            .then(pl.lit("odd_group_median"))
-            .otherwise(pl.lit(None, pl.String)),
-            label=pl.when(pl.col("rank_in_group") < half).then(1).otherwise(0).cast(pl.Int32),
-            like_percentile=pct,
-        )
-        .with_columns(
-            label=pl.when(pl.col("reason").is_null()).then(pl.col("label")),
-            like_percentile=pl.when(pl.col("reason").is_null()).then(pl.col("like_percentile")),
-            rank_in_group=pl.when(pl.col("_in_group")).then(pl.col("rank_in_group")),
-        )
-        .drop("_pos", "_pos2", "_in_group", "_gsize")
+    in_group = full | keep_last
+    reason = (
+        pl.when(~in_group)
+        .then(pl.lit("incomplete_group"))
+        .when((pl.col("_gsize") % 2 == 1) & (r == half))
+        .then(pl.lit("odd_group_median"))
+        .otherwise(pl.lit(None, pl.String))
     )
+    return df.with_columns(reason=reason, like_percentile=pct).select(
+        "_idx",
+        "group_id",
+        "reason",
+        pl.when(pl.col("reason").is_null()).then((r < half).cast(pl.Int8)).alias("label"),
+        pl.when(pl.col("reason").is_null()).then(pl.col("like_percentile")).alias("like_percentile"),
+        pl.when(in_group).then(r).alias("rank_in_group"),
+    )
+
+
+def _duplicate_losers(posts: pl.LazyFrame, hashes: pl.Series) -> pl.Series:
+    """Row positions of the duplicate copies to exclude: exact (site, item_id) check on rows whose hash repeats."""
+    s = hashes.sort()
+    repeated = s.filter(s == s.shift(1)).unique()
+    if repeated.is_empty():
+        return pl.Series("_idx", [], dtype=pl.UInt32)
+    cand = hashes.is_in(repeated.implode()).arg_true()
+    rows = _with_n_tags(posts).with_row_index("_idx").filter(pl.col("_idx").is_in(cand.implode()))
+    return _dedupe(rows).filter(pl.col("_dup_loser")).select("_idx").collect().get_column("_idx")
+
+
+def rank_posts(posts: pl.LazyFrame, faces: pl.LazyFrame | None, cfg: SelfieLabelsConfig) -> pl.DataFrame:
+    """The ranking of every post, one row per input row in input order, holding only narrow columns.
+
+    Columns: ``reason`` (Categorical, null for labelled posts), ``n_tags``, ``group_id``, ``rank_in_group``,
+    ``label`` (Int8), ``like_percentile``. Memory: one streaming pass keeps ~40 bytes a post (reason, n_tags,
+    audience, likes, an id hash and the integer tie-break keys), the sort then works on the eligible posts'
+    narrow columns only; the wide columns (ids, image hashes) are never held. See :func:`tiebreak_keys`.
+    """
+    keys, _ = tiebreak_keys(posts, want_users=False)
+    return _rank_with_keys(posts, faces, cfg, keys)
+
+
+def _rank_with_keys(
+    posts: pl.LazyFrame, faces: pl.LazyFrame | None, cfg: SelfieLabelsConfig, keys: list[pl.Expr]
+) -> pl.DataFrame:
+    use_faces = faces is not None and cfg.require_face
+    lf = _with_n_tags(posts)
+    if use_faces:
+        lf = lf.with_columns(_face=_face_verdict(faces))
+    # pass 1 (all rows, 16 bytes each): the reason, the tag count and a hash of (site, item_id) for duplicates
+    base = lf.select(
+        reason_expr(cfg, use_faces).cast(pl.Categorical),
+        "n_tags",
+        pl.struct("site", "item_id").hash(seed=0).alias("_h"),
+    ).collect(engine="streaming")
+    losers = _duplicate_losers(posts, base.get_column("_h"))
+    base = base.drop("_h")
+    if losers.len():
+        is_loser = pl.int_range(pl.len(), dtype=pl.UInt32).is_in(losers.implode())
+        is_loser = is_loser & (pl.col("reason") != "missing_item_id").fill_null(True)
+        base = base.with_columns(
+            reason=pl.when(is_loser).then(pl.lit("duplicate_item_id", pl.Categorical)).otherwise("reason")
+        )
+    n_rows = base.height
+    # pass 2 (eligible rows only, ~28 bytes each): the sort columns, read beside the reasons row for row
+    key_names = [f"_k{i}" for i in range(len(keys))]
+    eligible = (
+        pl.concat([posts.select("site", "item_id", "followers", "likes"), base.lazy()], how="horizontal")
+        .with_row_index("_idx")
+        .filter(pl.col("reason").is_null())
+        .select("_idx", audience_expr(cfg.tag_bonus), "likes", *keys)
+        .collect(engine="streaming")
+    )
+    if eligible.height and eligible.get_column("likes").max() < 2**32:  # likes >= 0 here
+        eligible = eligible.with_columns(pl.col("likes").cast(pl.UInt32))
+    ranked = rank_groups(eligible, cfg, key_names)
+    del eligible
+    idx = ranked.get_column("_idx")
+    cols = {"reason": base.get_column("reason").scatter(idx, ranked.get_column("reason").cast(pl.Categorical))}
+    for name, dtype in [
+        ("group_id", pl.Int32),
+        ("rank_in_group", pl.Int32),
+        ("label", pl.Int8),
+        ("like_percentile", pl.Float64),
+    ]:
+        col = ranked.drop_in_place(name)
+        full = pl.Series(name, [None], dtype=dtype).extend_constant(None, n_rows - 1) if n_rows else col
+        cols[name] = full.scatter(idx, col) if n_rows else col
+    return base.with_columns(**cols)
 
 
 def label_selfies(
@@ -237,49 +382,47 @@ def label_selfies(
     cfg: LabelsConfig,
     splits: pl.DataFrame | None = None,
 ) -> pl.LazyFrame:
-    """The full selfie labels (lazy): one row per post in :data:`SELFIE_LABELS` columns.
+    """The full selfie labels: one row per post, in input order, in :data:`SELFIE_LABELS` columns.
 
-    ``faces`` None skips the face policy (benchmarks, tests of the ranking alone). ``splits`` is a precomputed
-    ``person_id, split, fold`` table (from :func:`pipeline.labels.splits.assign_splits`); None computes it from
-    the posts' user ids.
+    The ranking (:func:`rank_posts`) runs now, on narrow columns; the returned lazy frame then streams the wide
+    columns (ids, user, image hash, counts) from ``posts`` again, beside the ranking row for row, so collecting
+    or sinking it never holds the wide table. ``posts`` must give its rows in the same order on every scan
+    (Parquet scans and in-memory frames do). ``faces`` None skips the face policy (benchmarks, tests of the
+    ranking alone). ``splits`` is a precomputed ``person_id, split, fold`` table (from
+    :func:`pipeline.labels.splits.assign_splits`); None computes it from the posts' user ids.
     """
     scfg = cfg.selfie
-    base = prepare(posts, faces, scfg)
-    ranked = rank_groups(base.filter(pl.col("reason").is_null()), scfg)
-    excluded = base.filter(pl.col("reason").is_not_null()).with_columns(
-        group_id=pl.lit(None, pl.Int32),
-        rank_in_group=pl.lit(None, pl.Int32),
-        label=pl.lit(None, pl.Int32),
-        like_percentile=pl.lit(None, pl.Float64),
-    )
-    cols = [
-        "site", "item_id", "user_id", "image_sha256", "followers", "likes", "n_tags", "audience",
-        "group_id", "rank_in_group", "label", "like_percentile", "reason",
-    ]  # fmt: skip
-    out = pl.concat([ranked.select(cols), excluded.select(cols)], how="vertical")
+    keys, users = tiebreak_keys(posts, want_users=splits is None)
+    ranking = _rank_with_keys(posts, faces, scfg, keys)
     if splits is None:
-        splits = assign_splits(
-            posts.select(pl.col("user_id")).unique().collect(engine="streaming").get_column("user_id"), cfg.split
-        )
-    out = out.join(splits.lazy(), left_on="user_id", right_on="person_id", how="left")
+        splits = assign_splits(users, cfg.split)
+    wide = posts.select("site", "item_id", "user_id", "image_sha256", "followers", "likes")
+    out = pl.concat([wide, ranking.lazy()], how="horizontal")
+    # an element-wise lookup, not a join: the stream keeps its order and buffers nothing
+    person = splits.get_column("person_id")
+    out = out.with_columns(
+        split=pl.col("user_id").replace_strict(person, splits.get_column("split"), default=None),
+        fold=pl.col("user_id").replace_strict(person, splits.get_column("fold"), default=None),
+    )
     ok = pl.col("reason").is_null()
+    label = pl.col("label").cast(pl.Int32)
     return out.select(
         "item_id",
         "site",
         pl.col("user_id").alias("person_id"),
         "image_sha256",
         pl.when(ok).then(pl.lit(STATUS_OK)).otherwise(pl.lit(STATUS_EXCLUDED)).alias("status"),
-        "reason",
-        "label",
-        pl.col("label").replace_strict(CLASS_NAMES, default=None, return_dtype=pl.String).alias("class_name"),
-        pl.col("label").cast(pl.Float64).alias("target"),
+        pl.col("reason").cast(pl.String),
+        label.alias("label"),
+        label.replace_strict(CLASS_NAMES, default=None, return_dtype=pl.String).alias("class_name"),
+        label.cast(pl.Float64).alias("target"),
         "split",
         pl.col("fold").cast(pl.Int32),
         pl.when(ok).then(pl.lit(1.0)).alias("weight"),  # the halves are equal by construction
         "followers",
         "likes",
         "n_tags",
-        "audience",
+        audience_expr(scfg.tag_bonus),
         "group_id",
         "rank_in_group",
         "like_percentile",
