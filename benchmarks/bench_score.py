@@ -4,9 +4,13 @@ Both score the same N face crops with the same exported model (resnet18 at 96 px
 depend on them) and the same batch size. Ours: the whole stage over a data root whose ``faces`` rows hold the
 crops (so face detection is reused, as in production), Parquet parts written included. Plain: a DataLoader that
 decodes the same JPEG crops, the model's forward pass, the same percentile lookup, results kept in memory.
-Then peak RSS (driver + Ray processes) of our stage at 2,000 and 20,000 images: streaming keeps it flat.
+Then peak memory of our stage at 2,000 and 20,000 images, each in a child process whose whole tree (driver, raylet,
+GCS, dashboard, workers, actors) is sampled every 0.2 s: the sum of RSS (shared pages such as the object store
+counted once per process mapping them) and the sum of PSS (shared pages split: the real footprint); and the same
+for a rerun that finds nothing to score (Ray's fixed baseline). Streaming keeps the peak flat in the image count.
 
     python benchmarks/bench_score.py [--n 2000] [--batch 32] [--rss 2000,20000] [--device cpu|cuda]
+    python benchmarks/bench_score.py --n 0 --rss 2000,20000     # memory runs only
 
 Prints a table, then one JSON line: {"bench": "score", "ours": …, "peer": …, "ratio": ours/plain, "unit": "images/s"}.
 """
@@ -142,57 +146,75 @@ def ours(root_path: str, batch: int, device: str, actors: int) -> dict:
     return {"seconds": time.perf_counter() - t0, "scored": s["scored"]}
 
 
-def _tree_rss(pid: int) -> int:
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS sum, PSS sum) in bytes over ``pid`` and all its descendants (the driver, raylet, GCS, workers).
+
+    RSS counts a shared page (libraries, the plasma object store) once per process that maps it; PSS splits it
+    among them, so the PSS sum is the tree's real footprint.
+    """
     import psutil
 
     try:
         p = psutil.Process(pid)
         procs = [p] + p.children(recursive=True)
     except psutil.Error:
-        return 0
-    total = 0
+        return 0, 0
+    rss = pss = 0
     for q in procs:
         try:
-            total += q.memory_info().rss
+            m = q.memory_full_info()  # /proc/<pid>/smaps_rollup on Linux
+            rss, pss = rss + m.rss, pss + getattr(m, "pss", m.rss)
         except psutil.Error:
             pass
-    return total
+    return rss, pss
 
 
-def peak_rss(n: int, batch: int, device: str, actors: int) -> tuple[float, float]:
-    """Run our stage on n images in a child process; returns (peak RSS MiB of its process tree, seconds)."""
+def _sampled_child(cmd: list[str]) -> dict:
+    """Run ``cmd`` and sample its process tree every 0.2 s: peak RSS and PSS sums (MiB) and seconds."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak_rss = peak_pss = 0
+    t0 = time.perf_counter()
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak_rss, peak_pss
+        while not stop.is_set():
+            rss, pss = _tree_memory(proc.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    _, err = proc.communicate()
+    stop.set()
+    th.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"child run failed ({proc.returncode}): {err[-2000:]}")
+    return {"rss_mib": peak_rss / 2**20, "pss_mib": peak_pss / 2**20, "seconds": time.perf_counter() - t0}
+
+
+def peak_memory(n: int, batch: int, device: str, actors: int) -> dict:
+    """Our stage on n images in a child process, sampled; then the same command again on the scored root.
+
+    The second run finds nothing to score: its peak is Ray's fixed baseline (driver, raylet, GCS, dashboard,
+    idle workers, the key reads) without the data pipeline, so ``peak - baseline`` is what the data costs.
+    """
     with tempfile.TemporaryDirectory(prefix="bench-score-") as d:
         make_root(d, n)
-        cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            d,
-            "--batch",
-            str(batch),
-            "--device",
-            device,
-            "--actors",
-            str(actors),
-        ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        peak, t0 = 0, time.perf_counter()
-        stop = threading.Event()
-
-        def sample():
-            nonlocal peak
-            while not stop.is_set():
-                peak = max(peak, _tree_rss(proc.pid))
-                time.sleep(0.2)
-
-        th = threading.Thread(target=sample, daemon=True)
-        th.start()
-        proc.wait()
-        stop.set()
-        th.join()
-        if proc.returncode != 0:
-            raise RuntimeError(f"child run failed ({proc.returncode})")
-        return peak / 2**20, time.perf_counter() - t0
+        cmd = [sys.executable, __file__, "--child", d, "--batch", str(batch), "--device", device]
+        cmd += ["--actors", str(actors)]
+        run = _sampled_child(cmd)
+        base = _sampled_child(cmd)
+    return {
+        "n": n,
+        "rss_mib": round(run["rss_mib"]),
+        "pss_mib": round(run["pss_mib"]),
+        "baseline_rss_mib": round(base["rss_mib"]),
+        "baseline_pss_mib": round(base["pss_mib"]),
+        "seconds": round(run["seconds"], 1),
+        "images_per_s": round(n / run["seconds"], 1),
+        "load": round(os.getloadavg()[0], 1),
+    }
 
 
 def main() -> None:
@@ -202,7 +224,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--actors", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the plain loop")
-    ap.add_argument("--rss", default="2000,20000", help="image counts for the peak-RSS runs ('' to skip)")
+    ap.add_argument("--rss", default="2000,20000", help="image counts for the peak-memory runs ('' to skip)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -211,32 +233,56 @@ def main() -> None:
     import torch
 
     dev_name = torch.cuda.get_device_name(0) if a.device == "cuda" else f"CPU x{os.cpu_count()}"
-    with tempfile.TemporaryDirectory(prefix="bench-score-") as d:
-        make_root(d, a.n)
-        plain_s, plain_n = plain_loop(d, a.batch, a.device, a.workers)
-        r = ours(d, a.batch, a.device, a.actors)
-    ours_ips, plain_ips = r["scored"] / r["seconds"], plain_n / plain_s
-    rss = {}
-    for n in [int(x) for x in a.rss.split(",") if x.strip()]:
-        rss[n] = peak_rss(n, a.batch, a.device, a.actors)
-    print(f"score benchmark on {dev_name}, load average {os.getloadavg()[0]:.1f}, n={a.n}, batch={a.batch}")
-    print(f"{'':28}{'images':>8}{'seconds':>10}{'images/s':>10}")
-    print(f"{'ours (Ray Data stage)':28}{r['scored']:>8}{r['seconds']:>10.1f}{ours_ips:>10.1f}")
-    print(f"{'plain PyTorch DataLoader':28}{plain_n:>8}{plain_s:>10.1f}{plain_ips:>10.1f}")
-    for n, (mib, secs) in rss.items():
-        print(f"peak RSS (driver + Ray), {n} images: {mib:.0f} MiB in {secs:.0f} s")
+    load_before = os.getloadavg()[0]
+    ours_ips = plain_ips = None
+    r: dict = {}
+    plain_n, plain_s = 0, 0.0
+    if a.n > 0:
+        with tempfile.TemporaryDirectory(prefix="bench-score-") as d:
+            make_root(d, a.n)
+            plain_s, plain_n = plain_loop(d, a.batch, a.device, a.workers)
+            r = ours(d, a.batch, a.device, a.actors)
+        ours_ips, plain_ips = r["scored"] / r["seconds"], plain_n / plain_s
+    mem = [peak_memory(int(x), a.batch, a.device, a.actors) for x in a.rss.split(",") if x.strip()]
+    print(f"score benchmark on {dev_name}, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    if r:
+        print(f"n={a.n}, batch={a.batch}")
+        print(f"{'':28}{'images':>8}{'seconds':>10}{'images/s':>10}")
+        print(f"{'ours (Ray Data stage)':28}{r['scored']:>8}{r['seconds']:>10.1f}{ours_ips:>10.1f}")
+        print(f"{'plain PyTorch DataLoader':28}{plain_n:>8}{plain_s:>10.1f}{plain_ips:>10.1f}")
+    growth = {}
+    if mem:
+        print("peak memory of the child's process tree (driver + Ray), sampled every 0.2 s; MiB")
+        head = ["RSS sum", "PSS sum", "base RSS", "base PSS"]
+        print(f"{'images':>8}" + "".join(f"{h:>10}" for h in head) + f"{'seconds':>9}{'img/s':>8}{'load':>6}")
+        for m in mem:
+            print(
+                f"{m['n']:>8}{m['rss_mib']:>10}{m['pss_mib']:>10}{m['baseline_rss_mib']:>10}"
+                f"{m['baseline_pss_mib']:>10}{m['seconds']:>9}{m['images_per_s']:>8}{m['load']:>6}"
+            )
+        lo, hi = mem[0], mem[-1]
+        if len(mem) > 1:
+            for k in ("rss", "pss"):  # growth beyond the baseline, largest n over smallest n
+                d_lo = lo[f"{k}_mib"] - lo[f"baseline_{k}_mib"]
+                d_hi = hi[f"{k}_mib"] - hi[f"baseline_{k}_mib"]
+                growth[k] = {"total": round(hi[f"{k}_mib"] / lo[f"{k}_mib"], 3)}
+                if d_lo > 0:
+                    growth[k]["beyond_baseline"] = round(d_hi / d_lo, 3)
+            print(f"{hi['n']} vs {lo['n']} images: {growth}")
     print(
         json.dumps(
             {
                 "bench": "score",
-                "ours": round(ours_ips, 2),
-                "peer": round(plain_ips, 2),
-                "ratio": round(ours_ips / plain_ips, 3),
+                "ours": round(ours_ips, 2) if ours_ips else None,
+                "peer": round(plain_ips, 2) if plain_ips else None,
+                "ratio": round(ours_ips / plain_ips, 3) if ours_ips else None,
                 "unit": "images/s",
                 "n": a.n,
                 "batch": a.batch,
                 "device": dev_name,
-                "peak_rss_mib": {str(k): round(v[0]) for k, v in rss.items()},
+                "load": round(load_before, 1),
+                "peak_memory": mem,
+                "memory_growth": growth,
             }
         )
     )

@@ -248,6 +248,13 @@ class TrainConfig(_Section):
     cache_data: bool = True  # materialize the joined crops in the object store once (False: stream every epoch)
     allow_missing_crops: bool = False  # True: drop labelled rows without a face crop instead of failing
     keep_checkpoints: bool = True  # False: delete models/<run>/checkpoints/ after export (no --resume then)
+    # k-fold: one model per fold of the labels' fold column (labels.split.k_folds, or labels.beauty cv5); fold k
+    # is the test set, the other folds' persons go to val when their hash falls below kfold_val, else train.
+    # Each fold exports to models/<run>/folds/fold<k>/; kfold.json / kfold.md hold the per-fold table with
+    # mean ± std; models/<run>/ itself holds the exported model of kfold_export (None: best val score).
+    kfold: bool = False
+    kfold_val: float = Field(0.2, gt=0, lt=1)
+    kfold_export: int | None = Field(None, ge=0)
 
 
 # ---------------------------------------------------------------- score
@@ -261,6 +268,10 @@ class ScoreConfig(_Section):
     num_cpus_per_actor: float = Field(1.0, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the actor was given a GPU
     part_rows: int = Field(256, ge=1)  # score rows per atomically written Parquet part
+    # streaming bounds of the scoring pipeline: face rows (crops) flow in Ray Data blocks of about block_mb, and
+    # the pipeline's operators buffer at most object_store_mb of blocks between them, whatever the image count
+    block_mb: float = Field(2.0, gt=0)
+    object_store_mb: float = Field(64.0, gt=0)
     # scheduler: working_dir shipped with each job, paths left out of it, and a pause after a run ends
     job_working_dir: str | None = None  # None: the repository root
     job_excludes: list[str] = [".venv", ".git", "data", "**/__pycache__", ".pytest_cache", "shared"]

@@ -4,10 +4,15 @@ Flow (one streaming Ray Data pipeline, nothing collected onto the driver but the
 
     candidate images (posts/staff rows with status ok, or a folder/URI of new images stored by sha256)
       - images this model id already scored (any scores/dt=* partition)
-      → face rows: the face stage's ``faces`` rows when they exist, else :func:`pipeline.faces.detect_faces`
+      → face rows: the face stage's ``faces`` rows when they exist (:func:`reused_faces`: a Parquet scan with the
+        image filter and column projection pushed down), else :func:`pipeline.faces.detect_faces`
       → model (:class:`_Scorer`: loaded once per actor; an actor pool of ``score.num_actors``, GPUs per actor
         from config) → score, predicted class, percentile against the model's test set
       → ``scores/dt=<today>/part-*.parquet`` written atomically every ``score.part_rows`` rows
+
+Streaming: the driver holds only keys (candidate, scored and face-row sha256 sets) and one part of score rows;
+crops flow in Ray Data blocks of about ``score.block_mb`` with at most ``score.object_store_mb`` buffered between
+operators (:func:`bound_memory`), so peak memory does not grow with the number of images.
 
 Incremental and idempotent: the key is (image_sha256, model_id). A run killed halfway leaves only whole part files,
 so the rerun scores exactly the images that are still missing; within a run each image is written once.
@@ -110,15 +115,35 @@ def scored_images(root: DataRoot, model_id: str) -> set[str]:
 
 
 def face_rows_present(root: DataRoot) -> set[str]:
-    """Image sha256s the face stage has rows for."""
+    """Image sha256s the face stage has rows for (the key column only: no crop bytes are read)."""
     if not root.has("faces"):
         return set()
     return set(root.read("faces", columns=["image_sha256"])["image_sha256"].to_pylist())
 
 
 # ------------------------------------------------------------------------------------------------ pipeline pieces
-def _keep_only(batch: pa.Table, wanted: pa.Array) -> pa.Table:
-    return batch.filter(pc.is_in(batch["image_sha256"], value_set=wanted))
+def reused_faces(root: DataRoot, shas: list[str] | None) -> ray.data.Dataset:
+    """The face stage's rows for ``shas`` (all rows when None), streamed from the ``faces`` part files.
+
+    A Ray Data Parquet scan with the column projection (``FACE_COLUMNS``) and the ``image_sha256`` filter pushed
+    down into the file scan: read tasks read only the wanted rows, a row-group batch at a time, and hand them on
+    block by block; no process ever holds the whole table's crops.
+    """
+    from ray.data.expressions import col
+
+    ds = ray.data.read_parquet(root.part_files("faces"), filesystem=root.fs).select_columns(FACE_COLUMNS)
+    if shas is not None:
+        ds = ds.filter(expr=col("image_sha256").is_in(shas))
+    return ds.map_batches(_conform_faces, batch_format="pyarrow")
+
+
+def detected_faces(cfg: Config, root: DataRoot, shas: list[str]) -> ray.data.Dataset:
+    """Face rows for images the face stage has not seen: :func:`pipeline.faces.detect_faces`, bytes read by actors."""
+    from pipeline.faces import detect_faces
+
+    ds = ray.data.from_items([{"image_sha256": s} for s in shas])
+    ds = detect_faces(ds, cfg.faces, data_root=root.uri)
+    return ds.map_batches(_conform_faces, batch_format="pyarrow")
 
 
 def _conform_faces(batch: pa.Table) -> pa.Table:
@@ -127,6 +152,19 @@ def _conform_faces(batch: pa.Table) -> pa.Table:
         for n, f in zip(FACE_TYPES.names, FACE_TYPES, strict=True)
     ]
     return pa.Table.from_arrays(cols, schema=FACE_TYPES)
+
+
+def bound_memory(ds: ray.data.Dataset, block_mb: float, object_store_mb: float) -> ray.data.Dataset:
+    """Small blocks and a bounded object-store budget for ``ds``'s execution (its own DataContext only).
+
+    Read tasks cut the face rows into blocks of about ``block_mb`` and the streaming executor buffers at most
+    ``object_store_mb`` of blocks between operators, so peak memory does not grow with the number of images.
+    """
+    ctx = ds.context  # a copy sealed when the dataset was made: the process-wide DataContext is left alone
+    ctx.target_max_block_size = int(block_mb * 2**20)
+    opts = ctx.execution_options
+    opts.resource_limits = opts.resource_limits.copy(object_store_memory=object_store_mb * 2**20)
+    return ds
 
 
 def model_meta(root: DataRoot, model_dir: str) -> dict:
@@ -279,17 +317,10 @@ def run(cfg: Config, images: str | None = None) -> dict:
         fresh = [s for s in todo if s not in have_faces]
         reused, detected = len(reuse), len(fresh)
         pieces = []
-        if reuse:
-            wanted = pa.array(reuse, pa.string())
-            ds = ray.data.read_parquet(root.part_files("faces"), filesystem=root.fs).select_columns(FACE_COLUMNS)
-            ds = ds.map_batches(_keep_only, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
-            pieces.append(ds.map_batches(_conform_faces, batch_format="pyarrow"))
+        if reuse:  # no filter when every face row is wanted (a first run): the scan reads each row once anyway
+            pieces.append(reused_faces(root, None if len(reuse) == len(have_faces) else reuse))
         if fresh:
-            from pipeline.faces import detect_faces
-
-            ds = ray.data.from_items([{"image_sha256": s} for s in fresh])
-            ds = detect_faces(ds, cfg.faces, data_root=root.uri)  # the face stage reads the bytes
-            pieces.append(ds.map_batches(_conform_faces, batch_format="pyarrow"))
+            pieces.append(detected_faces(cfg, root, fresh))
         faces_ds = pieces[0] if len(pieces) == 1 else pieces[0].union(*pieces[1:])
         device = pick_device(sc.device, sc.num_gpus_per_actor)
         scored = faces_ds.map_batches(
@@ -301,17 +332,21 @@ def run(cfg: Config, images: str | None = None) -> dict:
             num_cpus=sc.num_cpus_per_actor,
             num_gpus=sc.num_gpus_per_actor or None,
         )
+        bound_memory(scored, sc.block_mb, sc.object_store_mb)
         written: set[str] = set()
         for batch in scored.iter_batches(batch_size=sc.part_rows, batch_format="pyarrow"):
             shas = batch["image_sha256"].to_pylist()
-            keep = [i for i, s in enumerate(shas) if s not in written and s not in done]
+            keep = []  # each image once per run, even when the faces table holds two rows for it
+            for i, sha in enumerate(shas):
+                if sha not in written and sha not in done:
+                    written.add(sha)
+                    keep.append(i)
             if not keep:
                 continue
             table = batch.take(pa.array(keep, pa.int64())) if len(keep) < len(shas) else batch
             path = root.write_part(partition, table)
             if path:
                 parts.append(path)
-            written.update(table["image_sha256"].to_pylist())
             for status, n in zip(
                 *np.unique(table["status"].to_numpy(zero_copy_only=False), return_counts=True), strict=True
             ):

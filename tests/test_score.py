@@ -9,6 +9,7 @@ from collections import Counter
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
+import ray
 from PIL import Image
 from score_helpers import add_posts, face_images, no_face_images, write_model
 
@@ -28,6 +29,7 @@ def cfg(data_root):
             "faces.max_side": 320,
             "score.part_rows": 3,
             "score.batch_size": 4,
+            "score.block_mb": 0.05,  # a few crops per Ray Data block: the streaming path, many blocks
         },
     )
 
@@ -97,6 +99,33 @@ def test_scores_new_images_once_and_reuses_faces(ray_session, cfg, data_root):
     s3 = score.run(cfg)
     assert s3["to_score"] == 0 and s3["scored"] == 0 and s3["parts"] == 0
     assert len(_scores(root)) == 8
+
+
+def test_reuse_reads_only_the_face_rows_to_score(ray_session, cfg, data_root):
+    """A second run's face rows come from a filtered streaming scan: only images still to score, once each."""
+    root = DataRoot(cfg.data_root)
+    write_model(root)
+    first = add_posts(root, no_face_images()[:2])
+    root.write_part("faces", [_fake_face_row(s) for s in first])
+    s1 = score.run(cfg)
+    assert (s1["reused_faces"], s1["detected_faces"], s1["ok"]) == (2, 0, 2)
+
+    second = add_posts(root, face_images(2), start=10)
+    root.write_part("faces", [_fake_face_row(s) for s in second])
+    root.write_part("faces", [_fake_face_row(second[0])])  # a duplicate face row must not be scored twice
+    # the scan behind the reuse: projected columns, and only the wanted image's rows (both copies)
+    rows = score.reused_faces(root, [second[0]]).take_all()
+    assert [r["image_sha256"] for r in rows] == [second[0]] * 2
+    assert set(rows[0]) == set(score.FACE_COLUMNS) and rows[0]["kept"] and rows[0]["crop_jpeg"]
+
+    global_block_size = ray.data.DataContext.get_current().target_max_block_size
+    s2 = score.run(cfg)
+    assert ray.data.DataContext.get_current().target_max_block_size == global_block_size  # bounds stay local
+    assert (s2["already_scored"], s2["to_score"], s2["reused_faces"], s2["detected_faces"]) == (2, 2, 2, 0)
+    assert s2["scored"] == 2 and s2["ok"] == 2  # fake face rows: "ok" proves they were reused, not re-detected
+    df = _scores(root)
+    assert sorted(df.image_sha256) == sorted(first + second) and df.image_sha256.is_unique
+    assert sorted(df[df.run_id == s2["run_id"]].image_sha256) == sorted(second)
 
 
 def test_killed_run_then_rerun_scores_each_image_once(ray_session, cfg, data_root):
