@@ -9,6 +9,8 @@ Example::
     from pipeline.train import run
     summary = run(cfg)                 # a new run
     summary = run(cfg, resume=True)    # continue the newest (or cfg.train.run_id) run from its checkpoint
+
+With ``train.kfold`` one model is trained per fold of the labels (see :mod:`pipeline.train.kfold`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from pipeline.config import Config
 from pipeline.runtime import init_ray, log, stage
 from pipeline.store import DataRoot, now
-from pipeline.train.data import TrainInputError, load_labels
+from pipeline.train.data import TrainInputError, label_folds, load_labels
 from pipeline.train.export import LoadedModel, resolve_model_dir
 
 __all__ = ["run", "LoadedModel", "resolve_model_dir", "TrainInputError", "new_run_id"]
@@ -28,7 +30,10 @@ def new_run_id(task: str) -> str:
 
 
 def _has_checkpoints(root: DataRoot, run_id: str) -> bool:
-    return any(n.startswith("checkpoint") for n in root.list_dir("models", run_id, "checkpoints"))
+    """The run (or, for a k-fold run, one of its folds) has a checkpoint to continue from."""
+    if any(n.startswith("checkpoint") for n in root.list_dir("models", run_id, "checkpoints")):
+        return True
+    return any(_has_checkpoints(root, f"{run_id}/folds/{f}") for f in root.list_dir("models", run_id, "folds"))
 
 
 def pick_run_id(cfg: Config, root: DataRoot, resume: bool) -> str:
@@ -61,6 +66,11 @@ def run(cfg: Config, resume: bool = False) -> dict:
         root = DataRoot(cfg.data_root)
         root.require(root.labels_dataset(cfg.train.task))
         root.require("faces")
+        if cfg.train.kfold:
+            from pipeline.train.kfold import run_kfold
+
+            label_folds(root, cfg.train.task)  # a clear error before a run id is taken
+            return run_kfold(cfg, root, pick_run_id(cfg, root, resume), resume)
         labels = load_labels(root, cfg.train)
         check_cluster(cfg.train)
         run_id = pick_run_id(cfg, root, resume)

@@ -61,15 +61,50 @@ class LabelSet:
         return {s: self.split(s).num_rows for s in SPLITS}
 
 
-def load_labels(root: DataRoot, cfg: TrainConfig) -> LabelSet:
-    """Read and validate ``labels/<task>``; raises :class:`TrainInputError` on anything training cannot use."""
+def label_folds(root: DataRoot, task: str) -> list[int]:
+    """The fold indices ``labels/<task>`` carries on its ``ok`` rows (sorted); raises when it carries none."""
+    dataset = root.labels_dataset(task)
+    root.require(dataset)
+    t = root.read(dataset, columns=["status", "fold"])
+    folds = pc.unique(t.filter(pc.equal(t["status"], STATUS_OK))["fold"]).to_pylist()
+    found = sorted(f for f in folds if f is not None)
+    if len(found) < 2:
+        raise TrainInputError(
+            f"{dataset}: train.kfold needs a fold column with at least two folds (found {found}); set "
+            "labels.split.k_folds (or labels.beauty.protocol: cv5) and rerun the labels stage"
+        )
+    if None in folds:
+        raise TrainInputError(f"{dataset}: some ok rows have no fold; rerun the labels stage")
+    return found
+
+
+def fold_splits(t: pa.Table, fold: int, val_fraction: float, seed: int) -> pa.Table:
+    """Re-split a label table for one k-fold run: ``test`` is fold ``fold``; of the other folds, persons whose
+    stable hash of ``(f"kfold-val/{seed}", person_id)`` falls below ``val_fraction`` are ``val``, the rest
+    ``train``. The rule depends only on the person id, so a person is in the same role in every fold where it
+    is not the test fold, and never on two sides within one fold."""
+    from pipeline.labels.splits import unit_interval
+
+    u = unit_interval(t["person_id"], f"kfold-val/{seed}")
+    is_test = np.asarray(pc.fill_null(pc.equal(t["fold"], fold), False))
+    split = np.where(is_test, "test", np.where(u < val_fraction, "val", "train"))
+    return t.set_column(t.schema.get_field_index("split"), "split", pa.array(split, pa.string()))
+
+
+def load_labels(root: DataRoot, cfg: TrainConfig, fold: int | None = None) -> LabelSet:
+    """Read and validate ``labels/<task>``; raises :class:`TrainInputError` on anything training cannot use.
+
+    ``fold``: the label set of one k-fold run (see :func:`fold_splits`) instead of the labels' own split."""
     dataset = root.labels_dataset(cfg.task)
     root.require(dataset)
-    t = root.read(dataset, columns=LABEL_COLUMNS + ["status"])
-    t = t.filter(pc.equal(t["status"], STATUS_OK)).select(LABEL_COLUMNS)
+    t = root.read(dataset, columns=LABEL_COLUMNS + ["status", "fold"])
+    t = t.filter(pc.equal(t["status"], STATUS_OK))
+    if fold is not None:
+        t = fold_splits(t, fold, cfg.kfold_val, cfg.seed)
+    t = t.select(LABEL_COLUMNS)
     if t.num_rows == 0:
         raise TrainInputError(f"{dataset}: no rows with status 'ok'")
-    where = f"{dataset} ({t.num_rows} ok rows)"
+    where = f"{dataset} ({t.num_rows} ok rows{'' if fold is None else f', fold {fold}'})"
     for s in SPLITS:
         if pc.sum(pc.equal(t["split"], s)).as_py() in (None, 0):
             raise TrainInputError(f"{where}: the {s!r} split is empty")

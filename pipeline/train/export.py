@@ -12,7 +12,7 @@ test-set outputs) and writes, through the data root's filesystem (local or ``s3:
                                       target_mean/std, model_id, the train config (written last: marks the
                                       export complete)
 
-``resolve_model_dir(root, spec)`` turns ``latest`` / a run id / a path into a model folder and
+``resolve_model_dir(root, spec)`` turns ``latest`` / ``latest:<task>`` / a run id / a path into a model folder and
 ``LoadedModel.load(model_dir)`` gives ``predict``, ``embed`` and ``percentile`` over PIL crops.
 
 Example::
@@ -123,11 +123,16 @@ def _is_file(fs: pafs.FileSystem, path: str) -> bool:
 
 
 def resolve_model_dir(root: DataRoot, spec: str) -> str:
-    """``latest`` (the newest exported run id), a run id under ``models/``, or a path → the model folder."""
-    if spec == "latest":
+    """``latest`` (the newest exported run id), ``latest:<task>`` (the newest exported run of that task), a run
+    id under ``models/``, or a path → the model folder."""
+    if spec == "latest" or spec.startswith("latest:"):
+        task = spec.partition(":")[2] or None
         runs = [r for r in root.list_dir("models") if _is_file(root.fs, root.path("models", r, "model.json"))]
+        if task:
+            runs = [r for r in runs if root.read_json(root.path("models", r, "model.json")).get("task") == task]
         if not runs:
-            raise FileNotFoundError(f"no exported model under {root.uri}/models: run the 'train' stage first")
+            what = f"model of task {task!r}" if task else "model"
+            raise FileNotFoundError(f"no exported {what} under {root.uri}/models: run the 'train' stage first")
         return root.model_dir(sorted(runs)[-1])
     if "/" not in spec and _is_file(root.fs, root.path("models", spec, "model.json")):
         return root.model_dir(spec)

@@ -17,7 +17,12 @@ checkpoint also holds ``test.json`` (the best model's test-set outputs). Checkpo
 local root keeps them in a local folder and an ``s3://`` root puts them in the bucket. A worker that dies is
 restarted from the latest checkpoint (``FailureConfig(max_failures)``); running again with the same run id and
 storage continues the run (Ray Train restores its checkpoint manager from storage). Checkpoints load with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. Each history record carries ``start_epoch``, the epoch its worker process
+began at (0 for a fresh start, ``k`` after resuming from epoch ``k - 1``'s checkpoint).
+
+Fault injection (tests only): with ``FACERANK_TRAIN_FAULT=<rank>:<epoch>:<marker file>`` in the driver's
+environment, the worker of that rank exits hard (``os._exit(1)``) after its first training batch of that epoch,
+once: it creates the marker file first and never exits while the file exists.
 """
 
 from __future__ import annotations
@@ -39,6 +44,24 @@ from pipeline.train.metrics import evaluate, selection_score
 from pipeline.train.models import NORMALISATION, build_model
 
 CHECKPOINTS = "checkpoints"
+FAULT_ENV = "FACERANK_TRAIN_FAULT"
+
+
+def _fault_spec() -> dict | None:
+    """The test-only fault ``{"rank", "epoch", "marker"}`` from :data:`FAULT_ENV`, or None."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    rank, epoch, marker = spec.split(":", 2)
+    return {"rank": int(rank), "epoch": int(epoch), "marker": marker}
+
+
+def _maybe_fault(fault: dict | None, rank: int, epoch: int) -> None:
+    if fault and fault["rank"] == rank and fault["epoch"] == epoch and not os.path.exists(fault["marker"]):
+        with open(fault["marker"], "w") as f:
+            f.write(f"rank {rank} exited at epoch {epoch}\n")
+        log.warning("fault injection: rank %d exits at epoch %d", rank, epoch)
+        os._exit(1)
 
 
 def check_cluster(cfg: TrainConfig) -> None:
@@ -163,6 +186,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     phase = None
     opt = net = None
+    fault = config.get("fault")
     rng = np.random.default_rng([tc.seed, rank, start])
     train_it = ray.train.get_dataset_shard("train")
 
@@ -237,6 +261,7 @@ def train_loop_per_worker(config: dict) -> None:
             scaler.update()
             total += float(loss.detach()) * len(y)
             count += len(y)
+            _maybe_fault(fault, rank, epoch)
         train_s = time.perf_counter() - t0
         parts = _gather((total, count))
         train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
@@ -250,6 +275,7 @@ def train_loop_per_worker(config: dict) -> None:
         if best_state is None or score > best_score:
             best_score, best_epoch, best_state = score, epoch, last_state
         record = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "val_loss": val_loss, "score": score}
+        record["start_epoch"] = start
         record.update(train_s=round(train_s, 3), val_s=round(time.perf_counter() - t1, 3), images=images)
         record["images_per_s"] = round(images / train_s, 2) if train_s > 0 else None
         record["val"] = {k: v for k, v in val.items() if k in ("n", "accuracy", "roc_auc", "pearson", "mae", "rmse")}
@@ -286,6 +312,7 @@ def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):
             "class_weights": labels.class_weights,
             "target_mean": labels.target_mean,
             "target_std": labels.target_std,
+            "fault": _fault_spec(),
         },
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
         datasets=make_datasets(root, labels, tc.num_workers, num_cpus=tc.data_cpus, cache=tc.cache_data),
