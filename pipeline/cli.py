@@ -233,6 +233,26 @@ def main(argv: list[str] | None = None) -> int:
     except MissingDatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_MISSING_INPUT
+    except OSError as err:  # disk full, a read-only or missing data root, a lost object store: one line
+        print(f"error: {_os_error_line(err)} (data root: {_data_root_of(args)})", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _os_error_line(err: OSError) -> str:
+    """One line for an OSError, also one re-raised by Ray from a task (whose str holds a traceback)."""
+    if err.strerror:
+        return f"{err.strerror}: {err.filename}" if err.filename else f"[Errno {err.errno}] {err.strerror}"
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def _data_root_of(args: argparse.Namespace) -> str:
+    if getattr(args, "data_root", None):
+        return args.data_root
+    try:
+        return load(args).data_root
+    except Exception:
+        return "?"
 
 
 def job_main(stage_name: str, argv: list[str] | None = None) -> int:

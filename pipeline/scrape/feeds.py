@@ -39,6 +39,9 @@ DEMO_FIELDS = {
 }
 
 
+INT64_MAX = 2**63 - 1
+
+
 class FeedParseError(ValueError):
     """A feed page that is not what the adapter expects."""
 
@@ -79,6 +82,8 @@ def _int(value: Any) -> int:
     v = int(value)
     if v < 0:
         raise ValueError("negative")
+    if v > INT64_MAX:  # the posts schema is int64: a larger count would fail the whole batch write
+        raise ValueError("too large")
     return v
 
 
@@ -110,6 +115,8 @@ class JsonFeedAdapter(FeedAdapter):
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise FeedParseError(f"not JSON: {e}") from None
+        except RecursionError:  # a nesting bomb such as [[[[...]]]]
+            raise FeedParseError("not JSON: nested too deeply") from None
         items = dig(doc, self.fields["items"])
         if items is None:
             items = []

@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from PIL import Image, UnidentifiedImageError
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -408,7 +409,9 @@ class HttpClient:
                 return None
             buf = bytearray()
             try:
-                for chunk in resp.iter_content(CHUNK):
+                # read1: returns as soon as some bytes arrive (iter_content waits for a whole CHUNK), so the
+                # deadline below also stops a server that trickles its body byte by byte within the read timeout
+                while chunk := resp.raw.read1(CHUNK, decode_content=True):
                     buf += chunk
                     if len(buf) > max_bytes:
                         res.status, res.reason = STATUS_ERROR, "too_large"
@@ -416,7 +419,7 @@ class HttpClient:
                     if time.monotonic() > deadline:
                         res.status, res.reason = STATUS_ERROR, "timeout"
                         return None
-            except (requests.exceptions.RequestException, OSError) as e:
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
                 timeout = isinstance(e, requests.exceptions.Timeout) or "timed out" in str(e).lower()
                 res.status, res.reason = STATUS_ERROR, "timeout" if timeout else "truncated_body"
                 return None

@@ -55,7 +55,10 @@ return Array.from(document.querySelectorAll(personSel)).map(el => {
   if (p) {
     for (const a of attrs) {
       const v = p.getAttribute(a);
-      if (v && !v.startsWith('data:')) { photo = new URL(v, document.baseURI).href; break; }
+      if (v && !v.startsWith('data:')) {
+        try { photo = new URL(v, document.baseURI).href; } catch (e) { photo = null; }  // one bad URL: no photo
+        break;
+      }
     }
   }
   return {id: el.getAttribute('data-id'), name: n ? n.textContent.trim() : null,
@@ -97,6 +100,21 @@ class StaffPage:
     status: str = "ok"
     reason: str | None = None
     clicks: int = 0
+
+
+def _displayed(driver, selector: str) -> list:
+    """The displayed elements matching ``selector``; one the page removes between lookup and check is not there."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    out = []
+    for el in driver.find_elements(By.CSS_SELECTOR, selector):
+        try:
+            if el.is_displayed():
+                out.append(el)
+        except StaleElementReferenceException:  # the "load more" button is removed after the last page
+            pass
+    return out
 
 
 class Browser:
@@ -212,7 +230,7 @@ class Browser:
         return StaffPage(url, [], "error", "browser_died"), None
 
     def _render(self, site: StaffSite, url: str) -> tuple[StaffPage, str | None]:
-        from selenium.common.exceptions import TimeoutException
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support import expected_conditions as ec
         from selenium.webdriver.support.ui import WebDriverWait
@@ -228,17 +246,22 @@ class Browser:
         clicks = 0
         if site.load_more:
             while clicks < self.cfg.max_clicks:
-                buttons = [b for b in d.find_elements(By.CSS_SELECTOR, site.load_more) if b.is_displayed()]
+                buttons = _displayed(d, site.load_more)
                 if not buttons:
                     break
                 before = len(d.find_elements(By.CSS_SELECTOR, site.person))
-                d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", buttons[0])
+                try:
+                    d.execute_script(
+                        "arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", buttons[0]
+                    )
+                except StaleElementReferenceException:  # the page replaced the button meanwhile: look again
+                    continue
                 clicks += 1
                 try:
                     WebDriverWait(d, self.cfg.wait_timeout_s, poll_frequency=0.05).until(
                         lambda drv, before=before: (
                             len(drv.find_elements(By.CSS_SELECTOR, site.person)) > before
-                            or not [b for b in drv.find_elements(By.CSS_SELECTOR, site.load_more) if b.is_displayed()]
+                            or not _displayed(drv, site.load_more)
                         )
                     )
                 except TimeoutException:
