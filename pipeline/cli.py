@@ -80,9 +80,7 @@ def _print_summary(cfg: Config, summaries: dict[str, dict], seconds: float) -> N
 def _common(p: argparse.ArgumentParser, config_required: bool = True) -> None:
     p.add_argument("--config", required=config_required, help="YAML config (see configs/)")
     p.add_argument("--data-root", help="override data_root (a folder or s3://bucket/prefix)")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=2"
-    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,9 +172,7 @@ def dispatch(args: argparse.Namespace) -> int:
             os.environ["DEMO_BASE_URL"] = srv.base_url
             os.environ["DEMO_N_POSTS"] = str(args.n_posts)
             cfg = load(args) if args.config else load_config(_repo() / "configs" / "demo.yaml")
-            print(
-                f"demo sites: {srv.base_url}  (feed: {srv.base_url}/api/feed?tag=selfie&page=1)", flush=True
-            )
+            print(f"demo sites: {srv.base_url}  (feed: {srv.base_url}/api/feed?tag=selfie&page=1)", flush=True)
             summaries = run_stages(cfg)
         _print_summary(cfg, summaries, time.monotonic() - t0)
         return 0
