@@ -155,8 +155,13 @@ def forget(cfg: Config, kind: str, value: str) -> dict[str, Any]:
     reports = _remove_reports(root, shas)
     if reports:
         audit.append(_audit_row(kind, subject, "models/*/report.html", 0, reports, at))
-    if not OptOut(root).blocks(kind, value):
-        root.write_part("optout", [{"kind": kind, "subject_hash": subject, "added_at": at}])
+    # The subject and every image of them: a later scrape must not store their photo again under another post.
+    blocked = OptOut(root)
+    wanted = [(kind, value)] + [("image", s) for s in sorted(shas) if (kind, value) != ("image", s)]
+    new = [
+        {"kind": k, "subject_hash": subject_hash(k, v), "added_at": at} for k, v in wanted if not blocked.blocks(k, v)
+    ]
+    root.write_part("optout", new)
     if not audit:
         audit.append(_audit_row(kind, subject, "(none)", 0, 0, at))
     root.write_part("audit", audit)

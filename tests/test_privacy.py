@@ -89,7 +89,7 @@ def test_forget_user_leaves_nothing(tmp_path):
     assert {a["dataset"] for a in audit} >= {"posts", "faces", "labels/selfie", "fetches", "scores/dt=2026-11-01"}
     assert all(len(a["subject_hash"]) == 64 for a in audit)
     again = forget(cfg, "user", "u1")  # idempotent
-    assert again["rows_removed"] == {} and len(OptOut(root)) == 1
+    assert again["rows_removed"] == {} and len(OptOut(root)) == 3  # the user and their two images
 
 
 def test_forget_person_and_image(tmp_path):

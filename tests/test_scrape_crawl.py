@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 import ray
 from PIL import Image
@@ -164,6 +165,24 @@ def test_feed_crawl_rows_rerun_and_resume(ray_session, feed_server, tmp_path):
     s3 = crawl(_cfg(feed_server, tmp_path / "a", retry_errors=True))
     assert s3["retried_error_rows"] == 3 and s3["posts_written"] == 3
     assert [r[:5] for r in _rows(tmp_path / "a")] == [r[:5] for r in rows]
+
+
+def test_forgotten_user_is_not_scraped_again(ray_session, feed_server, tmp_path):
+    from pipeline.privacy import forget
+
+    cfg = _cfg(feed_server, tmp_path / "o")
+    crawl(cfg)
+    root = DataRoot(str(tmp_path / "o"))
+    users = root.read("posts", columns=["user_id"]).column(0).to_pylist()
+    n_u1 = users.count("u1")
+    assert n_u1 > 0
+    u1_images = set(root.read("posts", filter=pc.field("user_id") == "u1").column("image_sha256").to_pylist()) - {None}
+    forget(cfg, "user", "u1")
+    s = crawl(cfg)  # u1's posts are listed again by the feed, and skipped
+    after = root.read("posts")
+    assert "u1" not in after.column("user_id").to_pylist() and s["opted_out"] >= n_u1
+    assert not u1_images & set(after.column("image_sha256").to_pylist())  # their photos are not stored again
+    assert u1_images and not any(root.has_image(sha) for sha in u1_images)
 
 
 def test_killed_actor_is_replaced_and_every_item_written_once(ray_session, feed_server, tmp_path):

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 import ray
 
 from pipeline.config import Config
+from pipeline.privacy import OptOut
 from pipeline.runtime import log
 from pipeline.scrape.feeds import FeedParseError, adapter_for
 from pipeline.scrape.http import FetchResult, HttpClient, resolves_public
@@ -84,13 +85,13 @@ def _limiter(cfg: Config, handle: Any) -> Callable:
 class _HttpWork:
     """The body of an HTTP worker (plain class: usable without Ray in tests and the benchmark)."""
 
-    def __init__(self, cfg: Config, domains: list[str], limiter: Any = None, optout_images: set | None = None):
+    def __init__(self, cfg: Config, domains: list[str], limiter: Any = None, optout_images: OptOut | None = None):
         self.cfg = cfg
         self.root = DataRoot(cfg.data_root)
         self.client = HttpClient(cfg.scrape.http, domains, _limiter(cfg, limiter))
         self.pool = ThreadPoolExecutor(cfg.scrape.threads_per_actor, thread_name_prefix="fetch")
         self.adapters = {s.name: adapter_for(s) for s in cfg.scrape.feeds}
-        self.optout_images = optout_images or set()
+        self.optout_images = optout_images
 
     def run(self, tasks: list[dict]) -> tuple[list[dict], list[dict]]:
         """Fetch a batch of page/image tasks concurrently; returns (results, robots fetch rows)."""
@@ -124,7 +125,7 @@ class _HttpWork:
             from pipeline.store import sha256_bytes
 
             sha = sha256_bytes(res.data or b"")
-            if sha in self.optout_images:
+            if self.optout_images is not None and self.optout_images.blocks("image", sha):
                 res.status, res.reason, sha = STATUS_SKIPPED, "opted_out", None
             else:
                 new = not self.root.has_image(sha)
@@ -205,15 +206,6 @@ def drop_error_rows(root: DataRoot, dataset: str) -> int:
     return removed
 
 
-def _optout(root: DataRoot) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {"user": set(), "person": set(), "image": set()}
-    if root.has("optout"):
-        t = root.read("optout", columns=["kind", "value"])
-        for k, v in zip(t.column("kind").to_pylist(), t.column("value").to_pylist(), strict=True):
-            out.setdefault(k, set()).add(v)
-    return out
-
-
 @dataclasses.dataclass
 class _Pool:
     name: str
@@ -289,7 +281,7 @@ class _Crawl:
         self.done |= {("staff", s, i) for s, i in root.done_keys("staff")}
         self.seen_items: set[tuple[str, str, str]] = set()
         self.fetch_done: set[str] = set(root.done_keys("fetches"))
-        self.optout = _optout(root)
+        self.optout = OptOut(root)
         for site in self.sc.feeds:
             ad = adapter_for(site)
             for tag in site.hashtags:
@@ -305,7 +297,7 @@ class _Crawl:
         lease_ttl = h.total_timeout_s * h.retry.attempts + h.retry.backoff_max_s * h.retry.attempts + 60
         self.limiter = HostLimiter.remote(h.requests_per_second_per_host, h.max_concurrency_per_host, lease_ttl)
         cpus = self.sc.cpus_per_actor
-        opt_img = self.optout["image"]
+        opt_img = self.optout
         self.http = _Pool(
             "http",
             lambda: HttpWorker.options(num_cpus=cpus, max_concurrency=INFLIGHT_PER_ACTOR).remote(
@@ -403,7 +395,7 @@ class _Crawl:
             if key in self.seen_items:
                 continue
             self.seen_items.add(key)
-            if p.get("user_id") in self.optout["user"]:
+            if self.optout.blocks("user", p.get("user_id")):
                 self.sum["opted_out"] += 1
                 continue
             row = {
@@ -462,7 +454,7 @@ class _Crawl:
                 if key in self.seen_items:
                     continue
                 self.seen_items.add(key)
-                if p["item_id"] in self.optout["person"]:
+                if self.optout.blocks("person", p["item_id"]):
                     self.sum["opted_out"] += 1
                     continue
                 academic = is_academic(p.get("role"), self.sc.non_academic_roles)
