@@ -388,15 +388,7 @@ class _Crawl:
             if not item:
                 self.sum["page_errors_by_reason"][p.get("error") or "bad_post"] += 1
                 continue
-            key = ("posts", site.name, item)
-            if key in self.done:
-                self.sum["skipped_done"] += 1
-                continue
-            if key in self.seen_items:
-                continue
-            self.seen_items.add(key)
-            if self.optout.blocks("user", p.get("user_id")):
-                self.sum["opted_out"] += 1
+            if not self._claim(("posts", site.name, item), "user", p.get("user_id")):
                 continue
             row = {
                 "site": site.name,
@@ -419,6 +411,19 @@ class _Crawl:
             self._want_image("posts", row)
         if r.get("next_url") and task["page"] < site.max_pages:
             self.pages_q.append({**task, "page": task["page"] + 1, "url": r["next_url"], "deaths": 0})
+
+    def _claim(self, key: tuple[str, str, str], optout_kind: str, person: str | None) -> bool:
+        """True when an item is new: not written before, not seen in this run, its person not opted out."""
+        if key in self.done:
+            self.sum["skipped_done"] += 1
+            return False
+        if key in self.seen_items:
+            return False
+        self.seen_items.add(key)
+        if self.optout.blocks(optout_kind, person):
+            self.sum["opted_out"] += 1
+            return False
+        return True
 
     def _staff_result(self, r: dict) -> None:
         site = self.sc.staff[r["task"]["index"]]
@@ -447,15 +452,7 @@ class _Crawl:
                 continue
             self.sum["pages"] += 1
             for p in page["people"]:
-                key = ("staff", site.name, p["item_id"])
-                if key in self.done:
-                    self.sum["skipped_done"] += 1
-                    continue
-                if key in self.seen_items:
-                    continue
-                self.seen_items.add(key)
-                if self.optout.blocks("person", p["item_id"]):
-                    self.sum["opted_out"] += 1
+                if not self._claim(("staff", site.name, p["item_id"]), "person", p["item_id"]):
                     continue
                 academic = is_academic(p.get("role"), self.sc.non_academic_roles)
                 row = {
