@@ -251,16 +251,18 @@ def test_run_all_job_cli_then_sdk(head: RayHead, client, request, tmp_path):
     data = tmp_path / "data"
     env = {"env_vars": {"DEMO_BASE_URL": demo_site.base_url}}
     entry = ["python", "jobs/run_all.py", "--config", "configs/test.yaml", "--data-root", str(data)]
-    entry += ["--set", "train.epochs=1"]  # the job machinery is under test here, not the model
+    # the job machinery is under test here, not the model nor Selenium (tests/test_end_to_end.py covers both)
+    entry += ["--set", "train.epochs=1", "--set", "train.backbone=small_cnn", "--set", "train.image_size=32"]
+    entry += ["--set", "scrape.staff=[]", "--set", "faces.max_side=320"]
     sid, proc = submit_cli(head, entry, runtime_env=env, timeout_s=600)
     assert proc.returncode == 0, client.get_job_logs(sid)[-6000:]
     root = DataRoot(str(data))
-    counts = {ds: root.read(ds).num_rows for ds in ("posts", "staff", "faces", "labels/selfie", "scores")}
+    counts = {ds: root.read(ds).num_rows for ds in ("posts", "faces", "labels/selfie", "scores")}
     assert all(n > 0 for n in counts.values()), counts
     assert any(root.list_dir("models"))
     job = client.submit_job(entrypoint=shlex.join(entry), runtime_env={"working_dir": str(REPO), **env})
     assert wait_for(client, job, timeout_s=600) == "SUCCEEDED", client.get_job_logs(job)[-4000:]
-    again = {ds: root.read(ds).num_rows for ds in ("posts", "staff", "faces", "labels/selfie")}
+    again = {ds: root.read(ds).num_rows for ds in ("posts", "faces", "labels/selfie")}
     assert again == {k: v for k, v in counts.items() if k in again}
 
 
