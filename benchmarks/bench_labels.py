@@ -113,7 +113,7 @@ def pandas_labels(df: pd.DataFrame, cfg: LabelsConfig) -> pd.DataFrame:
 
 
 def ours_labels(lf: pl.LazyFrame, cfg: LabelsConfig, splits: pl.DataFrame | None = None) -> pl.DataFrame:
-    return label_selfies(lf, None, cfg, splits=splits).collect()
+    return pl.concat(label_selfies(lf, None, cfg, splits=splits))
 
 
 def _check_identical(ours: pl.DataFrame, peer: pd.DataFrame) -> int:
@@ -206,8 +206,8 @@ def _child(impl: str, src: str, dst: str) -> None:
             from pipeline.store import DataRoot
 
             root = DataRoot(dst)
-            lf = label_selfies(pl.scan_parquet(f"{src}/*.parquet"), None, cfg)
-            root.replace("labels/selfie", arrow_batches(lf, root.schema("labels/selfie")))
+            chunks = label_selfies(pl.scan_parquet(f"{src}/*.parquet"), None, cfg)
+            root.replace("labels/selfie", arrow_batches(chunks, root.schema("labels/selfie")))
             n = pl.scan_parquet(root.part_files("labels/selfie")).select(pl.len()).collect().item()
         else:
             df = pd.read_parquet(src)

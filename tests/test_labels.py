@@ -17,7 +17,7 @@ from pipeline.config import Config, LabelsConfig, SelfieLabelsConfig, SplitConfi
 from pipeline.labels import run
 from pipeline.labels.beauty import import_scores
 from pipeline.labels.departments import label_departments
-from pipeline.labels.selfie import EmptyInputError, label_selfies_table, tiebreak_keys
+from pipeline.labels.selfie import EmptyInputError, label_selfies, label_selfies_table, tiebreak_keys
 from pipeline.labels.splits import assign_splits, stable_hash
 from pipeline.store import FACES, POSTS, STAFF, DataRoot, MissingDatasetError, to_table
 
@@ -118,6 +118,25 @@ def test_group_ranking_properties(rows, perm_seed):
     perm = np.random.default_rng(perm_seed).permutation(posts.num_rows)
     again = label_selfies_table(posts.take(perm), faces.take(np.random.default_rng(1).permutation(faces.num_rows)), CFG)
     assert again.sort("item_id").equals(out.sort("item_id"))
+
+
+def test_chunked_output_equals_one_chunk_and_a_changing_input_is_refused():
+    rows = [post(i, followers=100 + (i * 37) % 500, likes=(i * 11) % 23) for i in range(95)]
+    posts = pl.from_arrow(to_table(rows, POSTS))
+    one = pl.concat(label_selfies(posts.lazy(), None, CFG, chunk_rows=10_000))
+    chunks = list(label_selfies(posts.lazy(), None, CFG, chunk_rows=7))
+    assert len(chunks) > 1 and max(c.height for c in chunks) <= 7
+    assert pl.concat(chunks).equals(one) and one.height == 95
+    assert one["item_id"].to_list() == posts["item_id"].to_list()  # input order, row for row
+    # a source whose second scan gives other rows than its first (not a stable order) is an error, not a bad zip
+    from pipeline.labels import selfie
+
+    ranking = selfie.rank_posts(posts.lazy(), None, CFG.selfie)
+    splits = assign_splits(posts["user_id"].unique(), CFG.split)
+    with pytest.raises(ValueError, match="fewer rows"):
+        list(selfie._assembled(posts.head(90).lazy(), ranking, splits, CFG.selfie, 7))
+    with pytest.raises(ValueError, match="more rows"):
+        list(selfie._assembled(pl.concat([posts, posts]).lazy(), ranking, splits, CFG.selfie, 7))
 
 
 def _reference_ranks(rows: list[dict], gs: int) -> dict[tuple, tuple[int, int]]:

@@ -78,8 +78,8 @@ def run(cfg: Config, truth: Any = None) -> dict[str, Any]:
         if n_posts == 0:
             notes.append("selfie: the posts dataset has no rows; skipped")
         else:
-            lf = label_selfies(posts, faces, cfg.labels)  # splits from the users its first pass reads
-            root.replace("labels/selfie", arrow_batches(lf, root.schema("labels/selfie")))
+            chunks = label_selfies(posts, faces, cfg.labels)  # splits from the users its first pass reads
+            root.replace("labels/selfie", arrow_batches(chunks, root.schema("labels/selfie")))
             summary["selfie"] = _counts(root, "labels/selfie")
     else:
         notes.append("selfie: no posts dataset; skipped")

@@ -7,7 +7,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import polars as pl
 import pyarrow as pa
@@ -26,7 +26,11 @@ def scan(root: DataRoot, dataset: str, columns: list[str] | None = None) -> pl.L
     return lf.select(columns) if columns else lf
 
 
-def arrow_batches(lf: pl.LazyFrame, schema: pa.Schema, chunk_rows: int = 1_000_000) -> Iterator[pa.Table]:
-    """Stream a lazy frame's result as Arrow tables in ``schema`` (for :meth:`DataRoot.replace`)."""
-    for df in lf.collect_batches(chunk_size=chunk_rows, engine="streaming"):
+def arrow_batches(
+    frames: pl.LazyFrame | Iterable[pl.DataFrame], schema: pa.Schema, chunk_rows: int = 1_000_000
+) -> Iterator[pa.Table]:
+    """A lazy frame's result (streamed) or chunks of frames as Arrow tables in ``schema`` (for DataRoot.replace)."""
+    if isinstance(frames, pl.LazyFrame):
+        frames = frames.collect_batches(chunk_size=chunk_rows, engine="streaming")
+    for df in frames:
         yield to_table(df.to_arrow(), schema)

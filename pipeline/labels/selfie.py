@@ -15,10 +15,11 @@ How it stays lean at tens of millions of posts (never the wide table in memory):
   rows whose hash repeats are checked exactly for duplicates (:func:`_duplicate_losers`), then the hash is dropped;
 * pass 2 streams only the eligible posts' sort columns (row index, audience, likes, keys: ~28 bytes a post);
   :func:`rank_groups` sorts them twice, one step at a time, and the results are scattered back by row index;
-* the returned lazy frame streams the wide columns (ids, user, image hash) from ``posts`` once more, beside the
-  ranking row for row (a horizontal concat: ``posts`` must give its rows in the same order on every scan, as
-  Parquet scans and in-memory frames do), and the splits are an element-wise lookup, so writing it
-  (``DataRoot.replace``) holds no more than the narrow ranking and a few batches.
+* the returned iterator streams the wide columns (ids, user, image hash) from ``posts`` once more, a chunk of
+  ``chunk_rows`` at a time, each put beside the matching slice of the ranking (``posts`` must give its rows in
+  the same order on every scan, as Parquet scans and in-memory frames do; a count mismatch is an error), and the
+  splits are an element-wise lookup, so writing it (``DataRoot.replace``) holds no more than the narrow ranking
+  and a few chunks. (polars' own horizontal concat of a scan and a frame materialises the scan: 9 GiB at 50M.)
 
 The rule (every constant is in :class:`pipeline.config.SelfieLabelsConfig`):
 
@@ -46,11 +47,13 @@ The rule (every constant is in :class:`pipeline.config.SelfieLabelsConfig`):
 
 Example::
 
-    out = label_selfies(pl.scan_parquet("posts/*.parquet"), pl.scan_parquet("faces/*.parquet"), cfg.labels)
-    out.collect()  # one row per post, SELFIE_LABELS columns
+    chunks = label_selfies(pl.scan_parquet("posts/*.parquet"), pl.scan_parquet("faces/*.parquet"), cfg.labels)
+    root.replace("labels/selfie", arrow_batches(chunks, SELFIE_LABELS))  # one row per post, streamed
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import polars as pl
 
@@ -94,6 +97,7 @@ FILTER_ORDER = [
     "odd_group_median",
 ]
 _US_PER_DAY = 86_400 * 1_000_000
+CHUNK_ROWS = 1_000_000  # output rows per chunk: bounds the writer's memory, large enough for fast Parquet pages
 
 
 class EmptyInputError(ValueError):
@@ -381,55 +385,77 @@ def label_selfies(
     faces: pl.LazyFrame | None,
     cfg: LabelsConfig,
     splits: pl.DataFrame | None = None,
-) -> pl.LazyFrame:
-    """The full selfie labels: one row per post, in input order, in :data:`SELFIE_LABELS` columns.
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[pl.DataFrame]:
+    """The full selfie labels: one row per post, in input order, in :data:`SELFIE_LABELS` columns, in chunks.
 
-    The ranking (:func:`rank_posts`) runs now, on narrow columns; the returned lazy frame then streams the wide
-    columns (ids, user, image hash, counts) from ``posts`` again, beside the ranking row for row, so collecting
-    or sinking it never holds the wide table. ``posts`` must give its rows in the same order on every scan
-    (Parquet scans and in-memory frames do). ``faces`` None skips the face policy (benchmarks, tests of the
-    ranking alone). ``splits`` is a precomputed ``person_id, split, fold`` table (from
-    :func:`pipeline.labels.splits.assign_splits`); None computes it from the posts' user ids.
+    The ranking (:func:`rank_posts`) runs now, on narrow columns; the returned iterator then streams the wide
+    columns (ids, user, image hash, counts) from ``posts`` again, ``chunk_rows`` at a time, and puts each chunk
+    beside the matching slice of the ranking, so consuming it never holds the wide table. ``posts`` must give its
+    rows in the same order on every scan (Parquet scans and in-memory frames do). ``faces`` None skips the face
+    policy (benchmarks, tests of the ranking alone). ``splits`` is a precomputed ``person_id, split, fold`` table
+    (from :func:`pipeline.labels.splits.assign_splits`); None computes it from the posts' user ids.
     """
-    scfg = cfg.selfie
     keys, users = tiebreak_keys(posts, want_users=splits is None)
-    ranking = _rank_with_keys(posts, faces, scfg, keys)
+    ranking = _rank_with_keys(posts, faces, cfg.selfie, keys)
     if splits is None:
         splits = assign_splits(users, cfg.split)
+    return _assembled(posts, ranking, splits, cfg.selfie, chunk_rows)
+
+
+def _assembled(
+    posts: pl.LazyFrame, ranking: pl.DataFrame, splits: pl.DataFrame, scfg: SelfieLabelsConfig, chunk_rows: int
+) -> Iterator[pl.DataFrame]:
+    """Chunks of output rows: ``posts``' wide columns streamed (in order) beside ``ranking``'s matching rows.
+
+    A Python loop over chunks, not rows: polars' horizontal concat of a scan and a frame is not streamed (it
+    materialises the scan), so the zip is done here, one bounded chunk at a time.
+    """
     wide = posts.select("site", "item_id", "user_id", "image_sha256", "followers", "likes")
-    out = pl.concat([wide, ranking.lazy()], how="horizontal")
-    # an element-wise lookup, not a join: the stream keeps its order and buffers nothing
     person = splits.get_column("person_id")
-    out = out.with_columns(
-        split=pl.col("user_id").replace_strict(person, splits.get_column("split"), default=None),
-        fold=pl.col("user_id").replace_strict(person, splits.get_column("fold"), default=None),
-    )
+    lookup = {
+        "split": pl.col("user_id").replace_strict(person, splits.get_column("split"), default=None),
+        "fold": pl.col("user_id").replace_strict(person, splits.get_column("fold"), default=None),
+    }  # element-wise lookups, not joins: each chunk keeps its order
+    out = _output_columns(scfg)
+    offset = 0
+    for chunk in wide.collect_batches(chunk_size=chunk_rows, maintain_order=True, engine="streaming"):
+        n = chunk.height
+        if offset + n > ranking.height:
+            raise ValueError("posts gave more rows on its second scan than on its first: its order is not stable")
+        yield chunk.hstack(ranking.slice(offset, n)).with_columns(**lookup).select(out)
+        offset += n
+    if offset != ranking.height:
+        raise ValueError("posts gave fewer rows on its second scan than on its first: its order is not stable")
+
+
+def _output_columns(scfg: SelfieLabelsConfig) -> list[pl.Expr]:
     ok = pl.col("reason").is_null()
     label = pl.col("label").cast(pl.Int32)
-    return out.select(
-        "item_id",
-        "site",
+    return [
+        pl.col("item_id"),
+        pl.col("site"),
         pl.col("user_id").alias("person_id"),
-        "image_sha256",
+        pl.col("image_sha256"),
         pl.when(ok).then(pl.lit(STATUS_OK)).otherwise(pl.lit(STATUS_EXCLUDED)).alias("status"),
         pl.col("reason").cast(pl.String),
         label.alias("label"),
         label.replace_strict(CLASS_NAMES, default=None, return_dtype=pl.String).alias("class_name"),
         label.cast(pl.Float64).alias("target"),
-        "split",
+        pl.col("split"),
         pl.col("fold").cast(pl.Int32),
         pl.when(ok).then(pl.lit(1.0)).alias("weight"),  # the halves are equal by construction
-        "followers",
-        "likes",
-        "n_tags",
+        pl.col("followers"),
+        pl.col("likes"),
+        pl.col("n_tags"),
         audience_expr(scfg.tag_bonus),
-        "group_id",
-        "rank_in_group",
-        "like_percentile",
+        pl.col("group_id"),
+        pl.col("rank_in_group"),
+        pl.col("like_percentile"),
         pl.when(pl.col("followers") > 0)
         .then(pl.col("likes").cast(pl.Float64) / pl.col("followers").cast(pl.Float64))
         .alias("likes_per_follower"),
-    )
+    ]
 
 
 def label_selfies_table(posts, faces=None, cfg: LabelsConfig | None = None) -> pl.DataFrame:
@@ -444,7 +470,7 @@ def label_selfies_table(posts, faces=None, cfg: LabelsConfig | None = None) -> p
     f = None
     if faces is not None:
         f = (faces if isinstance(faces, pl.DataFrame) else pl.from_arrow(faces)).lazy()
-    return label_selfies(p.lazy(), f, cfg).collect()
+    return pl.concat(label_selfies(p.lazy(), f, cfg))
 
 
 SCHEMA = SELFIE_LABELS
