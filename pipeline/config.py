@@ -266,6 +266,14 @@ class ScoreConfig(_Section):
     schedule: str = "0 3 * * *"  # cron expression for the scheduler service
     ray_address: str = "http://127.0.0.1:8265"  # job API the scheduler submits to
     num_cpus_per_actor: float = Field(1.0, gt=0)
+    # torch intra-op threads per scoring actor; None: num_cpus_per_actor rounded up (Ray's OMP_NUM_THREADS rule).
+    # More threads than reserved CPUs is a choice for a node the scorer has to itself (Ray Data's file listing
+    # task needs a whole CPU, so the actors cannot reserve every core).
+    torch_threads: int | None = Field(None, ge=1)
+    optimize: bool = True  # fold batch norms into convolutions and run channels-last (checked against eager)
+    read_num_cpus: float = Field(0.25, gt=0)  # CPUs reserved per Parquet read task of the face rows (I/O bound)
+    read_unit_mb: float = Field(8.0, gt=0)  # face rows (uncompressed MiB) per read task: bounds each task's memory
+    read_concurrency: int | None = Field(2, ge=1)  # read tasks at once (None: as many as the CPUs allow)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the actor was given a GPU
     part_rows: int = Field(256, ge=1)  # score rows per atomically written Parquet part
     # streaming bounds of the scoring pipeline: face rows (crops) flow in Ray Data blocks of about block_mb, and

@@ -52,14 +52,16 @@ _RATERS: dict[tuple[str, str], Rater] = {}
 def load_rater(cfg: Config, model_dir: str | None = None) -> Rater:
     """The (cached) detector + model for ``model_dir`` (default ``score.model`` under the data root)."""
     from pipeline.faces import FaceDetector
-    from pipeline.score import _load_model
-    from pipeline.train.export import resolve_model_dir
+    from pipeline.train.export import LoadedModel, resolve_model_dir
 
     root = DataRoot(cfg.data_root)
     resolved = resolve_model_dir(root, model_dir or cfg.score.model)
     key = (resolved, cfg.faces.model_dump_json())
     if key not in _RATERS:
-        _RATERS[key] = Rater(FaceDetector(cfg.faces), _load_model(resolved, root, "cpu"), resolved)
+        model = LoadedModel.load(resolved, root, device="cpu")
+        if cfg.score.optimize:
+            model.optimize_for_inference()
+        _RATERS[key] = Rater(FaceDetector(cfg.faces), model, resolved)
     return _RATERS[key]
 
 

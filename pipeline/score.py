@@ -31,8 +31,11 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+import math
+import os
 import time
 import uuid
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -122,28 +125,58 @@ def face_rows_present(root: DataRoot) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------------ pipeline pieces
-def reused_faces(root: DataRoot, shas: list[str] | None) -> ray.data.Dataset:
+@contextmanager
+def _read_unit_bytes(n: int):
+    """Ray Data's Parquet bin packing reads its unit size (uncompressed bytes per read task, 128 MiB by default)
+    from ``RAY_DATA_PARQUET_BIN_PACKING_BYTES`` when ``read_parquet`` plans the read: set it for that call only."""
+    key = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+    old = os.environ.get(key)
+    os.environ[key] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def reused_faces(
+    root: DataRoot,
+    shas: list[str] | None,
+    num_cpus: float = 0.25,
+    read_unit_mb: float = 8.0,
+    concurrency: int | None = 2,
+) -> ray.data.Dataset:
     """The face stage's rows for ``shas`` (all rows when None), streamed from the ``faces`` part files.
 
     A Ray Data Parquet scan with the column projection (``FACE_COLUMNS``) and the ``image_sha256`` filter pushed
     down into the file scan: read tasks read only the wanted rows, a row-group batch at a time, and hand them on
-    block by block; no process ever holds the whole table's crops.
+    block by block; no process ever holds the whole table's crops. Each read task gets about ``read_unit_mb`` of
+    (uncompressed) rows: Ray's default packs up to 128 MiB into one task, whose worker then holds several times
+    that, so the read's memory grew with the input up to that size. At most ``concurrency`` read tasks run at
+    once (None: as many as the CPUs allow); each reserves ``num_cpus`` (a fraction: they mostly wait on storage),
+    so that the scoring actors can be given the node's cores.
     """
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(root.part_files("faces"), filesystem=root.fs).select_columns(FACE_COLUMNS)
+    with _read_unit_bytes(int(read_unit_mb * 2**20)):
+        ds = ray.data.read_parquet(
+            root.part_files("faces"), filesystem=root.fs, num_cpus=num_cpus, concurrency=concurrency
+        )
+    ds = ds.select_columns(FACE_COLUMNS)
     if shas is not None:
         ds = ds.filter(expr=col("image_sha256").is_in(shas))
-    return ds.map_batches(_conform_faces, batch_format="pyarrow")
+    return ds.map_batches(_conform_faces, batch_format="pyarrow", num_cpus=num_cpus)  # fused into the read
 
 
-def detected_faces(cfg: Config, root: DataRoot, shas: list[str]) -> ray.data.Dataset:
+def detected_faces(cfg: Config, root: DataRoot, shas: list[str], num_cpus: float = 0.25) -> ray.data.Dataset:
     """Face rows for images the face stage has not seen: :func:`pipeline.faces.detect_faces`, bytes read by actors."""
     from pipeline.faces import detect_faces
 
     ds = ray.data.from_items([{"image_sha256": s} for s in shas])
     ds = detect_faces(ds, cfg.faces, data_root=root.uri)
-    return ds.map_batches(_conform_faces, batch_format="pyarrow")
+    return ds.map_batches(_conform_faces, batch_format="pyarrow", num_cpus=num_cpus)  # a cast: a CPU share
 
 
 def _conform_faces(batch: pa.Table) -> pa.Table:
@@ -191,27 +224,21 @@ def pick_device(device: str, num_gpus: float) -> str:
 
 
 class _Scorer:
-    """Ray Data actor: loads the model once, scores face crops batch by batch."""
+    """Ray Data actor: loads the model once (optimised for inference), scores face crops batch by batch."""
 
-    def __init__(self, model_dir: str, data_root: str, run_id: str, device: str):
+    def __init__(self, model_dir: str, data_root: str, run_id: str, device: str, threads: int = 1, optimize=True):
+        import torch
 
-        self.model = _load_model(model_dir, DataRoot(data_root), device)
+        from pipeline.train.export import LoadedModel
+
+        torch.set_num_threads(threads)  # score.torch_threads, else the CPUs the actor reserved
+        self.model = LoadedModel.load(model_dir, root=DataRoot(data_root), device=device)
+        if optimize:
+            self.model.optimize_for_inference()
         self.run_id = run_id
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score_face_rows(self.model, batch.to_pylist(), self.run_id)
-
-
-def _load_model(model_dir: str, root: DataRoot | None, device: str = "cpu") -> Any:
-    """``LoadedModel.load`` with the device when its signature takes one."""
-    import inspect
-
-    from pipeline.train.export import LoadedModel
-
-    params = inspect.signature(LoadedModel.load).parameters
-    if "device" in params:
-        return LoadedModel.load(model_dir, root=root, device=device)
-    return LoadedModel.load(model_dir, root=root)
 
 
 def score_face_rows(model: Any, rows: list[dict], run_id: str) -> pa.Table:
@@ -318,14 +345,22 @@ def run(cfg: Config, images: str | None = None) -> dict:
         reused, detected = len(reuse), len(fresh)
         pieces = []
         if reuse:  # no filter when every face row is wanted (a first run): the scan reads each row once anyway
-            pieces.append(reused_faces(root, None if len(reuse) == len(have_faces) else reuse))
+            wanted = None if len(reuse) == len(have_faces) else reuse
+            pieces.append(reused_faces(root, wanted, sc.read_num_cpus, sc.read_unit_mb, sc.read_concurrency))
         if fresh:
-            pieces.append(detected_faces(cfg, root, fresh))
+            pieces.append(detected_faces(cfg, root, fresh, sc.read_num_cpus))
         faces_ds = pieces[0] if len(pieces) == 1 else pieces[0].union(*pieces[1:])
         device = pick_device(sc.device, sc.num_gpus_per_actor)
         scored = faces_ds.map_batches(
             _Scorer,
-            fn_constructor_kwargs={"model_dir": model_dir, "data_root": root.uri, "run_id": run_id, "device": device},
+            fn_constructor_kwargs={
+                "model_dir": model_dir,
+                "data_root": root.uri,
+                "run_id": run_id,
+                "device": device,
+                "threads": sc.torch_threads or max(1, math.ceil(sc.num_cpus_per_actor)),
+                "optimize": sc.optimize,
+            },
             batch_format="pyarrow",
             batch_size=sc.batch_size,
             compute=ray.data.ActorPoolStrategy(size=sc.num_actors),

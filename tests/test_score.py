@@ -6,6 +6,7 @@ import datetime as dt
 import io
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 import pytest
@@ -173,3 +174,59 @@ def test_missing_inputs_are_named(ray_session, cfg):
 
     with pytest.raises(MissingDatasetError, match="posts"):
         score.run(cfg)
+
+
+@pytest.mark.parametrize("backbone,size", [("small_cnn", 48), ("resnet18", 64)])
+def test_inference_optimisation_keeps_the_scores(backbone, size, monkeypatch):
+    """Folded batch norms + channels-last give the eager model's scores; a disagreeing result is refused."""
+    import torch
+
+    from pipeline.config import TrainConfig
+    from pipeline.train.export import LoadedModel
+    from pipeline.train.models import NORMALISATION, build_model
+
+    torch.manual_seed(0)
+    tc = TrainConfig(task="selfie", backbone=backbone, image_size=size)
+    net = build_model(tc, 2, load_pretrained=False)
+    for m in net.modules():  # trained-looking batch-norm statistics, so that folding them changes the weights
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    meta = {
+        "model_id": "m",
+        "task": "selfie",
+        "kind": "binary",
+        "num_outputs": 2,
+        "class_names": ["bad", "good"],
+        "image_size": size,
+        "mean": NORMALISATION[backbone][0],
+        "std": NORMALISATION[backbone][1],
+        "target_mean": 0.0,
+        "target_std": 1.0,
+        "train_config": tc.model_dump(),
+    }
+    rng = np.random.default_rng(0)
+    crops = [Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)) for _ in range(5)]
+    m = LoadedModel(meta, net.state_dict(), [0.2, 0.5, 0.8], "cpu")
+    eager, names = m.predict(crops)
+    assert m.optimize_for_inference() == "fused+channels_last"
+    fast, fast_names = m.predict(crops)
+    assert np.abs(fast - eager).max() < 1e-4 and fast_names == names
+    assert m.embed(crops).shape[0] == 5  # the eager model still serves embeddings
+
+    import torch.fx.experimental.optimization as opt
+
+    class _Shifted(torch.nn.Module):  # an "optimisation" that changes the outputs must not be used
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x) + 1.0
+
+    real_fuse = opt.fuse
+    monkeypatch.setattr(opt, "fuse", lambda model: _Shifted(real_fuse(model)))
+    m2 = LoadedModel(meta, net.state_dict(), [0.2, 0.5, 0.8], "cpu")
+    assert m2.optimize_for_inference() == "eager"
+    assert np.abs(m2.predict(crops)[0] - eager).max() < 1e-6
