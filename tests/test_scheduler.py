@@ -1,21 +1,16 @@
 """The scheduler: tick decisions with a fake job client (fast), and a real Ray head on 127.0.0.1 (slow).
 
-The slow test starts its own ``ray start --head --block`` in a new process session, with token authentication on
-(RAY_AUTH_MODE=token, a token file in a temp folder: ~/.ray is not touched) and its own ports and temp dir. It never
-runs ``ray stop``: that command kills every Ray process on the machine, the test session's own Ray included.
-Instead the teardown ends exactly the processes of that session: SIGTERM to ``ray start`` (which shuts its cluster
-down), then SIGKILL to whatever of its process group is left.
+The slow test starts its own head with :func:`pipeline.cluster.ray_head` (``ray start --head --block`` in a new
+process session, token authentication on, its own ports and temp dir; the token is also written to a file for the
+scheduler to find). It never runs ``ray stop``: that command kills every Ray process on the machine, the test
+session's own Ray included; the teardown ends exactly the processes of that session, in bounded time.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import types
 import urllib.error
@@ -143,12 +138,6 @@ def test_bad_config_exits_2(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ slow: real Ray head
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(pred, timeout: float, every: float = 0.25, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -160,75 +149,14 @@ def _wait(pred, timeout: float, every: float = 0.25, what: str = "condition"):
 
 
 @pytest.fixture
-def ray_head():
-    """A separate Ray head (token auth on) on 127.0.0.1 with its own ports and temp dir; torn down by session."""
-    tmp = tempfile.mkdtemp(prefix="frh", dir="/tmp")  # short: Ray's socket paths must stay under 108 bytes
-    token = "facerank-test-" + os.urandom(8).hex()
-    tok = Path(tmp) / "auth_token"
-    tok.write_text(token)
-    dash = _free_port()
-    env = dict(
-        os.environ,
-        RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN_PATH=str(tok),
-        RAY_USAGE_STATS_ENABLED="0",
-        PATH=f"{Path(PY).parent}:{os.environ.get('PATH', '')}",
-    )
-    env.pop("RAY_ADDRESS", None)
-    cmd = [
-        str(Path(PY).parent / "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--port",
-        str(_free_port()),
-        "--node-ip-address",
-        "127.0.0.1",
-        "--dashboard-host",
-        "127.0.0.1",
-        "--dashboard-port",
-        str(dash),
-        "--num-cpus",
-        "2",
-        "--include-dashboard",
-        "true",
-        "--temp-dir",
-        tmp,
-        "--ray-client-server-port",
-        str(_free_port()),
-        "--dashboard-agent-listen-port",
-        str(_free_port()),
-        "--disable-usage-stats",
-    ]
-    log = open(Path(tmp) / "ray-start.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
+def ray_head(tmp_path):
+    """A separate Ray head (token auth on) on 127.0.0.1 (:func:`pipeline.cluster.ray_head`), its token in a file."""
+    from pipeline.cluster import ray_head as start_head
 
-    def up():
-        try:
-            req = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"})
-            urllib.request.urlopen(req, timeout=3)
-            return True
-        except (urllib.error.URLError, OSError):
-            assert proc.poll() is None, (Path(tmp) / "ray-start.log").read_text()[-2000:]
-            return False
-
-    try:
-        _wait(up, 240, every=1.0, what="the Ray dashboard")
-        yield types.SimpleNamespace(address=address, token=token, token_path=str(tok), tmp=tmp)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # ray start --block shuts its own cluster down
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of this session only
-        except ProcessLookupError:
-            pass
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with start_head(start_timeout_s=240) as head:
+        tok = tmp_path / "auth_token"
+        tok.write_text(head.token)
+        yield types.SimpleNamespace(address=head.dashboard_url, token=head.token, token_path=str(tok))
 
 
 @pytest.mark.slow
