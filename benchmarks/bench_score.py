@@ -110,10 +110,8 @@ def plain_loop(root_path: str, batch: int, device: str, workers: int, optimize: 
     root = DataRoot(root_path)
     crops = root.read("faces", columns=["crop_jpeg"])["crop_jpeg"].to_pylist()
     m = LoadedModel.load(root.model_dir("bench"), root, device=device)
-    net, fmt = m.model, torch.contiguous_format
     if optimize:
         m.optimize_for_inference()
-        net, fmt = m._infer, torch.channels_last
     size, mean, std = m.image_size, m.meta["mean"], m.meta["std"]
 
     class Crops(Dataset):
@@ -130,8 +128,8 @@ def plain_loop(root_path: str, batch: int, device: str, workers: int, optimize: 
     loader = DataLoader(Crops(), batch_size=batch, num_workers=workers)
     with torch.no_grad():
         for x in loader:
-            x = ((x.to(device).float() / 255.0 - mean_t) / std_t).contiguous(memory_format=fmt)
-            p = torch.softmax(net(x).float(), 1)[:, 1].cpu().numpy()
+            x = (x.to(device).float() / 255.0 - mean_t) / std_t
+            p = torch.softmax(m.forward(x).float(), 1)[:, 1].cpu().numpy()  # m.model itself unless optimised
             out.append(m.percentile(p))
     return time.perf_counter() - t0, sum(len(o) for o in out)
 

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -292,6 +293,11 @@ class ScoreConfig(_Section):
     # report
     report_grid: int = Field(12, ge=1)  # faces in each of the top and bottom grids
     report_tsne_points: int = Field(300, ge=5)
+
+    @property
+    def actor_threads(self) -> int:
+        """Torch threads of a scoring actor: ``torch_threads``, else its CPU reservation rounded up."""
+        return self.torch_threads or max(1, math.ceil(self.num_cpus_per_actor))
 
     @model_validator(mode="after")
     def _scale(self) -> ScoreConfig:

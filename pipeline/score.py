@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import time
 import uuid
@@ -226,7 +225,9 @@ def pick_device(device: str, num_gpus: float) -> str:
 class _Scorer:
     """Ray Data actor: loads the model once (optimised for inference), scores face crops batch by batch."""
 
-    def __init__(self, model_dir: str, data_root: str, run_id: str, device: str, threads: int = 1, optimize=True):
+    def __init__(
+        self, model_dir: str, data_root: str, run_id: str, device: str, threads: int = 1, optimize: bool = True
+    ):
         import torch
 
         from pipeline.train.export import LoadedModel
@@ -358,7 +359,7 @@ def run(cfg: Config, images: str | None = None) -> dict:
                 "data_root": root.uri,
                 "run_id": run_id,
                 "device": device,
-                "threads": sc.torch_threads or max(1, math.ceil(sc.num_cpus_per_actor)),
+                "threads": sc.actor_threads,
                 "optimize": sc.optimize,
             },
             batch_format="pyarrow",

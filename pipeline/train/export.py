@@ -210,6 +210,12 @@ class LoadedModel:
         state = torch.load(io.BytesIO(read("model.pt")), map_location="cpu", weights_only=True)
         return cls(meta, state, json.loads(read("test_scores.json")), device)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's raw outputs for a normalised batch, through the optimised module when there is one."""
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._infer(x)
+
     def _batch(self, crops) -> torch.Tensor:
         return decode_images(crops, self.image_size, self.meta["mean"], self.meta["std"]).to(self.device)
 
@@ -218,10 +224,7 @@ class LoadedModel:
         """Scores (P(class 1) binary, max class probability multi-class, value regression) and class names."""
         if not crops:
             return np.empty(0), []
-        x = self._batch(crops)
-        if self._channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = self._infer(x).float().cpu().numpy()
+        out = self.forward(self._batch(crops)).float().cpu().numpy()
         scores, pred = M.scores_from_outputs(self.kind, out, self.meta["target_mean"], self.meta["target_std"])
         names = [None] * len(crops) if pred is None else [self.class_names[int(i)] for i in pred]
         return np.asarray(scores, dtype=np.float64), names
