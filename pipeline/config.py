@@ -245,6 +245,10 @@ class TrainConfig(_Section):
     run_id: str | None = None  # None: a timestamped id
     jitter: float = Field(0.2, ge=0, lt=1)  # colour jitter strength (brightness, contrast, saturation ±)
     shuffle_buffer: int = Field(256, ge=0)  # rows in each worker's local shuffle buffer (0: no shuffle)
+    # "precise BN": after each epoch that trains the backbone, its batch-norm statistics are recomputed with the
+    # epoch's final weights over up to this many of the epoch's training crops per worker (averaged over the
+    # workers), instead of the running averages of the earlier steps' weights; 0 keeps the running averages.
+    precise_bn: int = Field(1024, ge=0)
     data_cpus: float = Field(0.25, gt=0)  # CPUs per Ray Data read/join task (kept free beside the workers)
     cache_data: bool = True  # materialize the joined crops in the object store once (False: stream every epoch)
     allow_missing_crops: bool = False  # True: drop labelled rows without a face crop instead of failing

@@ -186,6 +186,38 @@ def test_backbones_heads_and_local_pretrained_file(tmp_path):
         build_model(TrainConfig(backbone="resnet18", pretrained="imagenet"), 2)
 
 
+def test_precise_bn_recomputes_statistics_with_the_current_weights():
+    """After training, eval-mode batch norms use statistics of the final weights over the crops, not running
+    averages of earlier weights: the first BN's running mean is the mean of its inputs over the crops."""
+    import torch
+
+    from pipeline.config import TrainConfig
+    from pipeline.train.loop import _precise_bn, _rank
+    from pipeline.train.models import build_model
+
+    tc = TrainConfig(backbone="small_cnn", image_size=32, batch_size=8)
+    model = build_model(tc, 2)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:  # stale statistics, as after a few steps
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(9.0)
+    rng = np.random.default_rng(0)
+    jpegs = [_crop(float(b), rng) for b in rng.uniform(40, 220, size=24)]
+    seen = []
+    hook = bns[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    assert _precise_bn(model, jpegs, tc, torch.device("cpu"), world=1) == 24
+    hook.remove()
+    x = torch.cat(seen)  # three batches of 8: update_bn's cumulative average is the plain mean
+    assert torch.allclose(bns[0].running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bns[0].running_var, torch.stack([b.var(dim=(0, 2, 3)) for b in seen]).mean(0), atol=1e-4)
+    assert all(bn.momentum == 0.1 for bn in bns) and model.training  # the model is left as it was found
+    assert _precise_bn(model, [], tc, torch.device("cpu"), world=1) == 0
+
+    # best epoch: the metric first, ties broken by the lower validation loss
+    recs = [{"score": 0.76, "val_loss": 1.0}, {"score": 0.76, "val_loss": 0.75}, {"score": 0.74, "val_loss": 0.5}]
+    assert max(recs, key=_rank) is recs[1]
+
+
 def test_fold_splits_are_person_level_and_deterministic():
     from pipeline.train.data import fold_splits
 

@@ -7,6 +7,11 @@ batch norms in eval mode, learning rate ``lr``), then the whole network at ``fin
 ``freeze_epochs == 0`` the whole network trains at ``lr`` from the start). On a GPU: mixed precision
 (``bf16``/``fp16`` autocast, a grad scaler for fp16), channels_last and pinned host memory.
 
+After each epoch that trains the backbone, its batch-norm statistics are recomputed with the epoch's final
+weights over up to ``precise_bn`` of the epoch's crops per worker ("precise BN", ``torch.optim.swa_utils.update_bn``,
+averaged over the workers): on a small data set a few steps leave running averages that miscalibrate the eval-mode
+model. The best epoch is the one with the best validation metric, ties broken by the lower validation loss.
+
 Validation and test sets come as one materialized shard per worker (``val_<rank>``, every row exactly once), the
 outputs are all-gathered, so each worker computes the same metrics and keeps the same best weights.
 
@@ -93,6 +98,51 @@ def _gather(obj):
     return out
 
 
+def _rank(record: dict | None) -> tuple[float, float]:
+    """How epochs compare for "best": the validation metric, ties (a small split moves accuracy in coarse steps)
+    broken by the lower validation loss."""
+    if record is None:
+        return (-float("inf"), -float("inf"))
+    loss = record.get("val_loss")
+    return (float(record["score"]), -float(loss) if loss is not None and np.isfinite(loss) else -float("inf"))
+
+
+def _precise_bn(model, jpegs: list, tc: TrainConfig, device, world: int) -> int:
+    """Recompute the batch-norm statistics of ``model`` over ``jpegs`` (un-augmented) with its current weights.
+
+    Running averages mix the statistics of many earlier weights; after a few steps (small data sets, early epochs)
+    they are far from what the final weights produce and the eval-mode model is miscalibrated. This is
+    ``torch.optim.swa_utils.update_bn`` (a cumulative average over the crops), then the mean over the workers, so
+    every rank evaluates with the same statistics. Returns the number of crops used.
+    """
+    import torch.distributed as dist
+    from torch.optim.swa_utils import update_bn
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    mean, std = NORMALISATION[tc.backbone]
+    batches = [
+        decode_batch(jpegs[i : i + tc.batch_size], tc.image_size, mean, std)
+        for i in range(0, len(jpegs), tc.batch_size)
+    ]
+    n = torch.tensor([float(len(jpegs))], device=device)
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+    if n.item() == 0:
+        return 0
+    if batches:
+        with torch.no_grad():
+            update_bn([x.to(device) for x in batches], model, device=device)
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        local = float(len(jpegs))
+        for bn in bns:  # weighted by each worker's crop count
+            for buf in (bn.running_mean, bn.running_var):
+                buf.mul_(local / n.item())
+                dist.all_reduce(buf)
+    return int(n.item())
+
+
 def _predict_split(model, name: str, tc: TrainConfig, kind: str, device, autocast, loss_fn, rank: int, world: int):
     """Evaluate this rank's shard (``<name>_<rank>``) of a split; gather all ranks' outputs."""
     import ray.train
@@ -154,8 +204,9 @@ def train_loop_per_worker(config: dict) -> None:
         model.load_state_dict(state["model"])
     history: list[dict] = json.loads(state["history"]) if state else []
     start = int(state["epoch"]) + 1 if state else 0
-    best_score = max((h["score"] for h in history), default=-float("inf"))
-    best_epoch = max(history, key=lambda h: h["score"])["epoch"] if history else None
+    best = max(history, key=_rank) if history else None
+    best_score = best["score"] if best else -float("inf")
+    best_epoch = best["epoch"] if best else None
 
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
     use_amp = cuda and amp_dtype is not None
@@ -239,6 +290,8 @@ def train_loop_per_worker(config: dict) -> None:
         if phase == "head":
             model.backbone.eval()
         total, count, t0 = 0.0, 0, time.perf_counter()
+        bn_crops: list = []  # the first precise_bn crops of this epoch (full phase only)
+        want_bn = tc.precise_bn if phase == "full" else 0
         batches = train_it.iter_batches(
             batch_size=tc.batch_size,
             batch_format="numpy",
@@ -250,6 +303,8 @@ def train_loop_per_worker(config: dict) -> None:
             x = decode_batch(
                 batch["crop_jpeg"], tc.image_size, mean, std, train=tc.augment, jitter=tc.jitter, generator=rng
             )
+            if len(bn_crops) < want_bn:
+                bn_crops.extend(batch["crop_jpeg"][: want_bn - len(bn_crops)])
             y = torch.as_tensor(batch["y"])
             x, y = _to_device(x, y, device)
             with autocast():
@@ -263,6 +318,9 @@ def train_loop_per_worker(config: dict) -> None:
             count += len(y)
             _maybe_fault(fault, rank, epoch)
         train_s = time.perf_counter() - t0
+        t_bn = time.perf_counter()
+        bn_n = _precise_bn(model, bn_crops, tc, device, world) if want_bn else 0
+        bn_s = time.perf_counter() - t_bn
         parts = _gather((total, count))
         train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
         images = sum(p[1] for p in parts)
@@ -272,11 +330,17 @@ def train_loop_per_worker(config: dict) -> None:
         val = evaluate(kind, y, out, config["class_names"], config["target_mean"], config["target_std"])
         score = selection_score(kind, val)
         last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if best_state is None or score > best_score:
-            best_score, best_epoch, best_state = score, epoch, last_state
         record = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "val_loss": val_loss, "score": score}
+        if best_state is None or _rank(record) > _rank(best):
+            best, best_score, best_epoch, best_state = record, score, epoch, last_state
         record["start_epoch"] = start
-        record.update(train_s=round(train_s, 3), val_s=round(time.perf_counter() - t1, 3), images=images)
+        record.update(
+            train_s=round(train_s, 3),
+            bn_crops=bn_n,
+            bn_s=round(bn_s, 3),
+            val_s=round(time.perf_counter() - t1, 3),
+            images=images,
+        )
         record["images_per_s"] = round(images / train_s, 2) if train_s > 0 else None
         record["val"] = {k: v for k, v in val.items() if k in ("n", "accuracy", "roc_auc", "pearson", "mae", "rmse")}
         history.append(record)
