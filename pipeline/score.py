@@ -6,6 +6,7 @@ Flow (one streaming Ray Data pipeline, nothing collected onto the driver but the
       - images this model id already scored (any scores/dt=* partition)
       → face rows: the face stage's ``faces`` rows when they exist (:func:`reused_faces`: a Parquet scan with the
         image filter and column projection pushed down), else :func:`pipeline.faces.detect_faces`
+      → crops decoded and resized to the model's input in those same tasks (:func:`prepare_crops`)
       → model (:class:`_Scorer`: loaded once per actor; an actor pool of ``score.num_actors``, GPUs per actor
         from config) → score, predicted class, percentile against the model's test set
       → ``scores/dt=<today>/part-*.parquet`` written atomically every ``score.part_rows`` rows
@@ -222,8 +223,46 @@ def pick_device(device: str, num_gpus: float) -> str:
     return "cpu"
 
 
+def prepare_crops(batch: pa.Table, image_size: int) -> dict[str, np.ndarray]:
+    """Face rows (image_sha256, kept, reason, crop_jpeg) → model-ready rows, in the read tasks.
+
+    Each kept crop is decoded and resized to the model's input (uint8 ``pixels``, S x S x 3, the same pixels
+    :meth:`LoadedModel.predict` makes from an image), so that decoding overlaps with the model running in the
+    scoring actors instead of taking turns with it. ``decoded`` says which rows carry real pixels; a row without a
+    usable face (or no crop) keeps its face-stage reason and ``kept`` false, a kept crop that cannot be decoded gets
+    ``crop_decode_error: ...`` (an error row with ``face_found``: the face stage did find a face). Rows
+    without pixels carry zeros (a fixed-shape tensor column), which the actor never runs through the model.
+    """
+    from pipeline.imaging import decode_image
+    from pipeline.train.data import model_pixels
+
+    n = batch.num_rows
+    kept = batch["kept"].fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+    reasons = np.array(batch["reason"].to_pylist(), dtype=object)
+    crops = batch["crop_jpeg"].to_pylist()
+    pixels = np.zeros((n, image_size, image_size, 3), dtype=np.uint8)
+    decoded = np.zeros(n, dtype=bool)
+    for i in range(n):
+        if not crops[i]:
+            kept[i] = False  # no crop to score: the face stage's reason (or no_face) stands
+        if not kept[i]:
+            continue
+        try:
+            pixels[i] = model_pixels(decode_image(crops[i]), image_size)
+            decoded[i] = True
+        except Exception as err:  # a corrupt crop: an error row later, never the batch
+            reasons[i] = f"crop_decode_error: {err}"[:300]
+    return {
+        "image_sha256": np.array(batch["image_sha256"].to_pylist(), dtype=object),
+        "kept": kept,
+        "reason": reasons,
+        "decoded": decoded,
+        "pixels": pixels,
+    }
+
+
 class _Scorer:
-    """Ray Data actor: loads the model once (optimised for inference), scores face crops batch by batch."""
+    """Ray Data actor: loads the model once (optimised for inference), scores prepared crops batch by batch."""
 
     def __init__(
         self, model_dir: str, data_root: str, run_id: str, device: str, threads: int = 1, optimize: bool = True
@@ -238,57 +277,61 @@ class _Scorer:
             self.model.optimize_for_inference()
         self.run_id = run_id
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return score_face_rows(self.model, batch.to_pylist(), self.run_id)
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return score_prepared(self.model, batch, self.run_id)
 
 
-def score_face_rows(model: Any, rows: list[dict], run_id: str) -> pa.Table:
-    """Face rows (image_sha256, kept, reason, crop_jpeg) → score rows in the SCORES schema.
+def score_prepared(model: Any, batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
+    """Prepared rows (:func:`prepare_crops`) → score rows in the SCORES schema.
 
-    A crop that cannot be decoded becomes an ``error`` row; a batch the model fails on is retried row by row,
-    so one bad crop never loses the batch.
+    Rows with pixels are scored in one forward pass; a batch the model fails on is retried row by row, so one bad
+    crop never loses the batch. Rows without pixels become ``skipped`` (no usable face) or ``error`` rows.
     """
-    from pipeline.imaging import decode_image
+    shas, kept, reasons, decoded = batch["image_sha256"], batch["kept"], batch["reason"], batch["decoded"]
+    n = len(shas)
+    status = np.full(n, STATUS_OK, dtype=object)
+    reason = np.full(n, None, dtype=object)
+    for i in np.flatnonzero(~decoded):
+        r = reasons[i] or "no_face"
+        reason[i] = r
+        status[i] = STATUS_ERROR if (kept[i] or r.startswith(ERROR_REASONS)) else STATUS_SKIPPED
+    score = np.full(n, np.nan)
+    pct = np.full(n, np.nan)
+    predicted = np.full(n, None, dtype=object)
+    todo = np.flatnonzero(decoded)
 
-    out: list[dict] = []
-    todo: list[tuple[int, Any]] = []
-    stamp = now()
-    for r in rows:
-        base = {
-            "image_sha256": r["image_sha256"],
-            "model_id": model.model_id,
-            "run_id": run_id,
-            "scored_at": stamp,
-            "face_found": bool(r.get("kept")),
-        }
-        if not r.get("kept") or not r.get("crop_jpeg"):
-            reason = r.get("reason") or "no_face"
-            status = STATUS_ERROR if reason.startswith(ERROR_REASONS) else STATUS_SKIPPED
-            out.append({**base, "face_found": False, "status": status, "reason": reason})
-            continue
-        try:
-            todo.append((len(out), decode_image(r["crop_jpeg"])))
-            out.append({**base, "status": STATUS_OK, "reason": None})
-        except Exception as err:  # a corrupt crop: one error row
-            out.append({**base, "status": STATUS_ERROR, "reason": f"crop_decode_error: {err}"[:300]})
+    def _fill(idx: np.ndarray) -> None:
+        s, names = model.predict_pixels(batch["pixels"][idx])
+        s = np.asarray(s, dtype=np.float64).reshape(len(idx), -1)[:, 0]
+        score[idx], pct[idx] = s, np.asarray(model.percentile(s), dtype=np.float64).reshape(-1)
+        predicted[idx] = names
 
-    def _fill(items: list[tuple[int, Any]]) -> None:
-        scores, predicted = model.predict([im for _, im in items])
-        scores = np.asarray(scores, dtype=np.float64).reshape(len(items), -1)[:, 0]
-        pct = np.asarray(model.percentile(scores), dtype=np.float64).reshape(-1)
-        for (i, _), s, p, q in zip(items, scores, predicted, pct, strict=True):
-            out[i].update(score=float(s), predicted=p, percentile=float(q))
-
-    if todo:
+    if len(todo):
         try:
             _fill(todo)
         except Exception:
-            for item in todo:  # isolate the failing crop(s)
+            for i in todo:  # isolate the failing crop(s)
                 try:
-                    _fill([item])
+                    _fill(np.array([i]))
                 except Exception as err:
-                    out[item[0]].update(status=STATUS_ERROR, reason=f"model_error: {err}"[:300])
-    return pa.Table.from_pylist(out, schema=OUT_SCHEMA)
+                    status[i], reason[i] = STATUS_ERROR, f"model_error: {err}"[:300]
+    ok = status == STATUS_OK
+    cols = {
+        "image_sha256": pa.array(shas, pa.string()),
+        "model_id": pa.array(np.full(n, model.model_id, dtype=object), pa.string()),
+        "run_id": pa.array(np.full(n, run_id, dtype=object), pa.string()),
+        "scored_at": pa.array(np.full(n, now(), dtype=object)),
+        "face_found": pa.array(kept.astype(bool)),
+        "status": pa.array(status, pa.string()),
+        "reason": pa.array(reason, pa.string()),
+        "score": pa.array(np.where(ok, score, np.nan), mask=~ok),
+        "predicted": pa.array(np.where(ok, predicted, None), pa.string()),
+        "percentile": pa.array(np.where(ok, pct, np.nan), mask=~ok),
+    }
+    return pa.Table.from_pydict(
+        {f.name: cols[f.name].cast(f.type) if f.name in cols else pa.nulls(n, f.type) for f in OUT_SCHEMA},
+        schema=OUT_SCHEMA,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -305,7 +348,8 @@ def run(cfg: Config, images: str | None = None) -> dict:
     root = DataRoot(cfg.data_root)
     sc = cfg.score
     model_dir = resolve_model_dir(root, sc.model)
-    model_id = model_meta(root, model_dir)["model_id"]  # the actors load the weights, the driver only reads the id
+    meta = model_meta(root, model_dir)  # the actors load the weights, the driver only reads the id and input size
+    model_id, image_size = meta["model_id"], int(meta["image_size"])
 
     if images is not None:
         candidates = ingest_images(root, images)
@@ -350,6 +394,12 @@ def run(cfg: Config, images: str | None = None) -> dict:
             pieces.append(reused_faces(root, wanted, sc.read_num_cpus, sc.read_unit_mb, sc.read_concurrency))
         if fresh:
             pieces.append(detected_faces(cfg, root, fresh, sc.read_num_cpus))
+        pieces = [  # decoded in the read (or detection) tasks, overlapping with the model in the actors
+            p.map_batches(
+                prepare_crops, fn_kwargs={"image_size": image_size}, batch_format="pyarrow", num_cpus=sc.read_num_cpus
+            )
+            for p in pieces
+        ]
         faces_ds = pieces[0] if len(pieces) == 1 else pieces[0].union(*pieces[1:])
         device = pick_device(sc.device, sc.num_gpus_per_actor)
         scored = faces_ds.map_batches(
@@ -362,7 +412,7 @@ def run(cfg: Config, images: str | None = None) -> dict:
                 "threads": sc.actor_threads,
                 "optimize": sc.optimize,
             },
-            batch_format="pyarrow",
+            batch_format="numpy",
             batch_size=sc.batch_size,
             compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
             num_cpus=sc.num_cpus_per_actor,

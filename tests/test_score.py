@@ -230,3 +230,72 @@ def test_inference_optimisation_keeps_the_scores(backbone, size, monkeypatch):
     m2 = LoadedModel(meta, net.state_dict(), [0.2, 0.5, 0.8], "cpu")
     assert m2.optimize_for_inference() == "eager"
     assert np.abs(m2.predict(crops)[0] - eager).max() < 1e-6
+
+
+def test_crops_decoded_in_the_read_tasks_score_like_predict():
+    """prepare_crops (read tasks) + score_prepared (actor) give LoadedModel.predict's scores; every bad row is
+    a row with a status and a reason, and a row the model fails on costs only that row."""
+    import pyarrow as pa
+    import torch
+
+    from pipeline.config import TrainConfig
+    from pipeline.imaging import decode_image
+    from pipeline.train.export import LoadedModel
+    from pipeline.train.models import NORMALISATION, build_model
+
+    torch.manual_seed(0)
+    tc = TrainConfig(task="selfie", backbone="small_cnn", image_size=40)
+    meta = {
+        "model_id": "m",
+        "task": "selfie",
+        "kind": "binary",
+        "num_outputs": 2,
+        "class_names": ["bad", "good"],
+        "image_size": 40,
+        "mean": NORMALISATION["small_cnn"][0],
+        "std": NORMALISATION["small_cnn"][1],
+        "target_mean": 0.0,
+        "target_std": 1.0,
+        "train_config": tc.model_dump(),
+    }
+    model = LoadedModel(meta, build_model(tc, 2, load_pretrained=False).state_dict(), [0.2, 0.5, 0.8], "cpu")
+    rng = np.random.default_rng(1)
+    jpegs = []
+    for _ in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(buf, format="JPEG")
+        jpegs.append(buf.getvalue())
+    rows = pa.table(
+        {
+            "image_sha256": ["a", "b", "c", "bad", "noface", "nocrop", "err"],
+            "kept": [True, True, True, True, False, True, False],
+            "reason": [None, None, None, None, "no_face", None, "decode_error: truncated"],
+            "crop_jpeg": [*jpegs, jpegs[0][:40], None, None, None],
+        }
+    )
+    prepared = score.prepare_crops(rows, 40)
+    assert prepared["pixels"].shape == (7, 40, 40, 3) and prepared["pixels"].dtype == np.uint8
+    assert prepared["decoded"].tolist() == [True, True, True, False, False, False, False]
+    out = score.score_prepared(model, prepared, "run-1").to_pandas().set_index("image_sha256")
+    want, names = model.predict([decode_image(j) for j in jpegs])
+    assert np.allclose(out.loc[["a", "b", "c"], "score"], want, atol=1e-6)
+    assert out.loc[["a", "b", "c"], "predicted"].tolist() == names
+    assert (out.loc[["a", "b", "c"], "status"] == "ok").all() and out.loc[["a", "b", "c"], "face_found"].all()
+    assert out.loc["bad", "status"] == "error" and out.loc["bad", "reason"].startswith("crop_decode_error")
+    assert out.loc["bad", "face_found"] and pd.isna(out.loc["bad", "score"])
+    assert tuple(out.loc["noface", ["status", "reason"]]) == ("skipped", "no_face")
+    assert tuple(out.loc["nocrop", ["status", "reason"]]) == ("skipped", "no_face")
+    assert out.loc["err", "status"] == "error" and not out.loc["err", "face_found"]
+    assert set(out.run_id) == {"run-1"} and set(out.model_id) == {"m"}
+
+    real = model.predict_pixels
+
+    def fails_on_b(pixels):  # the model fails on b's pixels only
+        if any(np.array_equal(p, prepared["pixels"][1]) for p in pixels):
+            raise RuntimeError("boom")
+        return real(pixels)
+
+    model.predict_pixels = fails_on_b
+    out = score.score_prepared(model, prepared, "run-2").to_pandas().set_index("image_sha256")
+    assert out.loc["b", "status"] == "error" and out.loc["b", "reason"].startswith("model_error: boom")
+    assert np.allclose(out.loc[["a", "c"], "score"], want[[0, 2]], atol=1e-6)

@@ -257,8 +257,24 @@ def decode_batch(
     return (x - m) / s
 
 
+def model_pixels(image: Image.Image, image_size: int) -> np.ndarray:
+    """One PIL image → the model's input pixels: RGB, resized (bilinear) to ``image_size``², uint8 H x W x 3."""
+    return np.asarray(image.convert("RGB").resize((image_size, image_size), Image.BILINEAR))
+
+
+def normalise_pixels(pixels, mean: list[float], std: list[float], device=None) -> torch.Tensor:
+    """uint8 pixels N x H x W x 3 (numpy or tensor) → the normalised float tensor N x 3 x H x W on ``device``.
+
+    The uint8 batch moves to the device first (a quarter of the float bytes); the result is a channels-last view
+    of the pixels, the memory format the inference path runs in.
+    """
+    x = torch.as_tensor(pixels).to(device) if device is not None else torch.as_tensor(pixels)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s)
+
+
 def decode_images(images, image_size: int, mean: list[float], std: list[float]) -> torch.Tensor:
     """PIL images → the same normalised tensor the model saw at evaluation time (no augmentation)."""
-    arr = np.stack([np.asarray(im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)) for im in images])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return normalise_pixels(np.stack([model_pixels(im, image_size) for im in images]), mean, std)

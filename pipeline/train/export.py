@@ -37,7 +37,7 @@ import torch
 from pipeline.config import Config, TrainConfig
 from pipeline.store import DataRoot, now
 from pipeline.train import metrics as M
-from pipeline.train.data import LabelSet, decode_images
+from pipeline.train.data import LabelSet, decode_images, normalise_pixels
 from pipeline.train.models import NORMALISATION, build_model
 
 log = logging.getLogger(__name__)
@@ -224,9 +224,20 @@ class LoadedModel:
         """Scores (P(class 1) binary, max class probability multi-class, value regression) and class names."""
         if not crops:
             return np.empty(0), []
-        out = self.forward(self._batch(crops)).float().cpu().numpy()
+        return self._scores(self.forward(self._batch(crops)))
+
+    @torch.no_grad()
+    def predict_pixels(self, pixels) -> tuple[np.ndarray, list[str | None]]:
+        """:meth:`predict` for crops already decoded and resized (uint8 N x S x S x 3, ``S = image_size``, as
+        :func:`pipeline.train.data.model_pixels` makes them): the scorer decodes in its read tasks."""
+        if len(pixels) == 0:
+            return np.empty(0), []
+        return self._scores(self.forward(normalise_pixels(pixels, self.meta["mean"], self.meta["std"], self.device)))
+
+    def _scores(self, out: torch.Tensor) -> tuple[np.ndarray, list[str | None]]:
+        out = out.float().cpu().numpy()
         scores, pred = M.scores_from_outputs(self.kind, out, self.meta["target_mean"], self.meta["target_std"])
-        names = [None] * len(crops) if pred is None else [self.class_names[int(i)] for i in pred]
+        names = [None] * len(out) if pred is None else [self.class_names[int(i)] for i in pred]
         return np.asarray(scores, dtype=np.float64), names
 
     @torch.no_grad()
