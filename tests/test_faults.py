@@ -5,7 +5,8 @@ What must hold: a killed stage leaves only whole files where readers look and it
 uninterrupted run; a bad host costs its own rows, not the crawl; a storage failure is one line on stderr, exit 1,
 nothing half-written. docs/reliability.md lists every fault and its test.
 
-The job subprocesses start their own local Ray (they cannot join this session's), so they run one at a time.
+The killed job subprocesses start their own local Ray (they cannot join this session's), so they run one at a time;
+the uninterrupted reference run is ``jobs/run_all.py`` submitted with ``ray job submit`` to a separate Ray head.
 """
 
 from __future__ import annotations
@@ -133,10 +134,25 @@ def job_env(demo_site) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(job_env, tmp_path_factory) -> Path:
-    """One uninterrupted run of the five stages (jobs/run_all.py), the yardstick of every killed run."""
+    """One uninterrupted run of the five stages, the yardstick of every killed run: ``jobs/run_all.py`` submitted
+    with ``ray job submit --working-dir .`` to a token-authenticated Ray head on 127.0.0.1 (2 CPUs, as the killed
+    jobs' local Ray). This is also the test that the whole pipeline runs as one submitted job."""
+    from test_cluster import submit_cli
+
+    from pipeline.cluster import ray_head
+
     root = tmp_path_factory.mktemp("faults-ref") / "data"
-    code, _, log = run_job("run_all", root, env=job_env, timeout=2 * JOB_TIMEOUT_S)
-    assert code == 0, log[-4000:]
+    entry = ["python", "jobs/run_all.py", "--config", "configs/test.yaml", "--data-root", str(root)]
+    entry += [a for s in SETS for a in ("--set", s)]
+    env = {"env_vars": {k: job_env[k] for k in ("DEMO_BASE_URL", "DEMO_N_POSTS")}}
+    with ray_head(num_cpus=2) as head:
+        sid, proc = submit_cli(head, entry, runtime_env=env, timeout_s=2 * JOB_TIMEOUT_S)
+        log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    dr = DataRoot(str(root))
+    counts = {ds: dr.read(ds).num_rows for ds in ("posts", "faces", "labels/selfie", "scores")}
+    assert all(n > 0 for n in counts.values()), counts
+    assert any(dr.list_dir("models"))
     return root
 
 
