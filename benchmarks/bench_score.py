@@ -9,7 +9,7 @@ GCS, dashboard, workers, actors) is sampled every 0.2 s: the sum of RSS (shared 
 counted once per process mapping them) and the sum of PSS (shared pages split: the real footprint); and the same
 for a rerun that finds nothing to score (Ray's fixed baseline). Streaming keeps the peak flat in the image count.
 
-    python benchmarks/bench_score.py [--n 20000] [--batch 32] [--rss 2000,20000] [--device cpu|cuda]
+    python benchmarks/bench_score.py [--n 20000] [--batch 32] [--rss 2000,20000] [--device cpu|cuda] [--bf16]
     python benchmarks/bench_score.py --n 0 --rss 2000,20000     # memory runs only
 
 Prints a table, then one JSON line: {"bench": "score", "ours": …, "peer": …, "ratio": ours/plain, "unit": "images/s"}.
@@ -134,8 +134,9 @@ def plain_loop(root_path: str, batch: int, device: str, workers: int, optimize: 
     return time.perf_counter() - t0, sum(len(o) for o in out)
 
 
-def ours(root_path: str, batch: int, device: str, actors: int) -> dict:
-    """The score stage on the data root; Ray is started before the clock (a job attaches to a running cluster)."""
+def ours(root_path: str, batch: int, device: str, actors: int, precision: str = "fp32") -> dict:
+    """The score stage on the data root; Ray is started before the clock (a job attaches to a running cluster).
+    ``precision``: ``score.precision`` (bf16 is an extra row, not the comparison with the peer)."""
     from pipeline import score
     from pipeline.config import load_config
     from pipeline.runtime import init_ray
@@ -149,6 +150,7 @@ def ours(root_path: str, batch: int, device: str, actors: int) -> dict:
             "score.num_actors": actors,
             "score.part_rows": 2048,
             "score.device": device,
+            "score.precision": precision,
             "ray.num_cpus": os.cpu_count(),
             "score.num_gpus_per_actor": 1.0 / actors if device == "cuda" else 0.0,
             # torch in the actors uses every core, as the plain loop's torch does by default; the reservations leave
@@ -242,6 +244,7 @@ def main() -> None:
     ap.add_argument("--actors", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the plain loop")
     ap.add_argument("--rss", default="2000,20000", help="image counts for the peak-memory runs ('' to skip)")
+    ap.add_argument("--bf16", action="store_true", help="also time our stage with score.precision=bf16")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -253,6 +256,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     ours_ips = plain_ips = None
     r: dict = {}
+    r16: dict = {}
     plain_n, plain_s, opt_n, opt_s = 0, 0.0, 0, 1.0
     if a.n > 0:
         with tempfile.TemporaryDirectory(prefix="bench-score-") as d:
@@ -260,6 +264,11 @@ def main() -> None:
             plain_s, plain_n = plain_loop(d, a.batch, a.device, a.workers)
             opt_s, opt_n = plain_loop(d, a.batch, a.device, a.workers, optimize=True)
             r = ours(d, a.batch, a.device, a.actors)
+            if a.bf16:  # the same stage again with score.precision=bf16 (a fresh scores folder: nothing is reused)
+                import shutil
+
+                shutil.rmtree(os.path.join(d, "scores"))
+                r16 = ours(d, a.batch, a.device, a.actors, precision="bf16")
         ours_ips, plain_ips = r["scored"] / r["seconds"], plain_n / plain_s
     mem = [peak_memory(int(x), a.batch, a.device, a.actors) for x in a.rss.split(",") if x.strip()]
     print(f"score benchmark on {dev_name}, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
@@ -269,6 +278,12 @@ def main() -> None:
         print(f"{'ours (Ray Data stage)':28}{r['scored']:>8}{r['seconds']:>10.1f}{ours_ips:>10.1f}")
         print(f"{'plain PyTorch DataLoader':28}{plain_n:>8}{plain_s:>10.1f}{plain_ips:>10.1f}")
         print(f"{'  same, optimised model':28}{opt_n:>8}{opt_s:>10.1f}{opt_n / opt_s:>10.1f}  (not the peer)")
+        if r16:
+            ips16 = r16["scored"] / r16["seconds"]
+            print(
+                f"{'ours, score.precision=bf16':28}{r16['scored']:>8}{r16['seconds']:>10.1f}{ips16:>10.1f}"
+                "  (not the peer)"
+            )
     growth = {}
     if mem:
         print("peak memory of the child's process tree (driver + Ray), sampled every 0.2 s; MiB")
@@ -297,6 +312,7 @@ def main() -> None:
                 "ratio": round(ours_ips / plain_ips, 3) if ours_ips else None,
                 "unit": "images/s",
                 "plain_optimised": round(opt_n / opt_s, 2) if r else None,
+                "ours_bf16": round(r16["scored"] / r16["seconds"], 2) if r16 else None,
                 "n": a.n,
                 "batch": a.batch,
                 "device": dev_name,

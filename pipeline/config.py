@@ -276,6 +276,14 @@ class ScoreConfig(_Section):
     # task needs a whole CPU, so the actors cannot reserve every core).
     torch_threads: int | None = Field(None, ge=1)
     optimize: bool = True  # fold batch norms into convolutions and run channels-last (checked against eager)
+    # fp32: the trainer's numbers; bf16: autocast to bfloat16 (GPUs, CPUs with AVX512-BF16/AMX: faster, scores
+    # move by about 1e-2)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    # where crops are decoded and resized: "read" in the read tasks (uint8 pixels travel to the actors, decoding
+    # overlaps with the model: for GPU actors, whose own CPU should only feed the GPU), "actor" in the scoring
+    # actor beside the model (JPEG bytes travel: less CPU in all, what a CPU-only node wants); auto: read when the
+    # actors have GPUs, else actor
+    decode: Literal["auto", "actor", "read"] = "auto"
     read_num_cpus: float = Field(0.25, gt=0)  # CPUs reserved per Parquet read task of the face rows (I/O bound)
     read_unit_mb: float = Field(8.0, gt=0)  # face rows (uncompressed MiB) per read task: bounds each task's memory
     read_concurrency: int | None = Field(2, ge=1)  # read tasks at once (None: as many as the CPUs allow)
@@ -297,6 +305,11 @@ class ScoreConfig(_Section):
     # report
     report_grid: int = Field(12, ge=1)  # faces in each of the top and bottom grids
     report_tsne_points: int = Field(300, ge=5)
+
+    @property
+    def decode_in_read(self) -> bool:
+        """Whether crops are decoded in the read tasks (``decode``; auto: when the actors have GPUs)."""
+        return self.decode == "read" or (self.decode == "auto" and self.num_gpus_per_actor > 0)
 
     @property
     def actor_threads(self) -> int:

@@ -6,7 +6,8 @@ Flow (one streaming Ray Data pipeline, nothing collected onto the driver but the
       - images this model id already scored (any scores/dt=* partition)
       → face rows: the face stage's ``faces`` rows when they exist (:func:`reused_faces`: a Parquet scan with the
         image filter and column projection pushed down), else :func:`pipeline.faces.detect_faces`
-      → crops decoded and resized to the model's input in those same tasks (:func:`prepare_crops`)
+      → crops decoded and resized to the model's input (:func:`prepare_crops`): in those same tasks for GPU actors,
+        in the scoring actor on a CPU-only node (``score.decode``)
       → model (:class:`_Scorer`: loaded once per actor; an actor pool of ``score.num_actors``, GPUs per actor
         from config) → score, predicted class, percentile against the model's test set
       → ``scores/dt=<today>/part-*.parquet`` written atomically every ``score.part_rows`` rows
@@ -224,7 +225,7 @@ def pick_device(device: str, num_gpus: float) -> str:
 
 
 def prepare_crops(batch: pa.Table, image_size: int) -> dict[str, np.ndarray]:
-    """Face rows (image_sha256, kept, reason, crop_jpeg) → model-ready rows, in the read tasks.
+    """Face rows (image_sha256, kept, reason, crop_jpeg) → model-ready rows (in the read tasks or the actor).
 
     Each kept crop is decoded and resized to the model's input (uint8 ``pixels``, S x S x 3, the same pixels
     :meth:`LoadedModel.predict` makes from an image), so that decoding overlaps with the model running in the
@@ -265,7 +266,14 @@ class _Scorer:
     """Ray Data actor: loads the model once (optimised for inference), scores prepared crops batch by batch."""
 
     def __init__(
-        self, model_dir: str, data_root: str, run_id: str, device: str, threads: int = 1, optimize: bool = True
+        self,
+        model_dir: str,
+        data_root: str,
+        run_id: str,
+        device: str,
+        threads: int = 1,
+        optimize: bool = True,
+        precision: str = "fp32",
     ):
         import torch
 
@@ -275,9 +283,12 @@ class _Scorer:
         self.model = LoadedModel.load(model_dir, root=DataRoot(data_root), device=device)
         if optimize:
             self.model.optimize_for_inference()
+        self.model.use_precision(precision)
         self.run_id = run_id
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def __call__(self, batch: pa.Table | dict[str, np.ndarray]) -> pa.Table:
+        if isinstance(batch, pa.Table):  # face rows with JPEG crops (score.decode: actor): decode here
+            batch = prepare_crops(batch, self.model.image_size)
         return score_prepared(self.model, batch, self.run_id)
 
 
@@ -394,12 +405,16 @@ def run(cfg: Config, images: str | None = None) -> dict:
             pieces.append(reused_faces(root, wanted, sc.read_num_cpus, sc.read_unit_mb, sc.read_concurrency))
         if fresh:
             pieces.append(detected_faces(cfg, root, fresh, sc.read_num_cpus))
-        pieces = [  # decoded in the read (or detection) tasks, overlapping with the model in the actors
-            p.map_batches(
-                prepare_crops, fn_kwargs={"image_size": image_size}, batch_format="pyarrow", num_cpus=sc.read_num_cpus
-            )
-            for p in pieces
-        ]
+        if sc.decode_in_read:  # decoded in the read (or detection) tasks, overlapping with the model in the actors
+            pieces = [
+                p.map_batches(
+                    prepare_crops,
+                    fn_kwargs={"image_size": image_size},
+                    batch_format="pyarrow",
+                    num_cpus=sc.read_num_cpus,
+                )
+                for p in pieces
+            ]
         faces_ds = pieces[0] if len(pieces) == 1 else pieces[0].union(*pieces[1:])
         device = pick_device(sc.device, sc.num_gpus_per_actor)
         scored = faces_ds.map_batches(
@@ -411,8 +426,9 @@ def run(cfg: Config, images: str | None = None) -> dict:
                 "device": device,
                 "threads": sc.actor_threads,
                 "optimize": sc.optimize,
+                "precision": sc.precision,
             },
-            batch_format="numpy",
+            batch_format="numpy" if sc.decode_in_read else "pyarrow",
             batch_size=sc.batch_size,
             compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
             num_cpus=sc.num_cpus_per_actor,

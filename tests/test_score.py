@@ -53,7 +53,9 @@ def _scores(root: DataRoot) -> pd.DataFrame:
     return root.read("scores").to_pandas()
 
 
-def test_scores_new_images_once_and_reuses_faces(ray_session, cfg, data_root):
+@pytest.mark.parametrize("decode", ["actor", "read"])
+def test_scores_new_images_once_and_reuses_faces(ray_session, cfg, data_root, decode):
+    cfg.score.decode = decode  # crops decoded in the scoring actor (CPU nodes) or in the read tasks (GPU actors)
     root = DataRoot(cfg.data_root)
     write_model(root)
     faces = face_images(3)
@@ -214,6 +216,13 @@ def test_inference_optimisation_keeps_the_scores(backbone, size, monkeypatch):
     fast, fast_names = m.predict(crops)
     assert np.abs(fast - eager).max() < 1e-4 and fast_names == names
     assert m.embed(crops).shape[0] == 5  # the eager model still serves embeddings
+    m.use_precision("bf16")  # score.precision: bf16 autocast, close to the fp32 scores
+    low, low_names = m.predict(crops)
+    assert low.dtype == np.float64 and np.abs(low - eager).max() < 0.05
+    m.use_precision("fp32")
+    assert np.array_equal(m.predict(crops)[0], fast)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        m.use_precision("fp16")
 
     import torch.fx.experimental.optimization as opt
 

@@ -162,6 +162,7 @@ class LoadedModel:
         self.model.to(self.device).eval()
         self.test_scores = np.sort(np.asarray(test_scores, dtype=np.float64))
         self._infer: torch.nn.Module = self.model  # what predict() runs (see optimize_for_inference)
+        self.autocast: torch.dtype | None = None  # see use_precision
         self._channels_last = False
 
     def optimize_for_inference(self, check_batch: int = 4) -> str:
@@ -210,10 +211,21 @@ class LoadedModel:
         state = torch.load(io.BytesIO(read("model.pt")), map_location="cpu", weights_only=True)
         return cls(meta, state, json.loads(read("test_scores.json")), device)
 
+    def use_precision(self, precision: str) -> None:
+        """``fp32`` (the default: the trainer's own numbers) or ``bf16``: the forward pass under
+        ``torch.autocast`` in bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX: up to 1.7x on resnet18 at 96 px
+        here; scores move by about 1e-2, so percentiles against the fp32 test set shift slightly)."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        self.autocast = torch.bfloat16 if precision == "bf16" else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's raw outputs for a normalised batch, through the optimised module when there is one."""
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.autocast is not None:
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                return self._infer(x).float()
         return self._infer(x)
 
     def _batch(self, crops) -> torch.Tensor:
