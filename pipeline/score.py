@@ -168,7 +168,7 @@ def reused_faces(
     ds = ds.select_columns(FACE_COLUMNS)
     if shas is not None:
         ds = ds.filter(expr=col("image_sha256").is_in(shas))
-    return ds.map_batches(_conform_faces, batch_format="pyarrow", num_cpus=num_cpus)  # fused into the read
+    return ds  # the scorer conforms the types (a cast): a separate map here would be a separate task per block
 
 
 def detected_faces(cfg: Config, root: DataRoot, shas: list[str], num_cpus: float = 0.25) -> ray.data.Dataset:
@@ -262,6 +262,10 @@ def prepare_crops(batch: pa.Table, image_size: int) -> dict[str, np.ndarray]:
     }
 
 
+def _conform_and_prepare(batch: pa.Table, image_size: int) -> dict[str, np.ndarray]:
+    return prepare_crops(_conform_faces(batch), image_size)
+
+
 class _Scorer:
     """Ray Data actor: loads the model once (optimised for inference), scores prepared crops batch by batch."""
 
@@ -288,7 +292,7 @@ class _Scorer:
 
     def __call__(self, batch: pa.Table | dict[str, np.ndarray]) -> pa.Table:
         if isinstance(batch, pa.Table):  # face rows with JPEG crops (score.decode: actor): decode here
-            batch = prepare_crops(batch, self.model.image_size)
+            batch = prepare_crops(_conform_faces(batch), self.model.image_size)
         return score_prepared(self.model, batch, self.run_id)
 
 
@@ -408,7 +412,7 @@ def run(cfg: Config, images: str | None = None) -> dict:
         if sc.decode_in_read:  # decoded in the read (or detection) tasks, overlapping with the model in the actors
             pieces = [
                 p.map_batches(
-                    prepare_crops,
+                    _conform_and_prepare,
                     fn_kwargs={"image_size": image_size},
                     batch_format="pyarrow",
                     num_cpus=sc.read_num_cpus,
