@@ -178,6 +178,26 @@ def test_missing_inputs_are_named(ray_session, cfg):
         score.run(cfg)
 
 
+def _binary_meta(tc) -> dict:
+    """model.json of a binary selfie model with ``tc``'s backbone and image size (what LoadedModel reads)."""
+    from pipeline.train.models import NORMALISATION
+
+    mean, std = NORMALISATION[tc.backbone]
+    return {
+        "model_id": "m",
+        "task": "selfie",
+        "kind": "binary",
+        "num_outputs": 2,
+        "class_names": ["bad", "good"],
+        "image_size": tc.image_size,
+        "mean": mean,
+        "std": std,
+        "target_mean": 0.0,
+        "target_std": 1.0,
+        "train_config": tc.model_dump(),
+    }
+
+
 @pytest.mark.parametrize("backbone,size", [("small_cnn", 48), ("resnet18", 64)])
 def test_inference_optimisation_keeps_the_scores(backbone, size, monkeypatch):
     """Folded batch norms + channels-last give the eager model's scores; a disagreeing result is refused."""
@@ -185,7 +205,7 @@ def test_inference_optimisation_keeps_the_scores(backbone, size, monkeypatch):
 
     from pipeline.config import TrainConfig
     from pipeline.train.export import LoadedModel
-    from pipeline.train.models import NORMALISATION, build_model
+    from pipeline.train.models import build_model
 
     torch.manual_seed(0)
     tc = TrainConfig(task="selfie", backbone=backbone, image_size=size)
@@ -195,19 +215,7 @@ def test_inference_optimisation_keeps_the_scores(backbone, size, monkeypatch):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
-    meta = {
-        "model_id": "m",
-        "task": "selfie",
-        "kind": "binary",
-        "num_outputs": 2,
-        "class_names": ["bad", "good"],
-        "image_size": size,
-        "mean": NORMALISATION[backbone][0],
-        "std": NORMALISATION[backbone][1],
-        "target_mean": 0.0,
-        "target_std": 1.0,
-        "train_config": tc.model_dump(),
-    }
+    meta = _binary_meta(tc)
     rng = np.random.default_rng(0)
     crops = [Image.fromarray(rng.integers(0, 255, (80, 80, 3), dtype=np.uint8)) for _ in range(5)]
     m = LoadedModel(meta, net.state_dict(), [0.2, 0.5, 0.8], "cpu")
@@ -250,24 +258,13 @@ def test_crops_decoded_in_the_read_tasks_score_like_predict():
     from pipeline.config import TrainConfig
     from pipeline.imaging import decode_image
     from pipeline.train.export import LoadedModel
-    from pipeline.train.models import NORMALISATION, build_model
+    from pipeline.train.models import build_model
 
     torch.manual_seed(0)
     tc = TrainConfig(task="selfie", backbone="small_cnn", image_size=40)
-    meta = {
-        "model_id": "m",
-        "task": "selfie",
-        "kind": "binary",
-        "num_outputs": 2,
-        "class_names": ["bad", "good"],
-        "image_size": 40,
-        "mean": NORMALISATION["small_cnn"][0],
-        "std": NORMALISATION["small_cnn"][1],
-        "target_mean": 0.0,
-        "target_std": 1.0,
-        "train_config": tc.model_dump(),
-    }
-    model = LoadedModel(meta, build_model(tc, 2, load_pretrained=False).state_dict(), [0.2, 0.5, 0.8], "cpu")
+    model = LoadedModel(
+        _binary_meta(tc), build_model(tc, 2, load_pretrained=False).state_dict(), [0.2, 0.5, 0.8], "cpu"
+    )
     rng = np.random.default_rng(1)
     jpegs = []
     for _ in range(3):
