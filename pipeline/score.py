@@ -228,8 +228,9 @@ def prepare_crops(batch: pa.Table, image_size: int) -> dict[str, np.ndarray]:
     """Face rows (image_sha256, kept, reason, crop_jpeg) → model-ready rows (in the read tasks or the actor).
 
     Each kept crop is decoded and resized to the model's input (uint8 ``pixels``, S x S x 3, the same pixels
-    :meth:`LoadedModel.predict` makes from an image), so that decoding overlaps with the model running in the
-    scoring actors instead of taking turns with it. ``decoded`` says which rows carry real pixels; a row without a
+    :meth:`LoadedModel.predict` makes from an image). In the read tasks (``score.decode: read``) decoding overlaps
+    with the model in the actors; in the actor it costs less CPU in all (no pixels through the object store).
+    ``decoded`` says which rows carry real pixels; a row without a
     usable face (or no crop) keeps its face-stage reason and ``kept`` false, a kept crop that cannot be decoded gets
     ``crop_decode_error: ...`` (an error row with ``face_found``: the face stage did find a face). Rows
     without pixels carry zeros (a fixed-shape tensor column), which the actor never runs through the model.
