@@ -16,6 +16,10 @@ HAVE_CHROMIUM = Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriv
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Ray Train's controller polls its workers every 2 s (Ray's default); the tests' epochs take well under that, so
+# each epoch's report waited for the next poll. 0.5 s: about 3.5 s less per training run (measured), in this
+# session's Ray and in every job or head the tests start (they inherit this environment).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -23,6 +23,7 @@ from pipeline.demo import DemoServer, truth
 from pipeline.demo import images as im
 from pipeline.demo.content import build_content
 from pipeline.demo.server import DemoSite
+from pipeline.scrape.staff import SCROLL_PENDING_JS
 
 N_POSTS, STAFF = 240, 12
 TIMEOUT = 10
@@ -366,9 +367,17 @@ def test_cards_layout_lazy_images_and_load_more(site, http, browser):
     assert not browser.find_elements(By.CSS_SELECTOR, "button.load-more")
     cards = browser.find_elements(By.CSS_SELECTOR, "#people .person")
     assert [c.get_attribute("data-id") for c in cards] == expected
-    for c in cards:  # scrolling brings every lazy photo in
+
+    def scrolled_and_loaded(d) -> bool:
+        # Scrolling brings every lazy photo in. A card scrolled past before its IntersectionObserver callback
+        # ran stays without a src (seen on a loaded CI machine), so each check scrolls the first card still
+        # lacking one into view again, as the staff scraper does (pipeline.scrape.staff.SCROLL_PENDING_JS).
+        d.execute_script(SCROLL_PENDING_JS, "#people .person", "img.photo")
+        return _images_loaded(d, "img.photo")
+
+    for c in cards:
         browser.execute_script("arguments[0].scrollIntoView();", c)
-    wait.until(lambda d: _images_loaded(d, "img.photo"))
+    WebDriverWait(browser, 30, poll_frequency=0.2).until(scrolled_and_loaded)
     photos = browser.find_elements(By.CSS_SELECTOR, "img.photo")
     assert all(p.get_attribute("src") == p.get_attribute("data-src") for p in photos)
     names = [c.find_element(By.CSS_SELECTOR, ".name").text for c in cards]

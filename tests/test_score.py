@@ -53,9 +53,7 @@ def _scores(root: DataRoot) -> pd.DataFrame:
     return root.read("scores").to_pandas()
 
 
-@pytest.mark.parametrize("decode", ["actor", "read"])
-def test_scores_new_images_once_and_reuses_faces(ray_session, cfg, data_root, decode):
-    cfg.score.decode = decode  # crops decoded in the scoring actor (CPU nodes) or in the read tasks (GPU actors)
+def test_scores_new_images_once_and_reuses_faces(ray_session, cfg, data_root):
     root = DataRoot(cfg.data_root)
     write_model(root)
     faces = face_images(3)
@@ -153,6 +151,9 @@ def test_killed_run_then_rerun_scores_each_image_once(ray_session, cfg, data_roo
 
 
 def test_scores_a_folder_of_new_images(ray_session, cfg, data_root, tmp_path):
+    # crops decoded in the read (here: detection) tasks, as for GPU actors; the other tests decode in the actor,
+    # and test_crops_decoded_in_the_read_tasks_score_like_predict checks both give predict's rows
+    cfg.score.decode = "read"
     root = DataRoot(cfg.data_root)
     write_model(root)
     folder = tmp_path / "new"
