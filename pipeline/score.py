@@ -177,7 +177,9 @@ def detected_faces(cfg: Config, root: DataRoot, shas: list[str], num_cpus: float
 
     ds = ray.data.from_items([{"image_sha256": s} for s in shas])
     ds = detect_faces(ds, cfg.faces, data_root=root.uri)
-    return ds.map_batches(_conform_faces, batch_format="pyarrow", num_cpus=num_cpus)  # a cast: a CPU share
+    # The face stage's rows carry more columns than the scorer reads: narrowed here to the reused rows' schema, so
+    # that the union of both pieces has one schema (the scorer's own cast is then a no-op on these rows).
+    return ds.map_batches(_conform_faces, batch_format="pyarrow", num_cpus=num_cpus)
 
 
 def _conform_faces(batch: pa.Table) -> pa.Table:
