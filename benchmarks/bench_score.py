@@ -153,8 +153,9 @@ def ours(root_path: str, batch: int, device: str, actors: int, precision: str = 
             "score.precision": precision,
             "ray.num_cpus": os.cpu_count(),
             "score.num_gpus_per_actor": 1.0 / actors if device == "cuda" else 0.0,
-            # torch in the actors uses every core, as the plain loop's torch does by default; the reservations leave
-            # a whole CPU for Ray Data's file-listing task
+            # torch in the actors uses every core, as the plain loop's torch does by default (split between the
+            # actor's side-by-side batches, score.calls_per_actor); the reservations leave a whole CPU for Ray
+            # Data's file-listing task
             "score.torch_threads": max(1, (os.cpu_count() or 1) // actors),
             "score.num_cpus_per_actor": min(1.0, max(0.25, ((os.cpu_count() or 1) - 1) / actors)),
         },

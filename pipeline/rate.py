@@ -52,7 +52,8 @@ _RATERS: dict[tuple[str, str], Rater] = {}
 def load_rater(cfg: Config, model_dir: str | None = None) -> Rater:
     """The (cached) detector + model for ``model_dir`` (default ``score.model`` under the data root)."""
     from pipeline.faces import FaceDetector
-    from pipeline.train.export import LoadedModel, resolve_model_dir
+    from pipeline.store import resolve_model_dir
+    from pipeline.train.export import LoadedModel
 
     root = DataRoot(cfg.data_root)
     resolved = resolve_model_dir(root, model_dir or cfg.score.model)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -46,7 +47,16 @@ import ray
 
 from pipeline.config import Config
 from pipeline.runtime import init_ray, log
-from pipeline.store import SCORES, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, DataRoot, now
+from pipeline.store import (
+    SCORES,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_SKIPPED,
+    DataRoot,
+    model_meta,
+    now,
+    resolve_model_dir,
+)
 
 # face-stage reasons that mean the image itself is unusable (an error row, not a skipped one)
 ERROR_REASONS = ("decode_error", "detect_error", "error")
@@ -203,18 +213,6 @@ def bound_memory(ds: ray.data.Dataset, block_mb: float, object_store_mb: float) 
     return ds
 
 
-def model_meta(root: DataRoot, model_dir: str) -> dict:
-    """The exported model's ``model.json`` (id, task, classes) without loading its weights."""
-    import json
-    import posixpath
-
-    from pipeline.train.export import _fs_and_path
-
-    fs, path = _fs_and_path(model_dir, root)
-    with fs.open_input_stream(posixpath.join(path, "model.json")) as f:
-        return json.loads(f.read())
-
-
 def pick_device(device: str, num_gpus: float) -> str:
     """``cuda`` when asked for (or ``auto`` with a GPU given to this actor and visible), else ``cpu``."""
     if device == "cpu":
@@ -281,12 +279,20 @@ class _Scorer:
         threads: int = 1,
         optimize: bool = True,
         precision: str = "fp32",
+        calls: int = 1,
     ):
         import torch
 
         from pipeline.train.export import LoadedModel
 
-        torch.set_num_threads(threads)  # score.torch_threads, else the CPUs the actor reserved
+        # Up to ``calls`` batches are in this actor at once (score.calls_per_actor), each in its own thread, so one
+        # is decoded while another is in the model. On a CPU the actor's threads (score.torch_threads, else its CPU
+        # reservation) are split among side-by-side forward passes: independent passes lose less than one pass over
+        # more threads when other processes (Ray's own) take a core now and then; never more threads than that in
+        # all. On a GPU the passes take turns.
+        per_pass = max(1, threads // calls) if device == "cpu" else threads
+        torch.set_num_threads(per_pass)
+        self._passes = threading.Semaphore(max(1, threads // per_pass) if device == "cpu" else 1)
         self.model = LoadedModel.load(model_dir, root=DataRoot(data_root), device=device)
         if optimize:
             self.model.optimize_for_inference()
@@ -296,7 +302,8 @@ class _Scorer:
     def __call__(self, batch: pa.Table | dict[str, np.ndarray]) -> pa.Table:
         if isinstance(batch, pa.Table):  # face rows with JPEG crops (score.decode: actor): decode here
             batch = prepare_crops(_conform_faces(batch), self.model.image_size)
-        return score_prepared(self.model, batch, self.run_id)
+        with self._passes:
+            return score_prepared(self.model, batch, self.run_id)
 
 
 def score_prepared(model: Any, batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
@@ -359,13 +366,11 @@ def run(cfg: Config, images: str | None = None) -> dict:
     ``images``: a folder or URI of new images; they are stored in the data root by sha256 and become the
     candidates (instead of the images referenced by ``posts``/``staff``).
     """
-    from pipeline.train.export import resolve_model_dir
-
     t0 = time.monotonic()
     init_ray(cfg)
     root = DataRoot(cfg.data_root)
     sc = cfg.score
-    model_dir = resolve_model_dir(root, sc.model)
+    model_dir = resolve_model_dir(root, sc.model)  # the store's lookups: the driver never imports torch
     meta = model_meta(root, model_dir)  # the actors load the weights, the driver only reads the id and input size
     model_id, image_size = meta["model_id"], int(meta["image_size"])
 
@@ -434,10 +439,15 @@ def run(cfg: Config, images: str | None = None) -> dict:
                 "threads": sc.actor_threads,
                 "optimize": sc.optimize,
                 "precision": sc.precision,
+                "calls": sc.calls_per_actor,
             },
             batch_format="numpy" if sc.decode_in_read else "pyarrow",
             batch_size=sc.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=sc.num_actors),
+            compute=ray.data.ActorPoolStrategy(
+                size=sc.num_actors,
+                max_concurrent_calls_per_actor=sc.calls_per_actor,
+                enable_true_multi_threading=sc.calls_per_actor > 1,
+            ),
             num_cpus=sc.num_cpus_per_actor,
             num_gpus=sc.num_gpus_per_actor or None,
         )

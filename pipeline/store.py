@@ -461,3 +461,46 @@ class DataRoot:
         if self.fs.get_file_info(d).type == pafs.FileType.NotFound:
             return []
         return sorted(posixpath.basename(f.path) for f in self.fs.get_file_info(pafs.FileSelector(d)))
+
+
+# ---------------------------------------------------------------- exported models (no torch: drivers plan with these)
+def model_location(model_dir: str, root: DataRoot | None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of a model folder: a URI, a folder under the data root, or a local path."""
+    if "://" in model_dir:
+        return pafs.FileSystem.from_uri(model_dir)
+    if root is not None and (model_dir.startswith(root.base + "/") or "://" in root.uri):
+        return root.fs, model_dir
+    import os
+
+    return pafs.LocalFileSystem(), os.path.abspath(model_dir)
+
+
+def _is_file(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def resolve_model_dir(root: DataRoot, spec: str) -> str:
+    """``latest`` (the newest exported run id), ``latest:<task>`` (the newest exported run of that task), a run
+    id under ``models/``, or a path → the model folder (exported: it holds ``model.json``, written last)."""
+    if spec == "latest" or spec.startswith("latest:"):
+        task = spec.partition(":")[2] or None
+        runs = [r for r in root.list_dir("models") if _is_file(root.fs, root.path("models", r, "model.json"))]
+        if task:
+            runs = [r for r in runs if root.read_json(root.path("models", r, "model.json")).get("task") == task]
+        if not runs:
+            what = f"model of task {task!r}" if task else "model"
+            raise FileNotFoundError(f"no exported {what} under {root.uri}/models: run the 'train' stage first")
+        return root.model_dir(sorted(runs)[-1])
+    if "/" not in spec and _is_file(root.fs, root.path("models", spec, "model.json")):
+        return root.model_dir(spec)
+    fs, path = model_location(spec, root)
+    if _is_file(fs, posixpath.join(path, "model.json")):
+        return spec
+    raise FileNotFoundError(f"model {spec!r}: neither a run id under {root.uri}/models nor a folder with model.json")
+
+
+def model_meta(root: DataRoot | None, model_dir: str) -> dict:
+    """An exported model's ``model.json`` (id, task, classes, input size) without loading its weights."""
+    fs, path = model_location(model_dir, root)
+    with fs.open_input_stream(posixpath.join(path, "model.json")) as f:
+        return json.loads(f.read())

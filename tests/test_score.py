@@ -306,3 +306,71 @@ def test_crops_decoded_in_the_read_tasks_score_like_predict():
     out = score.score_prepared(model, prepared, "run-2").to_pandas().set_index("image_sha256")
     assert out.loc["b", "status"] == "error" and out.loc["b", "reason"].startswith("model_error: boom")
     assert np.allclose(out.loc[["a", "c"], "score"], want[[0, 2]], atol=1e-6)
+
+
+def test_scoring_actor_runs_batches_side_by_side(data_root):
+    """score.calls_per_actor: batches called from several threads at once (as Ray Data does with
+    ``max_concurrent_calls_per_actor``) score exactly as one after another; on a CPU the actor's threads are split
+    among the forward passes, never more in all; on a GPU the passes take turns."""
+    import threading
+
+    import pyarrow as pa
+    import torch
+
+    root = DataRoot(str(data_root))
+    model_dir = write_model(root, image_size=40)
+    rng = np.random.default_rng(2)
+    batches = []
+    for b in range(6):
+        jpegs = []
+        for _ in range(5):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (60, 60, 3), dtype=np.uint8)).save(buf, format="JPEG")
+            jpegs.append(buf.getvalue())
+        shas = [f"{b}-{i}" for i in range(5)]
+        batches.append(pa.table({"image_sha256": shas, "kept": [True] * 5, "reason": [None] * 5, "crop_jpeg": jpegs}))
+    before = torch.get_num_threads()
+    try:
+        one = score._Scorer(model_dir, root.uri, "r", "cpu", threads=2, calls=1)
+        assert torch.get_num_threads() == 2 and one._passes._value == 1
+        want = pd.concat([one(b).to_pandas() for b in batches]).set_index("image_sha256")
+        two = score._Scorer(model_dir, root.uri, "r", "cpu", threads=2, calls=2)
+        assert torch.get_num_threads() == 1 and two._passes._value == 2  # two one-thread passes side by side
+        assert score._Scorer(model_dir, root.uri, "r", "cpu", threads=1, calls=2)._passes._value == 1
+        assert score._Scorer(model_dir, root.uri, "r", "cpu", threads=4, calls=2)._passes._value == 2
+        assert torch.get_num_threads() == 2
+        got: dict[int, pd.DataFrame] = {}
+
+        def call(i: int) -> None:
+            got[i] = two(batches[i]).to_pandas()
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(batches))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out = pd.concat(got.values()).set_index("image_sha256").loc[want.index]
+        assert (out.status == "ok").all() and len(out) == 30
+        assert np.allclose(out.score, want.score, atol=1e-6) and (out.predicted == want.predicted).all()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_score_driver_plans_without_torch(data_root):
+    """The stage's driver (a job's entrypoint) finds the model and reads its model.json without importing torch:
+    only the scoring actors load the weights (importing torch costs the driver 1.5 s and its memory)."""
+    import subprocess
+    import sys
+
+    root = DataRoot(str(data_root))
+    model_dir = write_model(root, image_size=40)
+    code = (
+        "import sys\n"
+        "from pipeline import cli, score\n"
+        "from pipeline.store import DataRoot, model_meta, resolve_model_dir\n"
+        f"root = DataRoot({str(data_root)!r})\n"
+        "d = resolve_model_dir(root, 'latest')\n"
+        "print(d, model_meta(root, d)['image_size'], 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == [model_dir, "40", "False"]

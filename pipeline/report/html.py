@@ -137,11 +137,12 @@ table{border-collapse:collapse}th,td{padding:2px 10px;border-bottom:1px solid #e
 def write_report(run_dir: str, cfg: Config) -> str:
     """Write ``<run_dir>/report.html`` (self-contained) for the model in ``run_dir``; returns its path."""
     from pipeline.report.tsne import tsne_2d, tsne_png
-    from pipeline.train.export import LoadedModel, _fs_and_path, resolve_model_dir
+    from pipeline.store import model_location, resolve_model_dir
+    from pipeline.train.export import LoadedModel
 
     root = DataRoot(cfg.data_root)
     model_dir = resolve_model_dir(root, run_dir)
-    fs, mdir = _fs_and_path(model_dir, root)
+    fs, mdir = model_location(model_dir, root)
     model = LoadedModel.load(model_dir, root, device="cpu")
     metrics = _read_json(fs, posixpath.join(mdir, "metrics.json"))
     sc = cfg.score

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pipeline.config import Config
 from pipeline.runtime import init_ray, log, stage
-from pipeline.store import DataRoot, now
+from pipeline.store import DataRoot, now, resolve_model_dir
 from pipeline.train.data import TrainInputError, label_folds, load_labels
-from pipeline.train.export import LoadedModel, resolve_model_dir
+from pipeline.train.export import LoadedModel
 
 __all__ = ["run", "LoadedModel", "resolve_model_dir", "TrainInputError", "new_run_id"]
 

@@ -12,8 +12,9 @@ test-set outputs) and writes, through the data root's filesystem (local or ``s3:
                                       target_mean/std, model_id, the train config (written last: marks the
                                       export complete)
 
-``resolve_model_dir(root, spec)`` turns ``latest`` / ``latest:<task>`` / a run id / a path into a model folder and
-``LoadedModel.load(model_dir)`` gives ``predict``, ``embed`` and ``percentile`` over PIL crops.
+``pipeline.store.resolve_model_dir(root, spec)`` turns ``latest`` / ``latest:<task>`` / a run id / a path into a
+model folder (no torch needed) and ``LoadedModel.load(model_dir)`` gives ``predict``, ``embed`` and ``percentile``
+over PIL crops.
 
 Example::
 
@@ -35,7 +36,7 @@ import pyarrow.fs as pafs
 import torch
 
 from pipeline.config import Config, TrainConfig
-from pipeline.store import DataRoot, now
+from pipeline.store import DataRoot, model_location, now
 from pipeline.train import metrics as M
 from pipeline.train.data import LabelSet, decode_images, normalise_pixels
 from pipeline.train.models import NORMALISATION, build_model
@@ -113,38 +114,6 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _fs_and_path(model_dir: str, root: DataRoot | None) -> tuple[pafs.FileSystem, str]:
-    if "://" in model_dir:
-        return pafs.FileSystem.from_uri(model_dir)
-    if root is not None and (model_dir.startswith(root.base + "/") or "://" in root.uri):
-        return root.fs, model_dir
-    return pafs.LocalFileSystem(), os.path.abspath(model_dir)
-
-
-def _is_file(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type == pafs.FileType.File
-
-
-def resolve_model_dir(root: DataRoot, spec: str) -> str:
-    """``latest`` (the newest exported run id), ``latest:<task>`` (the newest exported run of that task), a run
-    id under ``models/``, or a path → the model folder."""
-    if spec == "latest" or spec.startswith("latest:"):
-        task = spec.partition(":")[2] or None
-        runs = [r for r in root.list_dir("models") if _is_file(root.fs, root.path("models", r, "model.json"))]
-        if task:
-            runs = [r for r in runs if root.read_json(root.path("models", r, "model.json")).get("task") == task]
-        if not runs:
-            what = f"model of task {task!r}" if task else "model"
-            raise FileNotFoundError(f"no exported {what} under {root.uri}/models: run the 'train' stage first")
-        return root.model_dir(sorted(runs)[-1])
-    if "/" not in spec and _is_file(root.fs, root.path("models", spec, "model.json")):
-        return root.model_dir(spec)
-    fs, path = _fs_and_path(spec, root)
-    if _is_file(fs, posixpath.join(path, "model.json")):
-        return spec
-    raise FileNotFoundError(f"model {spec!r}: neither a run id under {root.uri}/models nor a folder with model.json")
-
-
 class LoadedModel:
     """An exported model ready for inference on face crops (PIL images)."""
 
@@ -201,7 +170,7 @@ class LoadedModel:
     @classmethod
     def load(cls, model_dir: str, root: DataRoot | None = None, device: str | None = None) -> LoadedModel:
         """Read ``model.json``, ``model.pt`` (``weights_only=True``) and ``test_scores.json`` from a folder."""
-        fs, path = _fs_and_path(model_dir, root)
+        fs, path = model_location(model_dir, root)
 
         def read(name: str) -> bytes:
             with fs.open_input_stream(posixpath.join(path, name)) as f:
