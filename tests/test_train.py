@@ -268,3 +268,31 @@ def test_kfold_trains_each_fold_and_exports_one(ray_session, tmp_path):
     images = [Image.open(io.BytesIO(c)) for c in crops[:6]]
     assert np.allclose(model.predict(images)[0], fold_model.predict(images)[0])
     assert root.read_json(f"{d}/metrics.json")["kfold"]["exported_fold"] == chosen
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_one_scan_feeds_every_split(ray_session, tmp_path, cache):
+    """make_datasets: each split holds exactly its labelled kept crops with their targets (train whole, val and test
+    once over the workers' shards), from one scan of the faces table; ``cache`` false streams train lazily."""
+    from pipeline.config import TrainConfig
+    from pipeline.train.data import load_labels, make_datasets
+
+    root, crops, classes = make_root(tmp_path)
+    faces = root.read("faces").to_pylist()
+    faces.append({**faces[0], "image_sha256": "f" * 64, "kept": False})  # a row the face stage did not keep
+    faces[1]["kept"] = False  # a labelled image whose face was not kept: in no split
+    root.replace("faces", pa.Table.from_pylist(faces))
+    labels = load_labels(root, TrainConfig(task="selfie", allow_missing_crops=True))
+    out = make_datasets(root, labels, world_size=2, cache=cache)
+    assert sorted(out) == ["test_0", "test_1", "train", "val_0", "val_1"]
+    for split, names in (("train", ["train"]), ("val", ["val_0", "val_1"]), ("test", ["test_0", "test_1"])):
+        rows = [r for n in names for r in out[n].take_all()]
+        assert all(set(r) == {"crop_jpeg", "y"} for r in rows)
+        got = sorted((bytes(r["crop_jpeg"]), float(r["y"])) for r in rows)
+        shas = set(labels.split(split)["image_sha256"].to_pylist())
+        want = sorted(
+            (c, float(y))
+            for i, (c, y) in enumerate(zip(crops, classes, strict=True))
+            if hashlib.sha256(c).hexdigest() in shas and i != 1
+        )
+        assert got == want and len(want) >= 19, split

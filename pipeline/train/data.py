@@ -175,15 +175,15 @@ def check_crops(root: DataRoot, labels: LabelSet, drop_missing: bool = False) ->
 
 
 class _JoinLabels:
-    """A Ray Data batch UDF: keep kept crops of one split's images and attach their targets."""
+    """A Ray Data batch UDF: keep the kept crops of labelled images and attach their targets and split."""
 
-    def __init__(self, split_labels: pa.Table):
-        self.labels = split_labels.select(["image_sha256", "y"])
+    def __init__(self, labels: pa.Table):
+        self.labels = labels.select(["image_sha256", "y", "split"])
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = batch.filter(pc.fill_null(batch["kept"], False)).select(["image_sha256", "crop_jpeg"])
         joined = batch.join(self.labels, keys="image_sha256", join_type="inner")
-        return joined.select(["crop_jpeg", "y"])
+        return joined.select(["crop_jpeg", "y", "split"])
 
 
 def make_datasets(
@@ -192,26 +192,34 @@ def make_datasets(
     """Ray Data datasets with columns ``crop_jpeg`` (bytes) and ``y``: ``train`` (split by Ray Train) and
     ``val_<rank>`` / ``test_<rank>``, one evaluation shard per worker (materialized, every row exactly once).
 
-    ``cache``: run the read + join once and keep the blocks in Ray's object store (``materialize``), so epochs
-    iterate without starting read tasks again; otherwise every epoch streams from Parquet (for data larger than
-    the object store). Either way the crops never pass through the driver process.
+    One scan of the face rows serves every split: read, joined with the labels (which carry the split), kept in
+    Ray's object store (``materialize``), then cut by split (three scans of the faces table before: 4.3-4.9 s
+    against 1.7 s for 100 labelled crops on 2 cores; on big tables, a third of the reading). The union and its
+    cuts are both in the object store until the cuts are made. ``cache`` false: ``train`` streams from Parquet
+    each epoch instead (data larger than the object store) and only val + test are scanned once and kept.
+    Either way the crops never pass through the driver process.
     """
     import ray.data
+    from ray.data.expressions import col
 
     files = root.part_files("faces")
-    out = {}
-    for s in SPLITS:
+
+    def scan(wanted: pa.Table) -> ray.data.Dataset:
         ds = ray.data.read_parquet(files, filesystem=root.fs, num_cpus=num_cpus, partitioning=None)
         ds = ds.select_columns(["image_sha256", "kept", "crop_jpeg"])
-        out[s] = ds.map_batches(
-            _JoinLabels(labels.split(s)),
-            batch_format="pyarrow",
-            batch_size=None,
-            num_cpus=num_cpus,
-            zero_copy_batch=True,
+        return ds.map_batches(
+            _JoinLabels(wanted), batch_format="pyarrow", batch_size=None, num_cpus=num_cpus, zero_copy_batch=True
         )
-        if cache or s != "train":
-            out[s] = out[s].materialize()
+
+    def cut(union: ray.data.Dataset, names: tuple[str, ...]) -> dict:
+        return {s: union.filter(expr=col("split") == s).drop_columns(["split"]).materialize() for s in names}
+
+    if cache:
+        out = cut(scan(labels.table).materialize(), SPLITS)
+    else:
+        out = {"train": scan(labels.split("train")).drop_columns(["split"])}
+        evaluation = labels.table.filter(pc.is_in(labels.table["split"], pa.array(["val", "test"])))
+        out.update(cut(scan(evaluation).materialize(), ("val", "test")))
     for s in ("val", "test"):  # evaluation shards: every row once (a Train split would drop rows to even it)
         for rank, part in enumerate(out.pop(s).split(world_size)):
             out[f"{s}_{rank}"] = part
