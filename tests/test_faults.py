@@ -5,14 +5,17 @@ What must hold: a killed stage leaves only whole files where readers look and it
 uninterrupted run; a bad host costs its own rows, not the crawl; a storage failure is one line on stderr, exit 1,
 nothing half-written. docs/reliability.md lists every fault and its test.
 
-The killed job subprocesses start their own local Ray (they cannot join this session's), so they run one at a time;
-the uninterrupted reference run is ``jobs/run_all.py`` submitted with ``ray job submit`` to a separate Ray head.
+The jobs run against one token-authenticated Ray head on 127.0.0.1 for the module, as jobs on a cluster do: the
+uninterrupted reference run is ``jobs/run_all.py`` submitted with ``ray job submit``; each killed job is a driver
+process connected to the head (``RAY_ADDRESS``), SIGKILLed as a crash or an OOM kill would end it. Ray then ends
+that job's actors; the rerun starts once the head reports none of them alive.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,18 +66,45 @@ def _end(pids: list[int]) -> None:
             pass
 
 
+def _get(head, path: str):
+    req = urllib.request.Request(head.dashboard_url + path, headers=head.headers)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def wait_job_ended(head, driver_pid: int, timeout: float = 60.0) -> None:
+    """Block until the head reports no live actor of the job whose driver was ``driver_pid`` (bounded). Detached
+    actors (Ray Data's statistics and autoscaling coordinators, made by the first job that needs them) outlive
+    every job by design and are not waited for."""
+    jobs = [j for j in _get(head, "/api/jobs/") if str((j.get("driver_info") or {}).get("pid")) == str(driver_pid)]
+    if not jobs:
+        return  # killed before it connected: it has no actors
+    job_id = jobs[0]["job_id"]
+    query = f"/api/v0/actors?detail=true&filter_keys=job_id&filter_predicates=%3D&filter_values={job_id}"
+    query += "&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+    deadline = time.monotonic() + timeout
+    while alive := [a["class_name"] for a in _get(head, query)["data"]["result"]["result"] if not a.get("is_detached")]:
+        assert time.monotonic() < deadline, f"job {job_id}: {alive} still alive {timeout:.0f}s after its driver died"
+        time.sleep(0.25)
+
+
 def run_job(
     stage: str,
     root: Path,
     *extra: str,
+    head,
     kill_when: Callable[[], bool] | None = None,
     env: dict | None = None,
     timeout: float = JOB_TIMEOUT_S,
 ) -> tuple[int, bool, str]:
-    """Run ``jobs/<stage>.py`` on ``root``; SIGKILL it as soon as ``kill_when()`` is true. (exit code, killed, log)."""
+    """Run ``jobs/<stage>.py`` on ``root`` as a driver of ``head``; SIGKILL it as soon as ``kill_when()`` is true,
+    then wait until Ray has ended the job's actors. Returns (exit code, killed, log)."""
     log = root.parent / f"{stage}-{time.monotonic_ns()}.log"
     cmd = [sys.executable, str(REPO / "jobs" / f"{stage}.py"), "--config", str(REPO / "configs" / "test.yaml")]
     cmd += ["--data-root", str(root)] + [a for s in SETS for a in ("--set", s)] + list(extra)
+    env = dict(env or os.environ)
+    env.update(RAY_ADDRESS=head.gcs_address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head.token)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     with open(log, "wb") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     killed, spawned = False, []
@@ -87,7 +118,7 @@ def run_job(
                 except psutil.NoSuchProcess:
                     pass
                 if p.poll() is None:
-                    os.kill(p.pid, signal.SIGKILL)  # the job process itself, as a crash or an OOM kill would
+                    os.kill(p.pid, signal.SIGKILL)  # the job's driver process, as a crash or an OOM kill would
                     killed = True
                 break
             time.sleep(0.05)
@@ -96,9 +127,9 @@ def run_job(
         if p.poll() is None:
             p.kill()
             p.wait()
-        if spawned:  # the local Ray the job started: let fate-sharing end it, then end what is left
-            time.sleep(2)
-            _end(spawned)
+        _end(spawned)  # anything the driver itself started (its Ray processes live under the head)
+    if killed:
+        wait_job_ended(head, p.pid)
     return p.returncode, killed, log.read_text(errors="replace")
 
 
@@ -126,6 +157,15 @@ def _parts(root: Path, ds: str) -> Callable[[], bool]:
 
 # ------------------------------------------------------------------------------------------------ kill every stage
 @pytest.fixture(scope="module")
+def fault_head():
+    """The module's Ray head: 2 CPUs on 127.0.0.1, token authentication on (as ``ray start --head`` sets it)."""
+    from pipeline.cluster import ray_head
+
+    with ray_head(num_cpus=2) as head:
+        yield head
+
+
+@pytest.fixture(scope="module")
 def job_env(demo_site) -> dict:
     env = dict(os.environ)
     env.update(DEMO_BASE_URL=demo_site.base_url, DEMO_N_POSTS="240", RAY_DEDUP_LOGS="0", PYTHONUNBUFFERED="1")
@@ -133,21 +173,18 @@ def job_env(demo_site) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(job_env, tmp_path_factory) -> Path:
+def reference(job_env, fault_head, tmp_path_factory) -> Path:
     """One uninterrupted run of the five stages, the yardstick of every killed run: ``jobs/run_all.py`` submitted
-    with ``ray job submit --working-dir .`` to a token-authenticated Ray head on 127.0.0.1 (2 CPUs, as the killed
-    jobs' local Ray). This is also the test that the whole pipeline runs as one submitted job."""
+    with ``ray job submit --working-dir .`` to the module's head. This is also the test that the whole pipeline
+    runs as one submitted job."""
     from test_cluster import submit_cli
-
-    from pipeline.cluster import ray_head
 
     root = tmp_path_factory.mktemp("faults-ref") / "data"
     entry = ["python", "jobs/run_all.py", "--config", "configs/test.yaml", "--data-root", str(root)]
     entry += [a for s in SETS for a in ("--set", s)]
     env = {"env_vars": {k: job_env[k] for k in ("DEMO_BASE_URL", "DEMO_N_POSTS")}}
-    with ray_head(num_cpus=2) as head:
-        sid, proc = submit_cli(head, entry, runtime_env=env, timeout_s=2 * JOB_TIMEOUT_S)
-        log = proc.stdout + proc.stderr
+    sid, proc = submit_cli(fault_head, entry, runtime_env=env, timeout_s=2 * JOB_TIMEOUT_S)
+    log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     dr = DataRoot(str(root))
     counts = {ds: dr.read(ds).num_rows for ds in ("posts", "faces", "labels/selfie", "scores")}
@@ -162,14 +199,14 @@ def killed_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("faults-kill") / "data"
 
 
-def test_kill_scrape_then_rerun(reference, killed_root, job_env):
+def test_kill_scrape_then_rerun(reference, killed_root, job_env, fault_head):
     root = killed_root
-    code, killed, log = run_job("scrape", root, env=job_env, kill_when=lambda: _parts(root, "posts")())
+    code, killed, log = run_job("scrape", root, head=fault_head, env=job_env, kill_when=lambda: _parts(root, "posts")())
     assert killed and code == -signal.SIGKILL, log[-3000:]
     assert_whole_files(root)
     partial = len(_rows(root, "posts", ["site", "item_id"]))
     assert 0 < partial < len(_rows(reference, "posts", ["site", "item_id"]))
-    code, _, log = run_job("scrape", root, env=job_env)
+    code, _, log = run_job("scrape", root, head=fault_head, env=job_env)
     assert code == 0, log[-3000:]
     assert_whole_files(root)
     cols = ["site", "item_id", "status", "reason", "image_sha256"]
@@ -181,26 +218,26 @@ def test_kill_scrape_then_rerun(reference, killed_root, job_env):
     assert len(urls) == len(set(urls)), "a URL has two fetches rows after the rerun"
 
 
-def test_kill_faces_then_rerun(reference, killed_root, job_env):
+def test_kill_faces_then_rerun(reference, killed_root, job_env, fault_head):
     root = killed_root
-    code, killed, log = run_job("faces", root, env=job_env, kill_when=_parts(root, "faces"))
+    code, killed, log = run_job("faces", root, head=fault_head, env=job_env, kill_when=_parts(root, "faces"))
     assert killed and code == -signal.SIGKILL, log[-3000:]
     assert_whole_files(root)
     cols = ["image_sha256", "kept", "n_faces", "reason"]
     assert 0 < len(_rows(root, "faces", cols)) < len(_rows(reference, "faces", cols))
-    code, _, log = run_job("faces", root, env=job_env)
+    code, _, log = run_job("faces", root, head=fault_head, env=job_env)
     assert code == 0, log[-3000:]
     assert_whole_files(root)
     assert _rows(root, "faces", cols) == _rows(reference, "faces", cols)
 
 
-def test_kill_labels_then_rerun(reference, killed_root, job_env):
+def test_kill_labels_then_rerun(reference, killed_root, job_env, fault_head):
     root = killed_root
     dr = DataRoot(str(root))
-    code, killed, log = run_job("labels", root, env=job_env, kill_when=lambda: dr.exists("labels"))
+    code, killed, log = run_job("labels", root, head=fault_head, env=job_env, kill_when=lambda: dr.exists("labels"))
     assert killed and code == -signal.SIGKILL, log[-3000:]
     assert_whole_files(root)
-    code, _, log = run_job("labels", root, env=job_env)
+    code, _, log = run_job("labels", root, head=fault_head, env=job_env)
     assert code == 0, log[-3000:]
     assert_whole_files(root)
     for task in ("selfie", "department") if SCRAPE_STAFF else ("selfie",):
@@ -209,7 +246,7 @@ def test_kill_labels_then_rerun(reference, killed_root, job_env):
         assert len(DataRoot(str(root)).part_files(f"labels/{task}")) == 1
 
 
-def test_kill_train_then_resume(killed_root, job_env):
+def test_kill_train_then_resume(killed_root, job_env, fault_head):
     root = killed_root
     dr = DataRoot(str(root))
 
@@ -217,10 +254,10 @@ def test_kill_train_then_resume(killed_root, job_env):
         return any(n.startswith("checkpoint") for n in dr.list_dir("models", RUN_ID, "checkpoints"))
 
     run = ("--set", f"train.run_id={RUN_ID}")
-    code, killed, log = run_job("train", root, *run, env=job_env, kill_when=checkpointed)
+    code, killed, log = run_job("train", root, *run, head=fault_head, env=job_env, kill_when=checkpointed)
     assert killed and code == -signal.SIGKILL, log[-3000:]
     assert not dr.exists("models", RUN_ID, "model.json"), "killed before export, yet exported"
-    code, _, log = run_job("train", root, *run, "--resume", env=job_env)
+    code, _, log = run_job("train", root, *run, "--resume", head=fault_head, env=job_env)
     assert code == 0, log[-3000:]
     d = dr.model_dir(RUN_ID)
     assert [h["epoch"] for h in dr.read_json(f"{d}/metrics.json")["history"]] == [0, 1, 2]
@@ -228,12 +265,12 @@ def test_kill_train_then_resume(killed_root, job_env):
     assert dr.fs.get_file_info(f"{d}/model.pt").size > 0
 
 
-def test_kill_score_then_rerun(reference, killed_root, job_env):
+def test_kill_score_then_rerun(reference, killed_root, job_env, fault_head):
     root = killed_root
-    code, killed, log = run_job("score", root, env=job_env, kill_when=_parts(root, "scores"))
+    code, killed, log = run_job("score", root, head=fault_head, env=job_env, kill_when=_parts(root, "scores"))
     assert killed and code == -signal.SIGKILL, log[-3000:]
     assert_whole_files(root)
-    code, _, log = run_job("score", root, env=job_env)
+    code, _, log = run_job("score", root, head=fault_head, env=job_env)
     assert code == 0, log[-3000:]
     assert_whole_files(root)
     keys = _rows(root, "scores", ["image_sha256", "model_id"])
