@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import posixpath
 import uuid
 from collections.abc import Iterable, Sequence
@@ -261,8 +262,6 @@ class DataRoot:
         if "://" in self.uri:
             self.fs, self.base = pafs.FileSystem.from_uri(self.uri)
         else:
-            import os
-
             self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(self.uri)
         self.base = self.base.rstrip("/")
 
@@ -470,12 +469,11 @@ def model_location(model_dir: str, root: DataRoot | None) -> tuple[pafs.FileSyst
         return pafs.FileSystem.from_uri(model_dir)
     if root is not None and (model_dir.startswith(root.base + "/") or "://" in root.uri):
         return root.fs, model_dir
-    import os
-
     return pafs.LocalFileSystem(), os.path.abspath(model_dir)
 
 
-def _is_file(fs: pafs.FileSystem, path: str) -> bool:
+def is_file(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether ``path`` on ``fs`` is a file (not a folder, not missing)."""
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
@@ -484,17 +482,17 @@ def resolve_model_dir(root: DataRoot, spec: str) -> str:
     id under ``models/``, or a path → the model folder (exported: it holds ``model.json``, written last)."""
     if spec == "latest" or spec.startswith("latest:"):
         task = spec.partition(":")[2] or None
-        runs = [r for r in root.list_dir("models") if _is_file(root.fs, root.path("models", r, "model.json"))]
+        runs = [r for r in root.list_dir("models") if is_file(root.fs, root.path("models", r, "model.json"))]
         if task:
             runs = [r for r in runs if root.read_json(root.path("models", r, "model.json")).get("task") == task]
         if not runs:
             what = f"model of task {task!r}" if task else "model"
             raise FileNotFoundError(f"no exported {what} under {root.uri}/models: run the 'train' stage first")
         return root.model_dir(sorted(runs)[-1])
-    if "/" not in spec and _is_file(root.fs, root.path("models", spec, "model.json")):
+    if "/" not in spec and is_file(root.fs, root.path("models", spec, "model.json")):
         return root.model_dir(spec)
     fs, path = model_location(spec, root)
-    if _is_file(fs, posixpath.join(path, "model.json")):
+    if is_file(fs, posixpath.join(path, "model.json")):
         return spec
     raise FileNotFoundError(f"model {spec!r}: neither a run id under {root.uri}/models nor a folder with model.json")
 

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 
 from pipeline.config import Config
 from pipeline.runtime import log
-from pipeline.store import DataRoot
+from pipeline.store import DataRoot, is_file
 from pipeline.train.data import LabelSet, TrainInputError, label_folds, load_labels
 
 SCALARS = ("accuracy", "roc_auc", "pearson", "mae", "rmse")
@@ -85,10 +85,6 @@ def kfold_markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
-def _is_file(root: DataRoot, path: str) -> bool:
-    return root.fs.get_file_info(path).type == pafs.FileType.File
-
-
 def _fold_row(root: DataRoot, fold: int, fold_dir: str) -> dict:
     m = root.read_json(posixpath.join(fold_dir, "metrics.json"))
     best = next((h for h in m["history"] if h["epoch"] == m["best_epoch"]), None)
@@ -137,7 +133,7 @@ def run_kfold(cfg: Config, root: DataRoot, run_id: str, resume: bool = False) ->
         fid = fold_run_id(run_id, k)
         fold_dir = root.model_dir(fid)
         labels = labelsets[k]
-        if resume and _is_file(root, posixpath.join(fold_dir, "model.json")):
+        if resume and is_file(root.fs, posixpath.join(fold_dir, "model.json")):
             log.info("train %s: fold %d already exported; skipped", run_id, k)
         else:
             log.info("train %s: fold %d of %s, rows %s", run_id, k, folds, labels.counts())
