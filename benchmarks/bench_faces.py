@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    from pipeline.runtime import start_local_ray
+
+    start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     cfg = FacesConfig(num_actors=args.actors, max_side=args.max_side, batch_size=args.batch_size, device="cpu")
     ours_s, ours_counts = run_ours(items, cfg)

@@ -137,7 +137,9 @@ def run_ours(base: str, n: int, threads: int, out: str) -> dict:
         },
         "bench",
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from pipeline.runtime import start_local_ray
+
+    start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
     peak_workers = 0
     stop = threading.Event()
 

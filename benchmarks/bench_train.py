@@ -117,7 +117,9 @@ def main() -> None:
         cfg = load_config(None, overrides={"data_root": d, "train": train})
         # The plain loops first, so that no Ray process competes with them.
         peers = {t: plain(items, cfg.train, args.epochs, t) for t in (2, 1)}
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from pipeline.runtime import start_local_ray
+
+        start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         t0 = time.perf_counter()
         out = run(cfg)

@@ -1,11 +1,11 @@
 """A real, separate Ray head on 127.0.0.1 for tests and local tries: started, authenticated, always stopped.
 
 :func:`ray_head` runs ``ray start --head --block`` in a new session with its own ``--temp-dir``, free ports
-for every listener, the dashboard and job API on 127.0.0.1, and token authentication on
-(``RAY_AUTH_MODE=token`` with a fresh ``RAY_AUTH_TOKEN``). It waits, bounded, until the job API answers, and on
-exit stops exactly the processes it started, found by session id (``ray stop`` would stop *every* Ray on the
-machine, also other people's). Clients authenticate with :attr:`RayHead.client_env` (the ``ray`` CLI) or
-:attr:`RayHead.headers` (``JobSubmissionClient(headers=...)``).
+for every listener, every listener on 127.0.0.1, no cloud-metadata probe, and token authentication on
+(``RAY_AUTH_MODE=token`` with a fresh ``RAY_AUTH_TOKEN``; :mod:`pipeline.ray_env`). It waits, bounded, until the
+job API answers, and on exit stops exactly the processes it started, found by session id (``ray stop`` would
+stop *every* Ray on the machine, also other people's). Clients authenticate with :attr:`RayHead.client_env`
+(the ``ray`` CLI) or :attr:`RayHead.headers` (``JobSubmissionClient(headers=...)``).
 
 Example::
 
@@ -32,6 +32,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline import ray_env
 
 # Ray's listeners besides the GCS and the dashboard: each gets a free port so that two heads never collide.
 _PORT_FLAGS = (
@@ -198,7 +200,9 @@ def ray_head(
     # The job entrypoint's ``python`` is this interpreter (a venv's bin/ first on PATH), as on a real node.
     head_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), head_env.get("PATH", "")])
     head_env.update(env or {})
-    head_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    # Token auth, every listener on 127.0.0.1, no cloud-metadata probe: see pipeline/ray_env.py.
+    ray_env.secure_env(head_env, loopback=True)
+    head_env["RAY_AUTH_TOKEN"] = token
     log_path = os.path.join(temp_dir, "ray-start.log")
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=head_env, start_new_session=True)

@@ -1,7 +1,8 @@
 """Ray start-up and stage bookkeeping shared by every stage: connect or start Ray once, log progress.
 
 ``init_ray(cfg)`` connects to the cluster named by ``cfg.ray.address`` or ``RAY_ADDRESS`` (set by ``ray job
-submit``), or starts a local Ray; it does nothing when Ray is already up (tests share one instance).
+submit``), or starts a local Ray with token authentication, bound to 127.0.0.1 and without Ray's cloud-metadata
+probe (:mod:`pipeline.ray_env`); it does nothing when Ray is already up (tests share one instance).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 
 import ray
 
+from pipeline import ray_env
 from pipeline.config import Config
 
 log = logging.getLogger("facerank")
@@ -36,13 +38,22 @@ def init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # The dashboard (on 127.0.0.1 only) also serves the state API that Ray Train's controller polls.
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+        start_local_ray(num_cpus=cfg.ray.num_cpus, include_dashboard=True, **kwargs)
     try:  # quieter progress output in logs; bars stay on in a terminal
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = sys.stderr.isatty()
     except Exception:  # pragma: no cover - older Ray
         pass
+
+
+def start_local_ray(*, num_cpus: int | None = None, include_dashboard: bool = False, **kwargs) -> None:
+    """Start a local, single-node Ray: token authentication, every port on 127.0.0.1, no metadata probe.
+
+    ``include_dashboard`` adds the dashboard's HTTP API (on 127.0.0.1, token required): the state API that Ray
+    Train's controller polls and the job API. Without it Ray still runs a minimal dashboard process.
+    """
+    ray_env.apply(loopback=True)
+    ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **kwargs)
 
 
 _active: set[str] = set()

@@ -20,6 +20,9 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 # each epoch's report waited for the next poll. 0.5 s: about 3.5 s less per training run (measured), in this
 # session's Ray and in every job or head the tests start (they inherit this environment).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# The opt-out HMAC key of every test (forget, scrape): never a key file in the real ~/.config (tests/test_privacy_full
+# unsets it where it tests the key file).
+os.environ.setdefault("FACERANK_OPTOUT_KEY", "facerank-tests-only-not-a-secret-0123456789")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,11 +34,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray for the whole session (ray.init is slow)."""
+    """One local Ray for the whole session (ray.init is slow): token auth, 127.0.0.1 only, as the library starts it."""
     import ray
 
+    from pipeline.runtime import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+        start_local_ray(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray
