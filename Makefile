@@ -4,6 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Every Ray started from here (make demo, the tests) has token auth on; the library also insists (pipeline/ray_env.py).
+export RAY_AUTH_MODE := token
+export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: install browser demo test lint format bench clean
 

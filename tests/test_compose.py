@@ -327,3 +327,40 @@ def test_docs_commands_exist():
     for service in re.findall(r"--scale ([a-z-]+)=", DOC):
         assert service in SERVICES
     assert "gpu" in {p for s in SERVICES.values() for p in s.get("profiles", [])}
+
+
+def test_image_refuses_to_start_ray_without_token_auth(tmp_path):
+    """deploy/entrypoint.sh: `ray start` needs RAY_AUTH_MODE=token and a token; other commands run as given."""
+    import subprocess
+
+    script = str(REPO / "deploy" / "entrypoint.sh")
+    assert re.search(r"^ENV[^#]*RAY_AUTH_MODE=token", DOCKERFILE, flags=re.M | re.S)
+    assert "ray_bootstrap_config.yaml" in DOCKERFILE  # no cloud-metadata probe from the dashboard
+    assert re.search(r'^ENTRYPOINT \[.*"/opt/facerank/deploy/entrypoint.sh"\]', DOCKERFILE, flags=re.M)
+    base = {"PATH": "/usr/bin:/bin"}
+
+    def run(env, *argv):
+        return subprocess.run([script, *argv], env={**base, **env}, capture_output=True, text=True, timeout=30)
+
+    no_token = run({"RAY_AUTH_MODE": "token"}, "ray", "start", "--head", "--block")
+    assert no_token.returncode == 2 and "no Ray token" in no_token.stderr
+    auth_off = run({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "t" * 32}, "ray", "start", "--head")
+    assert auth_off.returncode == 2 and "must be token" in auth_off.stderr
+    empty_file = tmp_path / "token"
+    empty_file.write_text("")
+    assert run({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(empty_file)}, "ray", "start").returncode == 2
+    # With a token, the command itself runs (here a stand-in for ray: `ray` is not on this PATH, so use echo).
+    ok = run({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t" * 32}, "echo", "started")
+    assert ok.returncode == 0 and ok.stdout.strip() == "started"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "ray").write_text('#!/bin/sh\necho ray-ran "$@"\n')
+    (fake_bin / "ray").chmod(0o755)
+    started = subprocess.run(
+        [script, "ray", "start", "--head"],
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t" * 32},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert started.returncode == 0 and started.stdout.strip() == "ray-ran start --head"
