@@ -13,10 +13,13 @@ Tools::
     python -m pipeline rate photo.jpg [--model DIR] [--json]
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
     python -m pipeline report --run DIR
-    python -m pipeline forget --user ID | --person ID | --image SHA
+    python -m pipeline forget --user ID [--site SITE] | --site SITE --person ID | --image SHA
+    python -m pipeline retention --config FILE      # drop raw images older than privacy.raw_image_retention_days
 
 Exit codes: 0 success, 2 bad config or arguments (one line on stderr, before any work), 3 a missing input
-dataset, 1 any other failure.
+dataset, 4 the stage is locked: another live run of it holds the data root (one line naming the holder, before Ray
+starts; also when a run's lock was taken over while it ran, see pipeline/locks.py), 1 any other failure (one line
+for an I/O error or unreadable Parquet data).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pipeline.config import Config, ConfigError, load_config
 
 STAGES = ("scrape", "faces", "labels", "train", "score")
 EXIT_CONFIG, EXIT_MISSING_INPUT, EXIT_FAILED = 2, 3, 1
+EXIT_LOCKED = 4  # another run of the stage holds its lock on the data root
 
 
 def _stage_fn(name: str) -> Callable[..., dict]:
@@ -57,17 +61,27 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
-def run_stages(cfg: Config, names: tuple[str, ...] = STAGES, resume: bool = False) -> dict[str, dict]:
-    """Run stages in order; returns each stage's summary."""
-    from pipeline.runtime import init_ray, log, stage
+def run_stages(
+    cfg: Config, names: tuple[str, ...] = STAGES, resume: bool = False, opts: dict[str, dict] | None = None
+) -> dict[str, dict]:
+    """Run stages in order, each while holding its lock on the data root; returns each stage's summary.
 
-    init_ray(cfg)
+    Each lock is taken before Ray starts (a second run of a stage fails at once with
+    :class:`~pipeline.locks.StageLockedError`); the stage's ``run`` re-enters it. ``opts``: keyword arguments per
+    stage name (``{"score": {"images": DIR}}``).
+    """
+    from pipeline.locks import stage_lock
+
     out: dict[str, dict] = {}
     for i, name in enumerate(names, 1):
-        log.info("[%d/%d] %s", i, len(names), name)
-        with stage(name):
-            fn = _stage_fn(name)
-            out[name] = fn(cfg, resume=resume) if name == "train" else fn(cfg)
+        with stage_lock(cfg, name):
+            from pipeline.runtime import init_ray, log, stage
+
+            init_ray(cfg)
+            log.info("[%d/%d] %s", i, len(names), name)
+            with stage(name):
+                kwargs = {"resume": resume} if name == "train" else {}
+                out[name] = _stage_fn(name)(cfg, **kwargs, **(opts or {}).get(name, {}))
     return out
 
 
@@ -134,10 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     fg = sub.add_parser("forget", help="erase a person from every output and add them to the opt-out list")
     g = fg.add_mutually_exclusive_group(required=True)
-    g.add_argument("--user")
-    g.add_argument("--person")
-    g.add_argument("--image")
+    g.add_argument("--user", metavar="ID", help="a feed user id (on every site, or only on --site)")
+    g.add_argument("--person", metavar="ID", help="a staff person id (or imported-scores person): needs --site")
+    g.add_argument("--image", metavar="SHA256", help="one image, by its sha256")
+    fg.add_argument("--site", help="the site the id belongs to (one id may name two people on two sites)")
     _common(fg, config_required=False)
+
+    ret = sub.add_parser("retention", help="drop raw images older than privacy.raw_image_retention_days")
+    _common(ret, config_required=False)
     return p
 
 
@@ -148,17 +166,8 @@ def dispatch(args: argparse.Namespace) -> int:
     setup_logging()
     t0 = time.monotonic()
     if args.cmd == "stage":
-        from pipeline.runtime import init_ray, stage
-
-        init_ray(cfg)
-        with stage(args.name):
-            fn = _stage_fn(args.name)
-            if args.name == "train":
-                summary = fn(cfg, resume=args.resume)
-            elif args.name == "score" and args.images:
-                summary = fn(cfg, images=args.images)
-            else:
-                summary = fn(cfg)
+        opts = {"score": {"images": args.images}} if args.name == "score" and args.images else None
+        summary = run_stages(cfg, (args.name,), resume=args.resume, opts=opts)[args.name]
         print(json.dumps({args.name: summary}, default=str))
         return 0
     if args.cmd == "all":
@@ -207,7 +216,16 @@ def dispatch(args: argparse.Namespace) -> int:
         from pipeline.privacy import forget
 
         kind, value = next((k, v) for k in ("user", "person", "image") if (v := getattr(args, k)))
-        print(json.dumps(forget(cfg, kind, value), default=str))
+        if kind == "person" and not args.site:
+            raise ConfigError("forget --person ID needs --site SITE: a person is keyed by (site, id)")
+        if kind == "image" and args.site:
+            raise ConfigError("forget --image takes no --site: an image is keyed by its sha256 alone")
+        print(json.dumps(forget(cfg, kind, value, site=args.site), default=str))
+        return 0
+    if args.cmd == "retention":
+        from pipeline.privacy import apply_retention
+
+        print(json.dumps(apply_retention(cfg), default=str))
         return 0
     raise AssertionError(args.cmd)
 
@@ -217,6 +235,9 @@ def _repo() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import pyarrow as pa
+
+    from pipeline.locks import StageLockedError
     from pipeline.store import MissingDatasetError
 
     parser = build_parser()
@@ -229,6 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     except MissingDatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_MISSING_INPUT
+    except StageLockedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_LOCKED
+    except pa.ArrowInvalid as err:  # Parquet data that the store could not set aside (also re-raised by Ray): one line
+        line = next((ln.strip() for ln in reversed(str(err).splitlines()) if ln.strip()), type(err).__name__)
+        print(f"error: unreadable data: {line} (data root: {_data_root_of(args)})", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as err:  # disk full, a read-only or missing data root, a lost object store: one line
         print(f"error: {_os_error_line(err)} (data root: {_data_root_of(args)})", file=sys.stderr)
         return EXIT_FAILED

@@ -50,13 +50,19 @@ class HttpConfig(_Section):
     user_agent: str = "facerank-bot/0.1 (+https://github.com/facerank/facerank)"
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(15.0, gt=0)
-    total_timeout_s: float = Field(60.0, gt=0)  # whole response, so a byte-by-byte trickle cannot hold a thread
+    # one hop's whole exchange (connect, status line, headers, body, retries and their sleeps): a trickle of headers
+    # or body ends as `timeout` here
+    total_timeout_s: float = Field(60.0, gt=0)
+    max_interim_responses: int = Field(8, ge=0)  # `100 Continue` responses read before the real one
     max_image_bytes: int = Field(10_000_000, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)  # Pillow's decompression-bomb guard
     max_page_bytes: int = Field(20_000_000, gt=0)  # feed pages (JSON/HTML) and robots.txt
     max_redirects: int = Field(5, ge=0)
     requests_per_second_per_host: float = Field(20.0, gt=0)
     max_concurrency_per_host: int = Field(4, ge=1)
+    # robots.txt Crawl-delay is the host's minimum interval between requests up to this many seconds; a larger one
+    # is applied as this cap (a hostile robots.txt cannot stall the crawl); 0 ignores Crawl-delay
+    max_crawl_delay_s: float = Field(10.0, ge=0)
     allow_private_addresses: bool = False  # loopback/private/link-local hosts are refused unless True
     allowed_content_types: list[str] = ["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp"]
     retry: RetryConfig = RetryConfig()
@@ -87,6 +93,7 @@ class StaffSite(_Section):
     role_selector: str = ".role"
     photo_selector: str = "img"
     photo_attrs: list[str] = ["src", "data-src"]
+    profile_selector: str | None = None  # a link in each card to the person's own page: their id without a data-id
     load_more: str | None = None  # a button to click until it disappears
     next_page: str | None = None  # a link to follow for the next page
     scroll_for_lazy_images: bool = True
@@ -101,6 +108,13 @@ class SeleniumConfig(_Section):
     wait_timeout_s: float = Field(10.0, gt=0)
     max_clicks: int = Field(50, ge=0)
     num_browsers: int = Field(1, ge=1)  # browser actors (one headless Chromium each) for the staff pages
+    no_sandbox: bool = False  # Chromium without its sandbox (a container without user namespaces); always as root
+    # Chromium's only way out: the egress proxy (pipeline/scrape/egress.py). It listens on proxy_host; a remote
+    # browser (remote_url) needs an address of the crawl actor it can reach, else its pages fail (closed, not open).
+    proxy_host: str = "127.0.0.1"
+    proxy_max_connections: int = Field(64, ge=1)
+    proxy_idle_timeout_s: float = Field(30.0, gt=0)
+    proxy_max_lifetime_s: float = Field(300.0, gt=0)
 
 
 class ScrapeConfig(_Section):
@@ -108,6 +122,9 @@ class ScrapeConfig(_Section):
     threads_per_actor: int = Field(8, ge=1)  # concurrent downloads inside one actor
     cpus_per_actor: float = Field(0.5, gt=0)  # Ray CPUs reserved per crawl actor (the work is mostly I/O)
     tasks_per_call: int = Field(16, ge=1)  # frontier items handed to an actor per call
+    # the driver abandons an HTTP batch still running after this long: its tasks become error rows `batch_timeout`
+    # and its actor is killed and replaced. None: derived from the http deadlines (ScrapeConfig.batch_timeout)
+    batch_timeout_s: float | None = Field(None, gt=0)
     batch_rows: int = Field(200, ge=1)  # rows per atomically written Parquet part
     retry_errors: bool = False  # rerun: drop earlier status=error rows and fetch those items again
     min_post_age_days: int = Field(30, ge=0)
@@ -126,6 +143,16 @@ class ScrapeConfig(_Section):
         "technician",
     ]
 
+    def batch_timeout(self) -> float:
+        """``batch_timeout_s``, or the worst case of a healthy batch: its tasks in rounds of ``threads_per_actor``,
+        each task at most a robots.txt hop and ``max_redirects + 1`` hops, each hop its deadline plus a crawl delay
+        and a minute of slack for the rate limiter."""
+        if self.batch_timeout_s is not None:
+            return self.batch_timeout_s
+        h = self.http
+        rounds = math.ceil(self.tasks_per_call / self.threads_per_actor)
+        return rounds * (h.max_redirects + 2) * (h.total_timeout_s + h.max_crawl_delay_s) + 60.0
+
 
 # ---------------------------------------------------------------- faces
 class FacesConfig(_Section):
@@ -137,6 +164,11 @@ class FacesConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_side: int = Field(800, ge=64)  # detection runs on a copy whose long side is at most this
     max_pixels: int = Field(40_000_000, gt=0)  # decompression-bomb guard: larger images are rejected unread
+    max_decode_mib: int = Field(256, ge=16)  # one image's decoder memory, estimated from its header: above, too_large
+    decode_max_side: int = Field(2048, ge=64)  # images are decoded to a working copy at most this long (JPEG draft,
+    # PNG row bands; max_side when larger); recheck and crops use it, boxes stay in original pixels
+    batch_mib: int = Field(128, ge=1)  # working copies + MTCNN activations one actor holds at once (then MTCNN runs)
+    image_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF"]  # the only Pillow decoders run on untrusted bytes
     min_image_px: int = Field(20, ge=12)  # images with a shorter side are rejected (reason image_too_small)
     detect_min_px: int = Field(20, ge=12)  # MTCNN min_face_size, in pixels of the detection copy
     pyramid_factor: float = Field(0.709, gt=0.1, lt=1.0)  # MTCNN scale-pyramid factor
@@ -151,6 +183,19 @@ class FacesConfig(_Section):
     align: bool = False  # rotate the crop so that the eyes are level
     jpeg_quality: int = Field(90, ge=50, le=100)
     write_files: bool = False  # also write crops as files under crops/
+
+    @model_validator(mode="after")
+    def _known_image_formats(self) -> FacesConfig:
+        self.image_formats = [f.upper() for f in self.image_formats]
+        if not self.image_formats:
+            raise ValueError("image_formats: name at least one Pillow format (JPEG, PNG, WEBP, GIF, BMP, ...)")
+        if set(self.image_formats) - {"JPEG", "PNG", "WEBP", "GIF"}:
+            from PIL import Image
+
+            Image.init()
+            if bad := sorted(set(self.image_formats) - set(Image.OPEN)):
+                raise ValueError(f"image_formats: {', '.join(bad)} not a Pillow format (JPEG, PNG, WEBP, GIF, ...)")
+        return self
 
 
 # ---------------------------------------------------------------- labels
@@ -331,6 +376,23 @@ class ScoreConfig(_Section):
 # ---------------------------------------------------------------- privacy
 class PrivacyConfig(_Section):
     raw_image_retention_days: int | None = Field(None, ge=0)
+    # The HMAC key of the opt-out list and the audit (generated on first use; must live outside the data root).
+    # The environment variable FACERANK_OPTOUT_KEY, when set, is the key itself and takes precedence.
+    key_file: str = "~/.config/facerank/optout.key"
+
+
+# ---------------------------------------------------------------- stage locks (pipeline/locks.py)
+class LocksConfig(_Section):
+    # A stage's lock on the data root is taken over when its holder's process is gone (same host) or, from another
+    # host, when its heartbeat is older than ttl_s; the holder refreshes it every heartbeat_s.
+    ttl_s: float = Field(300.0, ge=5)
+    heartbeat_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _beats_within_ttl(self) -> LocksConfig:
+        if self.heartbeat_s * 2 > self.ttl_s:
+            raise ValueError("heartbeat_s must be at most half of ttl_s")
+        return self
 
 
 class Config(_Section):
@@ -342,6 +404,7 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     score: ScoreConfig = ScoreConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    locks: LocksConfig = LocksConfig()
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

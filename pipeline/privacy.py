@@ -1,25 +1,47 @@
-"""Privacy: erase a person from every output, keep the opt-out list, and drop old raw images (retention).
+"""Privacy: erase a person from every output, keep the keyed opt-out list, and drop old raw images (retention).
 
 ``forget(cfg, "user", "u0042")`` removes every row about that person (posts, staff, fetches, faces, labels, scores),
-their raw images and crops, and reports that embed their faces; it adds them to ``optout/`` so that later scrapes
-skip them, and appends one line per dataset to ``audit/`` holding what was done, when and how many rows. Neither
-list holds the erased id itself, only the sha256 of ``kind:id``.
+their raw images and crops, every model report that shows one of their images (each report lists the full sha256 of
+every image it inlines in a sidecar ``report.images.json``), their rows in stale temporaries (``<dataset>/_tmp/``),
+and every image or crop file that no row points to (``images/aa/.tmp-*`` leftovers included: nobody can say whose
+they are). It adds them to ``optout/`` so that later scrapes skip them, and appends one line per dataset to
+``audit/`` holding what was done, when and how many rows. The datasets it walks are the store's
+(:data:`pipeline.store.SCHEMAS`, one per labels task, one per scores partition), never guessed from folders.
+Run it while no stage runs on the data root: a stage in flight may write the person again.
 
-Kinds: ``user`` (a feed user id), ``person`` (a staff person id or the person column of imported scores),
-``image`` (an image sha256). Trained models are not retrained: ``docs/security.md`` says what that means.
+Subjects: ``user`` (a feed user id), ``person`` (a staff person id or the person column of imported scores: always
+with its ``site``, as one id may name two people on two sites), ``image`` (an image sha256). A user may be given a
+site too; without one, that user id is erased on every site. Trained models are not retrained: ``docs/security.md``
+says what that means.
+
+Keyed hashes: neither list holds the erased id, only ``HMAC-SHA256(key, sha256(subject))`` (hex, column
+``subject_hash``, ``scheme`` = ``hmac-sha256``), where ``subject`` is ``kind:id`` or ``kind@site:id``. The key lives
+outside the data root: the environment variable ``FACERANK_OPTOUT_KEY`` (the key itself) or else the file
+``privacy.key_file`` (default ``~/.config/facerank/optout.key``), generated on first use (32 random bytes, hex, mode
+0600) with a warning in the log. Lists written before the key existed hold the plain ``sha256(subject)`` (no
+``scheme``): :func:`migrate_lists` rewrites them keyed on first use (the HMAC is taken over that plain hash, so the
+id is not needed), and :class:`OptOut` matches them in memory when the data root cannot be written. Losing the key
+means the opt-out list can no longer be matched (nobody is blocked any more) and the audit can no longer be tied to
+a person: back the key up beside the data root's backups, never inside the data root.
 
 Example::
 
     from pipeline.privacy import OptOut, forget
-    forget(cfg, "user", "u0042")
-    OptOut(DataRoot(cfg.data_root)).blocks("user", "u0042")  # True
+    forget(cfg, "person", "prof-7", site="uni-cs")
+    OptOut(DataRoot(cfg.data_root), cfg.privacy).blocks("person", "prof-7", site="uni-cs")  # True
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import hmac
+import logging
+import os
 import posixpath
+import secrets
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -27,12 +49,158 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.config import Config
-from pipeline.store import DataRoot, now
+from pipeline import locks
+from pipeline.config import Config, ConfigError, PrivacyConfig
+from pipeline.store import LABEL_SCHEMAS, SCHEMAS, STAGE_TEMPS, DataRoot, now, to_table
+
+log = logging.getLogger("facerank")
 
 KINDS = ("user", "person", "image")
+KEY_ENV = "FACERANK_OPTOUT_KEY"
+MIN_KEY_CHARS = 32
+SCHEME_KEYED = "hmac-sha256"
+SIDECAR_SUFFIX = ".images.json"  # <report>.html → <report>.images.json: the full sha256 of every inlined image
+LISTS = ("optout", "audit")
 
 
+# ---------------------------------------------------------------------------------------------------- keyed hashes
+def plain_hash(kind: str, value: str, site: str | None = None) -> str:
+    """The old, unkeyed scheme: ``sha256("kind:id")`` or ``sha256("kind@site:id")`` (reversible by guessing ids)."""
+    subject = f"{kind}:{value}" if site is None else f"{kind}@{site}:{value}"
+    return hashlib.sha256(subject.encode()).hexdigest()
+
+
+def keyed(key: bytes, plain: str) -> str:
+    return hmac.new(key, plain.encode(), hashlib.sha256).hexdigest()
+
+
+def subject_hash(kind: str, value: str, key: bytes, site: str | None = None) -> str:
+    """What the lists store for a subject: ``HMAC-SHA256(key, plain_hash(...))`` as hex."""
+    return keyed(key, plain_hash(kind, value, site))
+
+
+def _inside(path: Path, data_root: str | None) -> bool:
+    if not data_root or "://" in data_root:
+        return False
+    root = Path(data_root).expanduser().resolve()
+    return path.resolve() == root or root in path.resolve().parents
+
+
+def load_key(privacy: PrivacyConfig | None = None, data_root: str | None = None) -> bytes:
+    """The opt-out key: ``$FACERANK_OPTOUT_KEY``, else ``privacy.key_file`` (created on first use)."""
+    env = os.environ.get(KEY_ENV, "")
+    if env:
+        if len(env) < MIN_KEY_CHARS:
+            raise ConfigError(f"{KEY_ENV} is shorter than {MIN_KEY_CHARS} characters")
+        return env.encode()
+    path = Path((privacy or PrivacyConfig()).key_file).expanduser()
+    if _inside(path, data_root):
+        raise ConfigError(f"privacy.key_file {path} is inside the data root {data_root}: keep the key outside it")
+    if not path.exists():
+        _create_key(path)
+    key = path.read_text(encoding="utf-8").strip()
+    if len(key) < MIN_KEY_CHARS:
+        raise ConfigError(f"privacy.key_file {path}: the key is shorter than {MIN_KEY_CHARS} characters")
+    return key.encode()
+
+
+def _create_key(path: Path) -> None:
+    """32 random bytes as hex, mode 0600, published with a hard link (two first users agree on one key)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(tmp, path)
+        log.warning(
+            "privacy: created a new opt-out key at %s. Back it up outside the data root: without it the opt-out "
+            "list can no longer be matched (forgotten people would be scraped again). %s overrides it.",
+            path,
+            KEY_ENV,
+        )
+    except FileExistsError:
+        pass  # another process created it first: use theirs
+    finally:
+        tmp.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------- lists
+def _old_rows(table: pa.Table) -> pa.Array:
+    """Rows still in the unkeyed scheme: no ``scheme`` (column or value) and a non-empty hash."""
+    has_hash = pc.fill_null(pc.not_equal(table.column("subject_hash"), ""), False)
+    if "scheme" not in table.column_names:
+        return has_hash
+    return pc.and_(has_hash, pc.is_null(table.column("scheme")))
+
+
+def _rekeyed(table: pa.Table, old: pa.Array, key: bytes) -> pa.Table:
+    hashes = table.column("subject_hash").to_pylist()
+    flags = old.to_pylist()
+    new_hash = [keyed(key, h) if f else h for h, f in zip(hashes, flags, strict=True)]
+    schemes = table.column("scheme").to_pylist() if "scheme" in table.column_names else [None] * table.num_rows
+    new_scheme = [SCHEME_KEYED if f else s for s, f in zip(schemes, flags, strict=True)]
+    table = table.set_column(table.column_names.index("subject_hash"), "subject_hash", pa.array(new_hash, pa.string()))
+    if "scheme" in table.column_names:
+        return table.set_column(table.column_names.index("scheme"), "scheme", pa.array(new_scheme, pa.string()))
+    return table.append_column("scheme", pa.array(new_scheme, pa.string()))
+
+
+def _keyed_list(root: DataRoot, dataset: str, key: bytes) -> tuple[list[str], int]:
+    """Every keyed hash of ``dataset``; old rows are rekeyed in memory and rewritten where the root allows."""
+    out: list[str] = []
+    migrated = 0
+    for path in root.part_files(dataset):
+        table = pq.read_table(path, filesystem=root.fs)
+        old = _old_rows(table)
+        n = pc.sum(old).as_py() or 0
+        if n:
+            table = _rekeyed(table, old, key)
+            try:
+                root.rewrite_part(path, to_table(table, root.schema(dataset)))
+                migrated += n
+            except OSError as err:
+                log.warning("privacy: %s: cannot rewrite %s keyed (%s); matched in memory", dataset, path, err)
+        out += table.column("subject_hash").to_pylist()
+    return out, migrated
+
+
+def migrate_lists(root: DataRoot, key: bytes) -> dict[str, int]:
+    """Rewrite the unkeyed rows of ``optout/`` and ``audit/`` keyed; returns the rows migrated per list."""
+    done = {ds: _keyed_list(root, ds, key)[1] for ds in LISTS}
+    if any(done.values()):
+        log.info("privacy: rows rewritten from plain sha256 to HMAC-SHA256: %s", done)
+    return done
+
+
+class OptOut:
+    """The opt-out list of a data root; ``blocks(kind, id, site)`` tells a scraper to skip that user, person or image.
+
+    Built where the list is read (the scrape driver); it carries the key and the keyed hashes, so it can be handed
+    to workers as is. Building it migrates old unkeyed lists (see the module docstring).
+    """
+
+    def __init__(self, root: DataRoot, privacy: PrivacyConfig | None = None, key: bytes | None = None):
+        self.key = key or load_key(privacy, root.uri)
+        hashes, migrated = _keyed_list(root, "optout", self.key)
+        self.hashes: set[str] = {h for h in hashes if h}
+        if migrated:
+            _keyed_list(root, "audit", self.key)
+            log.info("privacy: %d opt-out rows rewritten from plain sha256 to HMAC-SHA256", migrated)
+
+    def blocks(self, kind: str, value: str | None, site: str | None = None) -> bool:
+        """Whether the subject is opted out: on every site, or (``site`` given) on that site."""
+        if not value:
+            return False
+        if subject_hash(kind, value, self.key) in self.hashes:
+            return True
+        return site is not None and subject_hash(kind, value, self.key, site) in self.hashes
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+
+# ---------------------------------------------------------------------------------------------------- what to walk
 def _person_cols(dataset: str, kind: str) -> tuple[str, ...]:
     """The columns of ``dataset`` that hold the id of a subject of this kind."""
     top, _, task = dataset.partition("/")
@@ -43,136 +211,268 @@ def _person_cols(dataset: str, kind: str) -> tuple[str, ...]:
     return ()
 
 
-def subject_hash(kind: str, value: str) -> str:
-    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
+def _units(root: DataRoot) -> list[tuple[str, list[str]]]:
+    """(dataset name, its part files) for every dataset the store defines: labels per task, scores per partition."""
+    names = [n for n in SCHEMAS if n not in LISTS] + [root.labels_dataset(t) for t in LABEL_SCHEMAS]
+    units = [(n, root.part_files(n)) for n in names]
+    by_part: dict[str, list[str]] = {}
+    base = root.path("scores")
+    for p in root.part_files("scores"):
+        rel = posixpath.relpath(p, base)
+        by_part.setdefault(f"scores/{rel.split('/')[0]}" if "/" in rel else "scores", []).append(p)
+    return [(n, files) for n, files in units + sorted(by_part.items()) if files]
 
 
-class OptOut:
-    """The opt-out list of a data root; ``blocks(kind, id)`` tells a scraper to skip that user, person or image."""
-
-    def __init__(self, root: DataRoot):
-        self.hashes: set[str] = set()
-        if root.has("optout"):
-            self.hashes = set(root.read("optout", columns=["subject_hash"]).column(0).to_pylist())
-
-    def blocks(self, kind: str, value: str | None) -> bool:
-        return bool(value) and subject_hash(kind, value) in self.hashes
-
-    def __len__(self) -> int:
-        return len(self.hashes)
+def _is_temporary(rel: str) -> bool:
+    """A store write in flight or left by a killed writer (under ``_tmp/``, or named ``.tmp-*``), or a part that
+    a reader set aside as unreadable (under ``_quarantine/``: its rows cannot be filtered, so it goes whole)."""
+    parts = rel.split("/")
+    return "_tmp" in parts[:-1] or "_quarantine" in parts[:-1] or parts[-1].startswith(".tmp-")
 
 
-def _datasets(root: DataRoot) -> list[str]:
-    names = ["fetches", "posts", "staff", "faces"]
-    names += [f"labels/{t}" for t in root.list_dir("labels")]
-    names += [f"scores/{p}" for p in root.list_dir("scores") if p.startswith("dt=")]
-    return [n for n in names if root.has(n)]
+def _temporaries(root: DataRoot) -> list[tuple[str, str]]:
+    """(dataset name, path) of every temporary in a dataset folder (labels per task, scores per partition)."""
+    out = []
+    for top in [n for n in SCHEMAS if n not in LISTS] + ["labels", "scores"]:
+        base = root.path(top)
+        for info in _walk_files(root, top):
+            rel = posixpath.relpath(info.path, base)
+            if _is_temporary(rel):
+                nested = top in ("labels", "scores") and "/" in rel
+                out.append((f"{top}/{rel.split('/')[0]}" if nested else top, info.path))
+    return out
 
 
-def _images_of(root: DataRoot, kind: str, value: str) -> set[str]:
-    """Every image sha256 that shows the subject."""
-    if kind == "image":
-        return {value}
+def _columns(root: DataRoot, path: str, wanted: list[str], strict: bool = False) -> pa.Table | None:
+    """Only the ``wanted`` columns the file has; ``None`` when it cannot be read (a torn temporary), unless
+    ``strict`` (a dataset's own part file: an unreadable one is an error, not something to skip)."""
+    try:
+        names = pq.read_schema(path, filesystem=root.fs).names
+        return pq.read_table(path, columns=[c for c in wanted if c in names], filesystem=root.fs)
+    except (OSError, pa.ArrowException):
+        if strict:
+            raise
+        return None
+
+
+def _walk_files(root: DataRoot, top: str) -> list[pafs.FileInfo]:
+    """Every file under ``<root>/<top>`` (none when it is missing)."""
+    base = root.path(top)
+    if root.fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    return [i for i in root.fs.get_file_info(pafs.FileSelector(base, recursive=True)) if i.type == pafs.FileType.File]
+
+
+# ---------------------------------------------------------------------------------------------------- matching
+MATCH_COLUMNS = ["user_id", "item_id", "person_id", "site", "image_sha256", "url", "image_url"]
+
+
+class _Subject:
+    """What identifies the person's rows: the id (and site), their image hashes and the URLs of those images."""
+
+    def __init__(self, kind: str, value: str, site: str | None):
+        self.kind, self.value, self.site = kind, value, site
+        self.shas: set[str] = {value} if kind == "image" else set()
+        self.urls: set[str] = set()
+
+    def id_mask(self, table: pa.Table, dataset: str) -> pa.Array:
+        mask = pa.array([False] * table.num_rows)
+        for col in _person_cols(dataset, self.kind):
+            if col in table.column_names:
+                hit = pc.equal(table.column(col), self.value)
+                if self.site is not None and "site" in table.column_names:
+                    hit = pc.and_(hit, pc.equal(table.column("site"), self.site))
+                mask = pc.or_(mask, pc.fill_null(hit, False))
+        return mask
+
+    def mask(self, table: pa.Table, dataset: str) -> pa.Array:
+        """True for rows to remove: the person's id, one of their images, or the URL of one."""
+        mask = self.id_mask(table, dataset)
+        for col, values in (("image_sha256", self.shas), ("url", self.urls)):
+            if col in table.column_names and values:
+                hit = pc.is_in(table.column(col), value_set=pa.array(sorted(values), pa.string()))
+                mask = pc.or_(mask, pc.fill_null(hit, False))
+        return mask
+
+    def find(self, root: DataRoot, files: list[tuple[str, str]]) -> None:
+        """Collect the person's image hashes, then those images' URLs, from ``(dataset, path)`` files."""
+        tables = [(ds, _columns(root, p, MATCH_COLUMNS)) for ds, p in files if _person_cols(ds, self.kind)]
+        for ds, t in tables:
+            if t is not None and "image_sha256" in t.column_names:
+                self.shas |= {s for s in t.filter(self.id_mask(t, ds)).column("image_sha256").to_pylist() if s}
+        wanted = pa.array(sorted(self.shas), pa.string())
+        for ds, p in files:
+            t = _columns(root, p, ["image_sha256", "image_url"]) if ds in ("posts", "staff") and self.shas else None
+            if t is not None and {"image_url", "image_sha256"} <= set(t.column_names):
+                hit = pc.fill_null(pc.is_in(t.column("image_sha256"), value_set=wanted), False)
+                self.urls |= {u for u in t.filter(hit).column("image_url").to_pylist() if u}
+
+
+def _erase_rows(root: DataRoot, who: _Subject, ds: str, files: list[str]) -> tuple[int, int]:
+    """Rewrite each part file of ``ds`` without the person's rows; returns (rows, files) changed."""
+    rows = changed = 0
+    for path in files:
+        n = pc.sum(who.mask(_columns(root, path, MATCH_COLUMNS, strict=True), ds)).as_py() or 0
+        if n:
+            table = pq.read_table(path, filesystem=root.fs)
+            root.rewrite_part(path, table.filter(pc.invert(who.mask(table, ds))))
+            rows += n
+            changed += 1
+    return rows, changed
+
+
+def _remove_temporaries(root: DataRoot, who: _Subject, temps: list[tuple[str, str]]) -> int:
+    """Delete temporaries that hold the person's rows, and those that cannot be read (torn: contents unknown)."""
+    removed = 0
+    for ds, path in temps:
+        table = _columns(root, path, MATCH_COLUMNS)
+        if table is None or (pc.sum(who.mask(table, ds)).as_py() or 0):
+            root.fs.delete_file(path)
+            removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------------- files
+def _referenced(root: DataRoot) -> set[str]:
+    """Every image sha256 some row of some dataset points to."""
     shas: set[str] = set()
-    for ds in ["posts", "staff"] + [f"labels/{t}" for t in root.list_dir("labels")]:
-        for col in _person_cols(ds, kind):
-            if root.has(ds):
-                t = root.read(ds, columns=[col, "image_sha256"], filter=pc.field(col) == value)
-                shas |= {s for s in t.column("image_sha256").to_pylist() if s}
+    for _, files in _units(root):
+        for p in files:
+            t = _columns(root, p, ["image_sha256"])
+            if t is not None and t.num_columns:
+                shas |= set(pc.unique(t.column(0).drop_null()).to_pylist())
     return shas
 
 
-def _row_mask(table: pa.Table, dataset: str, kind: str, value: str, shas: set[str], urls: set[str]) -> pa.Array:
-    """True for rows to remove."""
-    mask = pa.array([False] * table.num_rows)
-    for col in _person_cols(dataset, kind):
-        if col in table.column_names:
-            mask = pc.or_(mask, pc.fill_null(pc.equal(table.column(col), value), False))
-    value_set = pa.array(sorted(shas), pa.string())
-    if "image_sha256" in table.column_names and len(value_set):
-        mask = pc.or_(mask, pc.fill_null(pc.is_in(table.column("image_sha256"), value_set=value_set), False))
-    if "url" in table.column_names and urls:
-        mask = pc.or_(mask, pc.fill_null(pc.is_in(table.column("url"), value_set=pa.array(sorted(urls))), False))
-    return mask
-
-
-def _image_urls(root: DataRoot, shas: set[str]) -> set[str]:
-    urls: set[str] = set()
-    for ds in ("posts", "staff"):
-        if root.has(ds) and shas:
-            t = root.read(ds, columns=["image_url", "image_sha256"])
-            keep = pc.fill_null(pc.is_in(t.column("image_sha256"), value_set=pa.array(sorted(shas))), False)
-            urls |= {u for u in t.filter(keep).column("image_url").to_pylist() if u}
-    return urls
-
-
-def _remove_reports(root: DataRoot, shas: set[str]) -> int:
-    """Delete HTML reports under models/ that show any of these images (they embed thumbnails)."""
-    base = root.path("models")
-    if root.fs.get_file_info(base).type == pafs.FileType.NotFound or not shas:
-        return 0
+def _sweep_unreferenced(root: DataRoot) -> int:
+    """Delete image and crop files no row points to (``.tmp-*`` leftovers included): whose they are is unknown."""
+    keep = _referenced(root)
     removed = 0
-    for info in root.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if info.type == pafs.FileType.File and info.path.endswith(".html"):
-            text = root.read_bytes(info.path).decode("utf-8", "replace")
-            if any(s in text for s in shas):
+    for top, suffix in (("images", ""), ("crops", ".jpg")):
+        for info in _walk_files(root, top):
+            name = posixpath.basename(info.path)
+            if name.startswith(".") or name.removesuffix(suffix) not in keep:
                 root.fs.delete_file(info.path)
                 removed += 1
     return removed
 
 
-def forget(cfg: Config, kind: str, value: str) -> dict[str, Any]:
-    """Erase a person (or one image) from every dataset under the data root; returns counts per dataset."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}")
-    root = DataRoot(cfg.data_root)
-    shas = _images_of(root, kind, value)
-    urls = _image_urls(root, shas)
-    at = now()
-    subject = subject_hash(kind, value)
-    audit: list[dict[str, Any]] = []
-    for ds in _datasets(root):
-        rows = files = 0
-        for path in root.part_files(ds):
-            table = pq.read_table(path, filesystem=root.fs)
-            mask = _row_mask(table, ds, kind, value, shas, urls)
-            n = pc.sum(mask).as_py() or 0
-            if n:
-                root.rewrite_part(path, table.filter(pc.invert(mask)))
-                rows += n
-                files += 1
-        if rows:
-            audit.append(_audit_row(kind, subject, ds, rows, files, at))
+def _delete_files(root: DataRoot, shas: set[str]) -> tuple[int, int]:
+    """Delete the raw images and crop files of ``shas``; returns (images, crops)."""
     images = sum(root.delete_image(s) for s in shas)
     crops = 0
     for s in shas:
-        p = root.crop_path(s)
-        if root.fs.get_file_info(p).type == pafs.FileType.File:
-            root.fs.delete_file(p)
+        if root.fs.get_file_info(root.crop_path(s)).type == pafs.FileType.File:
+            root.fs.delete_file(root.crop_path(s))
             crops += 1
-    if images or crops:
-        audit.append(_audit_row(kind, subject, "images", 0, images + crops, at))
-    reports = _remove_reports(root, shas)
-    if reports:
-        audit.append(_audit_row(kind, subject, "models/*/report.html", 0, reports, at))
-    # The subject and every image of them: a later scrape must not store their photo again under another post.
-    blocked = OptOut(root)
-    wanted = [(kind, value)] + [("image", s) for s in sorted(shas) if (kind, value) != ("image", s)]
-    new = [
-        {"kind": k, "subject_hash": subject_hash(k, v), "added_at": at} for k, v in wanted if not blocked.blocks(k, v)
-    ]
-    root.write_part("optout", new)
+    return images, crops
+
+
+def report_sidecar(html_path: str) -> str:
+    """The sidecar of a report page: ``x/report.html`` → ``x/report.images.json``."""
+    return html_path.removesuffix(".html") + SIDECAR_SUFFIX
+
+
+def _listed(root: DataRoot, sidecar: str) -> set[str] | None:
+    """The image hashes a report's sidecar lists; ``None`` when it is missing or unreadable."""
+    try:
+        return set(root.read_json(sidecar)["image_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remove_reports(root: DataRoot, shas: set[str]) -> int:
+    """Delete every report under models/ that shows one of these images (its sidecar says; no sidecar: it may)."""
+    if not shas:
+        return 0
+    files = {i.path for i in _walk_files(root, "models")}
+    removed = 0
+    for path in sorted(files):
+        name = posixpath.basename(path)
+        page = path.removesuffix(SIDECAR_SUFFIX) + ".html" if path.endswith(SIDECAR_SUFFIX) else path
+        if name.startswith(".report-"):  # a page a killed writer left half-written
+            root.fs.delete_file(path)
+            removed += 1
+        elif path.endswith(".html") or (path.endswith(SIDECAR_SUFFIX) and page not in files):
+            side = report_sidecar(page)
+            listed = _listed(root, side) if side in files else None
+            if listed is None or listed & shas:
+                for p in sorted({path, side} & files):
+                    root.fs.delete_file(p)
+                removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------------- forget
+def forget(cfg: Config, kind: str, value: str, site: str | None = None) -> dict[str, Any]:
+    """Erase a person (or one image) from everything under the data root; returns counts per dataset.
+
+    It holds every stage's lock meanwhile (:mod:`pipeline.locks`), so no stage writes, cleans or resumes under
+    it; a stage that runs now makes it fail with :class:`~pipeline.locks.StageLockedError` (exit 4). The locks
+    are taken without the stages' own clean-up: forget reads the temporaries first (the images their rows name
+    join the opt-out list), then deletes them.
+    """
+    root = DataRoot(cfg.data_root)
+    with contextlib.ExitStack() as held:
+        for stage in STAGE_TEMPS:
+            held.enter_context(locks.hold(root, stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s))
+        return _forget(cfg, root, kind, value, site)
+
+
+def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None) -> dict[str, Any]:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    if kind == "person" and not site:
+        raise ValueError("a person is keyed by (site, id): give the site")
+    site = None if kind == "image" else site
+    key = load_key(cfg.privacy, root.uri)
+    migrate_lists(root, key)
+    blocked = OptOut(root, key=key)
+    who = _Subject(kind, value, site)
+    units, temps = _units(root), _temporaries(root)
+    who.find(root, [(ds, p) for ds, files in units for p in files] + [(ds, p) for ds, p in temps])
+    at, subject = now(), subject_hash(kind, value, key, site)
+    audit: list[dict[str, Any]] = []
+
+    def note(dataset: str, rows: int, files: int) -> None:
+        if rows or files:
+            audit.append(_audit_row(kind, subject, dataset, rows, files, at))
+
+    for ds, files in units:
+        note(ds, *_erase_rows(root, who, ds, files))
+    temporaries = _remove_temporaries(root, who, temps)
+    note("temporaries (_tmp/, .tmp-*)", 0, temporaries)
+    images, crops = _delete_files(root, who.shas)
+    note("images", 0, images + crops)
+    unreferenced = _sweep_unreferenced(root)
+    note("images (unreferenced)", 0, unreferenced)
+    reports = _remove_reports(root, who.shas)
+    note("models/*/report.html", 0, reports)
+    _opt_out(root, blocked, who, at)
     if not audit:
         audit.append(_audit_row(kind, subject, "(none)", 0, 0, at))
     root.write_part("audit", audit)
     return {
         "kind": kind,
-        "subject_sha256": subject,
+        "site": site,
+        "subject_hash": subject,
         "images_removed": images,
         "crops_removed": crops,
         "reports_removed": reports,
+        "temporaries_removed": temporaries,
+        "unreferenced_removed": unreferenced,
         "rows_removed": {a["dataset"]: a["rows_removed"] for a in audit if a["rows_removed"]},
     }
+
+
+def _opt_out(root: DataRoot, blocked: OptOut, who: _Subject, at: dt.datetime) -> None:
+    """Add the subject and every image of them to the opt-out list (a later scrape must not store their photo
+    again under another post), unless already there."""
+    wanted = [(who.kind, who.value, who.site)]
+    wanted += [("image", s, None) for s in sorted(who.shas) if (who.kind, who.value) != ("image", s)]
+    hashes = [(k, subject_hash(k, v, blocked.key, site)) for k, v, site in wanted]
+    new = [{"kind": k, "subject_hash": h, "scheme": SCHEME_KEYED, "added_at": at} for k, h in hashes]
+    root.write_part("optout", [r for r in new if r["subject_hash"] not in blocked.hashes])
 
 
 def _audit_row(kind: str, subject_hash: str, dataset: str, rows: int, files: int, at: dt.datetime) -> dict:
@@ -180,6 +480,7 @@ def _audit_row(kind: str, subject_hash: str, dataset: str, rows: int, files: int
         "action": "forget",
         "kind": kind,
         "subject_hash": subject_hash,
+        "scheme": SCHEME_KEYED if subject_hash else None,
         "dataset": dataset,
         "rows_removed": rows,
         "files_removed": files,
@@ -187,6 +488,7 @@ def _audit_row(kind: str, subject_hash: str, dataset: str, rows: int, files: int
     }
 
 
+# ---------------------------------------------------------------------------------------------------- retention
 def apply_retention(cfg: Config) -> dict[str, int]:
     """Drop raw images older than ``privacy.raw_image_retention_days`` whose face crop is already stored."""
     days = cfg.privacy.raw_image_retention_days
@@ -197,12 +499,7 @@ def apply_retention(cfg: Config) -> dict[str, int]:
     cropped = {s for s, c in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True) if c}
     cutoff = now() - dt.timedelta(days=days)
     removed = 0
-    base = root.path("images")
-    if root.fs.get_file_info(base).type == pafs.FileType.NotFound:
-        return {"images_removed": 0}
-    for info in root.fs.get_file_info(pafs.FileSelector(base, recursive=True)):
-        if info.type != pafs.FileType.File:
-            continue
+    for info in _walk_files(root, "images"):
         sha = posixpath.basename(info.path)
         mtime = info.mtime
         if sha in cropped and mtime is not None and mtime.replace(tzinfo=mtime.tzinfo or dt.UTC) < cutoff:
@@ -210,4 +507,5 @@ def apply_retention(cfg: Config) -> dict[str, int]:
             removed += 1
     if removed:
         root.write_part("audit", [_audit_row("retention", "", "images", 0, removed, now())])
+    log.info("retention: %d raw images older than %d days (with a stored crop) removed", removed, days)
     return {"images_removed": removed}

@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import ray
 
 from pipeline.config import Config
+from pipeline.locks import locked_stage
 from pipeline.runtime import init_ray, log
 from pipeline.store import (
     SCORES,
@@ -360,6 +361,7 @@ def score_prepared(model: Any, batch: dict[str, np.ndarray], run_id: str) -> pa.
 
 
 # ------------------------------------------------------------------------------------------------ the stage
+@locked_stage("score")  # one run per data root; cleans its own _tmp/ leftovers first
 def run(cfg: Config, images: str | None = None) -> dict:
     """Score every candidate image that the configured model has not scored yet; returns a summary.
 
@@ -406,7 +408,6 @@ def run(cfg: Config, images: str | None = None) -> dict:
     parts: list[str] = []
     reused = detected = 0
     if todo:
-        root.clean_tmp(partition)
         have_faces = face_rows_present(root)
         reuse = [s for s in todo if s in have_faces]
         fresh = [s for s in todo if s not in have_faces]

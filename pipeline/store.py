@@ -17,10 +17,19 @@ Layout (``root`` is a local folder or an ``s3://`` URI)::
     scores/dt=YYYY-MM-DD/part-*   one row per (image, model)       key (image_sha256, model_id)
     optout/part-*.parquet         people who asked to be forgotten
     audit/part-*.parquet          what was erased when (never the erased data)
+    _locks/<stage>.lock           the run of a stage that holds the data root (pipeline/locks.py)
+    <dataset>/_quarantine/        part files found unreadable (torn), moved out of the readers' way
 
 Writes are atomic: a part file is written under ``<dataset>/_tmp/`` and then moved into place, so a killed job
-leaves no half-written Parquet file where readers look (pyarrow ignores names starting with ``_`` or ``.``).
-Reruns resume by key: :meth:`DataRoot.done_keys` reads only the key columns of what is already there.
+leaves no half-written Parquet file where readers look (pyarrow ignores names starting with ``_`` or ``.``). On a
+local folder the file is fsynced before the rename and its folder after it, so a crash cannot leave a renamed but
+empty or torn part. Reruns resume by key: :meth:`DataRoot.done_keys` reads only the key columns of what is already
+there. A stage runs only while holding its lock (:meth:`DataRoot.stage_lock`), which first removes the ``_tmp/``
+leftovers of that stage's own datasets (:data:`STAGE_TEMPS`); it never touches another stage's.
+
+Readers skip a part file that cannot be read: locally each part's footer is checked once per process (cheap; a
+torn or empty file fails it), and a read that still fails on corrupt data checks every part; an unreadable part is
+moved to ``<dataset>/_quarantine/`` with a warning naming the reason, and the read goes on with the other parts.
 
 Example::
 
@@ -34,8 +43,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -44,6 +55,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from pipeline import locks
+
+log = logging.getLogger("facerank.store")
 
 
 class MissingDatasetError(RuntimeError):
@@ -185,19 +200,21 @@ SCORES = pa.schema(
 OPTOUT = pa.schema(
     [
         ("kind", pa.string()),  # user | person | image
-        ("subject_hash", pa.string()),  # sha256 of "kind:id": the list never holds the id itself
+        ("subject_hash", pa.string()),  # keyed hash of the subject (pipeline.privacy): never the id itself
         ("added_at", TS),
+        ("scheme", pa.string()),  # hmac-sha256; null: an old unkeyed sha256 row, rewritten keyed on first use
     ]
 )
 AUDIT = pa.schema(
     [
         ("action", pa.string()),
         ("kind", pa.string()),
-        ("subject_hash", pa.string()),  # sha256 of the subject id: the audit never holds the erased id itself
+        ("subject_hash", pa.string()),  # keyed hash of the subject id: the audit never holds the erased id itself
         ("dataset", pa.string()),
         ("rows_removed", pa.int64()),
         ("files_removed", pa.int64()),
         ("at", TS),
+        ("scheme", pa.string()),  # as in OPTOUT
     ]
 )
 
@@ -226,6 +243,37 @@ WRITTEN_BY = {
     "models": "train",
     "scores": "score",
 }
+# The datasets whose ``_tmp/`` each stage owns: it removes their leftovers when it starts, under its lock
+# (``scores`` with its ``dt=`` partitions). ``labels/beauty`` belongs to ``labels import-scores``, not the stage.
+STAGE_TEMPS: dict[str, tuple[str, ...]] = {
+    "scrape": ("posts", "staff", "fetches"),
+    "faces": ("faces",),
+    "labels": ("labels/selfie", "labels/department"),
+    "train": (),
+    "score": ("scores",),
+}
+_STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_WHOLE: dict[str, tuple[int, int]] = {}  # local part files whose footer was read: path → (size, mtime_ns)
+
+
+def _fsync(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _corrupt(err: BaseException, local: bool) -> bool:
+    """Whether a read error means the bytes are bad (not a missing file, a permission or a lost connection)."""
+    if isinstance(err, pa.ArrowInvalid):
+        return True
+    return local and isinstance(err, OSError) and err.errno is None and not isinstance(err, FileNotFoundError)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
 
 
 def now() -> dt.datetime:
@@ -264,6 +312,7 @@ class DataRoot:
         else:
             self.fs, self.base = pafs.LocalFileSystem(), os.path.abspath(self.uri)
         self.base = self.base.rstrip("/")
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     # ---------------------------------------------------------------- paths
     def path(self, *parts: str) -> str:
@@ -285,6 +334,11 @@ class DataRoot:
     def scores_partition(self, day: dt.date) -> str:
         return f"scores/dt={day.isoformat()}"
 
+    def lock_path(self, stage: str) -> str:
+        if not _STAGE_NAME.fullmatch(stage):
+            raise ValueError(f"not a stage name: {stage!r}")
+        return self.path("_locks", f"{stage}.lock")
+
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
@@ -301,7 +355,15 @@ class DataRoot:
         tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}")
         with self.fs.open_output_stream(tmp) as out:
             out.write(data)
-        self.fs.move(tmp, path)
+        self._commit(tmp, path)
+
+    def _commit(self, tmp: str, final: str) -> None:
+        """Move a written temp file into place; locally its bytes reach the disk before the rename, the rename after."""
+        if self.local:
+            _fsync(tmp)
+        self.fs.move(tmp, final)
+        if self.local:
+            _fsync(posixpath.dirname(final), directory=True)
 
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as f:
@@ -346,18 +408,63 @@ class DataRoot:
         return bool(self.part_files(dataset))
 
     def part_files(self, dataset: str) -> list[str]:
+        """The dataset's visible part files; locally a part whose footer cannot be read is quarantined and left out."""
         d = self.path(dataset)
         info = self.fs.get_file_info(d)
         if info.type == pafs.FileType.NotFound:
             return []
         sel = pafs.FileSelector(d, recursive=True)
-        return sorted(
-            f.path
+        files = [
+            f
             for f in self.fs.get_file_info(sel)
             if f.type == pafs.FileType.File
             and f.path.endswith(".parquet")
             and not any(part.startswith(("_", ".")) for part in posixpath.relpath(f.path, d).split("/"))
-        )
+        ]
+        if self.local:  # on an object store a part appears whole or not at all
+            files = [f for f in files if self._footer_ok(dataset, f)]
+        return sorted(f.path for f in files)
+
+    def _footer_ok(self, dataset: str, f: pafs.FileInfo) -> bool:
+        stamp = (f.size, f.mtime_ns)
+        if _WHOLE.get(f.path) == stamp:
+            return True
+        try:
+            pq.read_metadata(f.path, filesystem=self.fs)
+        except FileNotFoundError:
+            return False  # removed in between (a replace, another reader's quarantine)
+        except (pa.ArrowInvalid, OSError) as err:
+            if not _corrupt(err, self.local):
+                raise
+            self.quarantine(dataset, f.path, _one_line(err))
+            return False
+        _WHOLE[f.path] = stamp
+        return True
+
+    def quarantine(self, dataset: str, path: str, reason: str) -> str | None:
+        """Move an unreadable part file to ``<dataset>/_quarantine/`` (readers skip it); returns where it went."""
+        d = self.path(dataset)
+        dest = posixpath.join(d, "_quarantine", posixpath.relpath(path, d))
+        if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
+            dest = f"{dest}.{uuid.uuid4().hex[:8]}"
+        self.fs.create_dir(posixpath.dirname(dest), recursive=True)
+        try:
+            self.fs.move(path, dest)
+        except FileNotFoundError:
+            return None  # another reader moved it first
+        log.warning("%s: unreadable part file %s moved to %s: %s", dataset, path, dest, reason)
+        return dest
+
+    def quarantine_unreadable(self, dataset: str) -> int:
+        """Read every part of ``dataset`` in full and quarantine those whose data is corrupt; returns how many."""
+        n = 0
+        for path in self.part_files(dataset):
+            try:
+                pq.read_table(path, filesystem=self.fs)
+            except (pa.ArrowInvalid, OSError) as err:
+                if _corrupt(err, self.local) and self.quarantine(dataset, path, _one_line(err)):
+                    n += 1
+        return n
 
     def require(self, dataset: str) -> None:
         """Raise :class:`MissingDatasetError` naming the dataset and the stage that writes it."""
@@ -379,6 +486,12 @@ class DataRoot:
         )
 
     def read(self, dataset: str, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
+        """Read ``dataset`` (some columns, filtered); a corrupt part is quarantined and the read done without it."""
+        try:
+            return self.dataset(dataset).to_table(columns=columns, filter=filter)
+        except (pa.ArrowInvalid, OSError) as err:
+            if not (_corrupt(err, self.local) and self.quarantine_unreadable(dataset)):
+                raise
         return self.dataset(dataset).to_table(columns=columns, filter=filter)
 
     def read_or_empty(self, dataset: str, columns: list[str] | None = None) -> pa.Table:
@@ -407,7 +520,7 @@ class DataRoot:
         tmp = posixpath.join(d, "_tmp", name)
         pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
         final = posixpath.join(d, name)
-        self.fs.move(tmp, final)
+        self._commit(tmp, final)
         return final
 
     append = write_part
@@ -431,7 +544,7 @@ class DataRoot:
                 w.write_table(to_table(t, schema))
         final = posixpath.join(d, name)
         old = [p for p in self.part_files(dataset) if p != final]
-        self.fs.move(tmp, final)
+        self._commit(tmp, final)
         for p in old:
             self.fs.delete_file(p)
         return final
@@ -444,7 +557,7 @@ class DataRoot:
         tmp = posixpath.join(posixpath.dirname(path), "_tmp", f"{uuid.uuid4().hex}.parquet")
         self.fs.create_dir(posixpath.dirname(tmp), recursive=True)
         pq.write_table(table, tmp, filesystem=self.fs, compression="zstd")
-        self.fs.move(tmp, path)
+        self._commit(tmp, path)
 
     def clean_tmp(self, dataset: str) -> int:
         """Remove temp files a killed job left behind; returns how many."""
@@ -454,6 +567,31 @@ class DataRoot:
         n = len(self.fs.get_file_info(pafs.FileSelector(d, recursive=True)))
         self.fs.delete_dir(d)
         return n
+
+    def clean_stage_tmp(self, stage: str) -> int:
+        """Remove the ``_tmp/`` leftovers of ``stage``'s own datasets (:data:`STAGE_TEMPS`); returns how many files.
+
+        Call it only while holding the stage's lock (:meth:`stage_lock` does), or it may delete a live run's part.
+        """
+        n = 0
+        for ds in STAGE_TEMPS.get(stage, ()):
+            n += self.clean_tmp(ds)
+            for sub in self.list_dir(ds):
+                if "=" in sub:  # a hive partition (scores/dt=…) with its own _tmp/
+                    n += self.clean_tmp(f"{ds}/{sub}")
+        if n:
+            log.info("stage %s: removed %d leftover temporary files of a run that did not finish", stage, n)
+        return n
+
+    def stage_lock(self, stage: str, *, ttl_s: float, heartbeat_s: float):
+        """Hold ``stage``'s exclusive lock on this data root for a ``with`` block (see :mod:`pipeline.locks`).
+
+        Raises :class:`~pipeline.locks.StageLockedError` (one line) when another live run holds it. Once taken (not
+        when re-entered by the same thread), the stage's own temporaries are cleaned (:meth:`clean_stage_tmp`).
+        """
+        return locks.hold(
+            self, stage, ttl_s=ttl_s, heartbeat_s=heartbeat_s, on_acquire=lambda: self.clean_stage_tmp(stage)
+        )
 
     def list_dir(self, *parts: str) -> list[str]:
         d = self.path(*parts)

@@ -108,3 +108,45 @@ def test_rerun_adds_nothing(finished_run):
     run_stages(cfg, ("scrape", "faces", "score"))
     after = {ds: root.dataset(ds).count_rows() for ds in ("posts", "staff", "faces", "scores")}
     assert after == before
+
+
+def test_forget_on_the_root_of_a_full_run_leaves_nothing_of_the_person(finished_run, tmp_path):
+    """forget on a copy of what every stage and both reports write; then every file is read for a trace of them."""
+    import posixpath
+    import shutil
+
+    from test_privacy_full import scan_for
+
+    from pipeline.labels.report import write_report as write_labels_report
+    from pipeline.privacy import OptOut, forget
+    from pipeline.report.html import write_report
+
+    cfg, original, summaries = finished_run
+    shutil.copytree(original.base, tmp_path / "data")
+    score = cfg.score.model_copy(update={"report_tsne_points": 60})  # a quicker t-SNE
+    cfg = cfg.model_copy(update={"data_root": str(tmp_path / "data"), "score": score})
+    root = DataRoot(cfg.data_root)
+    write_labels_report(root, cfg)
+    run_id = posixpath.basename(summaries["train"]["model_dir"])
+    write_report(run_id, cfg)
+    kept = root.read("faces", filter=pc.field("kept"), columns=["image_sha256", "crop_jpeg"]).to_pylist()
+    crops = {r["image_sha256"]: r["crop_jpeg"] for r in kept}
+    shown = set(root.read_json(root.path("models", run_id, "report.images.json"))["image_sha256"])
+    posts = root.read("posts", filter=pc.field("site") == "demo").to_pylist()
+    # the user with the most faces among those the model report shows
+    user = Counter(p["user_id"] for p in posts if p["image_sha256"] in shown).most_common(1)[0][0]
+    shas = {p["image_sha256"] for p in posts if p["user_id"] == user and p["image_sha256"]}
+    mine = {
+        "ids": [user],
+        "shas": shas,
+        "crops": [crops[s] for s in shas if s in crops],
+        "images": [root.get_image(s) for s in shas if root.has_image(s)],
+    }
+    assert mine["crops"] and mine["images"] and scan_for(root, mine)
+    out = forget(cfg, "user", user)
+    assert scan_for(root, mine) == []
+    assert out["rows_removed"]["posts"] == sum(p["user_id"] == user for p in posts) and out["reports_removed"] == 1
+    for ds in ("fetches", "posts", "staff", "faces", "labels/selfie", "labels/department", "scores"):
+        assert root.read(ds).num_rows > 0, ds  # every dataset still reads
+    assert root.exists("labels", "report.html") and root.exists("models", run_id, "model.pt")
+    assert OptOut(root, cfg.privacy).blocks("user", user)

@@ -54,7 +54,7 @@ SEEDS = [
     _encode("TIFF", mode="CMYK"),
     _encode("PNG", mode="I;16"),
 ]
-DECODE_CODES = {"empty", "not_an_image", "too_large", "truncated", "corrupt"}
+DECODE_CODES = {"empty", "not_an_image", "format", "too_large", "truncated", "corrupt"}
 
 
 @st.composite
@@ -99,11 +99,13 @@ def test_decode_image_fuzz(data, max_pixels):
 @settings(FAST, max_examples=300)
 @given(data=ANY_BYTES, max_pixels=st.sampled_from([100, 40_000_000]))
 def test_inspect_image_fuzz(data, max_pixels):
-    """The scrape stage's check: (width, height) or ValueError whose message is one of four reasons."""
+    """The scrape stage's check: (width, height) or ValueError whose message is one of five reasons."""
     try:
         w, h = inspect_image(data, max_pixels)
     except ValueError as err:
-        assert str(err) in {"not_an_image", "too_many_pixels", "truncated", "decode_error"}, repr(err)
+        assert str(err) in {"not_an_image", "format_not_allowed", "too_many_pixels", "truncated", "decode_error"}, repr(
+            err
+        )
         return
     assert w > 0 and h > 0 and w * h <= max_pixels
 

@@ -161,3 +161,36 @@ def test_test_head_and_a_job_on_it_stay_on_loopback(tmp_path):
         assert not watch.open_listeners, watch.report()
         beyond = [x for x in watch.listeners if not is_loopback(x[1])]
         assert not beyond, f"the test head listens beyond loopback: {beyond}"
+
+
+@pytest.mark.chromium
+def test_a_browser_without_the_egress_proxy_reaches_loopback_only(tmp_path):
+    """Chromium calls home by itself (update, accounts, search hosts): ``chrome_options`` keeps it on loopback."""
+    import http.server
+    import threading
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from pipeline.scrape.staff import chrome_options
+
+    page = tmp_path / "index.html"
+    page.write_text("<html><body><h1 id=t>local</h1><img src='http://example.com/x.png'></body></html>")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    opts = chrome_options(
+        "--window-size=800,600", f"--user-data-dir={tmp_path / 'profile'}", binary="/usr/bin/chromium"
+    )
+    driver = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
+    try:
+        driver_pid = driver.service.process.pid
+        with SocketWatch(lambda: tree_of(driver_pid)) as watch:
+            driver.get(f"http://127.0.0.1:{server.server_port}/index.html")
+            assert driver.find_element("id", "t").text == "local"
+            time.sleep(6)  # Chromium's own background requests start within seconds of launch
+        assert watch.samples > 20 and any("chrom" in n for n in watch.processes_seen), watch.report()
+        assert not watch.egress, watch.report()
+    finally:
+        driver.quit()
+        server.shutdown()

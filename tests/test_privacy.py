@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from PIL import Image
+from score_helpers import write_model
 
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
 from pipeline.privacy import OptOut, apply_retention, forget
+from pipeline.report.html import write_report
 from pipeline.store import DataRoot
 
 
-def _build(root: DataRoot) -> dict[str, list[str]]:
+def _crop(i: int) -> bytes:
+    """A small real JPEG (a face crop stand-in the report can decode), one colour per image."""
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), (40 * i % 256, 90, 200 - 30 * i % 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _build(root: DataRoot, report_cfg: Config | None = None) -> dict[str, list[str]]:
+    """Every dataset with two users and a staff person; with ``report_cfg`` also a real model report (write_report)."""
     shas = {u: [root.put_image(f"{u}-photo-{i}".encode()) for i in range(2)] for u in ("u1", "u2")}
     staff_sha = root.put_image(b"staff-photo")
     posts = [
@@ -35,7 +47,7 @@ def _build(root: DataRoot) -> dict[str, list[str]]:
         "fetches", [{"url": p["image_url"], "image_sha256": p["image_sha256"], "status": "ok"} for p in posts]
     )
     every = [s for ss in shas.values() for s in ss] + [staff_sha]
-    root.write_part("faces", [{"image_sha256": s, "kept": True, "crop_jpeg": b"crop-" + s.encode()} for s in every])
+    root.write_part("faces", [{"image_sha256": s, "kept": True, "crop_jpeg": _crop(i)} for i, s in enumerate(every)])
     for s in every:
         root.write_bytes_atomic(root.crop_path(s), b"crop file")
     root.replace(
@@ -48,14 +60,17 @@ def _build(root: DataRoot) -> dict[str, list[str]]:
     root.replace("labels/department", [{"item_id": "prof-7", "person_id": "prof-7", "image_sha256": staff_sha}])
     root.write_part(
         root.scores_partition(dt.date(2026, 11, 1)),
-        [{"image_sha256": s, "model_id": "m1", "score": 0.5} for s in every],
+        [{"image_sha256": s, "model_id": "m1", "score": i / 5, "status": "ok"} for i, s in enumerate(every)],
     )
-    root.write_bytes_atomic(root.path("models", "m1", "report.html"), f"<img data-sha256='{shas['u1'][0]}'>".encode())
+    if report_cfg is not None:  # the real report: every crop above inlined, listed in report.images.json
+        write_model(root, run_id="m1")
+        write_report("m1", report_cfg)
     return {"u1": shas["u1"], "u2": shas["u2"], "staff": [staff_sha]}
 
 
-def _everything(root: DataRoot) -> tuple[list[str], list[object]]:
-    files, cells = [], []
+def _everything(root: DataRoot) -> tuple[list[str], list[object], bytes]:
+    """Every file name, every Parquet cell, and the bytes of every other file under the root."""
+    files, cells, other = [], [], []
     for info in root.fs.get_file_info(pafs.FileSelector(root.base, recursive=True)):
         if info.type != pafs.FileType.File:
             continue
@@ -63,21 +78,27 @@ def _everything(root: DataRoot) -> tuple[list[str], list[object]]:
         if info.path.endswith(".parquet"):
             for col in pq.read_table(info.path, filesystem=root.fs).columns:
                 cells += col.to_pylist()
-    return files, cells
+        else:
+            other.append(root.read_bytes(info.path))
+    return files, cells, b"\n".join(other)
 
 
 def test_forget_user_leaves_nothing(tmp_path):
     cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
     root = DataRoot(cfg.data_root)
-    shas = _build(root)
+    shas = _build(root, report_cfg=cfg)
+    report = root.path("models", "m1", "report.html")
+    assert set(shas["u1"]) <= set(root.read_json(root.path("models", "m1", "report.images.json"))["image_sha256"])
     out = forget(cfg, "user", "u1")
     assert out["images_removed"] == 2 and out["crops_removed"] == 2 and out["reports_removed"] == 1
     assert out["rows_removed"]["posts"] == 2 and out["rows_removed"]["labels/selfie"] == 2
-    files, cells = _everything(root)
+    assert not root.exists("models", "m1", "report.html") and not root.exists("models", "m1", "report.images.json")
+    files, cells, other = _everything(root)
+    assert report not in files
     names = " ".join(files)
     text = repr(cells)
     for s in shas["u1"]:
-        assert s not in names and s not in text
+        assert s not in names and s not in text and s.encode() not in other
     assert "u1" not in text.replace("'u1-", "")  # no id, in any column of any dataset (audit holds a hash)
     assert not any("u1-p" in str(c) for c in cells)
     # the others are untouched
@@ -96,7 +117,7 @@ def test_forget_person_and_image(tmp_path):
     cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
     root = DataRoot(cfg.data_root)
     shas = _build(root)
-    forget(cfg, "person", "prof-7")
+    forget(cfg, "person", "prof-7", site="uni")
     assert not root.has("staff") and not root.has("labels/department")
     assert not root.has_image(shas["staff"][0])
     forget(cfg, "image", shas["u2"][0])

@@ -81,3 +81,122 @@ def test_scores_partitions_read_as_columns(tmp_path):
     t = root.read("scores")
     assert sorted(t.column("dt").to_pylist()) == ["2026-11-01", "2026-11-02"]
     assert root.done_keys("scores") == {("s1", "m"), ("s2", "m")}
+
+
+def _faces_root(tmp_path, n_parts=3):
+    root = DataRoot(str(tmp_path / "data"))
+    paths = [root.write_part("faces", [{"image_sha256": f"p{i}-{j}"} for j in range(200)]) for i in range(n_parts)]
+    return root, paths
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_torn_part_is_quarantined_and_the_rest_read(tmp_path, caplog, damage):
+    """A part renamed into place but torn by a crash (half its bytes, or none): readers move it to _quarantine/
+    with a logged reason and return every other row, instead of an ArrowInvalid for the whole dataset."""
+    import logging
+    import os
+
+    root, paths = _faces_root(tmp_path)
+    torn = paths[1]
+    size = os.path.getsize(torn)
+    with open(torn, "r+b") as f:
+        f.truncate(size // 2 if damage == "truncated" else 0)
+    with caplog.at_level(logging.WARNING, logger="facerank"):
+        t = root.read("faces", columns=["image_sha256"])
+    ids = set(t.column(0).to_pylist())
+    assert len(ids) == 400 and not any(i.startswith("p1-") for i in ids)
+    moved = tmp_path / "data" / "faces" / "_quarantine" / os.path.basename(torn)
+    assert moved.exists() and not os.path.exists(torn)
+    assert any(
+        "unreadable part file" in r.getMessage() and os.path.basename(torn) in r.getMessage() for r in caplog.records
+    )
+    assert root.done_keys("faces") == ids and len(root.part_files("faces")) == 2
+
+
+def test_corrupt_data_inside_a_whole_footer_is_quarantined_on_read(tmp_path, caplog):
+    """Zeroed bytes in the middle of a part (its footer intact): the read fails, every part is checked, the bad one
+    is set aside and the read is done again without it."""
+    import logging
+    import os
+
+    root, paths = _faces_root(tmp_path)
+    bad = paths[0]
+    data = bytearray(open(bad, "rb").read())
+    data[8:408] = bytes(400)
+    open(bad, "wb").write(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="facerank"):
+        ids = root.read("faces", columns=["image_sha256"]).column(0).to_pylist()
+    assert len(ids) == 400 and not any(i.startswith("p0-") for i in ids)
+    assert (tmp_path / "data" / "faces" / "_quarantine" / os.path.basename(bad)).exists()
+    assert any("unreadable part file" in r.getMessage() for r in caplog.records)
+
+
+def test_local_writes_are_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
+    import os
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    root = DataRoot(str(tmp_path / "data"))
+    final = root.write_part("faces", [{"image_sha256": "a"}])
+    assert any("/faces/_tmp/" in p for p in synced)  # the file, under its temp name, before the rename
+    assert synced[-1] == os.path.dirname(final)  # the folder, after it
+    synced.clear()
+    root.write_bytes_atomic(root.image_path("ab" * 32), b"bytes")
+    assert any("/.tmp-" in p for p in synced) and synced[-1] == os.path.dirname(root.image_path("ab" * 32))
+
+
+def test_each_stage_cleans_only_its_own_temporaries_when_it_takes_its_lock(tmp_path):
+    """Leftovers of killed runs in faces/_tmp and labels/<task>/_tmp are gone once the stage holds its lock;
+    another stage's _tmp/ is untouched (it may be a live run's part)."""
+    root = DataRoot(str(tmp_path / "data"))
+    left = {
+        ds: tmp_path / "data" / ds / "_tmp" / "part-left.parquet"
+        for ds in ("faces", "labels/selfie", "labels/department", "posts", "scores/dt=2026-01-02")
+    }
+    for p in left.values():
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"PAR1 half of a part with a face in it")
+    with root.stage_lock("faces", ttl_s=30, heartbeat_s=5):
+        assert not left["faces"].exists()
+        assert all(p.exists() for ds, p in left.items() if ds != "faces")
+    with root.stage_lock("labels", ttl_s=30, heartbeat_s=5):
+        assert not left["labels/selfie"].exists() and not left["labels/department"].exists()
+    with root.stage_lock("score", ttl_s=30, heartbeat_s=5):
+        assert not left["scores/dt=2026-01-02"].exists()
+    assert left["posts"].exists()  # the scrape stage's, never started here
+
+
+def test_every_stage_run_is_wrapped_in_its_lock():
+    """Each stage's run(cfg) takes its own lock (checked in the source: importing them all would load torch)."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "pipeline"
+    files = {"scrape": "scrape/__init__.py", "faces": "faces/stage.py", "labels": "labels/__init__.py"}
+    files |= {"train": "train/__init__.py", "score": "score.py"}
+    for stage, rel in files.items():
+        tree = ast.parse((pkg / rel).read_text())
+        run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run")
+        names = [(d.func.id, d.args[0].value) for d in run.decorator_list if isinstance(d, ast.Call)]
+        assert ("locked_stage", stage) in names, rel
+
+
+def test_cli_prints_one_line_for_unreadable_parquet(tmp_path, monkeypatch, capsys):
+    import pyarrow as pa
+
+    from pipeline import cli
+
+    def torn(args):
+        raise pa.ArrowInvalid("Traceback (most recent call last):\n  ...\nParquet magic bytes not found in footer.")
+
+    monkeypatch.setattr(cli, "dispatch", torn)
+    code = cli.main(["forget", "--image", "ab" * 32, "--data-root", str(tmp_path)])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == cli.EXIT_FAILED and len(err) == 1
+    assert err[0] == f"error: unreadable data: Parquet magic bytes not found in footer. (data root: {tmp_path})"

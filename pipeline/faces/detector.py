@@ -3,18 +3,24 @@
 :class:`FaceDetector` wraps facenet-pytorch's ``MTCNN`` (weights from the installed wheel, nothing downloaded).
 For each image it
 
-1. decodes the bytes (:func:`pipeline.imaging.decode_image`: EXIF orientation, any mode → RGB, bomb guard);
+1. decodes the bytes (:func:`pipeline.imaging.decode_bounded`: allowed formats only, EXIF orientation, any mode
+   → RGB, pixel and decoder-memory caps, truncation refused) to a working copy whose long side is at most
+   ``decode_max_side`` (JPEG at a DCT scale, large PNGs in row bands: the full-size image never exists);
 2. detects on a copy whose long side is at most ``max_side``; copies of equal size go through MTCNN together
-   (its batches need equal sizes), the rest one by one;
+   (its batches need equal sizes). Images are decoded one at a time and only their working copies wait for
+   MTCNN, at most ``batch_size`` per size and ``batch_mib`` in all (copies plus MTCNN's activations for them), so
+   an actor's memory beyond the model is about one decoder buffer (``max_decode_mib``) plus ``batch_mib``,
+   whatever the batch holds;
 3. maps boxes and landmarks back to original pixels; a face found on a downscaled copy with a probability below
-   ``recheck_below`` is confirmed on a full-resolution crop around it (small false faces seen at low resolution
-   disappear there);
+   ``recheck_below`` is confirmed on a working-resolution crop around it (small false faces seen at low
+   resolution disappear there);
 4. applies the policy (``min_prob``, ``min_face_px``, ``exactly_one`` / ``at_least_one`` / ``largest``) and cuts
-   the square crop (margin, ``crop_size``, optional eye alignment) as JPEG bytes.
+   the square crop (margin, ``crop_size``, optional eye alignment) from the working copy as JPEG bytes.
 
 Nothing raises for bad input: every image gives one row (the FACES schema minus ``image_sha256`` and
 ``processed_at``) with ``kept`` and, when not kept, a ``reason`` whose first word is a code (``decode_error``,
-``image_too_small``, ``no_face``, ``low_prob``, ``too_small``, ``many_faces``, ``detect_error``).
+``image_too_small``, ``no_face``, ``low_prob``, ``too_small``, ``many_faces``, ``detect_error``); images that fit
+``decode_max_side`` give exactly what a full-size decode gives.
 
 Example::
 
@@ -26,7 +32,7 @@ Example::
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +41,12 @@ from PIL import Image
 
 from pipeline.config import FacesConfig
 from pipeline.faces.crop import crop_face
-from pipeline.imaging import ImageDecodeError, decode_image, fit_within, to_jpeg
+from pipeline.imaging import ImageDecodeError, decode_bounded, fit_within, to_jpeg
 
 RECHECK_IOU = 0.3  # a re-detected face must overlap the original box this much to confirm it
 RECHECK_CONTEXT = 2.0  # the re-check region adds this many box sides on each side of the box
 RECHECK_MAX_SIDE = 640  # ... and is bounded to this long side
+MTCNN_BYTES_PER_PIXEL = 64  # MTCNN's activations per pixel of a detection copy in one pass (measured on CPU: 48-80)
 
 
 @dataclass
@@ -99,6 +106,27 @@ def _area(box: np.ndarray, width: int, height: int) -> float:
     return max(0.0, x2 - x1) * max(0.0, y2 - y1)
 
 
+Decoded = tuple[Image.Image, tuple[int, int]]  # (working copy, original width and height)
+
+
+@dataclass
+class _Work:
+    """One decoded image waiting for MTCNN: working copy, original size and the detection copy."""
+
+    index: int
+    image: Image.Image
+    size: tuple[int, int]
+    small: Image.Image
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this image holds until its MTCNN pass ends: RGB copies (4 bytes per pixel in Pillow) and MTCNN's
+        activations for its detection copy."""
+        copies = (self.image,) if self.small is self.image else (self.image, self.small)
+        held = sum(4 * c.size[0] * c.size[1] for c in copies)
+        return held + MTCNN_BYTES_PER_PIXEL * self.small.size[0] * self.small.size[1]
+
+
 class FaceDetector:
     """MTCNN detection plus the keep/crop policy of :class:`~pipeline.config.FacesConfig`; loads the model once."""
 
@@ -141,38 +169,45 @@ class FaceDetector:
             boxes, probs, points = self.mtcnn.detect(imgs, landmarks=True)
         return list(zip(boxes, probs, points, strict=True))
 
+    def _work(self, index: int, img: Image.Image, size: tuple[int, int]) -> _Work:
+        return _Work(index, img, size, fit_within(img, self.cfg.max_side)[0])
+
+    def _detect_group(self, group: list[_Work]) -> list[Detection | str]:
+        """MTCNN on equal-size detection copies at once: a Detection in working pixels (or an error) per image."""
+        try:
+            res = self._mtcnn([w.small for w in group])
+        except Exception:  # one bad image must not sink its batch: retry them one by one
+            res = None
+        out: list[Detection | str] = []
+        for k, w in enumerate(group):
+            try:
+                b, p, pts = res[k] if res is not None else self._mtcnn([w.small])[0]
+                sx, sy = w.small.size[0] / w.image.size[0], w.small.size[1] / w.image.size[1]
+                det = _to_detection(b, p, pts, sx, sy)
+                if sx < 1.0 and self.cfg.recheck_below > 0:
+                    det = self._recheck(w.image, det)
+                out.append(det)
+            except Exception as err:
+                out.append(f"detect_error: {type(err).__name__}: {err}")
+        return out
+
     def detect(self, images: list[Image.Image]) -> list[Detection | str]:
         """Detect faces on bounded copies of ``images``; one Detection (or an error string) per image."""
         out: list[Detection | str] = [Detection()] * len(images)
-        copies: list[tuple[Image.Image, float, float]] = []
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        groups: dict[tuple[int, int], list[_Work]] = {}
         for i, img in enumerate(images):
-            small, _ = fit_within(img, self.cfg.max_side)
-            sx, sy = small.size[0] / img.size[0], small.size[1] / img.size[1]
-            copies.append((small, sx, sy))
-            groups[small.size].append(i)
+            w = self._work(i, img, img.size)
+            groups.setdefault(w.small.size, []).append(w)
         bs = self.cfg.batch_size
-        for idx in groups.values():
-            for start in range(0, len(idx), bs):
-                chunk = idx[start : start + bs]
-                try:
-                    res = self._mtcnn([copies[i][0] for i in chunk])
-                except Exception:  # one bad image must not sink its batch: retry them one by one
-                    res = None
-                for k, i in enumerate(chunk):
-                    try:
-                        b, p, pts = res[k] if res is not None else self._mtcnn([copies[i][0]])[0]
-                        _, sx, sy = copies[i]
-                        det = _to_detection(b, p, pts, sx, sy)
-                        if sx < 1.0 and self.cfg.recheck_below > 0:
-                            det = self._recheck(images[i], det)
-                        out[i] = det
-                    except Exception as err:
-                        out[i] = f"detect_error: {type(err).__name__}: {err}"
+        for group in groups.values():
+            for start in range(0, len(group), bs):
+                chunk = group[start : start + bs]
+                for w, det in zip(chunk, self._detect_group(chunk), strict=True):
+                    out[w.index] = det
         return out
 
     def _recheck(self, img: Image.Image, det: Detection) -> Detection:
-        """Confirm faces with ``min_prob <= p < recheck_below`` on a full-resolution crop around each.
+        """Confirm faces with ``min_prob <= p < recheck_below`` on a working-resolution crop around each.
 
         A face is confirmed when the crop shows an overlapping face at least as probable as on the copy (or at
         least ``recheck_below``): true faces seen at more pixels get surer, the small false faces of a downscaled
@@ -201,19 +236,25 @@ class FaceDetector:
         return det.select(keep)
 
     # ---------------------------------------------------------------- policy and rows
-    def _row(self, img: Image.Image, det: Detection) -> dict[str, Any]:
+    def _row(self, img: Image.Image, det: Detection, size: tuple[int, int]) -> dict[str, Any]:
+        """The row of one image: ``det`` is in pixels of the working copy ``img``, ``size`` the original's."""
         cfg = self.cfg
-        w, h = img.size
+        w, h = size
+        fx, fy = w / img.size[0], h / img.size[1]
         faces = det.select(det.probs >= cfg.min_prob)
-        sides = np.minimum(faces.boxes[:, 2] - faces.boxes[:, 0], faces.boxes[:, 3] - faces.boxes[:, 1])
-        areas = np.array([_area(b, w, h) for b in faces.boxes])
+        boxes, landmarks = faces.boxes, faces.landmarks
+        if (fx, fy) != (1.0, 1.0):
+            boxes = boxes * np.array([fx, fy, fx, fy], np.float32)
+            landmarks = landmarks * np.array([fx, fy] * 5, np.float32)
+        sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        areas = np.array([_area(b, w, h) for b in boxes])
         row: dict[str, Any] = {
             "width": w,
             "height": h,
             "n_faces": len(faces),
-            "boxes": faces.boxes.tolist(),
+            "boxes": boxes.tolist(),
             "probs": faces.probs.tolist(),
-            "landmarks": faces.landmarks.tolist(),
+            "landmarks": landmarks.tolist(),
             "face_share": float(areas.max() / (w * h)) if len(faces) else None,
             "kept": False,
             "reason": None,
@@ -242,7 +283,7 @@ class FaceDetector:
             kept=True,
             face_index=pick,
             face_share=float(areas[pick] / (w * h)),
-            crop_box=[float(v) for v in sq],
+            crop_box=[float(sq[0] * fx), float(sq[1] * fy), float(sq[2] * fx), float(sq[3] * fy)],
             crop_jpeg=to_jpeg(crop, cfg.jpeg_quality),
         )
         return row
@@ -253,44 +294,71 @@ class FaceDetector:
                 "face_share": None, "kept": False, "reason": reason, "face_index": None, "crop_box": None,
                 "crop_jpeg": None}  # fmt: skip
 
-    def process_images(self, images: list[Image.Image | str]) -> list[dict[str, Any]]:
-        """Rows for already decoded images; a string in place of an image is a reason to record as-is."""
-        rows: list[dict[str, Any] | None] = [None] * len(images)
-        todo: list[int] = []
-        for i, img in enumerate(images):
-            if isinstance(img, str):
-                rows[i] = self._empty(img)
-            elif min(img.size) < self.cfg.min_image_px:
-                rows[i] = self._empty(
-                    f"image_too_small: {img.size[0]}x{img.size[1]} < {self.cfg.min_image_px}px", *img.size
-                )
-            else:
-                todo.append(i)
-        dets = self.detect([images[i] for i in todo])  # type: ignore[misc]
-        for i, det in zip(todo, dets, strict=True):
-            img = images[i]
-            assert not isinstance(img, str)
+    def _finish(self, group: list[_Work], rows: list[dict[str, Any] | None]) -> None:
+        for w, det in zip(group, self._detect_group(group), strict=True):
             if isinstance(det, str):
-                rows[i] = self._empty(det, *img.size)
+                rows[w.index] = self._empty(det, *w.size)
                 continue
             try:
-                rows[i] = self._row(img, det)
+                rows[w.index] = self._row(w.image, det, w.size)
             except Exception as err:  # a crop that cannot be cut must not lose the row
-                rows[i] = self._empty(f"crop_error: {type(err).__name__}: {err}", *img.size)
+                rows[w.index] = self._empty(f"crop_error: {type(err).__name__}: {err}", *w.size)
+
+    def _rows(self, items: Iterable[Decoded | Image.Image | str]) -> list[dict[str, Any]]:
+        """Rows for items taken one at a time: equal-size copies wait for one MTCNN pass within the limits."""
+        rows: list[dict[str, Any] | None] = []
+        groups: dict[tuple[int, int], list[_Work]] = {}
+        pending, budget = 0, self.cfg.batch_mib << 20
+        for i, item in enumerate(items):
+            rows.append(None)
+            if isinstance(item, str):
+                rows[i] = self._empty(item)
+                continue
+            img, size = item if isinstance(item, tuple) else (item, item.size)
+            if min(size) < self.cfg.min_image_px:
+                rows[i] = self._empty(f"image_too_small: {size[0]}x{size[1]} < {self.cfg.min_image_px}px", *size)
+                continue
+            w = self._work(i, img, size)
+            if pending and pending + w.nbytes > budget:  # MTCNN runs on what waits before this one joins
+                for group in groups.values():
+                    self._finish(group, rows)
+                groups, pending = {}, 0
+            groups.setdefault(w.small.size, []).append(w)
+            pending += w.nbytes
+            if len(groups[w.small.size]) >= self.cfg.batch_size:
+                done = groups.pop(w.small.size)
+                pending -= sum(x.nbytes for x in done)
+                self._finish(done, rows)
+        for group in groups.values():
+            self._finish(group, rows)
         return rows  # type: ignore[return-value]
 
-    def decode(self, data: bytes | None) -> Image.Image | str:
-        """Decode bytes, or return the ``decode_error: ...`` reason."""
+    def process_images(self, images: list[Image.Image | str]) -> list[dict[str, Any]]:
+        """Rows for already decoded full-size images; a string in place of an image is a reason to record as-is."""
+        return self._rows(images)
+
+    def decode(self, data: bytes | None) -> Decoded | str:
+        """Decode bytes to (working copy, original size), or return the ``decode_error: ...`` reason."""
         if data is None:
             return "missing_image: no bytes"
+        cfg = self.cfg
         try:
-            return decode_image(data, max_pixels=self.cfg.max_pixels)
+            return decode_bounded(
+                data,
+                max(cfg.decode_max_side, cfg.max_side),
+                max_pixels=cfg.max_pixels,
+                formats=cfg.image_formats,
+                max_decode_bytes=cfg.max_decode_mib << 20,
+            )
         except ImageDecodeError as err:
             return f"decode_error: {err.reason}"
 
-    def process(self, images: list[bytes | None]) -> list[dict[str, Any]]:
-        """One FACES row (without image_sha256 / processed_at) per image bytes, in order; never raises for input."""
-        return self.process_images([self.decode(b) for b in images])
+    def process(self, images: Iterable[bytes | None]) -> list[dict[str, Any]]:
+        """One FACES row (without image_sha256 / processed_at) per image bytes, in order; never raises for input.
+
+        ``images`` may be a generator: each is decoded only when the previous ones have become working copies.
+        """
+        return self._rows(self.decode(b) for b in images)
 
 
 def reason_code(reason: str | None) -> str:

@@ -3,7 +3,10 @@
 * :func:`detect_faces` — a Ray Data helper: ``map_batches`` with :class:`FaceActor` (one MTCNN per actor,
   ``compute=ActorPoolStrategy(size=num_actors)``, ``num_gpus`` per actor from config). Its input has
   ``image_sha256`` and either ``image`` (bytes) or nothing else, in which case each actor reads the bytes from the
-  data root itself (no image bytes pass through the driver). Output rows follow the FACES schema.
+  data root itself, one image at a time as it decodes them (no image bytes pass through the driver; an actor holds
+  one decoder buffer and at most ``faces.batch_mib`` of working copies and MTCNN activations, see
+  :mod:`pipeline.faces.detector`).
+  Output rows follow the FACES schema.
 * :func:`run` — the stage: the distinct sha256 of ``status == 'ok'`` rows in ``posts`` and ``staff`` that
   ``faces`` does not hold yet, sorted by image size so that equal sizes share MTCNN batches, detected, and
   written as atomic part files. A rerun skips what is done; the summary counts kept images and reasons.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +32,7 @@ import ray
 
 from pipeline.config import Config, FacesConfig
 from pipeline.faces.detector import FaceDetector, reason_code
+from pipeline.locks import locked_stage
 from pipeline.runtime import init_ray, log, stage
 from pipeline.store import FACES, STATUS_OK, DataRoot, now, to_table
 
@@ -52,9 +57,9 @@ class FaceActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         shas = batch.column("image_sha256").to_pylist()
         if "image" in batch.column_names:
-            data = batch.column("image").to_pylist()
+            data: Iterable[bytes | None] = batch.column("image").to_pylist()
         else:
-            data = [self._read(s) for s in shas]
+            data = (self._read(s) for s in shas)  # read one at a time, as the detector decodes them
         try:
             rows = self.det.process(data)
         except Exception as err:  # never let one batch kill the actor pool: record it instead
@@ -109,6 +114,7 @@ def pending_images(root: DataRoot) -> tuple[pa.Table, int, int]:
     return t, n_candidates, n_candidates - t.num_rows
 
 
+@locked_stage("faces")  # one run per data root; cleans its own _tmp/ leftovers first
 def run(cfg: Config) -> dict[str, Any]:
     """Detect and crop faces for every stored image of ``posts``/``staff`` not yet in ``faces``; a summary."""
     with stage("faces"):

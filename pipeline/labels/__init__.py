@@ -24,6 +24,7 @@ from pipeline.config import Config
 from pipeline.labels.departments import label_departments
 from pipeline.labels.io import arrow_batches, scan
 from pipeline.labels.selfie import POST_COLUMNS, label_selfies
+from pipeline.locks import locked_stage
 from pipeline.store import STATUS_OK, DataRoot, MissingDatasetError
 
 __all__ = ["run"]
@@ -54,6 +55,7 @@ def _truth(cfg: Config, notes: list[str]):
     return truth(n_posts=cfg.labels.demo_n_posts, seed=cfg.labels.demo_seed)
 
 
+@locked_stage("labels")  # one run per data root; cleans its own _tmp/ leftovers first
 def run(cfg: Config, truth: Any = None) -> dict[str, Any]:
     """Write ``labels/selfie`` and ``labels/department`` from posts, staff and faces; return counts.
 

@@ -15,7 +15,9 @@ train/test split (the benchmark's holdout protocol); ``cv5`` person-hash 5-fold 
 The person is the CSV's person column, else the file stem (each SCUT-FBP5500 image is a different person).
 
 Rows that cannot be used stay, excluded with a reason: ``bad_score``, ``score_out_of_range``, ``missing_image``,
-``unreadable_image``, ``conflicting_scores`` (one file listed with different scores), ``unknown_split_file``.
+``unreadable_image`` (not an allowed format, truncated, over the caps: :func:`pipeline.imaging.check_image`),
+``outside_images_dir`` (a listed name such as ``../x``, ``/etc/x`` or a symlink that resolves outside
+``images_dir``: never read), ``conflicting_scores`` (one file listed with different scores), ``unknown_split_file``.
 
 Example::
 
@@ -24,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.config import Config
+from pipeline.config import Config, FacesConfig
+from pipeline.imaging import ImageDecodeError, check_image
 from pipeline.labels.splits import split_of, unit_interval
 from pipeline.store import STATUS_EXCLUDED, STATUS_OK, DataRoot, to_table
 
@@ -87,23 +89,37 @@ def read_scores(path: str | Path) -> pl.DataFrame:
     )
 
 
-def _store_images(images_dir: Path, files: list[str], root: DataRoot) -> tuple[list[str | None], list[str | None]]:
-    """Store each image by sha256; returns (sha or None, failure reason or None) per file (file I/O per image)."""
-    from PIL import Image
+def _inside(base: Path, name: str) -> Path | None:
+    """``base / name`` resolved (symlinks followed) when it stays inside ``base``; None for ``../x``, ``/etc/x``,
+    a link pointing out, or a path that cannot be resolved."""
+    try:
+        path = (base / name).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return None
+    return path if path.is_relative_to(base) else None
 
+
+def _store_images(
+    images_dir: Path, files: list[str], root: DataRoot, faces: FacesConfig
+) -> tuple[list[str | None], list[str | None]]:
+    """Store each image by sha256; returns (sha or None, failure reason or None) per file (file I/O per image).
+
+    A listed name that resolves outside ``images_dir`` is ``outside_images_dir`` and is never opened; images are
+    checked like the faces stage decodes them (allowed formats, pixel and decoder-memory caps, not truncated).
+    """
+    base = images_dir.resolve()
     shas: list[str | None] = []
     why: list[str | None] = []
     for name in files:
-        p = images_dir / name
-        if not p.is_file():
+        path = _inside(base, name)
+        if path is None or not path.is_file():
             shas.append(None)
-            why.append("missing_image")
+            why.append("outside_images_dir" if path is None else "missing_image")
             continue
-        data = p.read_bytes()
+        data = path.read_bytes()
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.verify()
-        except Exception:
+            check_image(data, faces.max_pixels, faces.image_formats, faces.max_decode_mib << 20)
+        except ImageDecodeError:
             shas.append(None)
             why.append("unreadable_image")
             continue
@@ -189,7 +205,7 @@ def import_scores(
         raise FileNotFoundError(f"images folder not found: {images_dir}")
     scores = pl.concat([read_scores(p) for p in scores_files], how="vertical")
     lab = build_beauty_labels(scores, cfg, protocol)
-    shas, why = _store_images(images_dir, lab["file"].to_list(), root)
+    shas, why = _store_images(images_dir, lab["file"].to_list(), root, cfg.faces)
     lab = lab.with_columns(
         image_sha256=pl.Series(shas, dtype=pl.String),
         reason=pl.coalesce(pl.col("reason"), pl.Series(why, dtype=pl.String)),

@@ -6,6 +6,9 @@ What it shows: the model's test metrics; the top and bottom scored faces as imag
 the training curve and the confusion matrix or scatter written by training (the model dir's PNGs); a 2-D t-SNE map
 of the penultimate-layer embeddings with thumbnails (:mod:`pipeline.report.tsne`).
 
+Beside the page, ``report.images.json`` lists the full sha256 of every face it shows (the grids and the t-SNE
+thumbnails): ``forget`` deletes every report that shows a forgotten person's face.
+
 The scores come from the score stage's output for this model id. When the model has not scored anything yet, up to
 ``score.report_tsne_points`` face crops of the face stage are scored on the spot, and the page says so.
 """
@@ -27,6 +30,7 @@ import pyarrow.fs as pafs
 from PIL import Image
 
 from pipeline.config import Config
+from pipeline.privacy import report_sidecar
 from pipeline.store import DataRoot
 
 
@@ -211,11 +215,33 @@ def write_report(run_dir: str, cfg: Config) -> str:
         + "</body></html>"
     )
     out = posixpath.join(mdir, "report.html")
+    shown = {h for h, *_ in top + bottom} | (set(with_crops) if len(with_crops) >= 5 else set())
+    _write_with_sidecar(fs, mdir, out, page.encode("utf-8"), shown)
+    return out if "://" not in root.uri else f"{root.uri.split('://')[0]}://{out}"
+
+
+def _write_with_sidecar(fs: pafs.FileSystem, mdir: str, out: str, page: bytes, shown: set[str]) -> None:
+    """Write the page and its sidecar so that at every moment the sidecar lists every face of the page on disk:
+    first the old and the new faces, then the page, then the new faces only (``forget`` trusts the sidecar)."""
+    side = report_sidecar(out)
+    old = _read_json(fs, side).get("image_sha256")
+    if old is None and fs.get_file_info(out).type == pafs.FileType.File:
+        fs.delete_file(out)  # a page without a readable sidecar: its faces are unknown
+
+    def listing(shas: set[str]) -> bytes:
+        return json.dumps({"report": posixpath.basename(out), "image_sha256": sorted(shas)}).encode()
+
+    _write(fs, mdir, side, listing(shown | set(old or [])))
+    _write(fs, mdir, out, page)
+    _write(fs, mdir, side, listing(shown))
+
+
+def _write(fs: pafs.FileSystem, mdir: str, path: str, data: bytes) -> None:
+    """Write ``data`` under a temporary name in ``mdir``, then rename it to ``path``."""
     tmp = posixpath.join(mdir, f".report-{dt.datetime.now(dt.UTC):%H%M%S%f}.tmp")
     with fs.open_output_stream(tmp) as f:
-        f.write(page.encode("utf-8"))
-    fs.move(tmp, out)
-    return out if "://" not in root.uri else f"{root.uri.split('://')[0]}://{out}"
+        f.write(data)
+    fs.move(tmp, path)
 
 
 def thumbnail(jpeg: bytes, size: int = 112) -> Image.Image:

@@ -24,7 +24,9 @@ Shape::
   fetched again on the next run.
 * A worker actor that dies (``ray.kill``, OOM, a crash) is replaced; its in-flight tasks go back to the frontier; a
   task that kills three workers becomes an error row ``worker_died``. An unexpected exception inside a task becomes
-  an error row ``internal:<Type>``. Nothing ends the stage early.
+  an error row ``internal:<Type>``. An HTTP batch still running after ``scrape.batch_timeout()`` (a backstop: every
+  fetch has its own deadline) is abandoned: its tasks become error rows ``batch_timeout``, its actor is killed and
+  replaced. Nothing ends the stage early.
 * People on the opt-out list (``optout``: kind user/person/image) are skipped without writing any row about them.
 """
 
@@ -45,6 +47,7 @@ import ray
 from pipeline.config import Config
 from pipeline.privacy import OptOut
 from pipeline.runtime import log
+from pipeline.scrape.egress import policy_for
 from pipeline.scrape.feeds import FeedParseError, adapter_for
 from pipeline.scrape.http import FetchResult, HttpClient, resolves_public
 from pipeline.scrape.ratelimit import HostLimiter, LocalLimiter, RayLimiter
@@ -159,7 +162,8 @@ class BrowserWorker:
         self.cfg = cfg
         self.limit = _limiter(cfg, limiter)
         self.client = HttpClient(cfg.scrape.http, domains, self.limit)
-        self.browser = Browser(cfg.scrape.selenium, cfg.scrape.http.user_agent)
+        # every connection Chromium opens goes through the egress proxy, checked like the HTTP client's
+        self.browser = Browser(cfg.scrape.selenium, cfg.scrape.http.user_agent, policy_for(cfg, domains))
 
     def _may_fetch(self, url: str) -> tuple[str, str] | None:
         bad = self.client.check_url(url)
@@ -267,13 +271,12 @@ class _Crawl:
         self.flushes = 0
         self.calls_done = 0
         self.inflight: dict[Any, tuple[_Pool, Any, list[dict]]] = {}
+        self.submitted_at: dict[Any, float] = {}  # ref -> when its batch was handed out (the HTTP batches' bound)
         self.bar = None
 
     # ---------------------------------------------------------------- setup
     def prepare(self) -> None:
-        root = self.root
-        for ds in ("posts", "staff", "fetches"):
-            root.clean_tmp(ds)
+        root = self.root  # the stage's lock cleaned posts/staff/fetches _tmp/ before (DataRoot.stage_lock)
         if self.sc.retry_errors:
             self.sum["retried_error_rows"] = sum(drop_error_rows(root, ds) for ds in ("posts", "staff"))
             drop_error_rows(root, "fetches")
@@ -281,7 +284,7 @@ class _Crawl:
         self.done |= {("staff", s, i) for s, i in root.done_keys("staff")}
         self.seen_items: set[tuple[str, str, str]] = set()
         self.fetch_done: set[str] = set(root.done_keys("fetches"))
-        self.optout = OptOut(root)
+        self.optout = OptOut(root, self.cfg.privacy)
         for site in self.sc.feeds:
             ad = adapter_for(site)
             for tag in site.hashtags:
@@ -313,6 +316,8 @@ class _Crawl:
         )
         self.http.start()
         self.browsers.start()
+        # a batch's bound (scrape.batch_timeout()) runs from its submission: hand out the first ones once workers are up
+        ray.wait([a.ping.remote() for a in self.http.actors], num_returns=len(self.http.actors), timeout=120)
 
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self) -> None:
@@ -330,6 +335,7 @@ class _Crawl:
     def _submit(self, pool: _Pool, actor: Any, batch: list[dict]) -> None:
         ref = actor.run.remote(batch)
         self.inflight[ref] = (pool, actor, batch)
+        self.submitted_at[ref] = time.monotonic()
         pool.inflight[actor] += 1
 
     def _replace(self, pool: _Pool, actor: Any) -> None:
@@ -420,7 +426,7 @@ class _Crawl:
         if key in self.seen_items:
             return False
         self.seen_items.add(key)
-        if self.optout.blocks(optout_kind, person):
+        if self.optout.blocks(optout_kind, person, site=key[1]):
             self.sum["opted_out"] += 1
             return False
         return True
@@ -565,8 +571,10 @@ class _Crawl:
                         continue
                     break
                 ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+                self._abandon_overdue(set(ready))
                 for ref in ready:
                     pool, actor, batch = self.inflight.pop(ref)
+                    self.submitted_at.pop(ref, None)
                     pool.inflight[actor] -= 1
                     try:
                         results, robots = ray.get(ref)
@@ -589,6 +597,26 @@ class _Crawl:
             self.flush()
         finally:
             self.bar.close()
+
+    def _abandon_overdue(self, ready: set) -> None:
+        """HTTP batches still running after ``scrape.batch_timeout()``: each task an error row ``batch_timeout``, the
+        actor killed (its other batch goes back to the frontier, as for a dead actor) and replaced within the same
+        budget as a dead one. A backstop: every fetch has its own deadline, so a healthy batch never gets here."""
+        bound, t = self.sc.batch_timeout(), time.monotonic()
+        for ref in [r for r, t0 in self.submitted_at.items() if t - t0 > bound and r not in ready]:
+            pool, actor, batch = self.inflight[ref]
+            if pool is not self.http:
+                continue  # browser batches: bounded by Selenium's page-load and wait timeouts
+            del self.inflight[ref], self.submitted_at[ref]
+            log.warning("scrape: an http batch ran past %.0f s; its %d tasks fail, its worker is replaced", bound,
+                        len(batch))  # fmt: skip
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+            self._replace(pool, actor)
+            for task in batch:
+                self._handle_result({"task": task, "status": STATUS_ERROR, "reason": "batch_timeout", "fetch": None})
 
     def _fail_all(self, queues: list[collections.deque], reason: str) -> None:
         for q in queues:

@@ -14,6 +14,13 @@ site kind is one class registered in :data:`ADAPTERS`; adding a site of a known 
 
 A post that cannot be parsed becomes a post dict with ``error`` set (so it turns into an error row); a page that
 is not JSON raises :class:`FeedParseError`.
+
+Counts (``likes``, ``followers``) must be JSON integers in 0..2^63-1, as a real API sends them; an integral float
+(``12.0``, ``1e3``) is taken too. A count that is a string (``"12"``), a bool, null, a float with a fraction or
+infinity, negative, or out of the int64 range makes that post an error row ``bad_post:<field>`` (``bad_post:likes``);
+the other posts of the page are kept. The page is parsed with a ``parse_int`` hook: an integer literal longer than
+:data:`MAX_INT_DIGITS` digits is never converted (Python refuses int() of 4300+ digits, which used to fail the whole
+page) and stays a :class:`LongInt`, which no field accepts as a number.
 """
 
 from __future__ import annotations
@@ -40,6 +47,27 @@ DEMO_FIELDS = {
 
 
 INT64_MAX = 2**63 - 1
+MAX_INT_DIGITS = 19  # as many as INT64_MAX has: a longer integer literal is out of range whatever its digits
+
+
+class LongInt:
+    """A JSON integer literal of more than :data:`MAX_INT_DIGITS` digits, kept as its text and never converted."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"LongInt({len(self.text)} characters)"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _parse_int(text: str) -> int | LongInt:
+    """json's ``parse_int`` hook: bounded work per literal, whatever its length."""
+    return LongInt(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
 
 
 class FeedParseError(ValueError):
@@ -76,15 +104,23 @@ def parse_time(value: Any) -> dt.datetime:
     raise ValueError(f"not a time: {type(value).__name__}")
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or value is None:
-        raise ValueError("not an integer")
-    v = int(value)
-    if v < 0:
-        raise ValueError("negative")
-    if v > INT64_MAX:  # the posts schema is int64: a larger count would fail the whole batch write
-        raise ValueError("too large")
-    return v
+def parse_count(value: Any, field: str) -> int:
+    """A like/follower count as the module docstring says; ``ValueError("<field>: why")`` otherwise."""
+    if isinstance(value, LongInt):
+        raise ValueError(f"{field}: too many digits")
+    if isinstance(value, bool) or not isinstance(value, int | float):  # "12", null, lists, objects
+        raise ValueError(f"{field}: not a JSON integer")
+    if isinstance(value, float):
+        if not value.is_integer():  # 1.9, inf, nan
+            raise ValueError(f"{field}: not an integer")
+        if not -INT64_MAX <= value <= INT64_MAX:
+            raise ValueError(f"{field}: too large")
+        value = int(value)
+    if value < 0:
+        raise ValueError(f"{field}: negative")
+    if value > INT64_MAX:  # the posts schema is int64: a larger count would fail the whole batch write
+        raise ValueError(f"{field}: too large")
+    return value
 
 
 class FeedAdapter:
@@ -112,7 +148,7 @@ class JsonFeedAdapter(FeedAdapter):
 
     def parse(self, body: bytes, page_url: str, hashtag: str, page: int) -> FeedPage:
         try:
-            doc = json.loads(body)
+            doc = json.loads(body, parse_int=_parse_int)
         except (ValueError, UnicodeDecodeError) as e:
             raise FeedParseError(f"not JSON: {e}") from None
         except RecursionError:  # a nesting bomb such as [[[[...]]]]
@@ -128,8 +164,8 @@ class JsonFeedAdapter(FeedAdapter):
             next_url = None
         elif isinstance(nxt, int) and not isinstance(nxt, bool):
             next_url = self.page_url(hashtag, nxt)
-        elif isinstance(nxt, str) and nxt.isdigit():
-            next_url = self.page_url(hashtag, int(nxt))
+        elif isinstance(nxt, str) and nxt.isascii() and nxt.isdigit():  # a page number (none, past int64's digits)
+            next_url = self.page_url(hashtag, int(nxt)) if len(nxt) <= MAX_INT_DIGITS else None
         elif isinstance(nxt, str):
             next_url = urljoin(page_url, nxt)
         else:
@@ -150,8 +186,8 @@ class JsonFeedAdapter(FeedAdapter):
             out["image_url"] = urljoin(page_url, url)
             uid = dig(item, f["user_id"])
             out["user_id"] = str(uid) if uid is not None else None
-            out["followers"] = _int(dig(item, f["followers"]))
-            out["likes"] = _int(dig(item, f["likes"]))
+            out["followers"] = parse_count(dig(item, f["followers"]), "followers")
+            out["likes"] = parse_count(dig(item, f["likes"]), "likes")
             tags = dig(item, f["tags"]) or []
             if not isinstance(tags, list):
                 raise ValueError("tags")

@@ -1,7 +1,9 @@
 """Per-host politeness shared by every crawl actor: a request rate and a concurrency cap per host.
 
-One small async Ray actor (:class:`HostLimiter`) holds, per host, the time of the next free request slot (requests
-are spaced ``1/rate`` apart: a token bucket of depth one) and the set of open leases (concurrency). A caller takes a
+One small async Ray actor (:class:`HostLimiter`) holds, per host, the start time of the last request and the set of
+open leases (concurrency). Requests to a host start at least its interval apart: ``1/rate``, or the host's
+robots.txt Crawl-delay when that is longer (a caller passes it as ``min_interval``, already capped by
+``http.max_crawl_delay_s``; the longest one seen for a host holds from then on, for every caller). A caller takes a
 lease before a request and hands it back after the response body is read. Leases expire after ``lease_ttl_s``, so
 a killed actor cannot hold a host's slots for ever; the crawl driver also frees a dead actor's leases at once
 (``release_owner``).
@@ -12,7 +14,7 @@ benchmark's single-process mode). Both are used through ``slot(host)``, a contex
 Example::
 
     limiter = RayLimiter(HostLimiter.remote(rate=5.0, concurrency=2))
-    with limiter.slot("example.org"):
+    with limiter.slot("example.org", min_interval=1.0):  # robots.txt said Crawl-delay: 1
         ...  # one request
 """
 
@@ -28,6 +30,13 @@ from contextlib import contextmanager
 import ray
 
 
+def _host_interval(base: float, learned: dict[str, float], host: str, min_interval: float) -> float:
+    """The host's interval: ``base`` or the longest ``min_interval`` (Crawl-delay) any caller gave for it."""
+    if min_interval > learned.get(host, 0.0):
+        learned[host] = min_interval
+    return max(base, learned.get(host, 0.0))
+
+
 @ray.remote(num_cpus=0)
 class HostLimiter:
     """Shared per-host rate and concurrency (an async actor: waiting callers do not block each other)."""
@@ -36,7 +45,8 @@ class HostLimiter:
         self.interval = 1.0 / rate
         self.concurrency = concurrency
         self.lease_ttl_s = lease_ttl_s
-        self.next_t: dict[str, float] = {}
+        self.last_t: dict[str, float] = {}
+        self.min_interval: dict[str, float] = {}
         self.leases: dict[str, dict[str, float]] = {}
         self.owners: dict[str, tuple[str, str]] = {}  # lease -> (owner, host)
         self.conds: dict[str, asyncio.Condition] = {}
@@ -47,8 +57,9 @@ class HostLimiter:
         for k in [k for k, exp in held.items() if exp < t]:
             del held[k]
 
-    async def acquire(self, host: str, owner: str = "") -> str:
+    async def acquire(self, host: str, owner: str = "", min_interval: float = 0.0) -> str:
         """Wait for a concurrency slot and the host's next rate slot; return a lease id."""
+        interval = _host_interval(self.interval, self.min_interval, host, min_interval)
         cond = self.conds.setdefault(host, asyncio.Condition())
         async with cond:
             while True:
@@ -63,8 +74,8 @@ class HostLimiter:
             t_now = time.monotonic()
             self.leases[host][lease] = t_now + self.lease_ttl_s
             self.owners[lease] = (owner, host)
-            start = max(t_now, self.next_t.get(host, 0.0))
-            self.next_t[host] = start + self.interval
+            start = max(t_now, self.last_t.get(host, -interval) + interval)
+            self.last_t[host] = start
         if start > t_now:
             await asyncio.sleep(start - t_now)
         return lease
@@ -95,8 +106,8 @@ class RayLimiter:
         self.owner = owner
 
     @contextmanager
-    def slot(self, host: str) -> Iterator[None]:
-        lease = ray.get(self.handle.acquire.remote(host, self.owner))
+    def slot(self, host: str, min_interval: float = 0.0) -> Iterator[None]:
+        lease = ray.get(self.handle.acquire.remote(host, self.owner, min_interval))
         try:
             yield
         finally:
@@ -112,19 +123,21 @@ class LocalLimiter:
         self.interval = 1.0 / rate
         self.concurrency = concurrency
         self._lock = threading.Lock()
-        self._next: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._min: dict[str, float] = {}
         self._sems: dict[str, threading.BoundedSemaphore] = {}
 
     @contextmanager
-    def slot(self, host: str) -> Iterator[None]:
+    def slot(self, host: str, min_interval: float = 0.0) -> Iterator[None]:
         with self._lock:
             sem = self._sems.setdefault(host, threading.BoundedSemaphore(self.concurrency))
         sem.acquire()
         try:
             with self._lock:
+                interval = _host_interval(self.interval, self._min, host, min_interval)
                 t = time.monotonic()
-                start = max(t, self._next.get(host, 0.0))
-                self._next[host] = start + self.interval
+                start = max(t, self._last.get(host, -interval) + interval)
+                self._last[host] = start
             if start > t:
                 time.sleep(start - t)
             yield

@@ -3,6 +3,10 @@
 Policy (RFC 9309): a robots.txt answering 4xx means "everything allowed"; 5xx after retries, a timeout or a
 connection error means "everything disallowed" for that host during this crawl (the RFC's "unreachable"), reported
 with the reason ``robots_unavailable``; a body that is not text is treated as empty.
+
+``Crawl-delay`` (protego ignores values that are not finite positive numbers) is read by
+:meth:`pipeline.scrape.http.HttpClient.crawl_delay`, which caps it and passes it to the per-host limiter as the
+host's minimum interval between requests.
 """
 
 from __future__ import annotations

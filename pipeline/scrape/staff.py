@@ -7,6 +7,17 @@ list, click "load more" until it disappears (or follow a next-page link), scroll
 get their ``src``, then read every card with one script call. Everything a site needs is YAML (selectors, paging);
 no site-specific code.
 
+Everything Chromium sends goes through the egress proxy (:mod:`pipeline.scrape.egress`) when the browser gets an
+:class:`~pipeline.scrape.egress.EgressPolicy` (the crawl always gives one): ``--proxy-server`` points at it,
+``--proxy-bypass-list=<-loopback>`` removes Chromium's implicit loopback bypass, and ``--host-resolver-rules`` make
+every name Chromium itself would resolve fail (the proxy resolves and checks; Chromium never needs DNS), so pages,
+subresources, iframes, ``fetch()`` and websockets reach only allowed hosts on checked addresses. Chromium runs with
+its sandbox unless that cannot work: as root, or with ``selenium.no_sandbox`` / ``FACERANK_CHROMIUM_NO_SANDBOX=1`` (a
+container without user namespaces) (:func:`sandbox_flags`).
+
+A person's ``item_id`` never depends on the page that listed them (:func:`person_id`): the site's own ``data-id``,
+else a hash of the site and the person's profile URL, else of the site and the normalised name.
+
 Roles are checked against ``scrape.non_academic_roles`` keywords (:func:`is_academic`).
 """
 
@@ -14,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -21,11 +33,15 @@ import time
 from collections.abc import Callable
 
 from pipeline.config import SeleniumConfig, StaffSite
+from pipeline.scrape.egress import EgressPolicy, EgressProxy
+
+log = logging.getLogger("facerank")
+
+NO_SANDBOX_ENV = "FACERANK_CHROMIUM_NO_SANDBOX"
 
 # How every headless Chromium of this project starts (the scraper's, and the tests' that look at pages).
 CHROMIUM_FLAGS = (
     "--headless=new",
-    "--no-sandbox",
     "--disable-dev-shm-usage",
     "--disable-background-networking",
     "--disable-component-update",
@@ -34,20 +50,58 @@ CHROMIUM_FLAGS = (
 )
 
 
-def chrome_options(*extra: str, binary: str | None = None):
-    """Selenium options for a headless Chromium with :data:`CHROMIUM_FLAGS` plus ``extra`` flags."""
+def sandbox_flags(no_sandbox: bool = False) -> tuple[str, ...]:
+    """``("--no-sandbox",)`` only where Chromium's sandbox cannot start: as root (Chromium refuses to), or when the
+    config (``selenium.no_sandbox``) or ``FACERANK_CHROMIUM_NO_SANDBOX=1`` says the container has no user namespaces."""
+    env = os.environ.get(NO_SANDBOX_ENV, "").strip().lower() in ("1", "true", "yes")
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    return ("--no-sandbox",) if (no_sandbox or env or root) else ()
+
+
+def proxy_flags(proxy_url: str, proxy_host: str) -> tuple[str, ...]:
+    """Chromium flags that send all its traffic through the egress proxy at ``proxy_url`` and nowhere else."""
+    return (
+        f"--proxy-server={proxy_url}",
+        "--proxy-bypass-list=<-loopback>",  # Chromium bypasses proxies for localhost unless told not to
+        f"--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE {proxy_host}",  # no DNS of its own: the proxy resolves
+        "--disable-quic",
+        "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+        "--webrtc-ip-handling-policy=disable_non_proxied_udp",
+    )
+
+
+# A Chromium with no egress proxy reaches loopback only: everything else goes to a proxy address where nothing
+# listens (port 9, discard), and it resolves no names but localhost. Chromium calls home on its own (update,
+# accounts and search-engine hosts were seen with CHROMIUM_FLAGS alone); these flags stop that too.
+LOOPBACK_ONLY_FLAGS = (
+    "--proxy-server=http://127.0.0.1:9",
+    "--proxy-bypass-list=localhost;127.0.0.1;[::1]",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1 , EXCLUDE [::1]",
+    "--disable-quic",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
+)
+
+
+def chrome_options(*extra: str, binary: str | None = None, no_sandbox: bool = False):
+    """Selenium options for a headless Chromium with :data:`CHROMIUM_FLAGS`, :func:`sandbox_flags`, ``extra``.
+
+    Without a ``--proxy-server`` in ``extra`` (:func:`proxy_flags`, the scraper's egress proxy) the browser gets
+    :data:`LOOPBACK_ONLY_FLAGS`: report screenshots and tests reach 127.0.0.1 and nothing else.
+    """
     from selenium.webdriver.chrome.options import Options
 
     o = Options()
     if binary:
         o.binary_location = binary
-    for arg in CHROMIUM_FLAGS + extra:
+    guard = () if any(a.startswith("--proxy-server=") for a in extra) else LOOPBACK_ONLY_FLAGS
+    for arg in CHROMIUM_FLAGS + sandbox_flags(no_sandbox) + guard + extra:
         o.add_argument(arg)
     return o
 
 
 EXTRACT_JS = """
-const [personSel, nameSel, roleSel, photoSel, attrs] = arguments;
+const [personSel, nameSel, roleSel, photoSel, attrs, profileSel] = arguments;
 return Array.from(document.querySelectorAll(personSel)).map(el => {
   const q = s => (s ? el.querySelector(s) : null);
   const n = q(nameSel), r = q(roleSel), p = q(photoSel);
@@ -61,8 +115,13 @@ return Array.from(document.querySelectorAll(personSel)).map(el => {
       }
     }
   }
+  let profile = null;
+  const a = q(profileSel);
+  if (a && a.getAttribute('href')) {
+    try { profile = new URL(a.getAttribute('href'), document.baseURI).href; } catch (e) { profile = null; }
+  }
   return {id: el.getAttribute('data-id'), name: n ? n.textContent.trim() : null,
-          role: r ? r.textContent.trim() : null, photo: photo};
+          role: r ? r.textContent.trim() : null, photo: photo, profile: profile};
 });
 """
 
@@ -84,11 +143,29 @@ def is_academic(role: str | None, keywords: list[str]) -> bool:
     return not any(k.lower() in r for k in keywords)
 
 
-def person_id(page_url: str, name: str | None, given: str | None) -> str:
-    """The site's own id when it gives one, else a stable hash of the page URL and the name."""
+def normal_name(name: str | None) -> str:
+    """``name`` case-folded with whitespace collapsed: the same person however a page spaces or capitalises them."""
+    return " ".join((name or "").split()).casefold()
+
+
+def person_id(
+    site: str, name: str | None, given: str | None, profile_url: str | None = None, photo_url: str | None = None
+) -> str:
+    """A person's key on ``site``, independent of the page that lists them.
+
+    The site's own id (``data-id``) when it gives one; else ``"h"`` + a hash of the site and the profile URL (without
+    its fragment); else of the site and :func:`normal_name`; a card without a name: of its photo URL. Never the page
+    URL: ``?page=2`` lists the same person.
+    """
     if given:
         return str(given)
-    return "h" + hashlib.sha1(f"{page_url}\n{name or ''}".encode()).hexdigest()[:16]
+    if profile_url:
+        key = f"{site}\nprofile\n{profile_url.split('#', 1)[0]}"
+    elif not normal_name(name) and photo_url:
+        key = f"{site}\nphoto\n{photo_url}"
+    else:
+        key = f"{site}\nname\n{normal_name(name)}"
+    return "h" + hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass
@@ -120,18 +197,22 @@ def _displayed(driver, selector: str) -> list:
 class Browser:
     """One headless Chromium (or remote WebDriver), created lazily, restarted when it dies."""
 
-    def __init__(self, cfg: SeleniumConfig, user_agent: str):
+    def __init__(self, cfg: SeleniumConfig, user_agent: str, policy: EgressPolicy | None = None):
+        """``policy``: where Chromium may connect (through an :class:`EgressProxy`); None only for trusted pages."""
         self.cfg = cfg
         self.user_agent = user_agent
+        self.policy = policy
+        self.proxy: EgressProxy | None = None
         self.driver = None
         self._profile: str | None = None
         self.restarts = 0
 
     # ------------------------------------------------------------------ lifecycle
     def _options(self):
-        o = chrome_options(
-            "--disable-gpu", "--disable-extensions", "--window-size=1280,1600", f"--user-agent={self.user_agent}"
-        )
+        extra = ("--disable-gpu", "--disable-extensions", "--window-size=1280,1600", f"--user-agent={self.user_agent}")
+        if self.proxy is not None:
+            extra += proxy_flags(self.proxy.url, self.cfg.proxy_host)
+        o = chrome_options(*extra, no_sandbox=self.cfg.no_sandbox)
         o.add_experimental_option(
             "prefs",
             {
@@ -148,9 +229,25 @@ class Browser:
         from selenium import webdriver
 
         self.quit()
+        if self.policy is not None:
+            c = self.cfg
+            self.proxy = EgressProxy(
+                self.policy,
+                host=c.proxy_host,
+                max_connections=c.proxy_max_connections,
+                connect_timeout_s=min(c.page_load_timeout_s, 10.0),
+                idle_timeout_s=c.proxy_idle_timeout_s,
+                max_lifetime_s=c.proxy_max_lifetime_s,
+            ).start()
         opts = self._options()
         remote = os.environ.get("SELENIUM_REMOTE_URL") or self.cfg.remote_url
         if remote:
+            if self.proxy is not None and self.cfg.proxy_host.startswith("127."):
+                log.warning(
+                    "staff browser: a remote browser cannot reach the egress proxy on %s; its pages will fail until "
+                    "scrape.selenium.proxy_host is an address of this actor that the browser can reach",
+                    self.cfg.proxy_host,
+                )
             self.driver = webdriver.Remote(command_executor=remote, options=opts)
         else:
             from selenium.webdriver.chrome.service import Service
@@ -187,6 +284,9 @@ class Browser:
         if self._profile:
             shutil.rmtree(self._profile, ignore_errors=True)
             self._profile = None
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
 
     # ------------------------------------------------------------------ pages
     def scrape_site(self, site: StaffSite, may_fetch: Callable[[str], tuple[str, str] | None]) -> list[StaffPage]:
@@ -273,12 +373,18 @@ class Browser:
                     break
                 time.sleep(0.05)
         raw = d.execute_script(
-            EXTRACT_JS, site.person, site.name_selector, site.role_selector, site.photo_selector, site.photo_attrs
+            EXTRACT_JS,
+            site.person,
+            site.name_selector,
+            site.role_selector,
+            site.photo_selector,
+            site.photo_attrs,
+            site.profile_selector,
         )
         final_url = d.current_url
         people = [
             {
-                "item_id": person_id(final_url, p.get("name"), p.get("id")),
+                "item_id": person_id(site.name, p.get("name"), p.get("id"), p.get("profile"), p.get("photo")),
                 "name": p.get("name"),
                 "role": p.get("role"),
                 "image_url": p.get("photo"),

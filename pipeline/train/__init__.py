@@ -16,6 +16,7 @@ With ``train.kfold`` one model is trained per fold of the labels (see :mod:`pipe
 from __future__ import annotations
 
 from pipeline.config import Config
+from pipeline.locks import locked_stage
 from pipeline.runtime import init_ray, log, stage
 from pipeline.store import DataRoot, now, resolve_model_dir
 from pipeline.train.data import TrainInputError, label_folds, load_labels
@@ -56,6 +57,7 @@ def pick_run_id(cfg: Config, root: DataRoot, resume: bool) -> str:
     return run_id
 
 
+@locked_stage("train")  # one run per data root
 def run(cfg: Config, resume: bool = False) -> dict:
     """Train (or with ``resume`` continue) a model and export its best epoch; returns a JSON-able summary."""
     from pipeline.train.export import export_run

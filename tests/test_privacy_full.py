@@ -1,0 +1,479 @@
+"""Erasure on a root with every output (datasets, both reports, temporaries, stray images), the keyed opt-out list
+(HMAC key outside the data root, old lists migrated), people keyed by site, and the raw-image retention's entry points.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from score_helpers import write_model
+
+from pipeline.cli import build_parser, main
+from pipeline.config import ConfigError, load_config, parse_config
+from pipeline.privacy import KEY_ENV, OptOut, forget, load_key, plain_hash, subject_hash
+from pipeline.report.html import write_report
+from pipeline.store import DataRoot, now
+
+REPO = Path(__file__).resolve().parents[1]
+U = "user-forget-me-4711"  # long enough that no compressed byte run holds it by chance
+OLD = now() - dt.timedelta(days=60)
+
+
+def _jpeg(seed: int, size: int = 64) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _post(root: DataRoot, site: str, item: str, user: str, seed: int, **extra) -> dict:
+    sha = root.put_image(_jpeg(seed))
+    return {
+        "site": site,
+        "item_id": item,
+        "hashtag": "selfie",
+        "user_id": user,
+        "followers": 100 + seed,
+        "likes": seed,
+        "tags": ["selfie"],
+        "posted_at": OLD,
+        "scraped_at": now(),
+        "too_young": False,
+        "image_url": f"http://{site}.example/img/{item}.jpg",
+        "image_sha256": sha,
+        "width": 64,
+        "height": 64,
+        "status": "ok",
+        **extra,
+    }
+
+
+def _scores(shas: list[str], model_id: str) -> list[dict]:
+    return [
+        {"image_sha256": s, "model_id": model_id, "score": i / len(shas), "status": "ok", "scored_at": now()}
+        for i, s in enumerate(shas)
+    ]
+
+
+def _full_root(tmp_path: Path):
+    """What every stage and both reports write, plus what killed writers leave; returns (cfg, root, U's things)."""
+    from pipeline import labels
+
+    over = {
+        "data_root": str(tmp_path / "data"),
+        "labels.selfie.group_size": 4,
+        "score.report_grid": 4,
+        "score.report_tsne_points": 30,
+    }
+    cfg = load_config(None, overrides=over)
+    root = DataRoot(cfg.data_root)
+    posts = [_post(root, "fa", f"a{i}", U, i) for i in range(3)]
+    posts += [_post(root, "fa", f"o{i}", f"u-other-{i % 3}", 10 + i) for i in range(6)]
+    root.write_part("posts", posts)
+    staff = []
+    for i, dep in enumerate(["cs", "econ", "cs", "econ"]):
+        sha = root.put_image(_jpeg(50 + i))
+        staff.append({"site": "uni", "item_id": f"s{i}", "department": dep, "name": f"Prof {i}", "role": "Professor"})
+        staff[-1].update(is_academic=True, image_sha256=sha, image_url=f"http://uni.example/{i}.jpg", status="ok")
+    root.write_part("staff", staff)
+    every = [p["image_sha256"] for p in posts + staff]
+    fetches = [
+        {"url": p["image_url"], "site": p["site"], "kind": "image", "image_sha256": p["image_sha256"]} for p in posts
+    ]
+    fetches.append(
+        {"url": "http://fa.example/api/feed?tag=selfie&page=1", "site": "fa", "kind": "page", "status": "ok"}
+    )
+    root.write_part("fetches", [{**f, "status": "ok", "fetched_at": now()} for f in fetches])
+    crops = {s: _jpeg(1000 + i, 48) for i, s in enumerate(every)}
+    root.write_part(
+        "faces",
+        [
+            {"image_sha256": s, "n_faces": 1, "kept": True, "crop_jpeg": c, "processed_at": now()}
+            for s, c in crops.items()
+        ],
+    )
+    for s, c in crops.items():  # faces.write_files
+        root.write_bytes_atomic(root.crop_path(s), c)
+    labels.run(cfg)  # labels/selfie, labels/department, labels/report.html + report.json
+    assert root.exists("labels", "report.html")
+    write_model(root, run_id="m-all")
+    root.write_part("scores/dt=2026-01-01", _scores(every, "m-all"))
+    write_report("m-all", cfg)
+    others = [p["image_sha256"] for p in posts[3:7]]  # four: no t-SNE (fewer than 5), a quicker page
+    write_model(root, run_id="m-others")
+    root.write_part("scores/dt=2026-01-02", _scores(others, "m-others"))
+    write_report("m-others", cfg)
+
+    mine_shas = [p["image_sha256"] for p in posts[:3]]
+    mine = {
+        "ids": [U],
+        "shas": set(mine_shas),
+        "crops": [crops[s] for s in mine_shas],
+        "images": [root.get_image(s) for s in mine_shas],
+    }
+    # killed writers: a posts part in _tmp with a post of U whose image no finished row names, another user's
+    # stale part, a torn faces part, a half-moved image, an image no row points to, a half-written report
+    root.mkdir("posts", "_tmp")
+    stale = _post(root, "fa", "a9", U, 77)
+    pq.write_table(pa.Table.from_pylist([stale], schema=root.schema("posts")), root.path("posts", "_tmp", "p1.parquet"))
+    other = _post(root, "fa", "o9", "u-other-0", 78)
+    pq.write_table(pa.Table.from_pylist([other], schema=root.schema("posts")), root.path("posts", "_tmp", "p2.parquet"))
+    root.write_bytes_atomic(root.path("faces", "_tmp", "torn.parquet"), b"PAR1 torn")
+    first = mine["images"][0]
+    root.write_bytes_atomic(root.path("images", mine_shas[0][:2], ".tmp-killed"), first[: len(first) // 2])
+    stray = root.put_image(_jpeg(99))
+    b64 = base64.b64encode(mine["crops"][0])
+    root.write_bytes_atomic(
+        root.path("models", "m-all", ".report-0101.tmp"), b"<img src='data:image/jpeg;base64," + b64
+    )
+    mine["shas"] |= {stale["image_sha256"], stray}
+    mine["images"] += [_jpeg(77), _jpeg(99), first[len(first) // 4 : len(first) // 2]]  # the half-moved part
+    return cfg, root, mine
+
+
+def scan_for(root: DataRoot, mine: dict) -> list[str]:
+    """Every file under the root, read in full (Parquet also cell by cell): where a trace of the person is left.
+
+    ``mine``: ``ids`` (strings), ``shas`` (image sha256s), ``images`` and ``crops`` (bytes, also looked for in
+    base64, as reports inline them). Also used by tests/test_end_to_end.py on the root of a full run.
+    """
+    names = [*mine["ids"], *mine["shas"]]
+    needles = [n.encode() for n in names] + list(mine["images"]) + list(mine["crops"])
+    needles += [base64.b64encode(b) for b in [*mine["crops"], *mine["images"]]]
+    found = []
+    for info in root.fs.get_file_info(pafs.FileSelector(root.base, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        if any(n in info.path for n in names):
+            found.append(f"name {info.path}")
+        blobs = [root.read_bytes(info.path)]
+        try:
+            cols = pq.read_table(info.path, filesystem=root.fs).columns if info.path.endswith(".parquet") else []
+        except pa.ArrowInvalid:  # a torn part: its raw bytes are scanned
+            cols = []
+        for col in cols:
+            blobs += [v if isinstance(v, bytes) else repr(v).encode() for v in col.to_pylist()]
+        found += [f"bytes {info.path}" for b in blobs if any(n in b for n in needles)][:1]
+    return found
+
+
+def test_forget_on_a_root_with_every_output_leaves_nothing(tmp_path):
+    cfg, root, mine = _full_root(tmp_path)
+    assert scan_for(root, mine)  # the scan sees U before
+    n_posts = root.read("posts").num_rows
+    out = forget(cfg, "user", U)
+    assert scan_for(root, mine) == []
+    assert out["rows_removed"]["posts"] == 3 and out["rows_removed"]["labels/selfie"] == 3
+    assert out["reports_removed"] == 2  # m-all's page (with its sidecar) and the half-written one
+    assert out["images_removed"] == 4  # U's three and the one only their stale _tmp row names
+    assert out["temporaries_removed"] == 2  # U's stale posts part and the torn faces part (unreadable: unknown)
+    # no finished row points to these: the stray image, the half-moved .tmp-killed, the other stale part's image
+    assert out["unreferenced_removed"] == 3
+    # what is not U's is still there and readable, the other user's stale part included
+    assert root.read("posts").num_rows == n_posts - 3 and root.read("staff").num_rows == 4
+    for ds in ("fetches", "faces", "labels/selfie", "labels/department", "scores"):
+        assert root.read(ds).num_rows > 0
+    assert root.exists("posts", "_tmp", "p2.parquet") and root.exists("labels", "report.html")
+    assert root.exists("models", "m-others", "report.html") and root.exists("models", "m-others", "report.images.json")
+    assert not root.exists("models", "m-all", "report.html") and root.exists("models", "m-all", "model.pt")
+    others = {p["image_sha256"] for p in root.read("posts").to_pylist()}
+    assert all(root.has_image(s) for s in others)
+    assert OptOut(root).blocks("user", U)
+    assert {a["dataset"] for a in root.read("audit").to_pylist()} >= {
+        "temporaries (_tmp/, .tmp-*)",
+        "images (unreferenced)",
+    }
+
+
+def test_a_report_lists_every_face_it_shows(tmp_path):
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d"), "score.report_grid": 2})
+    root = DataRoot(cfg.data_root)
+    shas = [root.put_image(_jpeg(i)) for i in range(8)]
+    root.write_part(
+        "faces", [{"image_sha256": s, "kept": True, "crop_jpeg": _jpeg(100 + i, 40)} for i, s in enumerate(shas)]
+    )
+    write_model(root, run_id="m1")
+    root.write_part("scores/dt=2026-01-01", _scores(shas, "m1"))
+    page = Path(write_report("m1", cfg)).read_text()
+    listed = root.read_json(root.path("models", "m1", "report.images.json"))
+    assert listed["report"] == "report.html" and set(listed["image_sha256"]) == set(shas)  # grids + t-SNE
+    assert all(s not in page for s in shas)  # the page itself holds no full hash: the sidecar is the list
+    # a rerun over fewer faces: the sidecar follows the page
+    root.write_part("scores/dt=2026-01-02", _scores(shas[:3], "m2"))
+    write_model(root, run_id="m2")
+    write_report("m2", cfg)
+    assert set(root.read_json(root.path("models", "m2", "report.images.json"))["image_sha256"]) == set(shas[:3])
+    out = forget(cfg, "image", shas[7])
+    assert out["reports_removed"] == 1 and root.exists("models", "m2", "report.html")
+    assert not root.exists("models", "m1", "report.html") and not root.exists("models", "m1", "report.images.json")
+
+
+def test_a_report_without_a_sidecar_is_removed_when_anyone_with_images_is_forgotten(tmp_path):
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
+    root = DataRoot(cfg.data_root)
+    post = _post(root, "fa", "a0", U, 0)
+    root.write_part("posts", [post])
+    root.write_bytes_atomic(root.path("models", "old", "report.html"), b"<html>an old report: whose faces?</html>")
+    assert forget(cfg, "user", U)["reports_removed"] == 1 and not root.exists("models", "old", "report.html")
+
+
+# ------------------------------------------------------------------------------------------------ people by site
+def test_a_person_is_forgotten_on_one_site_only(tmp_path, capsys):
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
+    root = DataRoot(cfg.data_root)
+    rows = []
+    for i, site in enumerate(("uni-a", "uni-b", "uni-c")):
+        rows.append({"site": site, "item_id": "42", "image_sha256": root.put_image(_jpeg(i)), "status": "ok"})
+    root.write_part("staff", rows)
+    with pytest.raises(ValueError, match="site"):
+        forget(cfg, "person", "42")
+    forget(cfg, "person", "42", site="uni-a")
+    left = root.read("staff").to_pylist()
+    assert [r["site"] for r in left] == ["uni-b", "uni-c"] and all(root.has_image(r["image_sha256"]) for r in left)
+    assert not root.has_image(rows[0]["image_sha256"])
+    opt = OptOut(root)
+    assert opt.blocks("person", "42", site="uni-a") and not opt.blocks("person", "42", site="uni-b")
+    assert not opt.blocks("person", "42")  # no site: not the one forgotten
+    # the command line: --person needs --site (exit 2, nothing erased), and then takes it
+    assert main(["forget", "--person", "42", "--data-root", cfg.data_root]) == 2
+    assert "--site" in capsys.readouterr().err and root.read("staff").num_rows == 2
+    assert main(["forget", "--site", "uni-b", "--person", "42", "--data-root", cfg.data_root]) == 0
+    assert json.loads(capsys.readouterr().out)["site"] == "uni-b"
+    assert [r["site"] for r in root.read("staff").to_pylist()] == ["uni-c"]
+    with pytest.raises(SystemExit):
+        main(["forget", "--help"])
+    forget_help = " ".join(capsys.readouterr().out.split())
+    assert "--site SITE" in forget_help and "needs --site" in forget_help
+
+
+# ------------------------------------------------------------------------------------------------ keyed lists
+def test_the_lists_hold_a_keyed_hash_not_sha256_of_the_id(tmp_path):
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
+    root = DataRoot(cfg.data_root)
+    root.write_part("posts", [_post(root, "fa", "a0", "u0042", 0)])
+    forget(cfg, "user", "u0042")
+    plain = hashlib.sha256(b"user:u0042").hexdigest()
+    opt = root.read("optout").to_pylist()
+    audit = root.read("audit").to_pylist()
+    assert opt and audit and all(r["scheme"] == "hmac-sha256" for r in opt + audit)
+    assert plain == plain_hash("user", "u0042") and plain not in {r["subject_hash"] for r in opt + audit}
+    key = os.environ[KEY_ENV].encode()
+    assert subject_hash("user", "u0042", key) in {r["subject_hash"] for r in opt}
+
+
+_CHECK = """
+import json, os, sys
+from pipeline.config import PrivacyConfig
+from pipeline.privacy import OptOut
+from pipeline.store import DataRoot
+out = []
+for key_env, key_file, user in json.loads(sys.argv[2]):
+    os.environ.pop("FACERANK_OPTOUT_KEY", None)
+    if key_env:
+        os.environ["FACERANK_OPTOUT_KEY"] = key_env
+    out.append(OptOut(DataRoot(sys.argv[1]), PrivacyConfig(key_file=key_file)).blocks("user", user))
+print(json.dumps(out))
+"""
+
+
+def _blocks_in_a_new_process(data_root: str, cases: list[tuple[str | None, str, str]]) -> list[bool]:
+    """``OptOut(...).blocks("user", user)`` for each (key in the environment, key file, user), in one new process."""
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
+    run = [sys.executable, "-c", _CHECK, data_root, json.dumps(cases)]
+    out = subprocess.run(run, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_the_key_file_is_made_once_and_matches_across_processes_another_key_does_not(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv(KEY_ENV)
+    key_file = tmp_path / "home" / ".config" / "facerank" / "optout.key"
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d"), "privacy.key_file": str(key_file)})
+    root = DataRoot(cfg.data_root)
+    root.write_part("posts", [_post(root, "fa", "a0", "u7", 0)])
+    with caplog.at_level("WARNING", logger="facerank"):
+        forget(cfg, "user", "u7")
+    assert "created a new opt-out key" in caplog.text and str(key_file) in caplog.text
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key_file.read_text().strip()) == 64
+    other = tmp_path / "other.key"
+    cases = [
+        (None, str(key_file), "u7"),  # the same key file, another process: blocked
+        (None, str(key_file), "u8"),
+        ("another-key-" + "x" * 40, str(key_file), "u7"),  # another key (the environment wins over the file)
+        (None, str(other), "u7"),  # another key file: a new key, nothing matches
+        (key_file.read_text().strip(), str(other), "u7"),  # the first key given in the environment
+    ]
+    assert _blocks_in_a_new_process(cfg.data_root, cases) == [True, False, False, False, True]
+    assert other.exists() and other.read_text() != key_file.read_text()
+
+
+def test_the_key_must_live_outside_the_data_root_and_be_long(tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    inside = load_config(None, overrides={"data_root": str(tmp_path), "privacy.key_file": str(tmp_path / "k")})
+    with pytest.raises(ConfigError, match="outside"):
+        load_key(inside.privacy, inside.data_root)
+    monkeypatch.setenv(KEY_ENV, "short")
+    with pytest.raises(ConfigError, match=KEY_ENV):
+        load_key()
+    assert main(["forget", "--user", "x", "--data-root", str(tmp_path / "d")]) == 2  # one line, exit 2
+
+
+def test_an_old_unkeyed_list_still_blocks_and_is_rewritten_keyed(tmp_path):
+    root = DataRoot(str(tmp_path / "d"))
+    img = "ab" * 32
+    old_optout = pa.schema(
+        [("kind", pa.string()), ("subject_hash", pa.string()), ("added_at", pa.timestamp("us", "UTC"))]
+    )
+    rows = [{"kind": k, "subject_hash": plain_hash(k, v), "added_at": OLD} for k, v in (("user", "u9"), ("image", img))]
+    root.mkdir("optout")
+    pq.write_table(pa.Table.from_pylist(rows, schema=old_optout), root.path("optout", "part-old.parquet"))
+    audit = [{"action": "forget", "kind": "user", "subject_hash": plain_hash("user", "u9"), "dataset": "posts"}]
+    root.write_part("audit", audit)  # a null scheme: the old rows
+    opt = OptOut(root)
+    assert opt.blocks("user", "u9") and opt.blocks("image", img) and not opt.blocks("user", "u8")
+    stored = root.read("optout").to_pylist() + root.read("audit").to_pylist()
+    assert all(r["scheme"] == "hmac-sha256" for r in stored)
+    assert not {plain_hash("user", "u9"), plain_hash("image", img)} & {r["subject_hash"] for r in stored}
+    again = OptOut(root)  # after the migration: the same answers, nothing rewritten twice
+    assert again.hashes == opt.hashes and again.blocks("user", "u9")
+    cfg = load_config(None, overrides={"data_root": root.uri})
+    forget(cfg, "user", "u9")
+    assert len(OptOut(root)) == 2  # the migrated row is recognised: no second row for u9
+
+
+# ------------------------------------------------------------------------------------------------ retention
+def _old_image_with_crop(root: DataRoot) -> str:
+    sha = root.put_image(_jpeg(5))
+    root.write_part("faces", [{"image_sha256": sha, "kept": True, "crop_jpeg": _jpeg(6, 32)}])
+    t = (dt.datetime.now() - dt.timedelta(days=11)).timestamp()
+    os.utime(root.image_path(sha), (t, t))
+    return sha
+
+
+def test_retention_command(tmp_path, capsys):
+    root = DataRoot(str(tmp_path / "d"))
+    sha = _old_image_with_crop(root)
+    args = ["retention", "--data-root", root.uri]
+    assert main(args) == 0 and json.loads(capsys.readouterr().out) == {"images_removed": 0}  # no retention set
+    assert main(args + ["--set", "privacy.raw_image_retention_days=10"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"images_removed": 1} and not root.has_image(sha)
+    assert "retention" in build_parser().format_help()
+
+
+class _TwoFeeds(BaseHTTPRequestHandler):
+    """Two feed sites on one server (/fa, /fb), both with a user "u1" (two people) and a user "u2"."""
+
+    def log_message(self, *a):
+        pass
+
+    def _send(self, body: bytes, ctype: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        u = urlsplit(self.path)
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if u.path == "/robots.txt":
+            return self._send(b"User-agent: *\nAllow: /\n", "text/plain")
+        site, _, rest = u.path.strip("/").partition("/")
+        if rest == "api/feed" and parse_qs(u.query)["page"] == ["1"]:
+            posts = [
+                {
+                    "id": f"{site}-{i}",
+                    "image_url": f"{base}/{site}/img/{i}.jpg",
+                    "user": {"id": f"u{1 + i % 2}", "followers": 100},
+                    "likes": i,
+                    "tags": ["selfie"],
+                    "posted_at": "2025-01-01T00:00:00Z",
+                }
+                for i in range(4)
+            ]
+            return self._send(json.dumps({"posts": posts, "next_page": None}).encode(), "application/json")
+        i = int(rest.removeprefix("img/").removesuffix(".jpg"))
+        return self._send(_jpeg({"fa": 0, "fb": 500}[site] + i), "image/jpeg")
+
+
+@pytest.fixture
+def two_feeds():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _TwoFeeds)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_scrape_applies_retention_and_a_user_forgotten_on_one_site_is_skipped_there_only(
+    ray_session, two_feeds, tmp_path
+):
+    from pipeline import scrape
+
+    feeds = [
+        {"name": s, "adapter": "json", "base_url": f"{two_feeds}/{s}", "hashtags": ["selfie"]} for s in ("fa", "fb")
+    ]
+    http = {"allow_private_addresses": True, "retry": {"attempts": 1}}
+    raw = {
+        "data_root": str(tmp_path / "d"),
+        "privacy": {"raw_image_retention_days": 10},
+        "scrape": {"num_actors": 1, "threads_per_actor": 4, "http": http, "feeds": feeds},
+    }
+    cfg = parse_config(raw, "test")
+    root = DataRoot(cfg.data_root)
+    old = _old_image_with_crop(root)
+    s1 = scrape.run(cfg)
+    assert s1["retention"] == {"images_removed": 1} and not root.has_image(old)
+    assert sorted(root.read("posts").column("user_id").to_pylist()) == ["u1"] * 4 + ["u2"] * 4
+    forget(cfg, "user", "u1", site="fa")
+    s2 = scrape.run(cfg)  # the feeds list everything again
+    after = {(r["site"], r["user_id"]) for r in root.read("posts").to_pylist()}
+    assert ("fa", "u1") not in after and {("fb", "u1"), ("fa", "u2"), ("fb", "u2")} <= after
+    assert s2["opted_out"] == 2 and s2["retention"] == {"images_removed": 0}
+
+
+def test_forget_waits_for_no_stage_it_fails_while_one_runs_and_erases_nothing(tmp_path):
+    """Two writers on one root: forget takes every stage's lock, so a running stage makes it exit 4 untouched."""
+    from pipeline.locks import StageLockedError
+
+    root = DataRoot(str(tmp_path / "data"))
+    root.write_part("posts", [_post(root, "demo", "p1", "u1", 1)])
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "data")})
+    taken, release = threading.Event(), threading.Event()
+
+    def running_stage():
+        with root.stage_lock("faces", ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s):
+            taken.set()
+            release.wait(30)
+
+    t = threading.Thread(target=running_stage)
+    t.start()
+    try:
+        assert taken.wait(30)
+        with pytest.raises(StageLockedError):
+            forget(cfg, "user", "u1")
+        assert root.read("posts").num_rows == 1  # nothing erased
+        assert not root.has("audit")
+    finally:
+        release.set()
+        t.join(30)
+    assert forget(cfg, "user", "u1")["rows_removed"]["posts"] == 1
