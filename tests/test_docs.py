@@ -45,3 +45,24 @@ def test_readme_starts_with_the_two_commands():
     readme = (REPO / "README.md").read_text()
     quick = readme[: readme.index("## The stages")]
     assert "make demo" in quick and "make test" in quick
+
+
+def _test_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def test_every_test_the_docs_name_exists():
+    """A claim in docs/ names the test behind it as `tests/x.py::test_y` (or `::test_y` after one): it must exist."""
+    import re
+
+    missing = []
+    for doc in sorted((REPO / "docs").glob("*.md")):
+        current = None
+        for m in re.finditer(r"(tests/[\w/]+\.py)?::(test_\w+)", doc.read_text()):
+            current = m.group(1) or current
+            if current is None or not (REPO / current).exists():
+                missing.append(f"{doc.name}: {m.group(0)} (no such file)")
+            elif m.group(2) not in _test_names(REPO / current):
+                missing.append(f"{doc.name}: {current}::{m.group(2)}")
+    assert not missing, "docs name tests that do not exist:\n" + "\n".join(missing)
