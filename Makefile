@@ -1,4 +1,5 @@
-# facerank: `make demo` runs the whole pipeline on the bundled demo sites; `make test` runs the test suite.
+# facerank: `make demo` runs the whole pipeline on the bundled demo sites; `make test` runs the test suite
+# (everything, what CI runs); `make test-fast` all but the tests marked slow.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,14 +9,14 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE := token
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser demo test lint format bench clean
+.PHONY: install browser demo test test-fast lint format bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
 	touch $(STAMP)
 
 # Debian's chromium and chromedriver, asked of apt only when missing.
@@ -39,12 +40,30 @@ format: install
 test: install browser lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The fast loop: no Ray heads, whole pipelines, Ray Train runs or Chromium crawls (pytest -m slow: those).
+test-fast: install browser lint
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
 bench: install
 	$(PY) benchmarks/bench_labels.py
 	$(PY) benchmarks/bench_faces.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_score.py
 	$(PY) benchmarks/bench_scrape.py
+
+# Wheels benchmarks/gpu_check.py needs on the device machine (Python 3.12, x86_64, torch but none of these), at the
+# versions installed here, into benchmarks/gpu_wheels/ (gitignored; the device run carries it: docs/benchmarks.md).
+GPU_WHEELS := benchmarks/gpu_wheels
+GPU_WHEEL_PKGS := facenet-pytorch pydantic pydantic-core annotated-types typing-inspection typing-extensions
+.PHONY: gpu-wheels
+gpu-wheels: install
+	rm -rf $(GPU_WHEELS)
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(GPU_WHEELS) \
+	  $$($(PY) -c 'import sys, importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in sys.argv[1:]))' $(GPU_WHEEL_PKGS))
+	@test "$$(ls $(GPU_WHEELS)/*.whl | wc -l)" -eq $(words $(GPU_WHEEL_PKGS)) || { echo "expected $(words $(GPU_WHEEL_PKGS)) wheels"; exit 1; }
+	@test "$$(du -sk $(GPU_WHEELS) | cut -f1)" -lt 16384 || { echo "$(GPU_WHEELS) is over 16 MiB"; exit 1; }
+	@du -sh $(GPU_WHEELS); ls $(GPU_WHEELS)
 
 clean:
 	rm -rf data/demo data/test .pytest_cache .ruff_cache

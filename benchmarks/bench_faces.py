@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.eval_faces import read_manifest  # noqa: E402
 from pipeline.config import FacesConfig  # noqa: E402
+from pipeline.faces.quality import read_manifest  # noqa: E402
 from pipeline.imaging import decode_image, to_jpeg  # noqa: E402
 
 

@@ -44,7 +44,7 @@ def make_root(path: str, n: int, backbone: str = "resnet18", image_size: int = 9
     from PIL import Image
 
     from pipeline.config import TrainConfig
-    from pipeline.store import DataRoot, now
+    from pipeline.store import DataRoot, ModelMeta, now, write_model_meta
     from pipeline.train.models import NORMALISATION, build_model
 
     root = DataRoot(path)
@@ -72,23 +72,19 @@ def make_root(path: str, n: int, backbone: str = "resnet18", image_size: int = 9
     root.write_bytes_atomic(posixpath.join(d, "model.pt"), buf.getvalue())
     root.write_json(posixpath.join(d, "test_scores.json"), [float(x) for x in np.linspace(0, 1, 201)])
     mean, std = NORMALISATION[backbone]
-    root.write_json(
-        posixpath.join(d, "model.json"),
-        {
-            "model_id": "bench",
-            "task": "selfie",
-            "kind": "binary",
-            "backbone": backbone,
-            "num_outputs": 2,
-            "class_names": ["bad", "good"],
-            "image_size": image_size,
-            "mean": mean,
-            "std": std,
-            "target_mean": 0.0,
-            "target_std": 1.0,
-            "train_config": tc.model_dump(),
-        },
+    meta = ModelMeta(
+        model_id="bench",
+        task="selfie",
+        kind="binary",
+        backbone=backbone,
+        num_outputs=2,
+        class_names=["bad", "good"],
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        train_config=tc.model_dump(),
     )
+    write_model_meta(root, d, meta)
     return path
 
 
@@ -112,7 +108,7 @@ def plain_loop(root_path: str, batch: int, device: str, workers: int, optimize: 
     m = LoadedModel.load(root.model_dir("bench"), root, device=device)
     if optimize:
         m.optimize_for_inference()
-    size, mean, std = m.image_size, m.meta["mean"], m.meta["std"]
+    size, mean, std = m.image_size, m.meta.mean, m.meta.std
 
     class Crops(Dataset):
         def __len__(self):

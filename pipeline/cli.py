@@ -12,7 +12,8 @@ Tools::
     python -m pipeline labels import-scores --images DIR --scores FILE  # SCUT-FBP5500-style scores
     python -m pipeline rate photo.jpg [--model DIR] [--json]
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
-    python -m pipeline report --run DIR
+    python -m pipeline report --run DATA_ROOT/models/RUN_ID   # the data root is the run's, unless --config says
+    python -m pipeline scheduler --config configs/cluster.yaml   # submit the score job on score.schedule
     python -m pipeline forget --user ID [--site SITE] | --site SITE --person ID | --image SHA
     python -m pipeline retention --config FILE      # drop raw images older than privacy.raw_image_retention_days
 
@@ -61,27 +62,21 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
-def run_stages(
-    cfg: Config, names: tuple[str, ...] = STAGES, resume: bool = False, opts: dict[str, dict] | None = None
-) -> dict[str, dict]:
-    """Run stages in order, each while holding its lock on the data root; returns each stage's summary.
+def run_stages(cfg: Config, names: tuple[str, ...] = STAGES, *, opts: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Run stages in order; returns each stage's summary. ``opts``: keyword options per stage name.
 
-    Each lock is taken before Ray starts (a second run of a stage fails at once with
-    :class:`~pipeline.locks.StageLockedError`); the stage's ``run`` re-enters it. ``opts``: keyword arguments per
-    stage name (``{"score": {"images": DIR}}``).
+    Each stage's lock is taken here before Ray starts, so a second run of a stage fails at once with
+    :class:`~pipeline.locks.StageLockedError`; the stage's own entry (:func:`pipeline.runtime.stage_entry`)
+    re-enters it, logs the stage and starts Ray.
     """
     from pipeline.locks import stage_lock
+    from pipeline.runtime import log
 
     out: dict[str, dict] = {}
     for i, name in enumerate(names, 1):
         with stage_lock(cfg, name):
-            from pipeline.runtime import init_ray, log, stage
-
-            init_ray(cfg)
             log.info("[%d/%d] %s", i, len(names), name)
-            with stage(name):
-                kwargs = {"resume": resume} if name == "train" else {}
-                out[name] = _stage_fn(name)(cfg, **kwargs, **(opts or {}).get(name, {}))
+            out[name] = _stage_fn(name)(cfg, **(opts or {}).get(name, {}))
     return out
 
 
@@ -143,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(b, config_required=False)
 
     rep = sub.add_parser("report", help="write the HTML report of a trained model")
-    rep.add_argument("--run", required=True, help="a models/<run_id> directory")
+    rep.add_argument("--run", required=True, help="a <data root>/models/<run_id> folder (its data root is used)")
     _common(rep, config_required=False)
 
     fg = sub.add_parser("forget", help="erase a person from every output and add them to the opt-out list")
@@ -156,78 +151,154 @@ def build_parser() -> argparse.ArgumentParser:
 
     ret = sub.add_parser("retention", help="drop raw images older than privacy.raw_image_retention_days")
     _common(ret, config_required=False)
+
+    # The scheduler parses its own options (pipeline/score/scheduler.py): imported only when it runs.
+    sch = sub.add_parser("scheduler", add_help=False, help="submit the score job on score.schedule, one at a time")
+    sch.add_argument("options", nargs=argparse.REMAINDER, help="see python -m pipeline scheduler --help")
     return p
 
 
+def _stage(args: argparse.Namespace, cfg: Config) -> int:
+    opts: dict[str, Any] = {}
+    if args.name == "score" and args.images:
+        opts["images"] = args.images
+    if args.name == "train" and args.resume:
+        opts["resume"] = True
+    summary = run_stages(cfg, (args.name,), opts={args.name: opts})[args.name]
+    print(json.dumps({args.name: summary}, default=str))
+    return 0
+
+
+def _all(args: argparse.Namespace, cfg: Config) -> int:
+    t0 = time.monotonic()
+    _print_summary(cfg, run_stages(cfg), time.monotonic() - t0)
+    return 0
+
+
+def _demo(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.demo.server import DemoServer
+
+    t0 = time.monotonic()
+    with DemoServer(host="127.0.0.1", port=args.port, n_posts=args.n_posts) as srv:
+        os.environ["DEMO_BASE_URL"] = srv.base_url
+        cfg = load(args) if args.config else load_config(_repo() / "configs" / "demo.yaml")
+        print(f"demo sites: {srv.base_url}  (feed: {srv.base_url}/api/feed?tag=selfie&page=1)", flush=True)
+        summaries = run_stages(cfg, opts={"labels": {"truth": srv.truth()}})
+    _print_summary(cfg, summaries, time.monotonic() - t0)
+    _print_reports(cfg, summaries)
+    return 0
+
+
+def _print_reports(cfg: Config, summaries: dict[str, dict]) -> None:
+    """The demo ends with the pictures: the model report (written now) and the labels report (written by labels)."""
+    from pipeline.report.html import write_report
+    from pipeline.store import LABELS_DS, DataRoot
+
+    root = DataRoot(cfg.data_root)
+    run_dir = (summaries.get("train") or {}).get("model_dir")
+    if run_dir:
+        print(f"model report:  {write_report(run_dir, cfg)}")
+    labels_report = root.path(LABELS_DS, "report.html")
+    if root.fs.get_file_info(labels_report).type.name == "File":
+        print(f"labels report: {labels_report}")
+
+
+def _faces(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.faces import crop_folder
+
+    print(json.dumps(crop_folder(args.input, args.output, args.size, cfg.faces), default=str))
+    return 0
+
+
+def _labels(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.labels.beauty import import_scores
+
+    print(json.dumps(import_scores(args.images, args.scores, cfg, protocol=args.protocol), default=str))
+    return 0
+
+
+def _rate(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.score.photo import format_rating, rate_photo
+
+    result = rate_photo(args.photo, model_dir=args.model, cfg=cfg)
+    print(json.dumps(result, default=str) if args.json else format_rating(result))
+    return 0 if result.get("status") != "error" else EXIT_FAILED
+
+
+def _best_crop(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.score.photo import best_crop
+
+    print(json.dumps(best_crop(args.photo, args.out, k=args.k, cfg=cfg, model_dir=args.model), default=str))
+    return 0
+
+
+def _report(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.report.html import write_report
+
+    print(write_report(args.run, cfg))
+    return 0
+
+
+def _forget(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.privacy import forget
+
+    kind, value = next((k, v) for k in ("user", "person", "image") if (v := getattr(args, k)))
+    if kind == "person" and not args.site:
+        raise ConfigError("forget --person ID needs --site SITE: a person is keyed by (site, id)")
+    if kind == "image" and args.site:
+        raise ConfigError("forget --image takes no --site: an image is keyed by its sha256 alone")
+    print(json.dumps(forget(cfg, kind, value, site=args.site), default=str))
+    return 0
+
+
+def _retention(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.privacy import apply_retention
+
+    print(json.dumps(apply_retention(cfg), default=str))
+    return 0
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "stage": _stage,
+    "all": _all,
+    "demo": _demo,
+    "faces": _faces,
+    "labels": _labels,
+    "rate": _rate,
+    "best-crop": _best_crop,
+    "report": _report,
+    "forget": _forget,
+    "retention": _retention,
+}
+
+
 def dispatch(args: argparse.Namespace) -> int:
-    cfg = load(args)  # validated before any work: a bad config exits 2 here
+    """Validate the config (a bad one exits 2 here, before any work), then run the command's handler."""
+    if args.cmd == "scheduler":
+        from pipeline.score.scheduler import main as scheduler_main
+
+        return scheduler_main(args.options)  # its own options and config: one tick or a loop of submitted jobs
+    if args.cmd == "report" and not (args.config or args.data_root):
+        args.data_root = _data_root_of_run(args.run)
+    cfg = load(args)
     from pipeline.runtime import setup_logging
 
     setup_logging()
-    t0 = time.monotonic()
-    if args.cmd == "stage":
-        opts = {"score": {"images": args.images}} if args.name == "score" and args.images else None
-        summary = run_stages(cfg, (args.name,), resume=args.resume, opts=opts)[args.name]
-        print(json.dumps({args.name: summary}, default=str))
-        return 0
-    if args.cmd == "all":
-        summaries = run_stages(cfg)
-        _print_summary(cfg, summaries, time.monotonic() - t0)
-        return 0
-    if args.cmd == "demo":
-        from pipeline.demo.server import DemoServer
+    return HANDLERS[args.cmd](args, cfg)
 
-        with DemoServer(host="127.0.0.1", port=args.port, n_posts=args.n_posts) as srv:
-            os.environ["DEMO_BASE_URL"] = srv.base_url
-            os.environ["DEMO_N_POSTS"] = str(args.n_posts)
-            cfg = load(args) if args.config else load_config(_repo() / "configs" / "demo.yaml")
-            print(f"demo sites: {srv.base_url}  (feed: {srv.base_url}/api/feed?tag=selfie&page=1)", flush=True)
-            summaries = run_stages(cfg)
-        _print_summary(cfg, summaries, time.monotonic() - t0)
-        return 0
-    if args.cmd == "faces":
-        from pipeline.faces import crop_folder
 
-        print(json.dumps(crop_folder(args.input, args.output, args.size, cfg.faces), default=str))
-        return 0
-    if args.cmd == "labels":
-        from pipeline.labels.beauty import import_scores
-
-        print(json.dumps(import_scores(args.images, args.scores, cfg, protocol=args.protocol), default=str))
-        return 0
-    if args.cmd == "rate":
-        from pipeline.rate import format_rating, rate_photo
-
-        result = rate_photo(args.photo, model_dir=args.model, cfg=cfg)
-        print(json.dumps(result, default=str) if args.json else format_rating(result))
-        return 0 if result.get("status") != "error" else EXIT_FAILED
-    if args.cmd == "best-crop":
-        from pipeline.rate import best_crop
-
-        result = best_crop(args.photo, args.out, k=args.k, cfg=cfg, model_dir=args.model)
-        print(json.dumps(result, default=str))
-        return 0
-    if args.cmd == "report":
-        from pipeline.report.html import write_report
-
-        print(write_report(args.run, cfg))
-        return 0
-    if args.cmd == "forget":
-        from pipeline.privacy import forget
-
-        kind, value = next((k, v) for k in ("user", "person", "image") if (v := getattr(args, k)))
-        if kind == "person" and not args.site:
-            raise ConfigError("forget --person ID needs --site SITE: a person is keyed by (site, id)")
-        if kind == "image" and args.site:
-            raise ConfigError("forget --image takes no --site: an image is keyed by its sha256 alone")
-        print(json.dumps(forget(cfg, kind, value, site=args.site), default=str))
-        return 0
-    if args.cmd == "retention":
-        from pipeline.privacy import apply_retention
-
-        print(json.dumps(apply_retention(cfg), default=str))
-        return 0
-    raise AssertionError(args.cmd)
+def _data_root_of_run(run: str) -> str:
+    """``<root>/models/<run_id>`` → ``<root>``; anything else is one clear line (exit 2), never another root."""
+    if "://" in run:
+        head, _, rest = run.partition("://")
+        parts = rest.rstrip("/").split("/")
+        if len(parts) >= 3 and parts[-2] == "models":
+            return f"{head}://" + "/".join(parts[:-2])
+    else:
+        path = Path(run).resolve()
+        if path.parent.name == "models":
+            return str(path.parent.parent)
+    raise ConfigError(f"report --run {run}: not a <data root>/models/<run_id> folder; give --config or --data-root")
 
 
 def _repo() -> Path:
@@ -240,8 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.locks import StageLockedError
     from pipeline.store import MissingDatasetError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # The scheduler's options (also --help) are its own: argparse would take them for the top-level parser's.
+    args = (
+        argparse.Namespace(cmd="scheduler", options=argv[1:]) if argv[:1] == ["scheduler"] else parser.parse_args(argv)
+    )
     try:
         return dispatch(args)
     except ConfigError as err:

@@ -262,9 +262,6 @@ class LabelsConfig(_Section):
     split: SplitConfig = SplitConfig()
     report: bool = True  # write labels/report.html and labels/report.json
     report_sample_rows: int = Field(1_000_000, ge=1000)  # histograms are drawn from at most this many rows
-    # The demo's hidden quality (pipeline.demo.truth) is compared with the labels in the report when set.
-    demo_n_posts: int | None = Field(None, ge=1)
-    demo_seed: int = 0
 
 
 # ---------------------------------------------------------------- train

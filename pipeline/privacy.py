@@ -51,7 +51,25 @@ import pyarrow.parquet as pq
 
 from pipeline import locks
 from pipeline.config import Config, ConfigError, PrivacyConfig
-from pipeline.store import LABEL_SCHEMAS, SCHEMAS, STAGE_TEMPS, DataRoot, now, to_table
+from pipeline.store import (
+    AUDIT_DS,
+    CROPS_DIR,
+    FACES_DS,
+    IMAGES_DIR,
+    LABEL_SCHEMAS,
+    LABELS_DS,
+    MODELS_DS,
+    OPTOUT_DS,
+    POSTS_DS,
+    SCHEMAS,
+    SCORES_DS,
+    STAFF_DS,
+    STAGE_TEMPS,
+    DataRoot,
+    now,
+    sub_dataset,
+    to_table,
+)
 
 log = logging.getLogger("facerank")
 
@@ -60,7 +78,7 @@ KEY_ENV = "FACERANK_OPTOUT_KEY"
 MIN_KEY_CHARS = 32
 SCHEME_KEYED = "hmac-sha256"
 SIDECAR_SUFFIX = ".images.json"  # <report>.html → <report>.images.json: the full sha256 of every inlined image
-LISTS = ("optout", "audit")
+LISTS = (OPTOUT_DS, AUDIT_DS)
 
 
 # ---------------------------------------------------------------------------------------------------- keyed hashes
@@ -182,10 +200,10 @@ class OptOut:
 
     def __init__(self, root: DataRoot, privacy: PrivacyConfig | None = None, key: bytes | None = None):
         self.key = key or load_key(privacy, root.uri)
-        hashes, migrated = _keyed_list(root, "optout", self.key)
+        hashes, migrated = _keyed_list(root, OPTOUT_DS, self.key)
         self.hashes: set[str] = {h for h in hashes if h}
         if migrated:
-            _keyed_list(root, "audit", self.key)
+            _keyed_list(root, AUDIT_DS, self.key)
             log.info("privacy: %d opt-out rows rewritten from plain sha256 to HMAC-SHA256", migrated)
 
     def blocks(self, kind: str, value: str | None, site: str | None = None) -> bool:
@@ -205,9 +223,9 @@ def _person_cols(dataset: str, kind: str) -> tuple[str, ...]:
     """The columns of ``dataset`` that hold the id of a subject of this kind."""
     top, _, task = dataset.partition("/")
     if kind == "user":
-        return {"posts": ("user_id",), "labels": ("person_id",) if task == "selfie" else ()}.get(top, ())
+        return {POSTS_DS: ("user_id",), LABELS_DS: ("person_id",) if task == "selfie" else ()}.get(top, ())
     if kind == "person":
-        return {"staff": ("item_id",), "labels": ("person_id",) if task != "selfie" else ()}.get(top, ())
+        return {STAFF_DS: ("item_id",), LABELS_DS: ("person_id",) if task != "selfie" else ()}.get(top, ())
     return ()
 
 
@@ -216,10 +234,10 @@ def _units(root: DataRoot) -> list[tuple[str, list[str]]]:
     names = [n for n in SCHEMAS if n not in LISTS] + [root.labels_dataset(t) for t in LABEL_SCHEMAS]
     units = [(n, root.part_files(n)) for n in names]
     by_part: dict[str, list[str]] = {}
-    base = root.path("scores")
-    for p in root.part_files("scores"):
+    base = root.path(SCORES_DS)
+    for p in root.part_files(SCORES_DS):
         rel = posixpath.relpath(p, base)
-        by_part.setdefault(f"scores/{rel.split('/')[0]}" if "/" in rel else "scores", []).append(p)
+        by_part.setdefault(sub_dataset(SCORES_DS, rel.split("/")[0]) if "/" in rel else SCORES_DS, []).append(p)
     return [(n, files) for n, files in units + sorted(by_part.items()) if files]
 
 
@@ -233,13 +251,13 @@ def _is_temporary(rel: str) -> bool:
 def _temporaries(root: DataRoot) -> list[tuple[str, str]]:
     """(dataset name, path) of every temporary in a dataset folder (labels per task, scores per partition)."""
     out = []
-    for top in [n for n in SCHEMAS if n not in LISTS] + ["labels", "scores"]:
+    for top in [n for n in SCHEMAS if n not in LISTS] + [LABELS_DS, SCORES_DS]:
         base = root.path(top)
         for info in _walk_files(root, top):
             rel = posixpath.relpath(info.path, base)
             if _is_temporary(rel):
-                nested = top in ("labels", "scores") and "/" in rel
-                out.append((f"{top}/{rel.split('/')[0]}" if nested else top, info.path))
+                nested = top in (LABELS_DS, SCORES_DS) and "/" in rel
+                out.append((sub_dataset(top, rel.split("/")[0]) if nested else top, info.path))
     return out
 
 
@@ -302,7 +320,7 @@ class _Subject:
                 self.shas |= {s for s in t.filter(self.id_mask(t, ds)).column("image_sha256").to_pylist() if s}
         wanted = pa.array(sorted(self.shas), pa.string())
         for ds, p in files:
-            t = _columns(root, p, ["image_sha256", "image_url"]) if ds in ("posts", "staff") and self.shas else None
+            t = _columns(root, p, ["image_sha256", "image_url"]) if ds in (POSTS_DS, STAFF_DS) and self.shas else None
             if t is not None and {"image_url", "image_sha256"} <= set(t.column_names):
                 hit = pc.fill_null(pc.is_in(t.column("image_sha256"), value_set=wanted), False)
                 self.urls |= {u for u in t.filter(hit).column("image_url").to_pylist() if u}
@@ -348,7 +366,7 @@ def _sweep_unreferenced(root: DataRoot) -> int:
     """Delete image and crop files no row points to (``.tmp-*`` leftovers included): whose they are is unknown."""
     keep = _referenced(root)
     removed = 0
-    for top, suffix in (("images", ""), ("crops", ".jpg")):
+    for top, suffix in ((IMAGES_DIR, ""), (CROPS_DIR, ".jpg")):
         for info in _walk_files(root, top):
             name = posixpath.basename(info.path)
             if name.startswith(".") or name.removesuffix(suffix) not in keep:
@@ -385,7 +403,7 @@ def _remove_reports(root: DataRoot, shas: set[str]) -> int:
     """Delete every report under models/ that shows one of these images (its sidecar says; no sidecar: it may)."""
     if not shas:
         return 0
-    files = {i.path for i in _walk_files(root, "models")}
+    files = {i.path for i in _walk_files(root, MODELS_DS)}
     removed = 0
     for path in sorted(files):
         name = posixpath.basename(path)
@@ -443,7 +461,7 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
     temporaries = _remove_temporaries(root, who, temps)
     note("temporaries (_tmp/, .tmp-*)", 0, temporaries)
     images, crops = _delete_files(root, who.shas)
-    note("images", 0, images + crops)
+    note(IMAGES_DIR, 0, images + crops)
     unreferenced = _sweep_unreferenced(root)
     note("images (unreferenced)", 0, unreferenced)
     reports = _remove_reports(root, who.shas)
@@ -451,7 +469,7 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
     _opt_out(root, blocked, who, at)
     if not audit:
         audit.append(_audit_row(kind, subject, "(none)", 0, 0, at))
-    root.write_part("audit", audit)
+    root.write_part(AUDIT_DS, audit)
     return {
         "kind": kind,
         "site": site,
@@ -472,7 +490,7 @@ def _opt_out(root: DataRoot, blocked: OptOut, who: _Subject, at: dt.datetime) ->
     wanted += [("image", s, None) for s in sorted(who.shas) if (who.kind, who.value) != ("image", s)]
     hashes = [(k, subject_hash(k, v, blocked.key, site)) for k, v, site in wanted]
     new = [{"kind": k, "subject_hash": h, "scheme": SCHEME_KEYED, "added_at": at} for k, h in hashes]
-    root.write_part("optout", [r for r in new if r["subject_hash"] not in blocked.hashes])
+    root.write_part(OPTOUT_DS, [r for r in new if r["subject_hash"] not in blocked.hashes])
 
 
 def _audit_row(kind: str, subject_hash: str, dataset: str, rows: int, files: int, at: dt.datetime) -> dict:
@@ -493,19 +511,19 @@ def apply_retention(cfg: Config) -> dict[str, int]:
     """Drop raw images older than ``privacy.raw_image_retention_days`` whose face crop is already stored."""
     days = cfg.privacy.raw_image_retention_days
     root = DataRoot(cfg.data_root)
-    if days is None or not root.has("faces"):
+    if days is None or not root.has(FACES_DS):
         return {"images_removed": 0}
-    t = root.read("faces", columns=["image_sha256", "crop_jpeg"])
+    t = root.read(FACES_DS, columns=["image_sha256", "crop_jpeg"])
     cropped = {s for s, c in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True) if c}
     cutoff = now() - dt.timedelta(days=days)
     removed = 0
-    for info in _walk_files(root, "images"):
+    for info in _walk_files(root, IMAGES_DIR):
         sha = posixpath.basename(info.path)
         mtime = info.mtime
         if sha in cropped and mtime is not None and mtime.replace(tzinfo=mtime.tzinfo or dt.UTC) < cutoff:
             root.fs.delete_file(info.path)
             removed += 1
     if removed:
-        root.write_part("audit", [_audit_row("retention", "", "images", 0, removed, now())])
+        root.write_part(AUDIT_DS, [_audit_row("retention", "", IMAGES_DIR, 0, removed, now())])
     log.info("retention: %d raw images older than %d days (with a stored crop) removed", removed, days)
     return {"images_removed": removed}

@@ -1,7 +1,7 @@
 """What every Ray that facerank starts runs with: token authentication, loopback only, no cloud-metadata probe.
 
 One place for the settings that a local ``ray.init`` (:func:`pipeline.runtime.init_ray`), the test head
-(``pipeline/cluster.py``), ``make demo`` and the container image share. Measured on Ray 2.60 (Linux):
+(``pipeline/testing/head.py``), ``make demo`` and the container image share. Measured on Ray 2.60 (Linux):
 
 - **Token authentication**: ``RAY_AUTH_MODE=token``. Ray reads it when it is imported, so :func:`apply` also
   refreshes Ray's cached config in a process that imported Ray already. A local start generates its token in

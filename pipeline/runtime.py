@@ -1,4 +1,4 @@
-"""Ray start-up and stage bookkeeping shared by every stage: connect or start Ray once, log progress.
+"""How a stage is entered: its lock, its log lines, and Ray (connected to or started once per process).
 
 ``init_ray(cfg)`` connects to the cluster named by ``cfg.ray.address`` or ``RAY_ADDRESS`` (set by ``ray job
 submit``), or starts a local Ray with token authentication, bound to 127.0.0.1 and without Ray's cloud-metadata
@@ -7,11 +7,14 @@ probe (:mod:`pipeline.ray_env`); it does nothing when Ray is already up (tests s
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 import ray
 
@@ -56,21 +59,29 @@ def start_local_ray(*, num_cpus: int | None = None, include_dashboard: bool = Fa
     ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host="127.0.0.1", **kwargs)
 
 
-_active: set[str] = set()
+def stage_entry(name: str, *, uses_ray: bool = True) -> Callable:
+    """Decorate a stage's ``run(cfg, **opts)``: the one place a stage is entered.
 
+    The wrapped ``run`` holds the stage's lock on the data root (:func:`pipeline.locks.stage_lock`; re-entered
+    silently when the CLI took it first), logs its start, end and duration, and connects to or starts Ray
+    (:func:`init_ray`, unless ``uses_ray`` is false: labels is one polars process) before the body runs, whoever
+    calls it: the CLI, a job, a test or a user's own code.
+    """
 
-@contextmanager
-def stage(name: str):
-    """Log the start, end and duration of a stage (once: nested enters of the same stage are silent)."""
-    if name in _active:
-        yield
-        return
-    _active.add(name)
-    try:
-        with _logged(name):
-            yield
-    finally:
-        _active.discard(name)
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(cfg: Config, **opts: Any) -> Any:
+            from pipeline.locks import stage_lock
+
+            with stage_lock(cfg, name), _logged(name):
+                if uses_ray:
+                    init_ray(cfg)
+                return fn(cfg, **opts)
+
+        run.stage_name = name  # type: ignore[attr-defined]
+        return run
+
+    return wrap
 
 
 @contextmanager

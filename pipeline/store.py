@@ -40,6 +40,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -218,39 +219,54 @@ AUDIT = pa.schema(
     ]
 )
 
+# ------------------------------------------------------------------------------------------------ dataset names
+# Every dataset's name, spelled only here: other modules use these constants, and name a label task's dataset with
+# DataRoot.labels_dataset(task), a day's scores with DataRoot.scores_partition(day), a sub-folder found on disk
+# (``labels/<task>``, ``scores/dt=<day>``) with sub_dataset(top, folder).
+FETCHES_DS, POSTS_DS, STAFF_DS, FACES_DS = "fetches", "posts", "staff", "faces"
+LABELS_DS, MODELS_DS, SCORES_DS = "labels", "models", "scores"
+OPTOUT_DS, AUDIT_DS = "optout", "audit"
+IMAGES_DIR, CROPS_DIR = "images", "crops"  # files by sha256 (raw bytes; face crops on request), not Parquet
+
+
+def sub_dataset(top: str, folder: str) -> str:
+    """The dataset in ``folder`` below ``top``: a label task (``labels/selfie``) or a scores partition."""
+    return f"{top}/{folder}"
+
+
 SCHEMAS: dict[str, pa.Schema] = {
-    "fetches": FETCHES,
-    "posts": POSTS,
-    "staff": STAFF,
-    "faces": FACES,
-    "optout": OPTOUT,
-    "audit": AUDIT,
+    FETCHES_DS: FETCHES,
+    POSTS_DS: POSTS,
+    STAFF_DS: STAFF,
+    FACES_DS: FACES,
+    OPTOUT_DS: OPTOUT,
+    AUDIT_DS: AUDIT,
 }
 KEYS: dict[str, tuple[str, ...]] = {
-    "fetches": ("url",),
-    "posts": ("site", "item_id"),
-    "staff": ("site", "item_id"),
-    "faces": ("image_sha256",),
-    "scores": ("image_sha256", "model_id"),
+    FETCHES_DS: ("url",),
+    POSTS_DS: ("site", "item_id"),
+    STAFF_DS: ("site", "item_id"),
+    FACES_DS: ("image_sha256",),
+    SCORES_DS: ("image_sha256", "model_id"),
 }
 # Which stage writes which dataset: used to name the missing input in errors.
 WRITTEN_BY = {
-    "posts": "scrape",
-    "staff": "scrape",
-    "fetches": "scrape",
-    "faces": "faces",
-    "labels": "labels",
-    "models": "train",
-    "scores": "score",
+    POSTS_DS: "scrape",
+    STAFF_DS: "scrape",
+    FETCHES_DS: "scrape",
+    FACES_DS: "faces",
+    LABELS_DS: "labels",
+    MODELS_DS: "train",
+    SCORES_DS: "score",
 }
 # The datasets whose ``_tmp/`` each stage owns: it removes their leftovers when it starts, under its lock
 # (``scores`` with its ``dt=`` partitions). ``labels/beauty`` belongs to ``labels import-scores``, not the stage.
 STAGE_TEMPS: dict[str, tuple[str, ...]] = {
-    "scrape": ("posts", "staff", "fetches"),
-    "faces": ("faces",),
-    "labels": ("labels/selfie", "labels/department"),
+    "scrape": (POSTS_DS, STAFF_DS, FETCHES_DS),
+    "faces": (FACES_DS,),
+    "labels": (sub_dataset(LABELS_DS, "selfie"), sub_dataset(LABELS_DS, "department")),
     "train": (),
-    "score": ("scores",),
+    "score": (SCORES_DS,),
 }
 _STAGE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _WHOLE: dict[str, tuple[int, int]] = {}  # local part files whose footer was read: path → (size, mtime_ns)
@@ -319,20 +335,20 @@ class DataRoot:
         return posixpath.join(self.base, *parts)
 
     def image_path(self, sha: str) -> str:
-        return self.path("images", sha[:2], sha)
+        return self.path(IMAGES_DIR, sha[:2], sha)
 
     def crop_path(self, sha: str) -> str:
         """Face crops written as files on request (``faces.write_files``), beside the Parquet copy."""
-        return self.path("crops", sha[:2], f"{sha}.jpg")
+        return self.path(CROPS_DIR, sha[:2], f"{sha}.jpg")
 
     def labels_dataset(self, task: str) -> str:
-        return f"labels/{task}"
+        return sub_dataset(LABELS_DS, task)
 
     def model_dir(self, run_id: str) -> str:
         return self.path("models", run_id)
 
     def scores_partition(self, day: dt.date) -> str:
-        return f"scores/dt={day.isoformat()}"
+        return sub_dataset(SCORES_DS, f"dt={day.isoformat()}")
 
     def lock_path(self, stage: str) -> str:
         if not _STAGE_NAME.fullmatch(stage):
@@ -398,9 +414,9 @@ class DataRoot:
     # ---------------------------------------------------------------- datasets
     def schema(self, dataset: str) -> pa.Schema:
         top = dataset.split("/")[0]
-        if top == "labels":
+        if top == LABELS_DS:
             return LABEL_SCHEMAS[dataset.split("/")[1]]
-        if top == "scores":
+        if top == SCORES_DS:
             return SCORES
         return SCHEMAS[top]
 
@@ -493,12 +509,6 @@ class DataRoot:
             if not (_corrupt(err, self.local) and self.quarantine_unreadable(dataset)):
                 raise
         return self.dataset(dataset).to_table(columns=columns, filter=filter)
-
-    def read_or_empty(self, dataset: str, columns: list[str] | None = None) -> pa.Table:
-        if not self.has(dataset):
-            schema = self.schema(dataset)
-            return schema.empty_table().select(columns) if columns else schema.empty_table()
-        return self.read(dataset, columns=columns)
 
     def done_keys(self, dataset: str, key: Sequence[str] | None = None) -> set:
         """The keys already written to ``dataset`` (one column: a set of values; several: a set of tuples)."""
@@ -601,6 +611,92 @@ class DataRoot:
 
 
 # ---------------------------------------------------------------- exported models (no torch: drivers plan with these)
+MODEL_JSON = "model.json"  # written last by an export: a folder holding it is a complete model
+MODEL_KINDS = ("binary", "multiclass", "regression")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMeta:
+    """What an exported model's ``model.json`` holds: enough to rebuild the network and to read its outputs.
+
+    The one definition of the model folder's format (``models/<run_id>/``: ``model.pt``, ``test_scores.json``,
+    ``metrics.json``, ``plots/``, then ``model.json``): :func:`write_model_meta` writes it, :func:`model_meta`
+    reads it, both check it. ``train_config`` is the :class:`~pipeline.config.TrainConfig` of the run as a dict (the
+    network is built from it); ``mean``/``std`` normalise the input pixels; ``target_mean``/``target_std`` undo the
+    standardisation of regression targets; ``fold``/``fold_model_dir`` only in a k-fold run's copy of a fold.
+    """
+
+    model_id: str
+    task: str
+    kind: str  # binary | multiclass | regression
+    backbone: str
+    num_outputs: int
+    class_names: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    train_config: dict[str, Any]
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    best_epoch: int | None = None
+    created_at: str = dataclasses.field(default_factory=lambda: now().isoformat())
+    fold: int | None = None
+    fold_model_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("class_names", "mean", "std"):  # lists whatever sequence was given (JSON has no tuples)
+            object.__setattr__(self, name, list(getattr(self, name)))
+        problem = self._problem()
+        if problem:
+            raise ValueError(f"model {self.model_id!r}: {MODEL_JSON}: {problem}")
+
+    def _problem(self) -> str | None:
+        """What is wrong with these values, or None."""
+        if not self.model_id or not isinstance(self.model_id, str):
+            return "model_id must be a non-empty string"
+        if self.kind not in MODEL_KINDS:
+            return f"kind must be one of {', '.join(MODEL_KINDS)}, not {self.kind!r}"
+        if not isinstance(self.num_outputs, int) or self.num_outputs < 1:
+            return f"num_outputs must be a positive integer, not {self.num_outputs!r}"
+        if self.kind != "regression" and len(self.class_names) != self.num_outputs:
+            return f"{len(self.class_names)} class_names for {self.num_outputs} outputs"
+        if not isinstance(self.image_size, int) or self.image_size < 1:
+            return f"image_size must be a positive integer, not {self.image_size!r}"
+        if len(self.mean) != 3 or len(self.std) != 3:
+            return "mean and std need one value per colour channel (3)"
+        if not isinstance(self.train_config, dict):
+            return "train_config must be a mapping"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object (k-fold's fields only when set)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if not (k in ("fold", "fold_model_dir") and v is None)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = MODEL_JSON) -> ModelMeta:
+        """Check and read a ``model.json`` object; ``where`` names it in the one-line error."""
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is f.default_factory is dataclasses.MISSING]
+        missing = [k for k in required if k not in d]
+        unknown = sorted(set(d) - {f.name for f in fields})
+        problems = [f"missing {', '.join(missing)}"] if missing else []
+        problems += [f"unknown keys {', '.join(unknown)}"] if unknown else []
+        if problems:
+            raise ValueError(f"{where}: {'; '.join(problems)}")
+        return cls(**d)
+
+
+def write_model_meta(root: DataRoot, model_dir: str, meta: ModelMeta) -> str:
+    """Write ``<model_dir>/model.json`` (atomically, through the root's filesystem); returns its path.
+
+    Write it after every other file of the folder: :func:`resolve_model_dir` takes a folder holding it as complete.
+    """
+    path = posixpath.join(model_dir, MODEL_JSON)
+    root.write_json(path, meta.to_dict())
+    return path
+
+
 def model_location(model_dir: str, root: DataRoot | None) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path of a model folder: a URI, a folder under the data root, or a local path."""
     if "://" in model_dir:
@@ -620,23 +716,24 @@ def resolve_model_dir(root: DataRoot, spec: str) -> str:
     id under ``models/``, or a path → the model folder (exported: it holds ``model.json``, written last)."""
     if spec == "latest" or spec.startswith("latest:"):
         task = spec.partition(":")[2] or None
-        runs = [r for r in root.list_dir("models") if is_file(root.fs, root.path("models", r, "model.json"))]
+        runs = [r for r in root.list_dir(MODELS_DS) if is_file(root.fs, root.path(MODELS_DS, r, MODEL_JSON))]
         if task:
-            runs = [r for r in runs if root.read_json(root.path("models", r, "model.json")).get("task") == task]
+            runs = [r for r in runs if model_meta(root, root.model_dir(r)).task == task]
         if not runs:
             what = f"model of task {task!r}" if task else "model"
             raise FileNotFoundError(f"no exported {what} under {root.uri}/models: run the 'train' stage first")
         return root.model_dir(sorted(runs)[-1])
-    if "/" not in spec and is_file(root.fs, root.path("models", spec, "model.json")):
+    if "/" not in spec and is_file(root.fs, root.path(MODELS_DS, spec, MODEL_JSON)):
         return root.model_dir(spec)
     fs, path = model_location(spec, root)
-    if is_file(fs, posixpath.join(path, "model.json")):
+    if is_file(fs, posixpath.join(path, MODEL_JSON)):
         return spec
     raise FileNotFoundError(f"model {spec!r}: neither a run id under {root.uri}/models nor a folder with model.json")
 
 
-def model_meta(root: DataRoot | None, model_dir: str) -> dict:
-    """An exported model's ``model.json`` (id, task, classes, input size) without loading its weights."""
+def model_meta(root: DataRoot | None, model_dir: str) -> ModelMeta:
+    """An exported model's ``model.json`` (id, task, classes, input size), checked, without loading its weights."""
     fs, path = model_location(model_dir, root)
-    with fs.open_input_stream(posixpath.join(path, "model.json")) as f:
-        return json.loads(f.read())
+    where = posixpath.join(path, MODEL_JSON)
+    with fs.open_input_stream(where) as f:
+        return ModelMeta.from_dict(json.loads(f.read()), where=where)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -76,10 +75,6 @@ def shared_faces() -> Path:
     if not (d / "MANIFEST.csv").exists():
         pytest.skip("../shared/faces is not beside this checkout")
     return d
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="session")

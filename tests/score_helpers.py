@@ -1,7 +1,8 @@
 """Small fixtures for the score, rate, report and scheduler tests: images, posts rows and a tiny exported model.
 
-The model is written in exactly the layout ``pipeline.train.export`` writes (model.json, model.pt,
-test_scores.json, metrics.json, plots/*.png) with an untrained ``small_cnn``: scoring is deterministic and fast.
+The model is written in exactly the layout ``pipeline.train.export`` writes (model.pt, test_scores.json,
+metrics.json, plots/*.png, then model.json through :func:`pipeline.store.write_model_meta`) with an untrained
+``small_cnn``: scoring is deterministic and fast.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import posixpath
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from pipeline.store import DataRoot, now
+from pipeline.store import DataRoot, ModelMeta, now, write_model_meta
 
 
 def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
@@ -99,23 +100,18 @@ def write_model(
         {"run_id": run_id, "task": task, "test": {"accuracy": 0.75}, "history": history},
     )
     mean, std = NORMALISATION["small_cnn"]
-    root.write_json(
-        posixpath.join(d, "model.json"),
-        {
-            "model_id": run_id,
-            "task": task,
-            "kind": kind,
-            "backbone": "small_cnn",
-            "num_outputs": len(classes),
-            "class_names": classes,
-            "image_size": image_size,
-            "mean": mean,
-            "std": std,
-            "target_mean": 0.0,
-            "target_std": 1.0,
-            "best_epoch": 2,
-            "created_at": now().isoformat(),
-            "train_config": tc.model_dump(),
-        },
+    meta = ModelMeta(
+        model_id=run_id,
+        task=task,
+        kind=kind,
+        backbone="small_cnn",
+        num_outputs=len(classes),
+        class_names=classes,
+        image_size=image_size,
+        mean=mean,
+        std=std,
+        best_epoch=2,
+        train_config=tc.model_dump(),
     )
+    write_model_meta(root, d, meta)
     return d

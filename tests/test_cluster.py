@@ -1,6 +1,6 @@
 """Jobs submitted for real to a separate, token-authenticated Ray head on 127.0.0.1, with local and S3 data roots.
 
-One Ray head per module (:func:`pipeline.cluster.ray_head`: its own ``--temp-dir``, free ports, always stopped).
+One Ray head per module (:func:`pipeline.testing.ray_head`: its own ``--temp-dir``, free ports, always stopped).
 Jobs go through ``ray job submit --working-dir .`` (the CLI, authenticated by ``RAY_AUTH_MODE=token`` and
 ``RAY_AUTH_TOKEN``) and through ``JobSubmissionClient`` (the token as an ``Authorization`` header). The S3 data root is
 moto's S3 server on 127.0.0.1 (conftest ``s3_server``); its credentials reach the job through ``env_vars``.
@@ -12,31 +12,27 @@ import json
 import os
 import shlex
 import subprocess
-import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
 from helpers.datasets import populate_label_inputs
-from pipeline.cluster import RayHead, ray_executable, ray_head
+from helpers.jobs import submit_cli, wait_for, working_dir_copies
+from helpers.ray_head import head_fixture
 from pipeline.store import DataRoot
+from pipeline.testing import RayHead, ray_executable
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 LABEL_ARGS = ["--config", "configs/test.yaml", "--set", "labels.selfie.group_size=4", "--set", "labels.report=false"]
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
-@pytest.fixture(scope="module")
-def head():
-    # 4 logical CPUs (on any machine): train's 2 workers plus Ray Data's share fit, as on a small real node
-    with ray_head(num_cpus=4) as h:
-        yield h
+# 4 logical CPUs (on any machine): train's 2 workers plus Ray Data's share fit, as on a small real node
+head = head_fixture(num_cpus=4)
 
 
 @pytest.fixture
@@ -68,35 +64,6 @@ def early_jobs(head: RayHead, s3_server, tmp_path_factory) -> dict[str, tuple[st
         name: (client.submit_job(entrypoint=shlex.join(argv), runtime_env=env), extra)
         for name, (argv, env, extra) in jobs.items()
     }
-
-
-def wait_for(client, job_id: str, timeout_s: float = 300.0) -> str:
-    """Poll a job until it ends (bounded); a job still running at the deadline is stopped and the test fails."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = str(client.get_job_status(job_id).value)
-        if status in TERMINAL:
-            return status
-        time.sleep(1.0)
-    client.stop_job(job_id)
-    pytest.fail(f"job {job_id} still running after {timeout_s:.0f}s:\n{client.get_job_logs(job_id)[-3000:]}")
-
-
-def submit_cli(head: RayHead, entrypoint: list[str], *, runtime_env: dict | None = None, timeout_s: float = 300):
-    """``ray job submit --working-dir . -- <entrypoint>`` from the repository root, as a user would type it."""
-    sid = f"facerank-test-{uuid.uuid4().hex[:8]}"
-    cmd = [ray_executable(), "job", "submit", "--submission-id", sid, "--working-dir", "."]
-    if runtime_env:
-        cmd += ["--runtime-env-json", json.dumps(runtime_env)]
-    proc = subprocess.run(
-        cmd + ["--", *entrypoint], cwd=REPO, env=head.client_env, capture_output=True, text=True, timeout=timeout_s
-    )
-    return sid, proc
-
-
-def working_dir_copies(head: RayHead) -> list[Path]:
-    found = Path(head.temp_dir).glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*")
-    return sorted({p.resolve() for p in found if p.is_dir()}, key=lambda p: p.stat().st_mtime)
 
 
 def test_job_api_requires_the_token(head: RayHead, early_jobs):
@@ -192,7 +159,6 @@ def test_driver_and_workers_import_the_uploaded_code_not_an_install(head: RayHea
 
 
 def test_score_job_on_s3(head: RayHead, client, s3_server):
-    pytest.importorskip("pipeline.score")
     from score_helpers import add_posts, face_images, write_model
 
     uri = s3_server("cluster-score")

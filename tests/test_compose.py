@@ -143,7 +143,7 @@ def test_every_published_port_binds_loopback():
             assert host_ip == "127.0.0.1", f"{name}: port {port} is published on every interface"
             published.append(host_port)
     assert {"8265", "6379", "4444", "9000"} <= set(published)
-    assert "--dashboard-host=127.0.0.1" in (REPO / "pipeline" / "cluster.py").read_text()
+    assert "--dashboard-host=127.0.0.1" in (REPO / "pipeline" / "testing" / "head.py").read_text()
 
 
 def test_ray_services_require_token_auth_and_share_one_data_root():
@@ -164,7 +164,7 @@ def test_ray_services_require_token_auth_and_share_one_data_root():
 
 def test_scheduler_service_talks_to_the_head(monkeypatch):
     sched = SERVICES["scheduler"]
-    assert command_argv(sched)[:3] == ["python", "-m", "pipeline.scheduler"]
+    assert command_argv(sched)[:4] == ["python", "-m", "pipeline", "scheduler"]
     monkeypatch.setenv("RAY_DASHBOARD_URL", sched["environment"]["RAY_DASHBOARD_URL"])
     assert load_config(REPO / "configs" / "cluster.yaml").score.ray_address == "http://ray-head:8265"
 

@@ -66,3 +66,15 @@ def test_every_test_the_docs_name_exists():
             elif m.group(2) not in _test_names(REPO / current):
                 missing.append(f"{doc.name}: {current}::{m.group(2)}")
     assert not missing, "docs name tests that do not exist:\n" + "\n".join(missing)
+
+
+def test_architecture_lists_every_module():
+    """docs/architecture.md has a row for every module under pipeline/ (packages' __init__ aside) and no stale one."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text()
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "pipeline").rglob("*.py")}
+    listed = set(re.findall(r"^\| `(pipeline/[\w/]+\.py)` \|", text, flags=re.M))
+    missing = sorted(m for m in modules - listed if not m.endswith("/__init__.py") or m == "pipeline/__init__.py")
+    assert not missing, f"docs/architecture.md does not list {missing}"
+    assert not listed - modules, f"docs/architecture.md lists modules that do not exist: {sorted(listed - modules)}"

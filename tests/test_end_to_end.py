@@ -26,7 +26,7 @@ def finished_run(ray_session, demo_site, tmp_path_factory):
     cfg = load_config(
         Path(__file__).resolve().parents[1] / "configs" / "test.yaml", overrides={"data_root": str(root_dir)}
     )
-    summaries = run_stages(cfg)
+    summaries = run_stages(cfg, opts={"labels": {"truth": demo_site.truth()}})  # as `python -m pipeline demo`
     return cfg, DataRoot(cfg.data_root), summaries
 
 
@@ -115,8 +115,7 @@ def test_forget_on_the_root_of_a_full_run_leaves_nothing_of_the_person(finished_
     import posixpath
     import shutil
 
-    from test_privacy_full import scan_for
-
+    from helpers.traces import scan_for
     from pipeline.labels.report import write_report as write_labels_report
     from pipeline.privacy import OptOut, forget
     from pipeline.report.html import write_report

@@ -4,30 +4,20 @@ from __future__ import annotations
 
 import io
 import struct
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skdata
 
+from helpers.images import encode
 from pipeline.config import FacesConfig, load_config
 from pipeline.faces import FaceDetector, crop_folder, run
 from pipeline.faces.crop import square_box
+from pipeline.faces.quality import eval_lfw, eval_manifest, eval_scales
 from pipeline.imaging import ImageDecodeError, decode_image, fit_within, to_jpeg
 from pipeline.store import DataRoot, MissingDatasetError
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from benchmarks.eval_faces import eval_lfw, eval_manifest, eval_scales  # noqa: E402
-
-
-def _save(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def _png_bomb(side: int = 20000) -> bytes:
@@ -61,7 +51,7 @@ def bad_inputs(astronaut_jpeg) -> dict[str, bytes]:
         "empty": b"",
         "html": b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
         "bomb": _png_bomb(),
-        "tiny": _save(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"),
+        "tiny": encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"),
     }
 
 
@@ -75,23 +65,23 @@ def test_decode_awkward_modes(shared_faces):
     rgba = decode_image((shared_faces / "tests/test_images/32bit.png").read_bytes())
     assert rgba.mode == "RGB" and rgba.size[0] > 100
 
-    cmyk = decode_image(_save(Image.new("CMYK", (30, 20), (0, 255, 255, 0)), "JPEG"))  # pure red in CMYK
+    cmyk = decode_image(encode(Image.new("CMYK", (30, 20), (0, 255, 255, 0)), "JPEG"))  # pure red in CMYK
     r, g, b = cmyk.getpixel((15, 10))
     assert cmyk.mode == "RGB" and r > 200 and g < 60 and b < 60
 
     ramp = (np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50).astype(np.uint16)  # 0..59950
-    sixteen = decode_image(_save(Image.fromarray(ramp), "PNG"))
+    sixteen = decode_image(encode(Image.fromarray(ramp), "PNG"))
     px = np.asarray(sixteen)
     assert sixteen.mode == "RGB" and px.max() >= 230 and px.min() == 0  # scaled down, not clipped at 255
 
     pal = Image.fromarray(skdata.astronaut()[:64, :64]).convert("P", palette=Image.ADAPTIVE, colors=16)
-    assert decode_image(_save(pal, "PNG")).mode == "RGB"
+    assert decode_image(encode(pal, "PNG")).mode == "RGB"
     trans = Image.new("P", (10, 10), 0)
     trans.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
-    got = decode_image(_save(trans, "PNG", transparency=0))
+    got = decode_image(encode(trans, "PNG", transparency=0))
     assert got.getpixel((5, 5)) == (255, 255, 255)  # transparent → white background
 
-    gray = decode_image(_save(Image.new("L", (8, 8), 77), "PNG"))
+    gray = decode_image(encode(Image.new("L", (8, 8), 77), "PNG"))
     assert gray.mode == "RGB" and gray.getpixel((0, 0)) == (77, 77, 77)
 
 
@@ -100,7 +90,7 @@ def test_decode_applies_exif_orientation():
     img.paste((255, 0, 0), (0, 0, 10, 10))  # red marker top-left as stored
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
-    out = decode_image(_save(img, "JPEG", exif=exif.tobytes(), quality=95))
+    out = decode_image(encode(img, "JPEG", exif=exif.tobytes(), quality=95))
     assert out.size == (40, 60)
     r, g, b = out.getpixel((35, 4))  # the marker ends up top-right
     assert r > 200 and b < 80

@@ -8,7 +8,10 @@ nothing half-written. docs/reliability.md lists every fault and its test.
 The jobs run against one token-authenticated Ray head on 127.0.0.1 for the module, as jobs on a cluster do: the
 uninterrupted reference run is ``jobs/run_all.py`` submitted with ``ray job submit``; each killed job is a driver
 process connected to the head (``RAY_ADDRESS``), SIGKILLed as a crash or an OOM kill would end it. Ray then ends
-that job's actors; the rerun starts once the head reports none of them alive.
+that job's actors; the rerun starts once the head reports none of them alive. Each killed stage runs on a data root
+of its own, holding copies of the reference run's datasets that the stage reads, so every test passes alone
+(``pytest tests/test_faults.py::test_kill_score_then_rerun``). The kill tests and the disk-full faces run are
+``slow``; the rest are not.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -31,14 +33,14 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
+from helpers.datasets import copy_datasets
+from helpers.http import RawServer, Reply, serve
+from helpers.images import solid_jpeg
+from helpers.jobs import submit_cli
+from helpers.ray_head import head_fixture
 from pipeline.store import DataRoot
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
-# Staff pages (Selenium) are left out of these runs to keep the file inside the test budget: their kill-and-rerun
-# is covered at crawl level by tests/test_scrape_staff.py and tests/test_scrape_crawl.py.
-SCRAPE_STAFF = False
 RUN_ID = "fault-selfie"
 SETS = [
     "ray.num_cpus=2",
@@ -51,9 +53,20 @@ SETS = [
     "train.epochs=3",
     "scrape.selenium.wait_timeout_s=30",  # a loaded CI machine renders slowly; a failed page would only come back
     "scrape.selenium.page_load_timeout_s=60",  # on the next run, and each run here is compared with the reference
-] + ([] if SCRAPE_STAFF else ["scrape.staff=[]"])
+    # Staff pages (Selenium) are left out of these runs to keep the file inside the test budget: their
+    # kill-and-rerun is covered at crawl level by tests/test_scrape_staff.py and tests/test_scrape_crawl.py.
+    "scrape.staff=[]",
+]
 JOB_TIMEOUT_S = 240
 DATASETS = ("fetches", "posts", "staff", "faces", "labels/selfie", "labels/department", "scores")
+# What each killed stage reads: copied from the reference run into the test's own data root.
+SCRAPED = ("fetches", "posts", "images")  # no staff: see SETS
+INPUTS = {
+    "faces": SCRAPED,
+    "labels": (*SCRAPED, "faces"),
+    "train": (*SCRAPED, "faces", "labels"),
+    "score": (*SCRAPED, "faces", "labels", f"models/{RUN_ID}"),
+}
 
 
 # ------------------------------------------------------------------------------------------------ job runner
@@ -102,9 +115,7 @@ def run_job(
     log = root.parent / f"{stage}-{time.monotonic_ns()}.log"
     cmd = [sys.executable, str(REPO / "jobs" / f"{stage}.py"), "--config", str(REPO / "configs" / "test.yaml")]
     cmd += ["--data-root", str(root)] + [a for s in SETS for a in ("--set", s)] + list(extra)
-    env = dict(env or os.environ)
-    env.update(RAY_ADDRESS=head.gcs_address, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head.token)
-    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    env = head.driver_env(env)
     with open(log, "wb") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     killed, spawned = False, []
@@ -156,13 +167,8 @@ def _parts(root: Path, ds: str) -> Callable[[], bool]:
 
 
 # ------------------------------------------------------------------------------------------------ kill every stage
-@pytest.fixture(scope="module")
-def fault_head():
-    """The module's Ray head: 2 CPUs on 127.0.0.1, token authentication on (as ``ray start --head`` sets it)."""
-    from pipeline.cluster import ray_head
-
-    with ray_head(num_cpus=2) as head:
-        yield head
+# The module's Ray head: 2 CPUs on 127.0.0.1, token authentication on (as ``ray start --head`` sets it).
+fault_head = head_fixture("fault_head", num_cpus=2)
 
 
 @pytest.fixture(scope="module")
@@ -176,12 +182,10 @@ def job_env(demo_site) -> dict:
 def reference(job_env, fault_head, tmp_path_factory) -> Path:
     """One uninterrupted run of the five stages, the yardstick of every killed run: ``jobs/run_all.py`` submitted
     with ``ray job submit --working-dir .`` to the module's head. This is also the test that the whole pipeline
-    runs as one submitted job."""
-    from test_cluster import submit_cli
-
+    runs as one submitted job. Its model has the run id the killed score run needs (``RUN_ID``)."""
     root = tmp_path_factory.mktemp("faults-ref") / "data"
     entry = ["python", "jobs/run_all.py", "--config", "configs/test.yaml", "--data-root", str(root)]
-    entry += [a for s in SETS for a in ("--set", s)]
+    entry += [a for s in [*SETS, f"train.run_id={RUN_ID}"] for a in ("--set", s)]
     env = {"env_vars": {k: job_env[k] for k in ("DEMO_BASE_URL", "DEMO_N_POSTS")}}
     sid, proc = submit_cli(fault_head, entry, runtime_env=env, timeout_s=2 * JOB_TIMEOUT_S)
     log = proc.stdout + proc.stderr
@@ -193,14 +197,16 @@ def reference(job_env, fault_head, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def killed_root(tmp_path_factory) -> Path:
-    """The data root of the killed-and-rerun chain; each stage test below continues it (they run in order)."""
-    return tmp_path_factory.mktemp("faults-kill") / "data"
+def inputs_of(stage: str, reference: Path, tmp_path: Path) -> Path:
+    """A fresh data root holding copies of the reference run's datasets that ``stage`` reads."""
+    root = tmp_path / "data"
+    copy_datasets(reference, root, INPUTS[stage])
+    return root
 
 
-def test_kill_scrape_then_rerun(reference, killed_root, job_env, fault_head):
-    root = killed_root
+@pytest.mark.slow
+def test_kill_scrape_then_rerun(reference, job_env, fault_head, tmp_path):
+    root = tmp_path / "data"
     code, killed, log = run_job("scrape", root, head=fault_head, env=job_env, kill_when=lambda: _parts(root, "posts")())
     assert killed and code == -signal.SIGKILL, log[-3000:]
     assert_whole_files(root)
@@ -211,15 +217,13 @@ def test_kill_scrape_then_rerun(reference, killed_root, job_env, fault_head):
     assert_whole_files(root)
     cols = ["site", "item_id", "status", "reason", "image_sha256"]
     assert _rows(root, "posts", cols) == _rows(reference, "posts", cols)
-    if SCRAPE_STAFF:
-        pages = [r for r in _rows(root, "fetches", ["url", "kind", "status", "reason"]) if r[1] == "page"]
-        assert _rows(root, "staff", cols) == _rows(reference, "staff", cols), pages
     urls = [r[0] for r in _rows(root, "fetches", ["url"])]
     assert len(urls) == len(set(urls)), "a URL has two fetches rows after the rerun"
 
 
-def test_kill_faces_then_rerun(reference, killed_root, job_env, fault_head):
-    root = killed_root
+@pytest.mark.slow
+def test_kill_faces_then_rerun(reference, job_env, fault_head, tmp_path):
+    root = inputs_of("faces", reference, tmp_path)
     code, killed, log = run_job("faces", root, head=fault_head, env=job_env, kill_when=_parts(root, "faces"))
     assert killed and code == -signal.SIGKILL, log[-3000:]
     assert_whole_files(root)
@@ -231,8 +235,9 @@ def test_kill_faces_then_rerun(reference, killed_root, job_env, fault_head):
     assert _rows(root, "faces", cols) == _rows(reference, "faces", cols)
 
 
-def test_kill_labels_then_rerun(reference, killed_root, job_env, fault_head):
-    root = killed_root
+@pytest.mark.slow
+def test_kill_labels_then_rerun(reference, job_env, fault_head, tmp_path):
+    root = inputs_of("labels", reference, tmp_path)
     dr = DataRoot(str(root))
     code, killed, log = run_job("labels", root, head=fault_head, env=job_env, kill_when=lambda: dr.exists("labels"))
     assert killed and code == -signal.SIGKILL, log[-3000:]
@@ -240,14 +245,14 @@ def test_kill_labels_then_rerun(reference, killed_root, job_env, fault_head):
     code, _, log = run_job("labels", root, head=fault_head, env=job_env)
     assert code == 0, log[-3000:]
     assert_whole_files(root)
-    for task in ("selfie", "department") if SCRAPE_STAFF else ("selfie",):
-        ours, ref = DataRoot(str(root)).read(f"labels/{task}"), DataRoot(str(reference)).read(f"labels/{task}")
-        assert ours.sort_by("item_id").equals(ref.sort_by("item_id")), task
-        assert len(DataRoot(str(root)).part_files(f"labels/{task}")) == 1
+    ours, ref = DataRoot(str(root)).read("labels/selfie"), DataRoot(str(reference)).read("labels/selfie")
+    assert ours.sort_by("item_id").equals(ref.sort_by("item_id"))
+    assert len(DataRoot(str(root)).part_files("labels/selfie")) == 1
 
 
-def test_kill_train_then_resume(killed_root, job_env, fault_head):
-    root = killed_root
+@pytest.mark.slow
+def test_kill_train_then_resume(reference, job_env, fault_head, tmp_path):
+    root = inputs_of("train", reference, tmp_path)
     dr = DataRoot(str(root))
 
     def checkpointed() -> bool:
@@ -265,8 +270,9 @@ def test_kill_train_then_resume(killed_root, job_env, fault_head):
     assert dr.fs.get_file_info(f"{d}/model.pt").size > 0
 
 
-def test_kill_score_then_rerun(reference, killed_root, job_env, fault_head):
-    root = killed_root
+@pytest.mark.slow
+def test_kill_score_then_rerun(reference, job_env, fault_head, tmp_path):
+    root = inputs_of("score", reference, tmp_path)
     code, killed, log = run_job("score", root, head=fault_head, env=job_env, kill_when=_parts(root, "scores"))
     assert killed and code == -signal.SIGKILL, log[-3000:]
     assert_whole_files(root)
@@ -281,74 +287,27 @@ def test_kill_score_then_rerun(reference, killed_root, job_env, fault_head):
 
 
 # ------------------------------------------------------------------------------------------------ hosts that misbehave
-class _BadHost:
-    """A raw socket server on 127.0.0.1 for ``max_conns`` connections: ``reset`` (RST after the request) or
-    ``trickle`` (a 200 whose body comes one byte per ``gap`` s, for at most ``max_bytes`` bytes)."""
+def _reset(conn: socket.socket) -> None:
+    """Close with linger 0 once the request is in: the client sees ECONNRESET."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
-    def __init__(self, mode: str, gap: float = 0.1, max_bytes: int = 80, max_conns: int = 20):
-        self.mode, self.gap, self.max_bytes, self.max_conns = mode, gap, max_bytes, max_conns
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.5)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        self.requests: list[bytes] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
 
-    def _serve(self) -> None:
-        n = 0
-        while not self.stop.is_set() and n < self.max_conns:
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            n += 1
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+def _trickle(gap: float = 0.1, max_bytes: int = 80):
+    """A 200 whose body comes one byte per ``gap`` s, for at most ``max_bytes`` bytes."""
 
-    def _one(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(2)
-            data = b""
-            try:
-                while b"\r\n\r\n" not in data and len(data) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    data += chunk
-            except OSError:
-                return
-            self.requests.append(data.split(b"\r\n", 1)[0])
-            if data.startswith(b"GET /robots.txt"):
-                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                return
-            if self.mode == "reset":
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                return  # close with linger 0: the client sees ECONNRESET
-            try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")
-                for _ in range(self.max_bytes):
-                    if self.stop.is_set():
-                        return
-                    conn.sendall(b"\xff")
-                    time.sleep(self.gap)
-            except OSError:
-                return
+    def talk(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(max_bytes):
+            conn.sendall(b"\xff")
+            time.sleep(gap)
 
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-        self.thread.join(timeout=5)
+    return talk
 
 
 @pytest.fixture
 def bad_hosts():
-    hosts = {"reset": _BadHost("reset"), "trickle": _BadHost("trickle")}
+    """Raw servers on 127.0.0.1 for 20 connections each: one resets, one trickles."""
+    hosts = {"reset": RawServer(_reset, max_conns=20), "trickle": RawServer(_trickle(), max_conns=20)}
     yield hosts
     for h in hosts.values():
         h.close()
@@ -381,46 +340,21 @@ def test_reset_and_trickling_hosts_time_out_with_reasons(bad_hosts):
 def test_crawl_moves_on_past_bad_hosts_and_reports_them(ray_session, bad_hosts, tmp_path):
     """A feed whose images live on a resetting host and a trickling host: the crawl finishes, the good images are
     stored, the bad ones are error rows naming their hosts in ``fetches``, and the summary counts the reasons."""
-    import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from pipeline.config import parse_config
     from pipeline.scrape.crawl import crawl
 
-    good = _jpeg()
+    good = Reply(solid_jpeg(48, 40, (120, 30, 200)), "image/jpeg")
     bases = {"good": "", "reset": bad_hosts["reset"].base, "trickle": bad_hosts["trickle"].base}
 
-    class Feed(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
+    def feed(handler) -> Reply:
+        posts = [
+            {"id": f"{kind}{i}", "image_url": f"{bases[kind] or handler.base}/img/{kind}{i}.jpg",
+             "user": {"id": "u", "followers": 10}, "likes": i, "tags": [], "posted_at": "2020-01-01T00:00:00Z"}
+            for kind in ("good", "reset", "trickle") for i in range(2)
+        ]  # fmt: skip
+        return Reply(json.dumps({"posts": posts, "next_page": None}).encode(), "application/json")
 
-        def do_GET(self):  # noqa: N802
-            me = f"http://127.0.0.1:{self.server.server_address[1]}"
-            if self.path.startswith("/api/feed"):
-                posts = [
-                    {"id": f"{kind}{i}", "image_url": f"{bases[kind] or me}/img/{kind}{i}.jpg",
-                     "user": {"id": "u", "followers": 10}, "likes": i, "tags": [], "posted_at": "2020-01-01T00:00:00Z"}
-                    for kind in ("good", "reset", "trickle") for i in range(2)
-                ]  # fmt: skip
-                body, ctype = json.dumps({"posts": posts, "next_page": None}).encode(), "application/json"
-            elif self.path.startswith("/img/good"):
-                body, ctype = good, "image/jpeg"
-            else:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Feed)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        feed = f"http://127.0.0.1:{srv.server_address[1]}"
+    with serve({"/api/feed": feed, "/img/good0.jpg": good, "/img/good1.jpg": good}) as srv:
         http = _http_cfg().model_dump()
         cfg = parse_config(
             {
@@ -429,7 +363,7 @@ def test_crawl_moves_on_past_bad_hosts_and_reports_them(ray_session, bad_hosts, 
                     "num_actors": 1,
                     "threads_per_actor": 6,
                     "http": {**http, "requests_per_second_per_host": 100, "max_concurrency_per_host": 4},
-                    "feeds": [{"name": "f", "adapter": "json", "base_url": feed, "hashtags": ["selfie"]}],
+                    "feeds": [{"name": "f", "adapter": "json", "base_url": srv.base, "hashtags": ["selfie"]}],
                     "allowed_domains": ["127.0.0.1"],
                 },
             }
@@ -437,9 +371,6 @@ def test_crawl_moves_on_past_bad_hosts_and_reports_them(ray_session, bad_hosts, 
         t0 = time.monotonic()
         summary = crawl(cfg)
         assert time.monotonic() - t0 < 60
-    finally:
-        srv.shutdown()
-        srv.server_close()
     root = DataRoot(cfg.data_root)
     posts = {r["item_id"]: r for r in root.read("posts").to_pylist()}
     assert len(posts) == 6
@@ -455,16 +386,6 @@ def test_crawl_moves_on_past_bad_hosts_and_reports_them(ray_session, bad_hosts, 
         ("127.0.0.1", bad_hosts["reset"].port, "connection_error"),
         ("127.0.0.1", bad_hosts["trickle"].port, "timeout"),
     }
-
-
-def _jpeg() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (48, 40), (120, 30, 200)).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------ storage failures
@@ -500,11 +421,11 @@ def test_unwritable_data_root_is_one_clear_line(ray_session, demo_site, tmp_path
     assert blocker.read_text() == "a regular file" and list(tmp_path.iterdir()) == [blocker]
 
 
+@pytest.mark.slow  # the faces stage twice, through the CLI
 def test_disk_full_mid_write_leaves_nothing_half_written(ray_session, tmp_path, monkeypatch, capsys, fresh_log):
     """ENOSPC halfway through a part file (pq.write_table patched to write half a file, then fail): the faces stage
     exits 1 with one line, no part file is visible, the half file sits in _tmp where readers never look, and the
     rerun with space again writes every row."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from score_helpers import add_posts, face_images, no_face_images
 
     import pipeline.store as store

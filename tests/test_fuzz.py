@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from helpers.http import Handler, serve
 from pipeline.config import ConfigError, FacesConfig, FeedSite, load_config
 from pipeline.imaging import ImageDecodeError, decode_image
 from pipeline.scrape.feeds import FeedPage, FeedParseError, adapter_for
@@ -351,19 +350,12 @@ def mutated_html(draw) -> str:
     return s
 
 
-class _Pages(BaseHTTPRequestHandler):
+class _Pages(Handler):
     body = b""
-
-    def log_message(self, *a):
-        pass
 
     def do_GET(self):  # noqa: N802
         body = _Pages.body if self.path.startswith("/staff") else b""
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.send(200 if body else 404, body, "text/html; charset=utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -371,17 +363,16 @@ def browser_and_server():
     from pipeline.config import SeleniumConfig
     from pipeline.scrape.staff import Browser
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    b = Browser(SeleniumConfig(page_load_timeout_s=5, wait_timeout_s=1.0), "facerank-test")
-    yield b, f"http://127.0.0.1:{srv.server_address[1]}"
-    b.quit()
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Pages) as srv:
+        b = Browser(SeleniumConfig(page_load_timeout_s=5, wait_timeout_s=1.0), "facerank-test")
+        try:
+            yield b, srv.base
+        finally:
+            b.quit()
 
 
 @pytest.mark.chromium
+@pytest.mark.slow  # 15 pages through one Chromium
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(html=mutated_html())
 def test_staff_extractor_mutated_pages(browser_and_server, html):
@@ -403,6 +394,7 @@ def test_staff_extractor_mutated_pages(browser_and_server, html):
 
 
 # ------------------------------------------------------------------------------------------------ Ray task level
+@pytest.mark.slow  # MTCNN actors on Ray, twice
 def test_faces_actor_pool_survives_garbage(ray_session):
     """Garbage bytes through the faces actor pool (Ray Data map_batches): one row each, and the pool still works."""
     from pipeline.faces.stage import detect_faces

@@ -379,3 +379,47 @@ def test_run_skips_a_task_without_input_and_needs_faces(data_root, tmp_path):
     bare.write_part("posts", [post(0)])
     with pytest.raises(MissingDatasetError, match="faces"):
         run(Config(data_root=bare.uri))
+
+
+def test_the_demo_hands_its_truth_to_labels_and_labels_knows_no_demo():
+    """The hidden quality reaches the report only as ``run(cfg, truth=...)``: no config field, no demo import."""
+    import ast
+    from pathlib import Path
+
+    import pipeline.labels
+    from pipeline.config import ConfigError, parse_config
+    from pipeline.demo import DemoServer, truth
+
+    assert DemoServer(n_posts=40, seed=3).truth().equals(truth(40, seed=3))  # what `python -m pipeline demo` passes
+    with pytest.raises(ConfigError, match="demo_n_posts"):
+        parse_config({"labels": {"demo_n_posts": 700}})
+    for f in Path(pipeline.labels.__file__).parent.glob("*.py"):
+        imported = [n.module or "" for n in ast.walk(ast.parse(f.read_text())) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(ast.parse(f.read_text())) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith("pipeline.demo")], f.name
+
+
+def test_duplicate_staff_rows_keep_exactly_one_winner_chosen_by_content():
+    """Repeated (site, item_id) staff rows: one copy is kept (ok first, then by image, department, role), the same
+    one whatever the row order (polars 2.1 gave none or two winners with a sort inside the window)."""
+    import random
+
+    import polars as pl
+
+    from pipeline.labels.departments import _with_duplicate_losers
+
+    rows = [
+        dict(site="s", item_id="1", status="error", image_sha256="a", department="cs", role="p"),
+        dict(site="s", item_id="1", status="ok", image_sha256="b", department="cs", role="p"),
+        dict(site="s", item_id="1", status="ok", image_sha256="c", department="cs", role="p"),
+        dict(site="s", item_id="2", status="ok", image_sha256="z", department="econ", role="q"),
+        dict(site="s", item_id="2", status="ok", image_sha256="y", department="econ", role="q"),
+        dict(site="t", item_id="1", status="ok", image_sha256="x", department="mech", role="r"),
+    ]
+    for seed in range(20):
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        out = _with_duplicate_losers(pl.LazyFrame(shuffled)).collect()
+        winners = sorted(out.filter(~pl.col("_dup_loser"))[["site", "item_id", "image_sha256"]].rows())
+        assert winners == [("s", "1", "b"), ("s", "2", "y"), ("t", "1", "x")], seed
+        assert out.columns == list(rows[0]) + ["_dup_loser"]

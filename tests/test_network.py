@@ -1,7 +1,7 @@
 """Nothing leaves loopback: every Ray the project starts binds 127.0.0.1, needs the token, and probes no cloud metadata.
 
 Sockets are sampled (``helpers.sockets.SocketWatch``, every 0.1 s) while a local Ray (``start_local_ray``, as
-``init_ray`` and ``make demo`` start it), a test head (``pipeline.cluster.ray_head``) and a one-stage job on that
+``init_ray`` and ``make demo`` start it), a test head (``pipeline.testing.ray_head``) and a one-stage job on that
 head run. A test fails on any connection whose peer is neither loopback nor one of this machine's addresses (Ray's
 dashboard sends its cloud-metadata probe to 169.254.169.254 unless ``~/ray_bootstrap_config.yaml`` exists), and on
 any listener beyond loopback whose process runs without token auth. Both Rays must also refuse a client without the
@@ -10,6 +10,8 @@ token: a GCS connection (as a joining node or driver makes) and the job API.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import subprocess
 import sys
@@ -22,8 +24,11 @@ from pathlib import Path
 import pytest
 
 from helpers.datasets import populate_label_inputs
+from helpers.http import serve
+from helpers.jobs import wait_for
 from helpers.sockets import SocketWatch, is_loopback, session_of, tree_of
 from pipeline import ray_env
+from pipeline.testing import ray_head
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,8 +139,6 @@ def test_local_ray_binds_loopback_needs_the_token_and_sends_nothing_out():
 def test_test_head_and_a_job_on_it_stay_on_loopback(tmp_path):
     from ray.job_submission import JobSubmissionClient
 
-    from pipeline.cluster import ray_head
-
     data = str(tmp_path / "data")
     root = populate_label_inputs(data)
     with ray_head(num_cpus=2) as head:
@@ -148,11 +151,7 @@ def test_test_head_and_a_job_on_it_stay_on_loopback(tmp_path):
                 ),
                 runtime_env={"working_dir": str(REPO)},
             )
-            deadline = time.monotonic() + 240
-            while str(client.get_job_status(job).value) not in {"SUCCEEDED", "FAILED", "STOPPED"}:
-                assert time.monotonic() < deadline, client.get_job_logs(job)[-3000:]
-                time.sleep(0.5)
-            assert str(client.get_job_status(job).value) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
+            assert wait_for(client, job, timeout_s=240) == "SUCCEEDED", client.get_job_logs(job)[-3000:]
             assert_gcs_refuses_without_token(head.gcs_address)
             assert_http_needs_token(head.dashboard_url)
         assert root.read("labels/selfie").num_rows == 16
@@ -164,11 +163,9 @@ def test_test_head_and_a_job_on_it_stay_on_loopback(tmp_path):
 
 
 @pytest.mark.chromium
+@pytest.mark.slow  # Chromium watched for 6 s
 def test_a_browser_without_the_egress_proxy_reaches_loopback_only(tmp_path):
     """Chromium calls home by itself (update, accounts, search hosts): ``chrome_options`` keeps it on loopback."""
-    import http.server
-    import threading
-
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -176,21 +173,19 @@ def test_a_browser_without_the_egress_proxy_reaches_loopback_only(tmp_path):
 
     page = tmp_path / "index.html"
     page.write_text("<html><body><h1 id=t>local</h1><img src='http://example.com/x.png'></body></html>")
-    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     opts = chrome_options(
         "--window-size=800,600", f"--user-data-dir={tmp_path / 'profile'}", binary="/usr/bin/chromium"
     )
-    driver = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
-    try:
-        driver_pid = driver.service.process.pid
-        with SocketWatch(lambda: tree_of(driver_pid)) as watch:
-            driver.get(f"http://127.0.0.1:{server.server_port}/index.html")
-            assert driver.find_element("id", "t").text == "local"
-            time.sleep(6)  # Chromium's own background requests start within seconds of launch
-        assert watch.samples > 20 and any("chrom" in n for n in watch.processes_seen), watch.report()
-        assert not watch.egress, watch.report()
-    finally:
-        driver.quit()
-        server.shutdown()
+    with serve(handler) as server:
+        driver = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
+        try:
+            driver_pid = driver.service.process.pid
+            with SocketWatch(lambda: tree_of(driver_pid)) as watch:
+                driver.get(f"{server.base}/index.html")
+                assert driver.find_element("id", "t").text == "local"
+                time.sleep(6)  # Chromium's own background requests start within seconds of launch
+            assert watch.samples > 20 and any("chrom" in n for n in watch.processes_seen), watch.report()
+            assert not watch.egress, watch.report()
+        finally:
+            driver.quit()

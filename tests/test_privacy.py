@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from PIL import Image
 from score_helpers import write_model
 
+from helpers.images import solid_jpeg
 from pipeline.config import Config, load_config
 from pipeline.privacy import OptOut, apply_retention, forget
 from pipeline.report.html import write_report
@@ -19,9 +18,7 @@ from pipeline.store import DataRoot
 
 def _crop(i: int) -> bytes:
     """A small real JPEG (a face crop stand-in the report can decode), one colour per image."""
-    buf = io.BytesIO()
-    Image.new("RGB", (48, 48), (40 * i % 256, 90, 200 - 30 * i % 200)).save(buf, format="JPEG")
-    return buf.getvalue()
+    return solid_jpeg(48, 48, (40 * i % 256, 90, 200 - 30 * i % 200))
 
 
 def _build(root: DataRoot, report_cfg: Config | None = None) -> dict[str, list[str]]:

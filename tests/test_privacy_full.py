@@ -7,25 +7,23 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 import stat
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 from score_helpers import write_model
 
+from helpers.http import Handler, serve
+from helpers.images import noise_jpeg
+from helpers.traces import scan_for
 from pipeline.cli import build_parser, main
 from pipeline.config import ConfigError, load_config, parse_config
 from pipeline.privacy import KEY_ENV, OptOut, forget, load_key, plain_hash, subject_hash
@@ -38,10 +36,7 @@ OLD = now() - dt.timedelta(days=60)
 
 
 def _jpeg(seed: int, size: int = 64) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
+    return noise_jpeg(size, size, seed)
 
 
 def _post(root: DataRoot, site: str, item: str, user: str, seed: int, **extra) -> dict:
@@ -147,32 +142,6 @@ def _full_root(tmp_path: Path):
     mine["shas"] |= {stale["image_sha256"], stray}
     mine["images"] += [_jpeg(77), _jpeg(99), first[len(first) // 4 : len(first) // 2]]  # the half-moved part
     return cfg, root, mine
-
-
-def scan_for(root: DataRoot, mine: dict) -> list[str]:
-    """Every file under the root, read in full (Parquet also cell by cell): where a trace of the person is left.
-
-    ``mine``: ``ids`` (strings), ``shas`` (image sha256s), ``images`` and ``crops`` (bytes, also looked for in
-    base64, as reports inline them). Also used by tests/test_end_to_end.py on the root of a full run.
-    """
-    names = [*mine["ids"], *mine["shas"]]
-    needles = [n.encode() for n in names] + list(mine["images"]) + list(mine["crops"])
-    needles += [base64.b64encode(b) for b in [*mine["crops"], *mine["images"]]]
-    found = []
-    for info in root.fs.get_file_info(pafs.FileSelector(root.base, recursive=True)):
-        if info.type != pafs.FileType.File:
-            continue
-        if any(n in info.path for n in names):
-            found.append(f"name {info.path}")
-        blobs = [root.read_bytes(info.path)]
-        try:
-            cols = pq.read_table(info.path, filesystem=root.fs).columns if info.path.endswith(".parquet") else []
-        except pa.ArrowInvalid:  # a torn part: its raw bytes are scanned
-            cols = []
-        for col in cols:
-            blobs += [v if isinstance(v, bytes) else repr(v).encode() for v in col.to_pylist()]
-        found += [f"bytes {info.path}" for b in blobs if any(n in b for n in needles)][:1]
-    return found
 
 
 def test_forget_on_a_root_with_every_output_leaves_nothing(tmp_path):
@@ -378,24 +347,14 @@ def test_retention_command(tmp_path, capsys):
     assert "retention" in build_parser().format_help()
 
 
-class _TwoFeeds(BaseHTTPRequestHandler):
+class _TwoFeeds(Handler):
     """Two feed sites on one server (/fa, /fb), both with a user "u1" (two people) and a user "u2"."""
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, body: bytes, ctype: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):  # noqa: N802
         u = urlsplit(self.path)
-        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        base = self.base
         if u.path == "/robots.txt":
-            return self._send(b"User-agent: *\nAllow: /\n", "text/plain")
+            return self.send(200, b"User-agent: *\nAllow: /\n", "text/plain")
         site, _, rest = u.path.strip("/").partition("/")
         if rest == "api/feed" and parse_qs(u.query)["page"] == ["1"]:
             posts = [
@@ -409,19 +368,15 @@ class _TwoFeeds(BaseHTTPRequestHandler):
                 }
                 for i in range(4)
             ]
-            return self._send(json.dumps({"posts": posts, "next_page": None}).encode(), "application/json")
+            return self.send(200, json.dumps({"posts": posts, "next_page": None}).encode(), "application/json")
         i = int(rest.removeprefix("img/").removesuffix(".jpg"))
-        return self._send(_jpeg({"fa": 0, "fb": 500}[site] + i), "image/jpeg")
+        return self.send(200, _jpeg({"fa": 0, "fb": 500}[site] + i), "image/jpeg")
 
 
 @pytest.fixture
 def two_feeds():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _TwoFeeds)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serve(_TwoFeeds) as srv:
+        yield srv.base
 
 
 def test_scrape_applies_retention_and_a_user_forgotten_on_one_site_is_skipped_there_only(

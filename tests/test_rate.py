@@ -13,7 +13,7 @@ from PIL import Image
 from score_helpers import face_images, no_face_images, write_model
 
 from pipeline.config import load_config
-from pipeline.rate import best_crop, format_rating, rate_photo, sample_boxes
+from pipeline.score.photo import best_crop, format_rating, rate_photo, sample_boxes
 from pipeline.store import DataRoot
 
 REPO = Path(__file__).resolve().parents[1]

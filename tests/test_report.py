@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from score_helpers import face_images, write_model
 
+from helpers.images import encode
 from pipeline.config import load_config
 from pipeline.report.html import write_report
 from pipeline.store import DataRoot, now
@@ -21,12 +22,8 @@ def _seed(root: DataRoot, model_id: str, n: int = 14, with_scores: bool = True) 
     for i, data in enumerate(face_images(n)):
         sha = root.put_image(data)
         shas.append(sha)
-        img = Image.open(io.BytesIO(data)).crop((60, 0, 240, 180)).resize((64, 64))
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG")
-        faces.append(
-            {"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": buf.getvalue(), "processed_at": now()}
-        )
+        crop = encode(Image.open(io.BytesIO(data)).crop((60, 0, 240, 180)).resize((64, 64)))
+        faces.append({"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": crop, "processed_at": now()})
         scores.append(
             {
                 "image_sha256": sha,

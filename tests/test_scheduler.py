@@ -1,6 +1,6 @@
 """The scheduler: tick decisions with a fake job client (fast), and a real Ray head on 127.0.0.1 (slow).
 
-The slow test starts its own head with :func:`pipeline.cluster.ray_head` (``ray start --head --block`` in a new
+The slow test starts its own head with :func:`pipeline.testing.ray_head` (``ray start --head --block`` in a new
 process session, token authentication on, its own ports and temp dir; the token is also written to a file for the
 scheduler to find). It never runs ``ray stop``: that command kills every Ray process on the machine, the test
 session's own Ray included; the teardown ends exactly the processes of that session, in bounded time.
@@ -21,8 +21,9 @@ import pytest
 import yaml
 from score_helpers import add_posts, face_images, write_model
 
+from helpers.ray_head import head_fixture
 from pipeline.config import load_config
-from pipeline.scheduler import Scheduler, auth_headers
+from pipeline.score.scheduler import Scheduler, auth_headers
 from pipeline.store import DataRoot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +129,7 @@ def test_bad_config_exits_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("score: {num_actors: many}\n")
     r = subprocess.run(
-        [PY, "-m", "pipeline.scheduler", "--config", str(bad), "--once"],
+        [PY, "-m", "pipeline", "scheduler", "--config", str(bad), "--once"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -148,15 +149,16 @@ def _wait(pred, timeout: float, every: float = 0.25, what: str = "condition"):
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """A separate Ray head (token auth on) on 127.0.0.1 (:func:`pipeline.cluster.ray_head`), its token in a file."""
-    from pipeline.cluster import ray_head as start_head
+# A separate Ray head (token auth on) on 127.0.0.1 (:func:`pipeline.testing.ray_head`), one per test.
+head = head_fixture(scope="function", start_timeout_s=240)
 
-    with start_head(start_timeout_s=240) as head:
-        tok = tmp_path / "auth_token"
-        tok.write_text(head.token)
-        yield types.SimpleNamespace(address=head.dashboard_url, token=head.token, token_path=str(tok))
+
+@pytest.fixture
+def ray_head(head, tmp_path):
+    """The head's address and token, and the token in a file (where the scheduler finds it)."""
+    tok = tmp_path / "auth_token"
+    tok.write_text(head.token)
+    return types.SimpleNamespace(address=head.dashboard_url, token=head.token, token_path=str(tok))
 
 
 @pytest.mark.slow
@@ -190,7 +192,8 @@ def test_scheduler_submits_twice_to_a_real_ray_head(ray_head, tmp_path):
         [
             PY,
             "-m",
-            "pipeline.scheduler",
+            "pipeline",
+            "scheduler",
             "--config",
             str(cfg_file),
             "--interval-s",

@@ -16,7 +16,8 @@ from score_helpers import add_posts, face_images, no_face_images, write_model
 
 from pipeline import score
 from pipeline.config import load_config
-from pipeline.store import DataRoot, now
+from pipeline.score import inference
+from pipeline.store import DataRoot, ModelMeta, now
 
 
 @pytest.fixture
@@ -115,9 +116,9 @@ def test_reuse_reads_only_the_face_rows_to_score(ray_session, cfg, data_root):
     root.write_part("faces", [_fake_face_row(s) for s in second])
     root.write_part("faces", [_fake_face_row(second[0])])  # a duplicate face row must not be scored twice
     # the scan behind the reuse: projected columns, and only the wanted image's rows (both copies)
-    rows = score.reused_faces(root, [second[0]]).take_all()
+    rows = inference.reused_faces(root, [second[0]]).take_all()
     assert [r["image_sha256"] for r in rows] == [second[0]] * 2
-    assert set(rows[0]) == set(score.FACE_COLUMNS) and rows[0]["kept"] and rows[0]["crop_jpeg"]
+    assert set(rows[0]) == set(inference.FACE_COLUMNS) and rows[0]["kept"] and rows[0]["crop_jpeg"]
 
     global_block_size = ray.data.DataContext.get_current().target_max_block_size
     s2 = score.run(cfg)
@@ -179,24 +180,23 @@ def test_missing_inputs_are_named(ray_session, cfg):
         score.run(cfg)
 
 
-def _binary_meta(tc) -> dict:
+def _binary_meta(tc) -> ModelMeta:
     """model.json of a binary selfie model with ``tc``'s backbone and image size (what LoadedModel reads)."""
     from pipeline.train.models import NORMALISATION
 
     mean, std = NORMALISATION[tc.backbone]
-    return {
-        "model_id": "m",
-        "task": "selfie",
-        "kind": "binary",
-        "num_outputs": 2,
-        "class_names": ["bad", "good"],
-        "image_size": tc.image_size,
-        "mean": mean,
-        "std": std,
-        "target_mean": 0.0,
-        "target_std": 1.0,
-        "train_config": tc.model_dump(),
-    }
+    return ModelMeta(
+        model_id="m",
+        task="selfie",
+        kind="binary",
+        backbone=tc.backbone,
+        num_outputs=2,
+        class_names=["bad", "good"],
+        image_size=tc.image_size,
+        mean=mean,
+        std=std,
+        train_config=tc.model_dump(),
+    )
 
 
 @pytest.mark.parametrize("backbone,size", [("small_cnn", 48), ("resnet18", 64)])
@@ -280,10 +280,10 @@ def test_crops_decoded_in_the_read_tasks_score_like_predict():
             "crop_jpeg": [*jpegs, jpegs[0][:40], None, None, None],
         }
     )
-    prepared = score.prepare_crops(rows, 40)
+    prepared = inference.prepare_crops(rows, 40)
     assert prepared["pixels"].shape == (7, 40, 40, 3) and prepared["pixels"].dtype == np.uint8
     assert prepared["decoded"].tolist() == [True, True, True, False, False, False, False]
-    out = score.score_prepared(model, prepared, "run-1").to_pandas().set_index("image_sha256")
+    out = inference.score_prepared(model, prepared, "run-1").to_pandas().set_index("image_sha256")
     want, names = model.predict([decode_image(j) for j in jpegs])
     assert np.allclose(out.loc[["a", "b", "c"], "score"], want, atol=1e-6)
     assert out.loc[["a", "b", "c"], "predicted"].tolist() == names
@@ -303,7 +303,7 @@ def test_crops_decoded_in_the_read_tasks_score_like_predict():
         return real(pixels)
 
     model.predict_pixels = fails_on_b
-    out = score.score_prepared(model, prepared, "run-2").to_pandas().set_index("image_sha256")
+    out = inference.score_prepared(model, prepared, "run-2").to_pandas().set_index("image_sha256")
     assert out.loc["b", "status"] == "error" and out.loc["b", "reason"].startswith("model_error: boom")
     assert np.allclose(out.loc[["a", "c"], "score"], want[[0, 2]], atol=1e-6)
 
@@ -331,13 +331,13 @@ def test_scoring_actor_runs_batches_side_by_side(data_root):
         batches.append(pa.table({"image_sha256": shas, "kept": [True] * 5, "reason": [None] * 5, "crop_jpeg": jpegs}))
     before = torch.get_num_threads()
     try:
-        one = score._Scorer(model_dir, root.uri, "r", "cpu", threads=2, calls=1)
+        one = inference.Scorer(model_dir, root.uri, "r", "cpu", threads=2, calls=1)
         assert torch.get_num_threads() == 2 and one._passes._value == 1
         want = pd.concat([one(b).to_pandas() for b in batches]).set_index("image_sha256")
-        two = score._Scorer(model_dir, root.uri, "r", "cpu", threads=2, calls=2)
+        two = inference.Scorer(model_dir, root.uri, "r", "cpu", threads=2, calls=2)
         assert torch.get_num_threads() == 1 and two._passes._value == 2  # two one-thread passes side by side
-        assert score._Scorer(model_dir, root.uri, "r", "cpu", threads=1, calls=2)._passes._value == 1
-        assert score._Scorer(model_dir, root.uri, "r", "cpu", threads=4, calls=2)._passes._value == 2
+        assert inference.Scorer(model_dir, root.uri, "r", "cpu", threads=1, calls=2)._passes._value == 1
+        assert inference.Scorer(model_dir, root.uri, "r", "cpu", threads=4, calls=2)._passes._value == 2
         assert torch.get_num_threads() == 2
         got: dict[int, pd.DataFrame] = {}
 
@@ -370,7 +370,72 @@ def test_the_score_driver_plans_without_torch(data_root):
         "from pipeline.store import DataRoot, model_meta, resolve_model_dir\n"
         f"root = DataRoot({str(data_root)!r})\n"
         "d = resolve_model_dir(root, 'latest')\n"
-        "print(d, model_meta(root, d)['image_size'], 'torch' in sys.modules)\n"
+        "print(d, model_meta(root, d).image_size, 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == [model_dir, "40", "False"]
+
+
+def test_one_score_for_crops_and_pixels():
+    """LoadedModel.score, the post-processing the score stage, rate and the report share: predict's scores, their
+    test-set percentiles and class names, the same from PIL crops and from prepared pixels; empty in, empty out."""
+    import torch
+
+    from pipeline.config import TrainConfig
+    from pipeline.train.data import model_pixels
+    from pipeline.train.export import LoadedModel
+    from pipeline.train.models import build_model
+
+    torch.manual_seed(0)
+    tc = TrainConfig(task="selfie", backbone="small_cnn", image_size=40)
+    m = LoadedModel(_binary_meta(tc), build_model(tc, 2, load_pretrained=False).state_dict(), [0.2, 0.5, 0.8], "cpu")
+    rng = np.random.default_rng(3)
+    crops = [Image.fromarray(rng.integers(0, 255, (50, 60, 3), dtype=np.uint8)) for _ in range(4)]
+    want, names = m.predict(crops)
+    out = m.score(crops)
+    assert out.score.dtype == np.float64 and np.allclose(out.score, want) and out.predicted == names
+    assert np.array_equal(out.percentile, m.percentile(want)) and set(out.percentile) <= {0.0, 1 / 3, 2 / 3, 1.0}
+    by_pixels = m.score(pixels=np.stack([model_pixels(c, 40) for c in crops]))
+    assert np.allclose(by_pixels.score, out.score, atol=1e-6) and by_pixels.predicted == names
+    empty = m.score([])
+    assert len(empty.score) == len(empty.percentile) == len(empty.predicted) == 0
+    with pytest.raises(TypeError, match="exactly one"):
+        m.score(crops, pixels=np.zeros((1, 40, 40, 3), np.uint8))
+
+
+def test_the_model_folder_format_has_one_definition(data_root):
+    """model.json is written and read through the store's ModelMeta: the export's fields round-trip, k-fold's own
+    fields appear only when set, and a malformed file or value is refused with one line saying what is wrong."""
+    import dataclasses
+
+    from pipeline.store import model_meta, resolve_model_dir, write_model_meta
+
+    root = DataRoot(str(data_root))
+    d = write_model(root, run_id="r1", task="department", image_size=40)
+    raw = root.read_json(f"{d}/model.json")
+    assert set(raw) == {
+        "model_id", "task", "kind", "backbone", "num_outputs", "class_names", "image_size", "mean", "std",
+        "target_mean", "target_std", "best_epoch", "created_at", "train_config",
+    }  # fmt: skip
+    meta = model_meta(root, d)
+    assert (meta.model_id, meta.task, meta.kind, meta.num_outputs, meta.image_size) == (
+        "r1", "department", "multiclass", 4, 40,
+    )  # fmt: skip
+    assert ModelMeta.from_dict(meta.to_dict()) == meta and resolve_model_dir(root, "latest:department") == d
+
+    fold = dataclasses.replace(meta, model_id="r2", fold=1, fold_model_dir=d)
+    d2 = root.model_dir("r2")
+    write_model_meta(root, d2, fold)
+    assert root.read_json(f"{d2}/model.json")["fold"] == 1 and model_meta(root, d2) == fold
+
+    with pytest.raises(ValueError, match="kind must be one of binary, multiclass, regression"):
+        dataclasses.replace(meta, kind="ranking")
+    with pytest.raises(ValueError, match="3 class_names for 4 outputs"):
+        dataclasses.replace(meta, class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="one value per colour channel"):
+        dataclasses.replace(meta, mean=[0.5])
+    bad = {k: v for k, v in raw.items() if k != "image_size"} | {"colour": "red"}
+    root.write_json(f"{d}/model.json", bad)
+    with pytest.raises(ValueError, match=r"model\.json: missing image_size; unknown keys colour") as err:
+        model_meta(root, d)
+    assert "\n" not in str(err.value)

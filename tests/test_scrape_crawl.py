@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 import pyarrow.compute as pc
 import pytest
 import ray
-from PIL import Image
 
+from helpers.http import Handler, serve
+from helpers.images import noise_jpeg
 from pipeline.config import parse_config
-from pipeline.scrape.crawl import CrawlInterrupted, crawl
+from pipeline.scrape.crawl import crawl
+from pipeline.scrape.writer import CrawlInterrupted
 from pipeline.store import DataRoot
 
 N_POSTS, PER_PAGE = 60, 10
-
-
-def _jpeg(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
 
 
 def _post(i: int, base: str) -> dict:
@@ -54,49 +45,35 @@ def _post(i: int, base: str) -> dict:
     }
 
 
-class _Feed(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-
-    def _send(self, code, body, ctype="image/jpeg", headers=None):
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+class _Feed(Handler):
+    ctype = "image/jpeg"
 
     def do_GET(self):  # noqa: N802
         u = urlsplit(self.path)
-        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        base = self.base
         if u.path == "/robots.txt":
-            return self._send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
+            return self.send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
         if u.path == "/api/feed":
             q = parse_qs(u.query)
             page = int(q["page"][0])
             ids = range((page - 1) * PER_PAGE, min(page * PER_PAGE, N_POSTS))
             nxt = page + 1 if page * PER_PAGE < N_POSTS else None
             doc = {"posts": [_post(i, base) for i in ids], "next_page": nxt}
-            return self._send(200, json.dumps(doc).encode(), "application/json")
+            return self.send(200, json.dumps(doc).encode(), "application/json")
         parts = u.path.strip("/").split("/")
         if len(parts) == 2 and parts[1].endswith(".jpg"):
             i = int(parts[1][:-4])
             if parts[0] == "broken":
-                return self._send(500, b"no", "text/plain")
+                return self.send(500, b"no", "text/plain")
             hdr = {"X-Robots-Tag": "noai"} if parts[0] == "noai" else {}
-            return self._send(200, _jpeg(i), headers=hdr)
-        return self._send(404, b"", "text/plain")
+            return self.send(200, noise_jpeg(40, 32, i), headers=hdr)
+        return self.send(404, b"", "text/plain")
 
 
 @pytest.fixture(scope="module")
 def feed_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Feed)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Feed) as srv:
+        yield srv.base
 
 
 def _cfg(base: str, root, **scrape):
@@ -200,12 +177,7 @@ def test_killed_actor_is_replaced_and_every_item_written_once(ray_session, feed_
 
 
 # ------------------------------------------------------------------------------------------ the bundled demo sites
-def _need_demo():
-    pytest.importorskip("pipeline.demo.server", reason="pipeline/demo is not built yet")
-
-
 def test_demo_feeds_crawl_and_rerun(ray_session, request):
-    _need_demo()
     cfg = request.getfixturevalue("demo_config")
     cfg.scrape.staff = []
     s = crawl(cfg)
@@ -225,8 +197,8 @@ def test_demo_feeds_crawl_and_rerun(ray_session, request):
 
 
 @pytest.mark.chromium
+@pytest.mark.slow
 def test_demo_staff_pages(ray_session, request):
-    _need_demo()
     cfg = request.getfixturevalue("demo_config")
     cfg.scrape.feeds = []
     s = crawl(cfg)

@@ -5,33 +5,24 @@ the crawl driver's bound on a batch."""
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import socket
 import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from helpers.http import Handler, RawServer, serve
+from helpers.images import noise_jpeg
 from pipeline.config import FeedSite, HttpConfig, RetryConfig, parse_config
 from pipeline.scrape import http as scrape_http
 from pipeline.scrape.feeds import adapter_for
 from pipeline.scrape.http import HttpClient, is_public_address, prepare_url
 
-
-def _jpeg(seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
-JPEG = _jpeg()
+JPEG = noise_jpeg(32, 24)
 
 
 def _client(domains=("127.0.0.1",), allow_private=True, attempts=3, **kw) -> HttpClient:
@@ -42,61 +33,11 @@ def _client(domains=("127.0.0.1",), allow_private=True, attempts=3, **kw) -> Htt
 
 
 # ------------------------------------------------------------------------------------------ a raw socket server
-class RawServer:
-    """Accepts on 127.0.0.1 and hands each connection to ``talk(conn)`` in a thread; counts connections."""
-
-    def __init__(self, talk):
-        self.talk = talk
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.connections = 0
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn):
-        with conn:
-            try:
-                conn.settimeout(5)
-                request = b""
-                while b"\r\n\r\n" not in request and len(request) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    request += chunk
-                if request.startswith(b"GET /robots.txt"):
-                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    return
-                self.talk(conn)
-            except OSError:
-                pass  # the client gave up: expected
-
-    def close(self):
-        self._stop.set()
-        self.sock.close()
-
-
 @pytest.fixture
 def raw_server():
-    servers = []
-
-    def make(talk):
-        servers.append(RawServer(talk))
-        return servers[-1]
-
-    yield make
-    for s in servers:
-        s.close()
+    """Make raw servers on 127.0.0.1 (``helpers.http.RawServer``: robots.txt is a 404, then ``talk(conn)``)."""
+    with ExitStack() as stack:
+        yield lambda talk: stack.enter_context(RawServer(talk))
 
 
 def _trickle(data: bytes, every_s: float, limit_s: float = 10.0):
@@ -231,41 +172,26 @@ def test_watchdog_ends_a_blocked_read_on_a_tls_socket(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ one URL parser
-class _Counting(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-
+class _Counting(Handler):
     def do_GET(self):  # noqa: N802
         self.server.paths.append(self.path)
         self.server.hosts.append(self.headers.get("Host"))
         self.server.times.append(time.monotonic())
         if self.path == "/robots.txt":
-            body, ctype = self.server.robots, "text/plain"
+            self.send(200, self.server.robots, "text/plain")
         else:
-            body, ctype = JPEG, "image/jpeg"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            self.send(200, JPEG, "image/jpeg")
 
 
 @pytest.fixture
 def counting_server():
-    servers = []
+    """Make servers that record each request's path, Host header and time, with the given robots.txt."""
+    with ExitStack() as stack:
 
-    def make(robots: bytes = b"User-agent: *\nAllow: /\n"):
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
-        srv.daemon_threads = True
-        srv.paths, srv.hosts, srv.times, srv.robots = [], [], [], robots
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return srv
+        def make(robots: bytes = b"User-agent: *\nAllow: /\n"):
+            return stack.enter_context(serve(_Counting, paths=[], hosts=[], times=[], robots=robots))
 
-    yield make
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+        yield make
 
 
 def test_backslash_url_is_bad_url_and_never_fetched(counting_server):
@@ -424,12 +350,9 @@ def test_crawl_delay_is_capped(counting_server):
 
 
 # ------------------------------------------------------------------------------------------ the driver's bound
-class _SlowImages(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-
+class _SlowImages(Handler):
     def do_GET(self):  # noqa: N802
-        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        base = self.base
         if self.path == "/robots.txt":
             body, ctype = b"User-agent: *\nAllow: /\n", "text/plain"
         elif self.path.startswith("/api/feed"):
@@ -439,16 +362,7 @@ class _SlowImages(BaseHTTPRequestHandler):
         else:
             time.sleep(6)  # inside the fetch's own deadline (10 s), far past the batch bound (2 s)
             body, ctype = JPEG, "image/jpeg"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):  # the abandoned worker's connections break: expected
-        pass
+        self.send(200, body, ctype)
 
 
 def test_driver_abandons_a_batch_past_its_bound(ray_session, tmp_path):
@@ -457,27 +371,22 @@ def test_driver_abandons_a_batch_past_its_bound(ray_session, tmp_path):
     from pipeline.scrape.crawl import crawl
     from pipeline.store import DataRoot
 
-    srv = _QuietServer(("127.0.0.1", 0), _SlowImages)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{srv.server_address[1]}"
     http = {"allow_private_addresses": True, "total_timeout_s": 10, "read_timeout_s": 10, "retry": {"attempts": 1}}
-    cfg = parse_config(
-        {
-            "data_root": str(tmp_path / "d"),
-            "scrape": {
-                "num_actors": 1, "threads_per_actor": 4, "tasks_per_call": 4, "batch_rows": 10,
-                "batch_timeout_s": 2.0, "http": http,
-                "feeds": [{"name": "f", "adapter": "json", "base_url": base, "hashtags": ["selfie"]}],
+    with serve(_SlowImages) as srv:  # quiet: the abandoned worker's connections break, as expected
+        cfg = parse_config(
+            {
+                "data_root": str(tmp_path / "d"),
+                "scrape": {
+                    "num_actors": 1, "threads_per_actor": 4, "tasks_per_call": 4, "batch_rows": 10,
+                    "batch_timeout_s": 2.0, "http": http,
+                    "feeds": [{"name": "f", "adapter": "json", "base_url": srv.base, "hashtags": ["selfie"]}],
+                },
             },
-        },
-        "test",
-    )  # fmt: skip
-    t0 = time.monotonic()
-    s = crawl(cfg)
-    took = time.monotonic() - t0
-    srv.shutdown()
-    srv.server_close()
+            "test",
+        )  # fmt: skip
+        t0 = time.monotonic()
+        s = crawl(cfg)
+        took = time.monotonic() - t0
     rows = DataRoot(cfg.data_root).read("posts").to_pylist()
     assert sorted((r["item_id"], r["status"], r["reason"]) for r in rows) == [
         (f"p{i}", "error", "batch_timeout") for i in range(3)

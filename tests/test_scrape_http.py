@@ -2,48 +2,26 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from helpers.http import Handler, serve
+from helpers.images import noise_jpeg
 from pipeline.config import HttpConfig, RetryConfig
 from pipeline.scrape.http import HttpClient, inspect_image, is_public_address
 
-
-def _jpeg(w: int = 64, h: int = 48, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+OK = noise_jpeg(64, 48, 0, quality=90)
+BIG = noise_jpeg(400, 400, 1, quality=90)  # ~150 KB of noise
+HUGE_DIMS = noise_jpeg(300, 300, 2, quality=90)
+MID = noise_jpeg(180, 180, 3, quality=90)
 
 
-OK = _jpeg()
-BIG = _jpeg(400, 400, 1)  # ~150 KB of noise
-HUGE_DIMS = _jpeg(300, 300, 2)
-MID = _jpeg(180, 180, 3)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
+    ctype = "image/jpeg"
     counts: dict[str, int] = {}
     lock = threading.Lock()
-
-    def log_message(self, *a):  # keep the test output quiet
-        pass
-
-    def _send(self, code: int, body: bytes, ctype: str = "image/jpeg", headers: dict | None = None, length=True):
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        if length:
-            self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):  # noqa: N802
         with self.lock:
@@ -51,54 +29,44 @@ class _Handler(BaseHTTPRequestHandler):
         p = self.path
         port = self.server.server_address[1]
         if p == "/robots.txt":
-            return self._send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
+            return self.send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
         if p in ("/img/ok.jpg", "/private/ok.jpg", "/img/copy.jpg"):
-            return self._send(200, OK)
+            return self.send(200, OK)
         if p == "/img/noai.jpg":
-            return self._send(200, OK, headers={"X-Robots-Tag": "noimageai, noai"})
+            return self.send(200, OK, headers={"X-Robots-Tag": "noimageai, noai"})
         if p == "/img/429.jpg":
             if n == 1:
-                return self._send(429, b"slow down", "text/plain", {"Retry-After": "1"})
-            return self._send(200, OK)
+                return self.send(429, b"slow down", "text/plain", {"Retry-After": "1"})
+            return self.send(200, OK)
         if p == "/img/500.jpg":
-            return self._send(500, b"boom", "text/plain")
+            return self.send(500, b"boom", "text/plain")
         if p == "/img/truncated.jpg":
-            return self._send(200, MID[: len(MID) // 2])
+            return self.send(200, MID[: len(MID) // 2])
         if p == "/img/html.jpg":
-            return self._send(200, b"<html><body>not an image</body></html>")
+            return self.send(200, b"<html><body>not an image</body></html>")
         if p == "/img/big.jpg":  # no Content-Length: the client must abort the stream itself
             self.close_connection = True
-            return self._send(200, BIG, length=False)
+            return self.send(200, BIG, length=False)
         if p == "/img/huge.jpg":
-            return self._send(200, HUGE_DIMS)
+            return self.send(200, HUGE_DIMS)
         if p == "/img/text.jpg":
-            return self._send(200, b"hello", "text/plain")
+            return self.send(200, b"hello", "text/plain")
         if p == "/redirect/away":
-            return self._send(302, b"", "text/plain", {"Location": f"http://localhost:{port}/img/ok.jpg"})
+            return self.send(302, b"", "text/plain", {"Location": f"http://localhost:{port}/img/ok.jpg"})
         if p == "/redirect/in":
-            return self._send(302, b"", "text/plain", {"Location": "/img/ok.jpg"})
+            return self.send(302, b"", "text/plain", {"Location": "/img/ok.jpg"})
         if p == "/redirect/private":
-            return self._send(302, b"", "text/plain", {"Location": f"http://127.0.0.1:{port}/private/ok.jpg"})
+            return self.send(302, b"", "text/plain", {"Location": f"http://127.0.0.1:{port}/private/ok.jpg"})
         if p == "/img/hang.jpg":
             time.sleep(3)
-            return self._send(200, OK)
-        return self._send(404, b"nope", "text/plain")
-
-
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):  # a client aborting a stream is expected here
-        pass
+            return self.send(200, OK)
+        return self.send(404, b"nope", "text/plain")
 
 
 @pytest.fixture(scope="module")
 def server():
-    srv = _QuietServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Handler) as srv:  # quiet: a client aborting a stream is expected here
+        yield srv.base
 
 
 def _client(**kw) -> HttpClient:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from helpers.http import Handler, serve
+from helpers.images import noise_jpeg
 from pipeline.config import parse_config
 from pipeline.scrape.crawl import crawl
 from pipeline.store import DataRoot
 
-pytestmark = pytest.mark.chromium
+pytestmark = [pytest.mark.chromium, pytest.mark.slow]
 
 CARDS = """<!doctype html><html><body><div id="people"></div><button class="load-more">Load more</button>
 <script>
@@ -60,25 +57,15 @@ def _people(dept: str, n: int, base: str) -> list[dict]:
     ]
 
 
-class _Uni(BaseHTTPRequestHandler):
-    def log_message(self, *a):
-        pass
-
-    def _send(self, body: bytes, ctype: str):
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
+class _Uni(Handler):
     def do_GET(self):  # noqa: N802
         u = urlsplit(self.path)
-        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        base = self.base
         parts = u.path.strip("/").split("/")
         if u.path == "/robots.txt":
-            return self._send(b"User-agent: *\nDisallow: /private/\n", "text/plain")
+            return self.send(200, b"User-agent: *\nDisallow: /private/\n", "text/plain")
         if len(parts) == 3 and parts[2] == "staff.html":
-            return self._send((CARDS if parts[1] == "cs" else TABLE).encode(), "text/html")
+            return self.send(200, (CARDS if parts[1] == "cs" else TABLE).encode(), "text/html")
         if len(parts) == 3 and parts[2] == "people.json":
             people = _people(parts[1], 10 if parts[1] == "cs" else 6, base)
             q = parse_qs(u.query)
@@ -87,23 +74,16 @@ class _Uni(BaseHTTPRequestHandler):
                 doc = {"people": people[(page - 1) * 4 : page * 4], "next": page * 4 < len(people)}
             else:
                 doc = {"people": people, "next": False}
-            return self._send(json.dumps(doc).encode(), "application/json")
+            return self.send(200, json.dumps(doc).encode(), "application/json")
         if len(parts) == 4 and parts[2] == "photo":
-            rng = np.random.default_rng(abs(hash(parts[3])) % 2**32)
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(buf, "JPEG")
-            return self._send(buf.getvalue(), "image/jpeg")
+            return self.send(200, noise_jpeg(20, 24, abs(hash(parts[3])) % 2**32), "image/jpeg")
         self.send_error(404)
 
 
 @pytest.fixture(scope="module")
 def uni():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Uni)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Uni) as srv:
+        yield srv.base
 
 
 def test_staff_cards_lazy_load_more_and_table(ray_session, uni, tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -62,8 +61,6 @@ def test_booby_trapped_model_file_is_refused(tmp_path):
     import pickle
 
     import torch
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from score_helpers import write_model
 
     from pipeline.store import DataRoot

@@ -8,18 +8,17 @@ the configured origin through and keep other loopback ports closed.
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import socketserver
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from PIL import Image
 
+from helpers.http import Handler, serve
+from helpers.images import solid_jpeg
 from pipeline.config import parse_config
 from pipeline.scrape.egress import EgressPolicy, EgressProxy, Refused, policy_for
 from pipeline.scrape.staff import Browser, normal_name, person_id, sandbox_flags
@@ -48,12 +47,6 @@ class _CountingHandler(socketserver.BaseRequestHandler):
             pass
 
 
-def _jpeg() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (20, 24), (180, 40, 40)).save(buf, "JPEG")
-    return buf.getvalue()
-
-
 ATTACK = """<!doctype html><html><body><div id="people"></div>
 <img src="http://127.0.0.1:{evil}/pixel.png"><iframe src="http://127.0.0.1:{evil}/frame"></iframe>
 <script>
@@ -77,30 +70,20 @@ PAGED = {  # the same two people on page 1 and page 2, without data-id; spacing 
 }
 
 
-class _Site(BaseHTTPRequestHandler):
-    jpeg = _jpeg()
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, body: bytes, ctype: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+class _Site(Handler):
+    jpeg = solid_jpeg(20, 24, (180, 40, 40))
 
     def do_GET(self):  # noqa: N802
         u = urlsplit(self.path)
         if u.path == "/robots.txt":
-            return self._send(b"User-agent: *\nAllow: /\n", "text/plain")
+            return self.send(200, b"User-agent: *\nAllow: /\n", "text/plain")
         if u.path == "/uni/staff.html":
-            return self._send(ATTACK.format(evil=self.server.evil_port).encode(), "text/html")  # type: ignore[attr-defined]
+            return self.send(200, ATTACK.format(evil=self.server.evil_port).encode(), "text/html")  # type: ignore[attr-defined]
         if u.path == "/uni/list.html":
             page = parse_qs(u.query).get("page", ["1"])[0]
-            return self._send(f"<!doctype html><html><body>{PAGED[page]}</body></html>".encode(), "text/html")
+            return self.send(200, f"<!doctype html><html><body>{PAGED[page]}</body></html>".encode(), "text/html")
         if u.path.startswith("/photo/"):
-            return self._send(self.jpeg, "image/jpeg")
+            return self.send(200, self.jpeg, "image/jpeg")
         self.send_error(404)
 
 
@@ -115,13 +98,8 @@ def evil():
 
 @pytest.fixture
 def site(evil):
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
-    srv.daemon_threads = True
-    srv.evil_port = evil.server_address[1]  # type: ignore[attr-defined]
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Site, evil_port=evil.server_address[1]) as srv:
+        yield srv.base
 
 
 def _config(base: str, data_root: str, **site: object):
@@ -252,6 +230,7 @@ def test_staff_page_cannot_reach_other_loopback_services(site, evil, tmp_path):
 
 
 @pytest.mark.chromium
+@pytest.mark.slow
 def test_crawl_staff_browser_is_guarded(ray_session, site, evil, tmp_path):
     """The crawl's browser actor runs the same proxy: rows and photos as usual, the other service untouched."""
     from pipeline.scrape.crawl import crawl

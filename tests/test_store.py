@@ -173,18 +173,55 @@ def test_each_stage_cleans_only_its_own_temporaries_when_it_takes_its_lock(tmp_p
 
 
 def test_every_stage_run_is_wrapped_in_its_lock():
-    """Each stage's run(cfg) takes its own lock (checked in the source: importing them all would load torch)."""
+    """Each stage's run(cfg) is entered through ``stage_entry`` (its lock, log lines and Ray) in
+    ``pipeline/<stage>/stage.py`` (checked in the source: importing them all would load torch)."""
     import ast
     from pathlib import Path
 
     pkg = Path(__file__).resolve().parents[1] / "pipeline"
-    files = {"scrape": "scrape/__init__.py", "faces": "faces/stage.py", "labels": "labels/__init__.py"}
-    files |= {"train": "train/__init__.py", "score": "score.py"}
-    for stage, rel in files.items():
-        tree = ast.parse((pkg / rel).read_text())
+    for stage in ("scrape", "faces", "labels", "train", "score"):
+        tree = ast.parse((pkg / stage / "stage.py").read_text())
         run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run")
         names = [(d.func.id, d.args[0].value) for d in run.decorator_list if isinstance(d, ast.Call)]
-        assert ("locked_stage", stage) in names, rel
+        assert ("stage_entry", stage) in names, stage
+
+
+def test_stage_entry_holds_the_lock_logs_and_refuses_a_second_run(tmp_path, caplog):
+    """``stage_entry``: the body runs under the stage's lock (a second holder is refused), once per call."""
+    import logging
+    import threading
+
+    from pipeline.config import load_config
+    from pipeline.locks import StageLockedError, stage_lock
+    from pipeline.runtime import stage_entry
+
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "data")})
+    seen = []
+
+    @stage_entry("labels", uses_ray=False)
+    def run(cfg, *, note: str):
+        seen.append(note)
+        other: list[BaseException] = []
+
+        def second():
+            try:
+                with stage_lock(cfg, "labels"):
+                    pass
+            except StageLockedError as e:
+                other.append(e)
+
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(30)
+        assert other, "a second holder got the lock while the stage ran"
+        return {"ok": True}
+
+    with caplog.at_level(logging.INFO, logger="facerank"):
+        assert run(cfg, note="x") == {"ok": True}
+    assert seen == ["x"]
+    assert "stage labels: start" in caplog.text and "stage labels: done" in caplog.text
+    with stage_lock(cfg, "labels"):  # released afterwards
+        pass
 
 
 def test_cli_prints_one_line_for_unreadable_parquet(tmp_path, monkeypatch, capsys):

@@ -11,70 +11,12 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.config import load_config
+from helpers.train import brightness_crop, cfg_for, make_root
 from pipeline.store import DataRoot
 from pipeline.train import LoadedModel, TrainInputError, resolve_model_dir, run
 
-N = 100  # 60 train, 20 val, 20 test
 
-
-def _crop(brightness: float, rng: np.random.Generator) -> bytes:
-    """A 64x64 JPEG whose mean brightness carries the signal, with texture noise and a random tint."""
-    a = rng.normal(brightness, 25, size=(64, 64, 1)) + rng.normal(0, 10, size=(1, 1, 3))
-    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def make_root(
-    path, task: str = "selfie", n: int = N, seed: int = 0, folds: int | None = None
-) -> tuple[DataRoot, list[bytes], list[int]]:
-    """Write ``faces`` and ``labels/<task>``: bright crops are class 1 ('good'); the target is the brightness.
-    ``folds``: also a fold column ``(i // 2) % folds`` (both classes in every fold)."""
-    rng = np.random.default_rng(seed)
-    root = DataRoot(str(path))
-    faces, labels, crops, classes = [], [], [], []
-    for i in range(n):
-        cls = i % 2
-        b = float(rng.uniform(150, 210) if cls else rng.uniform(50, 110))
-        jpeg = _crop(b, rng)
-        sha = hashlib.sha256(jpeg).hexdigest()
-        faces.append({"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": jpeg, "width": 64, "height": 64})
-        split = "train" if i < 0.6 * n else ("val" if i < 0.8 * n else "test")
-        row = {"item_id": f"p{i}", "site": "t", "person_id": f"u{i}", "image_sha256": sha, "status": "ok"}
-        row.update(split=split, weight=1.0, target=b / 255 * 4 + 1, fold=(i // 2) % folds if folds else None)
-        if task != "beauty":
-            row.update(label=cls, class_name=["bad", "good"][cls])
-        labels.append(row)
-        crops.append(jpeg)
-        classes.append(cls)
-    labels.append({"item_id": "x", "person_id": "ux", "image_sha256": "0" * 64, "status": "excluded", "split": "train"})
-    root.write_part("faces", faces)
-    root.replace(f"labels/{task}", pa.Table.from_pylist(labels))
-    return root, crops, classes
-
-
-def cfg_for(path, task: str = "selfie", **train):
-    base = {
-        "task": task,
-        "backbone": "small_cnn",
-        "image_size": 32,
-        "epochs": 2,
-        "batch_size": 16,
-        "lr": 0.003,
-        "num_workers": 2,
-        "cpus_per_worker": 0.5,
-        # one retry from the last checkpoint: on a machine shared with other Ray instances, Ray Train 2.60's
-        # PlacementGroupCleaner can ask the wrong cluster's state API whether our controller lives and remove
-        # our placement group mid-run (seen twice here); the worker-failure path itself is tested in
-        # test_train_faults.py
-        "max_failures": 1,
-    }
-    base.update(train)
-    return load_config(None, overrides={"data_root": str(path), "train": base})
-
-
+@pytest.mark.slow
 def test_selfie_learns_exports_resumes_and_predicts(ray_session, tmp_path):
     root, crops, classes = make_root(tmp_path)
     first = run(cfg_for(tmp_path, run_id="20260101T000000Z-selfie", epochs=2))
@@ -117,6 +59,7 @@ def test_selfie_learns_exports_resumes_and_predicts(ray_session, tmp_path):
         run(cfg_for(tmp_path, run_id="20260101T000000Z-selfie"))
 
 
+@pytest.mark.slow
 def test_regression_beauty(ray_session, tmp_path):
     root, _, _ = make_root(tmp_path, task="beauty", seed=1)
     out = run(cfg_for(tmp_path, task="beauty", epochs=4, freeze_epochs=1, finetune_lr=0.003))
@@ -202,7 +145,7 @@ def test_precise_bn_recomputes_statistics_with_the_current_weights():
         bn.running_mean.fill_(5.0)
         bn.running_var.fill_(9.0)
     rng = np.random.default_rng(0)
-    jpegs = [_crop(float(b), rng) for b in rng.uniform(40, 220, size=24)]
+    jpegs = [brightness_crop(float(b), rng) for b in rng.uniform(40, 220, size=24)]
     seen = []
     hook = bns[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
     assert _precise_bn(model, jpegs, tc, torch.device("cpu"), world=1) == 24
@@ -238,6 +181,7 @@ def test_fold_splits_are_person_level_and_deterministic():
     assert all(len(v) == 1 for v in roles.values())  # same train/val role in every fold
 
 
+@pytest.mark.slow
 def test_kfold_trains_each_fold_and_exports_one(ray_session, tmp_path):
     root, crops, classes = make_root(tmp_path, n=60, folds=2)
     run_id = "20260101T000000Z-selfie"
@@ -270,6 +214,7 @@ def test_kfold_trains_each_fold_and_exports_one(ray_session, tmp_path):
     assert root.read_json(f"{d}/metrics.json")["kfold"]["exported_fold"] == chosen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache", [True, False])
 def test_one_scan_feeds_every_split(ray_session, tmp_path, cache):
     """make_datasets: each split holds exactly its labelled kept crops with their targets (train whole, val and test

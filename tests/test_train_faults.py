@@ -9,8 +9,8 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import cfg_for, make_root
 
+from helpers.train import cfg_for, make_root
 from pipeline.store import DataRoot
 from pipeline.train import LoadedModel, resolve_model_dir, run
 from pipeline.train.loop import FAULT_ENV
@@ -36,6 +36,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, tmp_path, monke
     assert model.predict([Image.new("RGB", (64, 64), (180,) * 3)])[0].shape == (1,)
 
 
+@pytest.mark.slow
 def test_s3_data_root_checkpoints_and_export(ray_session, tmp_path, s3_server):
     # The session's Ray started before the fixture put the moto credentials in the environment, so its worker
     # processes lack them: the URI carries them (pyarrow reads user:password as the access key), and with them

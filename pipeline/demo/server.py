@@ -28,6 +28,8 @@ from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import pyarrow as pa
+
 from pipeline.demo import content as ct
 from pipeline.demo import images as im
 from pipeline.demo import pages
@@ -319,6 +321,11 @@ class DemoServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+    def truth(self) -> pa.Table:
+        """The hidden quality of every post these sites serve (:func:`pipeline.demo.content.truth`, same size and
+        seed): what ``python -m pipeline demo`` passes to the labels stage (``run(cfg, truth=...)``)."""
+        return ct.truth(self.n_posts, self.seed)
 
     def __enter__(self) -> DemoServer:
         return self.start()

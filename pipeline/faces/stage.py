@@ -32,8 +32,7 @@ import ray
 
 from pipeline.config import Config, FacesConfig
 from pipeline.faces.detector import FaceDetector, reason_code
-from pipeline.locks import locked_stage
-from pipeline.runtime import init_ray, log, stage
+from pipeline.runtime import log, stage_entry
 from pipeline.store import FACES, STATUS_OK, DataRoot, now, to_table
 
 SOURCES = ("posts", "staff")
@@ -114,44 +113,42 @@ def pending_images(root: DataRoot) -> tuple[pa.Table, int, int]:
     return t, n_candidates, n_candidates - t.num_rows
 
 
-@locked_stage("faces")  # one run per data root; cleans its own _tmp/ leftovers first
+@stage_entry("faces")  # its lock, its log lines, Ray: pipeline/runtime.py
 def run(cfg: Config) -> dict[str, Any]:
     """Detect and crop faces for every stored image of ``posts``/``staff`` not yet in ``faces``; a summary."""
-    with stage("faces"):
-        t0 = time.monotonic()
-        init_ray(cfg)
-        fc = cfg.faces
-        root = DataRoot(cfg.data_root)
-        todo, n_candidates, n_done = pending_images(root)
-        summary: dict[str, Any] = {
-            "candidates": n_candidates,
-            "already_done": n_done,
-            "processed": 0,
-            "kept": 0,
-            "not_kept": 0,
-            "reasons": {},
-            "parts": 0,
-            "crop_files": 0,
-        }
-        if todo.num_rows:
-            keys = todo.select(["image_sha256"])
-            blocks = [keys.slice(i, fc.batch_size) for i in range(0, keys.num_rows, fc.batch_size)]
-            out = detect_faces(ray.data.from_arrow(blocks), fc, data_root=root.uri)
-            reasons: Counter[str] = Counter()
-            for batch in out.iter_batches(batch_size=fc.part_rows, batch_format="pyarrow"):
-                root.write_part("faces", batch)
-                summary["parts"] += 1
-                summary["processed"] += batch.num_rows
-                reasons.update(reason_code(r) for r in batch.column("reason").to_pylist())
-                if fc.write_files:
-                    summary["crop_files"] += _write_crop_files(root, batch)
-                log.info("faces: %d / %d images written", summary["processed"], todo.num_rows)
-            summary["kept"] = reasons.pop("kept", 0)
-            summary["not_kept"] = summary["processed"] - summary["kept"]
-            summary["reasons"] = dict(sorted(reasons.items()))
-        summary["seconds"] = round(time.monotonic() - t0, 2)
-        log.info("faces: %s", summary)
-        return summary
+    t0 = time.monotonic()
+    fc = cfg.faces
+    root = DataRoot(cfg.data_root)
+    todo, n_candidates, n_done = pending_images(root)
+    summary: dict[str, Any] = {
+        "candidates": n_candidates,
+        "already_done": n_done,
+        "processed": 0,
+        "kept": 0,
+        "not_kept": 0,
+        "reasons": {},
+        "parts": 0,
+        "crop_files": 0,
+    }
+    if todo.num_rows:
+        keys = todo.select(["image_sha256"])
+        blocks = [keys.slice(i, fc.batch_size) for i in range(0, keys.num_rows, fc.batch_size)]
+        out = detect_faces(ray.data.from_arrow(blocks), fc, data_root=root.uri)
+        reasons: Counter[str] = Counter()
+        for batch in out.iter_batches(batch_size=fc.part_rows, batch_format="pyarrow"):
+            root.write_part("faces", batch)
+            summary["parts"] += 1
+            summary["processed"] += batch.num_rows
+            reasons.update(reason_code(r) for r in batch.column("reason").to_pylist())
+            if fc.write_files:
+                summary["crop_files"] += _write_crop_files(root, batch)
+            log.info("faces: %d / %d images written", summary["processed"], todo.num_rows)
+        summary["kept"] = reasons.pop("kept", 0)
+        summary["not_kept"] = summary["processed"] - summary["kept"]
+        summary["reasons"] = dict(sorted(reasons.items()))
+    summary["seconds"] = round(time.monotonic() - t0, 2)
+    log.info("faces: %s", summary)
+    return summary
 
 
 def _write_crop_files(root: DataRoot, batch: pa.Table) -> int:

@@ -226,8 +226,8 @@ def import_scores(
         pl.when(ok).then(pl.lit(1.0)).alias("weight"),
         "file",
     )
-    schema = root.schema("labels/beauty")
-    path = root.replace("labels/beauty", to_table(out.to_arrow(), schema))
+    dataset = root.labels_dataset("beauty")
+    path = root.replace(dataset, to_table(out.to_arrow(), root.schema(dataset)))
     kept = out.filter(ok)
     return {
         "rows": out.height,

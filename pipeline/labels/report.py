@@ -27,7 +27,7 @@ import polars as pl
 from pipeline.config import Config
 from pipeline.labels.io import scan
 from pipeline.labels.selfie import FILTER_ORDER
-from pipeline.store import STATUS_OK, DataRoot
+from pipeline.store import LABELS_DS, STATUS_OK, DataRoot
 
 
 def _filter_slot(reason: str) -> int:
@@ -204,10 +204,11 @@ def collect_stats(root: DataRoot, cfg: Config, truth: Any = None) -> dict[str, A
     """Statistics of every labels task present under the root."""
     cap = cfg.labels.report_sample_rows
     stats: dict[str, Any] = {"notes": []}
-    if root.has("labels/selfie"):
-        stats["selfie"] = selfie_stats(scan(root, "labels/selfie"), cap, truth)
-    if root.has("labels/department"):
-        d = scan(root, "labels/department").select("status", "reason", "class_name").collect()
+    selfie, department, beauty = (root.labels_dataset(t) for t in ("selfie", "department", "beauty"))
+    if root.has(selfie):
+        stats["selfie"] = selfie_stats(scan(root, selfie), cap, truth)
+    if root.has(department):
+        d = scan(root, department).select("status", "reason", "class_name").collect()
         ok = d.filter(pl.col("status") == STATUS_OK)
         stats["department"] = {
             "rows": d.height,
@@ -217,8 +218,8 @@ def collect_stats(root: DataRoot, cfg: Config, truth: Any = None) -> dict[str, A
                 d.filter(pl.col("status") != STATUS_OK).group_by("reason").len().sort("reason").iter_rows()
             ),
         }
-    if root.has("labels/beauty"):
-        b = scan(root, "labels/beauty").select("status", "split", "target").collect()
+    if root.has(beauty):
+        b = scan(root, beauty).select("status", "split", "target").collect()
         ok = b.filter(pl.col("status") == STATUS_OK)
         stats["beauty"] = {
             "rows": b.height,
@@ -233,7 +234,7 @@ def write_report(root: DataRoot, cfg: Config, truth: Any = None, notes: list[str
     """Write ``labels/report.html`` and ``labels/report.json``; returns the JSON-serialisable stats."""
     stats = collect_stats(root, cfg, truth)
     stats["notes"] = list(notes or [])
-    root.write_bytes_atomic(root.path("labels", "report.html"), render_html(stats).encode())
+    root.write_bytes_atomic(root.path(LABELS_DS, "report.html"), render_html(stats).encode())
     pub = public(stats)
-    root.write_json(root.path("labels", "report.json"), pub)
+    root.write_json(root.path(LABELS_DS, "report.json"), pub)
     return pub

@@ -48,7 +48,8 @@ The rule (every constant is in :class:`pipeline.config.SelfieLabelsConfig`):
 Example::
 
     chunks = label_selfies(pl.scan_parquet("posts/*.parquet"), pl.scan_parquet("faces/*.parquet"), cfg.labels)
-    root.replace("labels/selfie", arrow_batches(chunks, SELFIE_LABELS))  # one row per post, streamed
+    out = root.labels_dataset("selfie")
+    root.replace(out, arrow_batches(chunks, root.schema(out)))  # one row per post, streamed
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import polars as pl
 
 from pipeline.config import LabelsConfig, SelfieLabelsConfig
 from pipeline.labels.splits import assign_splits
-from pipeline.store import SELFIE_LABELS, STATUS_EXCLUDED, STATUS_OK
+from pipeline.store import STATUS_EXCLUDED, STATUS_OK
 
 POST_COLUMNS = [
     "site",
@@ -387,7 +388,7 @@ def label_selfies(
     splits: pl.DataFrame | None = None,
     chunk_rows: int = CHUNK_ROWS,
 ) -> Iterator[pl.DataFrame]:
-    """The full selfie labels: one row per post, in input order, in :data:`SELFIE_LABELS` columns, in chunks.
+    """The full selfie labels: one row per post, in input order, in the store's SELFIE_LABELS columns, in chunks.
 
     The ranking (:func:`rank_posts`) runs now, on narrow columns; the returned iterator then streams the wide
     columns (ids, user, image hash, counts) from ``posts`` again, ``chunk_rows`` at a time, and puts each chunk
@@ -471,6 +472,3 @@ def label_selfies_table(posts, faces=None, cfg: LabelsConfig | None = None) -> p
     if faces is not None:
         f = (faces if isinstance(faces, pl.DataFrame) else pl.from_arrow(faces)).lazy()
     return pl.concat(label_selfies(p.lazy(), f, cfg))
-
-
-SCHEMA = SELFIE_LABELS

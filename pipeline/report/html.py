@@ -27,11 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-from PIL import Image
 
 from pipeline.config import Config
 from pipeline.privacy import report_sidecar
-from pipeline.store import DataRoot
+from pipeline.store import FACES_DS, SCORES_DS, DataRoot
 
 
 def _uri(data: bytes, mime: str) -> str:
@@ -83,21 +82,21 @@ def _read_json(fs: pafs.FileSystem, path: str) -> dict:
 
 
 def _scores_for(root: DataRoot, model_id: str) -> pa.Table:
-    if not root.has("scores"):
+    if not root.has(SCORES_DS):
         return pa.table({"image_sha256": pa.array([], pa.string()), "score": pa.array([], pa.float64())})
     flt = (pc.field("model_id") == model_id) & (pc.field("status") == "ok")
-    t = root.read("scores", columns=["image_sha256", "score", "predicted", "percentile"], filter=flt)
+    t = root.read(SCORES_DS, columns=["image_sha256", "score", "predicted", "percentile"], filter=flt)
     return t
 
 
 def _crops(root: DataRoot, shas: list[str] | None, limit: int | None = None) -> dict[str, bytes]:
     """image_sha256 → the face stage's crop JPEG (kept faces only), for ``shas`` or the first ``limit``."""
-    if not root.has("faces"):
+    if not root.has(FACES_DS):
         return {}
     flt = pc.field("kept") == True  # noqa: E712 - a pyarrow expression
     if shas is not None:
         flt = flt & pc.field("image_sha256").isin(shas)
-    t = root.read("faces", columns=["image_sha256", "crop_jpeg"], filter=flt)
+    t = root.read(FACES_DS, columns=["image_sha256", "crop_jpeg"], filter=flt)
     t = t.filter(pc.is_valid(t["crop_jpeg"]))
     if limit is not None:
         t = t.sort_by("image_sha256").slice(0, limit)
@@ -168,10 +167,8 @@ def write_report(run_dir: str, cfg: Config) -> str:
         from pipeline.imaging import decode_image
 
         shas = list(crops)
-        if shas:
-            s, preds = model.predict([decode_image(crops[h]) for h in shas])
-            vals = np.asarray(s, dtype=np.float64).reshape(len(shas), -1)[:, 0]
-            preds = list(preds)
+        if shas:  # the score stage's own post-processing (LoadedModel.score)
+            vals, _, preds = model.score([decode_image(crops[h]) for h in shas])
         note = "This model has not scored any images yet: the faces below were scored while writing this report."
     by_sha = {h: (float(v), p) for h, v, p in zip(shas, vals, preds, strict=True)}
     ranked = sorted((h for h in by_sha if h in crops), key=lambda h: -by_sha[h][0])
@@ -242,10 +239,3 @@ def _write(fs: pafs.FileSystem, mdir: str, path: str, data: bytes) -> None:
     with fs.open_output_stream(tmp) as f:
         f.write(data)
     fs.move(tmp, path)
-
-
-def thumbnail(jpeg: bytes, size: int = 112) -> Image.Image:
-    """Decode a crop JPEG and resize it to a square thumbnail."""
-    from pipeline.imaging import decode_image
-
-    return decode_image(jpeg).resize((size, size))

@@ -6,13 +6,31 @@ import json
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.store import DataRoot
+from pipeline.store import (
+    FACES_DS,
+    FETCHES_DS,
+    IMAGES_DIR,
+    LABEL_SCHEMAS,
+    POSTS_DS,
+    SCORES_DS,
+    STAFF_DS,
+    DataRoot,
+    sub_dataset,
+)
 
 
 def _count(root: DataRoot, dataset: str) -> int:
     if not root.has(dataset):
         return 0
     return root.dataset(dataset).count_rows()
+
+
+def _datasets(root: DataRoot) -> list[str]:
+    """The datasets the summary lists, in pipeline order: inputs, labels per task, scores per partition."""
+    names = [FETCHES_DS, POSTS_DS, STAFF_DS, FACES_DS] + [root.labels_dataset(t) for t in LABEL_SCHEMAS]
+    if root.exists(SCORES_DS):
+        names += [sub_dataset(SCORES_DS, part) for part in root.list_dir(SCORES_DS)]
+    return names
 
 
 def _numbers(d: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, Any]:
@@ -30,16 +48,11 @@ def format_summary(cfg: Config, summaries: dict[str, dict[str, Any]], seconds: f
     root = DataRoot(cfg.data_root)
     lines = [f"facerank: {len(summaries)} stage(s) in {seconds:.0f}s, data root {root.uri}", ""]
     lines.append(f"  {'dataset':<28} {'rows':>8}  path")
-    for ds in ("fetches", "posts", "staff", "faces", "labels/selfie", "labels/department", "labels/beauty"):
+    for ds in _datasets(root):
         if root.has(ds):
             lines.append(f"  {ds:<28} {_count(root, ds):>8}  {root.path(ds)}")
-    if root.exists("scores"):
-        for part in root.list_dir("scores"):
-            ds = f"scores/{part}"
-            if root.has(ds):
-                lines.append(f"  {ds:<28} {_count(root, ds):>8}  {root.path(ds)}")
-    if root.exists("images"):
-        lines.append(f"  {'images/ (raw bytes by sha256)':<28} {'':>8}  {root.path('images')}")
+    if root.exists(IMAGES_DIR):
+        lines.append(f"  {IMAGES_DIR + '/ (raw bytes by sha256)':<28} {'':>8}  {root.path(IMAGES_DIR)}")
     train = summaries.get("train") or {}
     if train.get("model_dir"):
         lines += ["", f"  model {train.get('run_id')}: {train['model_dir']}"]

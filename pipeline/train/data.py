@@ -113,43 +113,51 @@ def load_labels(root: DataRoot, cfg: TrainConfig, fold: int | None = None) -> La
         raise TrainInputError(f"{where}: unknown split values {sorted(map(str, unknown))}")
 
     classify = t["label"].null_count < t.num_rows
-    if classify:
-        if t["label"].null_count:
-            raise TrainInputError(f"{where}: {t['label'].null_count} rows have no label (class index)")
-        pairs = sorted(set(zip(t["label"].to_pylist(), t["class_name"].to_pylist(), strict=True)))
-        names = dict(pairs)
-        if len(names) != len(pairs):
-            raise TrainInputError(f"{where}: a class index has several class names: {pairs}")
-        train_classes = set(t.filter(pc.equal(t["split"], "train"))["label"].to_pylist())
-        if len(names) < 2 or len(train_classes) < 2:
-            raise TrainInputError(
-                f"{where}: only one class ({names[min(names)]!r}) in the "
-                f"{'train split' if len(names) >= 2 else 'label set'}; a classifier needs at least two"
-            )
-        n = max(names) + 1
-        if sorted(names) != list(range(n)):
-            raise TrainInputError(f"{where}: class indices must be 0..n-1, got {sorted(names)}")
-        class_names = [str(names[i]) if names[i] is not None else str(i) for i in range(n)]
-        y = t["label"].cast(pa.int64())
-        weights = None
-        if cfg.class_weights:
-            counts = np.bincount(np.asarray(t.filter(pc.equal(t["split"], "train"))["label"]), minlength=n)
-            weights = [float(sum(counts) / (n * c)) if c else 0.0 for c in counts]
-        labels = LabelSet(cfg.task, t, "binary" if n == 2 else "multiclass", class_names, class_weights=weights)
-    else:
-        target = np.asarray(t["target"].to_numpy(zero_copy_only=False), dtype=np.float64)
-        bad = int(np.sum(~np.isfinite(target)))
-        if bad:
-            raise TrainInputError(f"{where}: {bad} rows have a NaN or missing regression target")
-        train_target = target[np.asarray(pc.equal(t["split"], "train"))]
-        mean, std = float(train_target.mean()), float(train_target.std())
-        if not std > 0:
-            raise TrainInputError(f"{where}: every training target is the same ({mean}); nothing to learn")
-        y = pa.array((target - mean) / std, pa.float32())
-        labels = LabelSet(cfg.task, t, "regression", target_mean=mean, target_std=std)
+    labels, y = _classes(t, cfg, where) if classify else _targets(t, cfg, where)
     labels.table = t.append_column("y", y)
     check_crops(root, labels, drop_missing=cfg.allow_missing_crops)
     return labels
+
+
+def _classes(t: pa.Table, cfg: TrainConfig, where: str) -> tuple[LabelSet, pa.Array]:
+    """A classification label set (binary or multiclass) and its ``y`` (class index); checks the classes."""
+    if t["label"].null_count:
+        raise TrainInputError(f"{where}: {t['label'].null_count} rows have no label (class index)")
+    pairs = sorted(set(zip(t["label"].to_pylist(), t["class_name"].to_pylist(), strict=True)))
+    names = dict(pairs)
+    if len(names) != len(pairs):
+        raise TrainInputError(f"{where}: a class index has several class names: {pairs}")
+    train_classes = set(t.filter(pc.equal(t["split"], "train"))["label"].to_pylist())
+    if len(names) < 2 or len(train_classes) < 2:
+        raise TrainInputError(
+            f"{where}: only one class ({names[min(names)]!r}) in the "
+            f"{'train split' if len(names) >= 2 else 'label set'}; a classifier needs at least two"
+        )
+    n = max(names) + 1
+    if sorted(names) != list(range(n)):
+        raise TrainInputError(f"{where}: class indices must be 0..n-1, got {sorted(names)}")
+    class_names = [str(names[i]) if names[i] is not None else str(i) for i in range(n)]
+    y = t["label"].cast(pa.int64())
+    weights = None
+    if cfg.class_weights:
+        counts = np.bincount(np.asarray(t.filter(pc.equal(t["split"], "train"))["label"]), minlength=n)
+        weights = [float(sum(counts) / (n * c)) if c else 0.0 for c in counts]
+    labels = LabelSet(cfg.task, t, "binary" if n == 2 else "multiclass", class_names, class_weights=weights)
+    return labels, y
+
+
+def _targets(t: pa.Table, cfg: TrainConfig, where: str) -> tuple[LabelSet, pa.Array]:
+    """A regression label set and its ``y`` (the target standardised by the train split's mean and std)."""
+    target = np.asarray(t["target"].to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad = int(np.sum(~np.isfinite(target)))
+    if bad:
+        raise TrainInputError(f"{where}: {bad} rows have a NaN or missing regression target")
+    train_target = target[np.asarray(pc.equal(t["split"], "train"))]
+    mean, std = float(train_target.mean()), float(train_target.std())
+    if not std > 0:
+        raise TrainInputError(f"{where}: every training target is the same ({mean}); nothing to learn")
+    y = pa.array((target - mean) / std, pa.float32())
+    return LabelSet(cfg.task, t, "regression", target_mean=mean, target_std=std), y
 
 
 def check_crops(root: DataRoot, labels: LabelSet, drop_missing: bool = False) -> None:

@@ -8,19 +8,20 @@ test-set outputs) and writes, through the data root's filesystem (local or ``s3:
     models/<run_id>/test_scores.json  sorted test-set scores (percentiles of new scores are taken against them)
     models/<run_id>/plots/*.png       training curve; confusion matrix + ROC (classification);
                                       predicted-vs-true scatter + histograms (regression)
-    models/<run_id>/model.json        task, kind, backbone, num_outputs, class_names, image_size, mean/std,
-                                      target_mean/std, model_id, the train config (written last: marks the
-                                      export complete)
+    models/<run_id>/model.json        :class:`pipeline.store.ModelMeta`: task, kind, backbone, num_outputs,
+                                      class_names, image_size, mean/std, target_mean/std, model_id, the train
+                                      config (written last, by :func:`pipeline.store.write_model_meta`: marks
+                                      the export complete)
 
 ``pipeline.store.resolve_model_dir(root, spec)`` turns ``latest`` / ``latest:<task>`` / a run id / a path into a
-model folder (no torch needed) and ``LoadedModel.load(model_dir)`` gives ``predict``, ``embed`` and ``percentile``
-over PIL crops.
+model folder and ``pipeline.store.model_meta`` reads its ``model.json`` (no torch needed for either);
+``LoadedModel.load(model_dir)`` gives ``score`` (scores, test-set percentiles and class names: what the score
+stage, ``rate`` and the report use), ``predict``, ``embed`` and ``percentile`` over PIL crops.
 
 Example::
 
     m = LoadedModel.load(resolve_model_dir(root, "latest"), root)
-    scores, names = m.predict([Image.open("face.jpg")])
-    m.percentile(scores)
+    scores, percentiles, names = m.score([Image.open("face.jpg")])
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ import json
 import logging
 import os
 import posixpath
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow.fs as pafs
 import torch
 
 from pipeline.config import Config, TrainConfig
-from pipeline.store import DataRoot, model_location, now
+from pipeline.store import DataRoot, ModelMeta, model_location, model_meta, write_model_meta
 from pipeline.train import metrics as M
 from pipeline.train.data import LabelSet, decode_images, normalise_pixels
 from pipeline.train.models import NORMALISATION, build_model
@@ -59,7 +61,6 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
     test_metrics = M.evaluate(kind, y, outputs, labels.class_names, labels.target_mean, labels.target_std)
     scores, _ = M.scores_from_outputs(kind, outputs, labels.target_mean, labels.target_std)
     metric = "rmse" if kind == "regression" else "accuracy"
-    mean, std = NORMALISATION[cfg.train.backbone]
     model_dir = root.model_dir(run_id)
 
     plots = {"training_curve.png": M.curve_png(history, metric)}
@@ -87,25 +88,7 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
         "history": history,
     }
     root.write_json(posixpath.join(model_dir, "metrics.json"), summary)
-    root.write_json(
-        posixpath.join(model_dir, "model.json"),
-        {
-            "model_id": run_id,
-            "task": labels.task,
-            "kind": kind,
-            "backbone": cfg.train.backbone,
-            "num_outputs": labels.num_outputs,
-            "class_names": labels.class_names,
-            "image_size": cfg.train.image_size,
-            "mean": mean,
-            "std": std,
-            "target_mean": labels.target_mean,
-            "target_std": labels.target_std,
-            "best_epoch": test.get("best_epoch"),
-            "created_at": now().isoformat(),
-            "train_config": cfg.train.model_dump(),
-        },
-    )
+    write_model_meta(root, model_dir, _model_meta(cfg, labels, run_id, test.get("best_epoch")))
     if not cfg.train.keep_checkpoints:
         ckpts = posixpath.join(model_dir, "checkpoints")
         if root.fs.get_file_info(ckpts).type != pafs.FileType.NotFound:
@@ -113,20 +96,49 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
     return test_metrics
 
 
+def _model_meta(cfg: Config, labels: LabelSet, run_id: str, best_epoch: int | None) -> ModelMeta:
+    """The ``model.json`` of a run trained with ``cfg`` on ``labels``."""
+    mean, std = NORMALISATION[cfg.train.backbone]
+    return ModelMeta(
+        model_id=run_id,
+        task=labels.task,
+        kind=labels.kind,
+        backbone=cfg.train.backbone,
+        num_outputs=labels.num_outputs,
+        class_names=labels.class_names,
+        image_size=cfg.train.image_size,
+        mean=mean,
+        std=std,
+        target_mean=labels.target_mean,
+        target_std=labels.target_std,
+        best_epoch=best_epoch,
+        train_config=cfg.train.model_dump(),
+    )
+
+
 # ------------------------------------------------------------------------------------------------ loading
+class Scores(NamedTuple):
+    """What :meth:`LoadedModel.score` gives: one value per crop in each field."""
+
+    score: np.ndarray  # float64: P(class 1) binary, max class probability multi-class, value regression
+    percentile: np.ndarray  # float64: share of the test-set scores below each score, 0..1 (nan: no test set)
+    predicted: list[str | None]  # class name (classification), else None
+
+
 class LoadedModel:
     """An exported model ready for inference on face crops (PIL images)."""
 
-    def __init__(self, meta: dict, state: dict, test_scores: list[float], device: str | None = None):
+    def __init__(self, meta: ModelMeta | dict, state: dict, test_scores: list[float], device: str | None = None):
+        meta = meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)
         self.meta = meta
-        self.model_id: str = meta["model_id"]
-        self.task: str = meta["task"]
-        self.kind: str = meta["kind"]
-        self.class_names: list[str] = list(meta["class_names"])
-        self.image_size: int = int(meta["image_size"])
+        self.model_id: str = meta.model_id
+        self.task: str = meta.task
+        self.kind: str = meta.kind
+        self.class_names: list[str] = list(meta.class_names)
+        self.image_size: int = meta.image_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        tc = TrainConfig.model_validate({**meta["train_config"], "pretrained": None})
-        self.model = build_model(tc, int(meta["num_outputs"]), load_pretrained=False)
+        tc = TrainConfig.model_validate({**meta.train_config, "pretrained": None})
+        self.model = build_model(tc, meta.num_outputs, load_pretrained=False)
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
         self.test_scores = np.sort(np.asarray(test_scores, dtype=np.float64))
@@ -139,7 +151,7 @@ class LoadedModel:
 
         Batch norms are folded into the preceding convolutions (``torch.fx.experimental.optimization.fuse``,
         eval mode only) and the model runs in channels-last memory format (oneDNN's fast path on CPU, tensor cores
-        on GPU): about 1.35x on a 2-core CPU for resnet18 at 96 px. The result is checked against the eager model
+        on GPU; figures: see docs/benchmarks.md). The result is checked against the eager model
         on a random batch and kept only when it agrees (max abs difference 1e-3 of the output scale); a model fx
         cannot trace keeps its eager form. :meth:`embed` always runs the eager model.
         """
@@ -176,14 +188,14 @@ class LoadedModel:
             with fs.open_input_stream(posixpath.join(path, name)) as f:
                 return f.read()
 
-        meta = json.loads(read("model.json"))
+        meta = model_meta(root, model_dir)
         state = torch.load(io.BytesIO(read("model.pt")), map_location="cpu", weights_only=True)
         return cls(meta, state, json.loads(read("test_scores.json")), device)
 
     def use_precision(self, precision: str) -> None:
         """``fp32`` (the default: the trainer's own numbers) or ``bf16``: the forward pass under
-        ``torch.autocast`` in bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX: up to 1.7x on resnet18 at 96 px
-        here; scores move by about 1e-2, so percentiles against the fp32 test set shift slightly)."""
+        ``torch.autocast`` in bfloat16 (GPUs, and CPUs with AVX512-BF16 or AMX; speed: see docs/benchmarks.md;
+        scores move by about 1e-2, so percentiles against the fp32 test set shift slightly)."""
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         self.autocast = torch.bfloat16 if precision == "bf16" else None
@@ -198,7 +210,7 @@ class LoadedModel:
         return self._infer(x)
 
     def _batch(self, crops) -> torch.Tensor:
-        return decode_images(crops, self.image_size, self.meta["mean"], self.meta["std"]).to(self.device)
+        return decode_images(crops, self.image_size, self.meta.mean, self.meta.std).to(self.device)
 
     @torch.no_grad()
     def predict(self, crops: list) -> tuple[np.ndarray, list[str | None]]:
@@ -213,13 +225,24 @@ class LoadedModel:
         :func:`pipeline.train.data.model_pixels` makes them): the scorer decodes in its read tasks."""
         if len(pixels) == 0:
             return np.empty(0), []
-        return self._scores(self.forward(normalise_pixels(pixels, self.meta["mean"], self.meta["std"], self.device)))
+        return self._scores(self.forward(normalise_pixels(pixels, self.meta.mean, self.meta.std, self.device)))
 
     def _scores(self, out: torch.Tensor) -> tuple[np.ndarray, list[str | None]]:
         out = out.float().cpu().numpy()
-        scores, pred = M.scores_from_outputs(self.kind, out, self.meta["target_mean"], self.meta["target_std"])
+        scores, pred = M.scores_from_outputs(self.kind, out, self.meta.target_mean, self.meta.target_std)
         names = [None] * len(out) if pred is None else [self.class_names[int(i)] for i in pred]
         return np.asarray(scores, dtype=np.float64), names
+
+    def score(self, crops: list | None = None, *, pixels=None) -> Scores:
+        """Score, test-set percentile and class name of each crop: PIL images (:meth:`predict`), or ``pixels``
+        already decoded and resized (:meth:`predict_pixels`). The one post-processing of the model's outputs that
+        the score stage, ``rate`` / ``best-crop`` and the report share."""
+        if (crops is None) == (pixels is None):
+            raise TypeError("score() takes crops or pixels=, exactly one of them")
+        n = len(crops) if pixels is None else len(pixels)
+        raw, names = self.predict(crops) if pixels is None else self.predict_pixels(pixels)
+        scores = np.asarray(raw, dtype=np.float64).reshape(n, -1)[:, 0] if n else np.empty(0)
+        return Scores(scores, np.asarray(self.percentile(scores), dtype=np.float64).reshape(-1), list(names))
 
     @torch.no_grad()
     def embed(self, crops: list) -> np.ndarray:

@@ -117,10 +117,37 @@ def _publish(root: DataRoot, run_id: str, fold: int, table: dict) -> None:
     root.write_json(posixpath.join(dst, "model.json"), meta)
 
 
+def _train_fold(
+    cfg: Config, root: DataRoot, run_id: str, k: int, folds: list[int], labels: LabelSet, resume: bool
+) -> dict:
+    """Train and export fold ``k`` (with ``resume``, skipped when already exported); returns its table row."""
+    from pipeline.train.export import export_run
+    from pipeline.train.loop import fit
+
+    fid = fold_run_id(run_id, k)
+    fold_dir = root.model_dir(fid)
+    if resume and is_file(root.fs, posixpath.join(fold_dir, "model.json")):
+        log.info("train %s: fold %d already exported; skipped", run_id, k)
+    else:
+        log.info("train %s: fold %d of %s, rows %s", run_id, k, folds, labels.counts())
+        result = fit(cfg, root, labels, fid)
+        if result.error is not None:
+            raise result.error
+        export_run(cfg, root, labels, fid, result.checkpoint)
+    return _fold_row(root, k, fold_dir)
+
+
+def _choose_fold(export: int | None, rows: list[dict]) -> tuple[int, str]:
+    """The fold to publish and why: ``train.kfold_export``, else the best validation score (ties: lower fold)."""
+    if export is not None:
+        return export, "train.kfold_export"
+    scored = [r for r in rows if r["val_score"] is not None] or rows
+    return max(scored, key=lambda r: (r["val_score"] or -math.inf, -r["fold"]))["fold"], "best val score"
+
+
 def run_kfold(cfg: Config, root: DataRoot, run_id: str, resume: bool = False) -> dict:
     """Train one model per fold, write the per-fold table and export the chosen fold; returns a summary."""
-    from pipeline.train.export import export_run
-    from pipeline.train.loop import check_cluster, fit
+    from pipeline.train.loop import check_cluster
 
     tc = cfg.train
     folds = label_folds(root, tc.task)
@@ -128,26 +155,9 @@ def run_kfold(cfg: Config, root: DataRoot, run_id: str, resume: bool = False) ->
         raise TrainInputError(f"train.kfold_export={tc.kfold_export}: the labels' folds are {folds}")
     labelsets: dict[int, LabelSet] = {k: load_labels(root, tc, fold=k) for k in folds}  # all checked up front
     check_cluster(tc)
-    rows = []
-    for k in folds:
-        fid = fold_run_id(run_id, k)
-        fold_dir = root.model_dir(fid)
-        labels = labelsets[k]
-        if resume and is_file(root.fs, posixpath.join(fold_dir, "model.json")):
-            log.info("train %s: fold %d already exported; skipped", run_id, k)
-        else:
-            log.info("train %s: fold %d of %s, rows %s", run_id, k, folds, labels.counts())
-            result = fit(cfg, root, labels, fid)
-            if result.error is not None:
-                raise result.error
-            export_run(cfg, root, labels, fid, result.checkpoint)
-        rows.append(_fold_row(root, k, fold_dir))
+    rows = [_train_fold(cfg, root, run_id, k, folds, labelsets[k], resume) for k in folds]
     mean, std = mean_std(rows)
-    if tc.kfold_export is not None:
-        chosen, rule = tc.kfold_export, "train.kfold_export"
-    else:
-        scored = [r for r in rows if r["val_score"] is not None] or rows
-        chosen, rule = max(scored, key=lambda r: (r["val_score"] or -math.inf, -r["fold"]))["fold"], "best val score"
+    chosen, rule = _choose_fold(tc.kfold_export, rows)
     table = {
         "run_id": run_id,
         "task": tc.task,

@@ -2,10 +2,11 @@
 
 ``fit(cfg, root, labels, run_id)`` starts ``num_workers`` Train workers (``ScalingConfig`` from the config). Each
 worker reads its shard of ``train`` (``ray.train.get_dataset_shard``), decodes and augments the JPEG crops itself,
-and trains with DDP. Fine-tuning has two phases: for ``freeze_epochs`` only the head learns (backbone frozen, its
-batch norms in eval mode, learning rate ``lr``), then the whole network at ``finetune_lr`` (with
-``freeze_epochs == 0`` the whole network trains at ``lr`` from the start). On a GPU: mixed precision
-(``bf16``/``fp16`` autocast, a grad scaler for fp16), channels_last and pinned host memory.
+and trains with DDP: ``train_loop_per_worker`` builds and runs one :class:`TrainWorker` (restore, then per epoch
+set_phase, train_epoch, validate, report). Fine-tuning has two phases: for ``freeze_epochs`` only the head
+learns (backbone frozen, its batch norms in eval mode, learning rate ``lr``), then the whole network at
+``finetune_lr`` (with ``freeze_epochs == 0`` the whole network trains at ``lr`` from the start). On a GPU: mixed
+precision (``bf16``/``fp16`` autocast, a grad scaler for fp16), channels_last and pinned host memory.
 
 After each epoch that trains the backbone, its batch-norm statistics are recomputed with the epoch's final
 weights over up to ``precise_bn`` of the epoch's crops per worker ("precise BN", ``torch.optim.swa_utils.update_bn``,
@@ -143,32 +144,6 @@ def _precise_bn(model, jpegs: list, tc: TrainConfig, device, world: int) -> int:
     return int(n.item())
 
 
-def _predict_split(model, name: str, tc: TrainConfig, kind: str, device, autocast, loss_fn, rank: int, world: int):
-    """Evaluate this rank's shard (``<name>_<rank>``) of a split; gather all ranks' outputs."""
-    import ray.train
-
-    mean, std = NORMALISATION[tc.backbone]
-    ys, outs, loss_sum = [], [], 0.0
-    model.eval()
-    it = ray.train.get_dataset_shard(f"{name}_{rank}")
-    with torch.no_grad():
-        for batch in it.iter_batches(batch_size=tc.batch_size, batch_format="numpy", prefetch_batches=2):
-            x = decode_batch(batch["crop_jpeg"], tc.image_size, mean, std)
-            y = torch.as_tensor(batch["y"])
-            x, y = _to_device(x, y, device)
-            with autocast():
-                out = model(x)
-            out = out.float()
-            loss_sum += float(loss_fn(out.squeeze(1) if kind == "regression" else out, y)) * len(y)
-            ys.append(batch["y"])
-            outs.append(out.cpu().numpy())
-    parts = _gather((ys, outs, loss_sum))
-    y_all = np.concatenate([a for p in parts for a in p[0]]) if any(p[0] for p in parts) else np.empty(0)
-    o_all = np.concatenate([a for p in parts for a in p[1]]) if any(p[1] for p in parts) else np.empty((0, 1))
-    loss = sum(p[2] for p in parts) / max(len(y_all), 1)
-    return y_all, o_all, loss
-
-
 def _to_device(x: torch.Tensor, y: torch.Tensor, device):
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -176,178 +151,267 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device):
     return x, y
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """The per-worker training function (runs inside Ray Train)."""
-    import ray.train
-    import ray.train.torch
-    from ray.train import Checkpoint
+def _cpu_copy(model: torch.nn.Module) -> dict:
+    """A detached CPU copy of the model's weights (what checkpoints and "best so far" hold)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
-    tc = TrainConfig.model_validate(config["train"])
-    kind, n_out = config["kind"], config["num_outputs"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(tc.seed)
-    torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
-    device = ray.train.torch.get_device()
-    cuda = device.type == "cuda"
-    mean, std = NORMALISATION[tc.backbone]
 
-    ckpt = ray.train.get_checkpoint()
-    model = build_model(tc, n_out, load_pretrained=ckpt is None).to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    state, best_state = None, None
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-            best_state = torch.load(os.path.join(d, "best_model.pt"), map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-    history: list[dict] = json.loads(state["history"]) if state else []
-    start = int(state["epoch"]) + 1 if state else 0
-    best = max(history, key=_rank) if history else None
-    best_score = best["score"] if best else -float("inf")
-    best_epoch = best["epoch"] if best else None
+class TrainWorker:
+    """One Ray Train worker's run: the model, its optimiser and phase, the history and the best weights so far.
 
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
-    use_amp = cuda and amp_dtype is not None
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    ``run()`` is the whole job: :meth:`restore` (at construction) from Ray Train's checkpoint, then per epoch
+    :meth:`set_phase`, :meth:`train_epoch`, :meth:`validate` and :meth:`report` (the last epoch: :meth:`finish`,
+    which tests the best weights first).
+    """
 
-    def autocast():
-        return torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
+    def __init__(self, config: dict):
+        import ray.train
+        import ray.train.torch
 
-    if kind == "regression":
-        loss_fn = torch.nn.MSELoss()
-    else:
-        weights = config["class_weights"]
-        w = torch.tensor(weights, dtype=torch.float32, device=device) if weights else None
-        loss_fn = torch.nn.CrossEntropyLoss(weight=w)
+        self.config = config
+        self.tc = tc = TrainConfig.model_validate(config["train"])
+        self.kind = config["kind"]
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.manual_seed(tc.seed)
+        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+        self.device = ray.train.torch.get_device()
+        self.cuda = self.device.type == "cuda"
+        self.mean, self.std = NORMALISATION[tc.backbone]
+        self.restore(ray.train.get_checkpoint())
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
+        self.use_amp = self.cuda and self.amp_dtype is not None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.loss_fn = self._loss_fn()
+        self.phase: str | None = None
+        self.opt = self.net = None
+        self.fault = config.get("fault")
+        self.rng = np.random.default_rng([tc.seed, self.rank, self.start])
+        self.train_it = ray.train.get_dataset_shard("train")
+        self.last_state = _cpu_copy(self.model)
 
-    def setup(phase: str):
-        head_only = phase == "head"
-        model.set_backbone_trainable(not head_only)
-        params = [p for p in model.parameters() if p.requires_grad]
+    # ---------------------------------------------------------------------------------------------- set-up
+    def restore(self, ckpt) -> None:
+        """Build the model; from a checkpoint also its weights, the best weights, the history and the next epoch.
+
+        ``self.state`` keeps the checkpoint's ``state.pt`` until :meth:`set_phase` has restored its optimiser."""
+        self.model = build_model(self.tc, self.config["num_outputs"], load_pretrained=ckpt is None).to(self.device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.state, self.best_state = None, None
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                self.state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+                self.best_state = torch.load(os.path.join(d, "best_model.pt"), map_location="cpu", weights_only=True)
+            self.model.load_state_dict(self.state["model"])
+        self.history: list[dict] = json.loads(self.state["history"]) if self.state else []
+        self.start = int(self.state["epoch"]) + 1 if self.state else 0
+        self.best = max(self.history, key=_rank) if self.history else None
+        self.best_score = self.best["score"] if self.best else -float("inf")
+        self.best_epoch = self.best["epoch"] if self.best else None
+
+    def _loss_fn(self) -> torch.nn.Module:
+        if self.kind == "regression":
+            return torch.nn.MSELoss()
+        weights = self.config["class_weights"]
+        w = torch.tensor(weights, dtype=torch.float32, device=self.device) if weights else None
+        return torch.nn.CrossEntropyLoss(weight=w)
+
+    def autocast(self):
+        """Mixed-precision autocast on a GPU with ``train.mixed_precision``; otherwise a no-op context."""
+        return torch.autocast("cuda", dtype=self.amp_dtype) if self.use_amp else nullcontext()
+
+    def set_phase(self, epoch: int) -> None:
+        """Enter the epoch's phase (``head`` before ``freeze_epochs``, then ``full``): on a change a new optimiser
+        over the trainable parameters (the checkpoint's optimiser state when it was saved in this phase) and,
+        with several workers, a new DDP wrapper."""
+        tc = self.tc
+        want = "head" if epoch < tc.freeze_epochs else "full"
+        if want == self.phase:
+            return
+        self.phase = want
+        head_only = want == "head"
+        self.model.set_backbone_trainable(not head_only)
+        params = [p for p in self.model.parameters() if p.requires_grad]
         lr = tc.lr if (head_only or tc.freeze_epochs == 0) else tc.finetune_lr
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=tc.weight_decay)
-        net = model
-        if world > 1:
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=tc.weight_decay)
+        self.net = self.model
+        if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            net = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-        return opt, net
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
+        if self.state is not None and self.state.get("phase") == want and self.state.get("optimizer"):
+            self.opt.load_state_dict(self.state["optimizer"])
+        self.state = None
 
-    phase = None
-    opt = net = None
-    fault = config.get("fault")
-    rng = np.random.default_rng([tc.seed, rank, start])
-    train_it = ray.train.get_dataset_shard("train")
+    # ---------------------------------------------------------------------------------------------- one epoch
+    def _batches(self):
+        tc = self.tc
+        return self.train_it.iter_batches(
+            batch_size=tc.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=tc.shuffle_buffer or None,
+            local_shuffle_seed=int(self.rng.integers(1 << 31)),
+            prefetch_batches=2,
+        )
 
-    def finish(epoch: int, record: dict | None) -> None:
-        """Test the best weights, then report the last checkpoint (with test outputs)."""
-        model.load_state_dict(best_state)
-        y, out, _ = _predict_split(model, "test", tc, kind, device, autocast, loss_fn, rank, world)
-        model.load_state_dict(last_state)
-        test = {"y": y.tolist(), "outputs": out.tolist(), "best_epoch": best_epoch}
-        _report(epoch, record, test)
+    def _step(self, batch: dict) -> tuple[float, int]:
+        """One optimiser step on an (augmented) batch; returns the loss summed over its rows and the row count."""
+        tc = self.tc
+        x = decode_batch(
+            batch["crop_jpeg"],
+            tc.image_size,
+            self.mean,
+            self.std,
+            train=tc.augment,
+            jitter=tc.jitter,
+            generator=self.rng,
+        )
+        y = torch.as_tensor(batch["y"])
+        x, y = _to_device(x, y, self.device)
+        with self.autocast():
+            out = self.net(x)
+            loss = self.loss_fn(out.float().squeeze(1) if self.kind == "regression" else out.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return float(loss.detach()) * len(y), len(y)
 
-    def _report(epoch: int, record: dict | None, test: dict | None) -> None:
-        metrics = {"epoch": epoch, "best_epoch": best_epoch, "best_score": best_score}
+    def train_epoch(self, epoch: int) -> dict:
+        """Train one pass over this worker's shard, then precise BN (full phase); the loss gathered over ranks."""
+        self.net.train()
+        if self.phase == "head":
+            self.model.backbone.eval()
+        total, count, t0 = 0.0, 0, time.perf_counter()
+        bn_crops: list = []  # the first precise_bn crops of this epoch (full phase only)
+        want_bn = self.tc.precise_bn if self.phase == "full" else 0
+        for batch in self._batches():
+            if len(bn_crops) < want_bn:
+                bn_crops.extend(batch["crop_jpeg"][: want_bn - len(bn_crops)])
+            loss_sum, n = self._step(batch)
+            total += loss_sum
+            count += n
+            _maybe_fault(self.fault, self.rank, epoch)
+        train_s = time.perf_counter() - t0
+        t_bn = time.perf_counter()
+        bn_n = _precise_bn(self.model, bn_crops, self.tc, self.device, self.world) if want_bn else 0
+        bn_s = time.perf_counter() - t_bn
+        parts = _gather((total, count))
+        train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
+        images = sum(p[1] for p in parts)
+        return {"train_loss": train_loss, "images": images, "train_s": train_s, "bn_crops": bn_n, "bn_s": bn_s}
+
+    def predict_split(self, name: str):
+        """Evaluate this rank's shard (``<name>_<rank>``) of a split; gather all ranks' ``(y, outputs, loss)``."""
+        import ray.train
+
+        tc = self.tc
+        ys, outs, loss_sum = [], [], 0.0
+        self.model.eval()
+        it = ray.train.get_dataset_shard(f"{name}_{self.rank}")
+        with torch.no_grad():
+            for batch in it.iter_batches(batch_size=tc.batch_size, batch_format="numpy", prefetch_batches=2):
+                x = decode_batch(batch["crop_jpeg"], tc.image_size, self.mean, self.std)
+                y = torch.as_tensor(batch["y"])
+                x, y = _to_device(x, y, self.device)
+                with self.autocast():
+                    out = self.model(x)
+                out = out.float()
+                loss_sum += float(self.loss_fn(out.squeeze(1) if self.kind == "regression" else out, y)) * len(y)
+                ys.append(batch["y"])
+                outs.append(out.cpu().numpy())
+        parts = _gather((ys, outs, loss_sum))
+        y_all = np.concatenate([a for p in parts for a in p[0]]) if any(p[0] for p in parts) else np.empty(0)
+        o_all = np.concatenate([a for p in parts for a in p[1]]) if any(p[1] for p in parts) else np.empty((0, 1))
+        loss = sum(p[2] for p in parts) / max(len(y_all), 1)
+        return y_all, o_all, loss
+
+    def validate(self, epoch: int, train: dict) -> dict:
+        """Score the epoch's weights on ``val``, keep them as the best when they rank higher; the history record."""
+        c = self.config
+        t1 = time.perf_counter()
+        y, out, val_loss = self.predict_split("val")
+        val = evaluate(self.kind, y, out, c["class_names"], c["target_mean"], c["target_std"])
+        score = selection_score(self.kind, val)
+        self.last_state = _cpu_copy(self.model)
+        record = {
+            "epoch": epoch,
+            "phase": self.phase,
+            "train_loss": train["train_loss"],
+            "val_loss": val_loss,
+            "score": score,
+        }
+        if self.best_state is None or _rank(record) > _rank(self.best):
+            self.best, self.best_score, self.best_epoch, self.best_state = record, score, epoch, self.last_state
+        record["start_epoch"] = self.start
+        record.update(
+            train_s=round(train["train_s"], 3),
+            bn_crops=train["bn_crops"],
+            bn_s=round(train["bn_s"], 3),
+            val_s=round(time.perf_counter() - t1, 3),
+            images=train["images"],
+        )
+        record["images_per_s"] = round(train["images"] / train["train_s"], 2) if train["train_s"] > 0 else None
+        record["val"] = {k: v for k, v in val.items() if k in ("n", "accuracy", "roc_auc", "pearson", "mae", "rmse")}
+        return record
+
+    # ---------------------------------------------------------------------------------------------- reporting
+    def report(self, epoch: int, record: dict | None, test: dict | None = None) -> None:
+        """``ray.train.report`` the epoch's metrics; rank 0 with a checkpoint (``state.pt``, ``best_model.pt``, and
+        ``test.json`` when ``test`` is given)."""
+        import ray.train
+        from ray.train import Checkpoint
+
+        metrics = {"epoch": epoch, "best_epoch": self.best_epoch, "best_score": self.best_score}
         if record:
             metrics.update(train_loss=record["train_loss"], val_loss=record["val_loss"], val_score=record["score"])
-        if rank != 0:
+        if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save(
                 {
-                    "model": last_state,
-                    "optimizer": opt.state_dict() if opt is not None else {},
-                    "phase": phase or "",
+                    "model": self.last_state,
+                    "optimizer": self.opt.state_dict() if self.opt is not None else {},
+                    "phase": self.phase or "",
                     "epoch": epoch,
-                    "history": json.dumps(history),
+                    "history": json.dumps(self.history),
                 },
                 os.path.join(d, "state.pt"),
             )
-            torch.save(best_state, os.path.join(d, "best_model.pt"))
+            torch.save(self.best_state, os.path.join(d, "best_model.pt"))
             if test is not None:
                 with open(os.path.join(d, "test.json"), "w") as f:
                     json.dump(test, f)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
-    last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    if start >= tc.epochs:  # a resumed run with nothing left to train: test and report again
-        finish(start - 1, history[-1] if history else None)
-        return
+    def finish(self, epoch: int, record: dict | None) -> None:
+        """Test the best weights, then report the last checkpoint (with the test outputs)."""
+        self.model.load_state_dict(self.best_state)
+        y, out, _ = self.predict_split("test")
+        self.model.load_state_dict(self.last_state)
+        self.report(epoch, record, {"y": y.tolist(), "outputs": out.tolist(), "best_epoch": self.best_epoch})
 
-    for epoch in range(start, tc.epochs):
-        want = "head" if epoch < tc.freeze_epochs else "full"
-        if want != phase:
-            phase = want
-            opt, net = setup(phase)
-            if state is not None and state.get("phase") == phase and state.get("optimizer"):
-                opt.load_state_dict(state["optimizer"])
-            state = None
-        net.train()
-        if phase == "head":
-            model.backbone.eval()
-        total, count, t0 = 0.0, 0, time.perf_counter()
-        bn_crops: list = []  # the first precise_bn crops of this epoch (full phase only)
-        want_bn = tc.precise_bn if phase == "full" else 0
-        batches = train_it.iter_batches(
-            batch_size=tc.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=tc.shuffle_buffer or None,
-            local_shuffle_seed=int(rng.integers(1 << 31)),
-            prefetch_batches=2,
-        )
-        for batch in batches:
-            x = decode_batch(
-                batch["crop_jpeg"], tc.image_size, mean, std, train=tc.augment, jitter=tc.jitter, generator=rng
-            )
-            if len(bn_crops) < want_bn:
-                bn_crops.extend(batch["crop_jpeg"][: want_bn - len(bn_crops)])
-            y = torch.as_tensor(batch["y"])
-            x, y = _to_device(x, y, device)
-            with autocast():
-                out = net(x)
-                loss = loss_fn(out.float().squeeze(1) if kind == "regression" else out.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-            _maybe_fault(fault, rank, epoch)
-        train_s = time.perf_counter() - t0
-        t_bn = time.perf_counter()
-        bn_n = _precise_bn(model, bn_crops, tc, device, world) if want_bn else 0
-        bn_s = time.perf_counter() - t_bn
-        parts = _gather((total, count))
-        train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
-        images = sum(p[1] for p in parts)
-        t1 = time.perf_counter()
+    def run(self) -> None:
+        """Train the remaining epochs; a resumed run with nothing left to train tests and reports again."""
+        last = self.tc.epochs - 1
+        if self.start > last:
+            self.finish(self.start - 1, self.history[-1] if self.history else None)
+            return
+        for epoch in range(self.start, self.tc.epochs):
+            self.set_phase(epoch)
+            record = self.validate(epoch, self.train_epoch(epoch))
+            self.history.append(record)
+            if epoch == last:
+                self.finish(epoch, record)
+            else:
+                self.report(epoch, record)
 
-        y, out, val_loss = _predict_split(model, "val", tc, kind, device, autocast, loss_fn, rank, world)
-        val = evaluate(kind, y, out, config["class_names"], config["target_mean"], config["target_std"])
-        score = selection_score(kind, val)
-        last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        record = {"epoch": epoch, "phase": phase, "train_loss": train_loss, "val_loss": val_loss, "score": score}
-        if best_state is None or _rank(record) > _rank(best):
-            best, best_score, best_epoch, best_state = record, score, epoch, last_state
-        record["start_epoch"] = start
-        record.update(
-            train_s=round(train_s, 3),
-            bn_crops=bn_n,
-            bn_s=round(bn_s, 3),
-            val_s=round(time.perf_counter() - t1, 3),
-            images=images,
-        )
-        record["images_per_s"] = round(images / train_s, 2) if train_s > 0 else None
-        record["val"] = {k: v for k, v in val.items() if k in ("n", "accuracy", "roc_auc", "pearson", "mae", "rmse")}
-        history.append(record)
-        if epoch == tc.epochs - 1:
-            finish(epoch, record)
-        else:
-            _report(epoch, record, None)
+
+def train_loop_per_worker(config: dict) -> None:
+    """The per-worker training function (runs inside Ray Train): one :class:`TrainWorker`, run to the end."""
+    TrainWorker(config).run()
 
 
 # ------------------------------------------------------------------------------------------------ driver side

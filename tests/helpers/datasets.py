@@ -1,8 +1,12 @@
-"""Small data roots built directly (no crawl): the inputs a stage needs, for tests that run one stage."""
+"""Small data roots built directly (no crawl), or copied from another run: the inputs a stage needs, for tests that
+run one stage."""
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
 
 from pipeline.store import STATUS_OK, DataRoot
 
@@ -35,3 +39,10 @@ def populate_label_inputs(uri: str, n_posts: int = 16, staff_per_department: int
     root.write_part("staff", staff)
     root.write_part("faces", faces)
     return root
+
+
+def copy_datasets(src: Path, dst: Path, names: Iterable[str]) -> None:
+    """Copy the folders ``names`` (datasets such as ``posts``, ``images`` or ``models/<run_id>``) of the local data
+    root ``src`` into ``dst``, without temporaries or quarantined parts."""
+    for name in names:
+        shutil.copytree(Path(src) / name, Path(dst) / name, ignore=shutil.ignore_patterns("_tmp", "_quarantine"))

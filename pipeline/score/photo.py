@@ -4,8 +4,9 @@
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
 
 Both reuse the face stage's detector (:class:`pipeline.faces.FaceDetector`) and the exported model
-(:class:`pipeline.train.export.LoadedModel`); the detector and the model are loaded once per process and kept
-(:func:`load_rater`), so a second photo costs only detection and one forward pass.
+(:class:`pipeline.train.export.LoadedModel`, scores and percentiles from its :meth:`~LoadedModel.score`, as the
+score stage's); the detector and the model are loaded once per process and kept (:func:`load_rater`), so a second
+photo costs only detection and one forward pass.
 
 Example::
 
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import Config, load_config
-from pipeline.score import ERROR_REASONS
+from pipeline.score.inference import ERROR_REASONS
 from pipeline.store import DataRoot
 
 
@@ -38,12 +39,6 @@ class Rater:
 
     def detect(self, data: bytes) -> dict:
         return self.detector.process([data])[0]
-
-    def score(self, crops: list[Image.Image]) -> tuple[np.ndarray, list[str | None], np.ndarray]:
-        """Scores, predicted class names and test-set percentiles of the crops."""
-        scores, predicted = self.model.predict(crops)
-        scores = np.asarray(scores, dtype=np.float64).reshape(len(crops), -1)[:, 0]
-        return scores, list(predicted), np.asarray(self.model.percentile(scores), dtype=np.float64).reshape(-1)
 
 
 _RATERS: dict[tuple[str, str], Rater] = {}
@@ -102,7 +97,7 @@ def rate_photo(path: str | Path, model_dir: str | None = None, cfg: Config | Non
         return {**out, "status": status, "reason": reason or "no_face", "seconds": time.perf_counter() - t0}
     from pipeline.imaging import decode_image
 
-    scores, predicted, pct = rater.score([decode_image(row["crop_jpeg"])])
+    scores, pct, predicted = rater.model.score([decode_image(row["crop_jpeg"])])
     out.update(
         status="ok",
         reason=None,
@@ -179,7 +174,7 @@ def best_crop(
     )
     size = cfg.faces.crop_size
     crops = [_crop(img, b, size) for b in boxes]
-    scores, predicted, pct = rater.score(crops)
+    scores, pct, predicted = rater.model.score(crops)
     i = int(np.argmax(scores))
     x1, y1, x2, y2 = (round(v) for v in boxes[i])
     best = img.crop((x1, y1, x2, y2))

@@ -5,11 +5,12 @@ for every listener, every listener on 127.0.0.1, no cloud-metadata probe, and to
 (``RAY_AUTH_MODE=token`` with a fresh ``RAY_AUTH_TOKEN``; :mod:`pipeline.ray_env`). It waits, bounded, until the
 job API answers, and on exit stops exactly the processes it started, found by session id (``ray stop`` would
 stop *every* Ray on the machine, also other people's). Clients authenticate with :attr:`RayHead.client_env`
-(the ``ray`` CLI) or :attr:`RayHead.headers` (``JobSubmissionClient(headers=...)``).
+(the ``ray`` CLI), :attr:`RayHead.headers` (``JobSubmissionClient(headers=...)``) or :meth:`RayHead.driver_env` (a
+driver process that calls ``ray.init()`` on the head).
 
 Example::
 
-    from pipeline.cluster import ray_head
+    from pipeline.testing import ray_head
     with ray_head(num_cpus=2) as head:
         subprocess.run(["ray", "job", "submit", "--working-dir", ".", "--", "python", "jobs/labels.py", ...],
                        env=head.client_env, check=True, timeout=300)
@@ -78,12 +79,15 @@ class RayHead:
         env.pop("RAY_AUTH_TOKEN_PATH", None)
         return env
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    def driver_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default ``os.environ``) plus what a driver process (``ray.init()``) needs to join this head:
+        its GCS address and token, and loopback resolution (Ray would otherwise turn ``127.0.0.1`` into this
+        machine's network address, where the head does not listen)."""
+        env = dict(os.environ if base is None else base)
+        env.update(RAY_ADDRESS=self.gcs_address, RAY_AUTH_TOKEN=self.token)
+        env.pop("RAY_AUTH_TOKEN_PATH", None)
+        ray_env.secure_env(env, loopback=True)
+        return env
 
 
 def _free_ports(n: int) -> list[int]:
@@ -162,6 +166,51 @@ def stop_session(pid: int, grace_s: float = 5.0) -> int:
     return len(procs) + len(late)
 
 
+def _start_command(ports: Mapping[str, int], temp_dir: str, num_cpus: int, object_store_mb: int) -> list[str]:
+    """``ray start --head --block`` with every listener on 127.0.0.1 and on its own free port."""
+    return [
+        ray_executable(),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        f"--object-store-memory={object_store_mb * 1024 * 1024}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        *(f"{flag}={port}" for flag, port in ports.items()),
+    ]
+
+
+def _head_env(token: str, env: Mapping[str, str] | None) -> dict[str, str]:
+    """This process's environment, made safe for the head: its own token, no outer address, loopback only."""
+    head_env = dict(os.environ)
+    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        head_env.pop(k, None)
+    # The job entrypoint's ``python`` is this interpreter (a venv's bin/ first on PATH), as on a real node.
+    head_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), head_env.get("PATH", "")])
+    head_env.update(env or {})
+    # Token auth, every listener on 127.0.0.1, no cloud-metadata probe: see pipeline/ray_env.py.
+    ray_env.secure_env(head_env, loopback=True)
+    head_env["RAY_AUTH_TOKEN"] = token
+    return head_env
+
+
+def _wait_until_ready(proc: subprocess.Popen, head: RayHead, timeout_s: float) -> None:
+    """Poll the job API until it answers; raise :class:`RayHeadError` with the log's tail if the head dies or the
+    time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not job_api_ready(head.dashboard_url, head.headers):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = Path(head.log_path).read_text(errors="replace")[-3000:]
+            why = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
+            raise RayHeadError(f"ray start --head {why} after {timeout_s:.0f}s; log tail:\n{tail}")
+        time.sleep(1.0)
+
+
 @contextmanager
 def ray_head(
     *,
@@ -179,33 +228,12 @@ def ray_head(
     token = token or secrets.token_hex(32)
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's Unix socket paths must stay < 108
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
-    cmd = [
-        ray_executable(),
-        "start",
-        "--head",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1",
-        "--include-dashboard=true",
-        f"--num-cpus={num_cpus}",
-        "--num-gpus=0",
-        f"--object-store-memory={object_store_mb * 1024 * 1024}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-        *(f"{flag}={port}" for flag, port in ports.items()),
-    ]
-    head_env = dict(os.environ)
-    for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
-        head_env.pop(k, None)
-    # The job entrypoint's ``python`` is this interpreter (a venv's bin/ first on PATH), as on a real node.
-    head_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), head_env.get("PATH", "")])
-    head_env.update(env or {})
-    # Token auth, every listener on 127.0.0.1, no cloud-metadata probe: see pipeline/ray_env.py.
-    ray_env.secure_env(head_env, loopback=True)
-    head_env["RAY_AUTH_TOKEN"] = token
+    cmd = _start_command(ports, temp_dir, num_cpus, object_store_mb)
     log_path = os.path.join(temp_dir, "ray-start.log")
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=head_env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=_head_env(token, env), start_new_session=True
+        )
     head = RayHead(
         gcs_address=f"127.0.0.1:{ports['--port']}",
         dashboard_url=f"http://127.0.0.1:{ports['--dashboard-port']}",
@@ -216,13 +244,7 @@ def ray_head(
         ports={k.lstrip("-"): v for k, v in ports.items()},
     )
     try:
-        deadline = time.monotonic() + start_timeout_s
-        while not job_api_ready(head.dashboard_url, head.headers):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = Path(log_path).read_text(errors="replace")[-3000:]
-                why = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
-                raise RayHeadError(f"ray start --head {why} after {start_timeout_s:.0f}s; log tail:\n{tail}")
-            time.sleep(1.0)
+        _wait_until_ready(proc, head, start_timeout_s)
         yield head
     finally:
         stop_session(proc.pid)

@@ -1,6 +1,6 @@
 """The scheduler service: submits the score job to a Ray cluster on a cron schedule, one run at a time.
 
-    python -m pipeline.scheduler --config configs/demo.yaml [--data-root DIR] [--interval-s 30]
+    python -m pipeline scheduler --config configs/demo.yaml [--data-root DIR] [--interval-s 30]
                                  [--once [--wait]] [--max-runs N] [--max-seconds S] [--address URL]
 
 Every tick of ``score.schedule`` (a cron expression, read with croniter; ``--interval-s`` replaces it, for tests)
@@ -22,6 +22,7 @@ import datetime as dt
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from typing import Any
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.runtime import log, setup_logging
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the repository: pipeline/score/scheduler.py
 ACTIVE = ("PENDING", "RUNNING")
 JOB_KIND = "score"
 
@@ -192,9 +193,8 @@ class Scheduler:
         return {"submitted": list(self.submitted), "skipped": self.skipped}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry; exit 2 on a bad config, 1 when ``--once --wait`` saw the job fail."""
-    p = argparse.ArgumentParser(prog="python -m pipeline.scheduler", description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The scheduler's options (``--config`` and ``--data-root`` included) on ``p``."""
     p.add_argument("--config", required=True)
     p.add_argument("--data-root", help="passed on to the job (and used to find earlier runs)")
     p.add_argument("--interval-s", type=float, help="tick every S seconds instead of score.schedule")
@@ -204,38 +204,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", action="store_true", help="with --once: wait for the job and exit 1 unless it succeeded")
     p.add_argument("--max-runs", type=int, help="stop after this many submissions")
     p.add_argument("--max-seconds", type=float, help="stop after this long")
-    args = p.parse_args(argv)
+
+
+def _scheduler(args: argparse.Namespace) -> Scheduler:
+    """The scheduler the parsed options describe (raises :class:`ConfigError` on a bad config)."""
+    overrides = {"data_root": args.data_root} if args.data_root else None
+    cfg = load_config(args.config, overrides=overrides)
+    return Scheduler(
+        cfg, args.config, data_root=args.data_root, interval_s=args.interval_s, address=args.address, python=args.python
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the scheduler from parsed options (:func:`add_arguments`): one tick (``--once``), or tick on schedule
+    until a bound or SIGTERM/SIGINT. Exit 2 on a bad config, 1 when ``--once --wait`` saw the job fail."""
     setup_logging()
     try:
-        overrides = {"data_root": args.data_root} if args.data_root else None
-        cfg = load_config(args.config, overrides=overrides)
-        sched = Scheduler(
-            cfg,
-            args.config,
-            data_root=args.data_root,
-            interval_s=args.interval_s,
-            address=args.address,
-            python=args.python,
-        )
+        sched = _scheduler(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    stopping = {"flag": False}
-
-    def _stop(*_: Any) -> None:
-        stopping["flag"] = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     if args.once:
         result = sched.tick()
         if args.wait and result["action"] == "submitted":
             return 0 if sched.wait(result["submission_id"]) == "SUCCEEDED" else 1
         return 0
-    summary = sched.loop(max_runs=args.max_runs, max_seconds=args.max_seconds, stop=lambda: stopping["flag"])
+    summary = sched.loop(max_runs=args.max_runs, max_seconds=args.max_seconds, stop=stopping.is_set)
     log.info("scheduler: done: %s", summary)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline scheduler") -> int:
+    """Command-line entry: parse ``argv`` (default ``sys.argv[1:]``) and :func:`serve`."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return serve(p.parse_args(argv))

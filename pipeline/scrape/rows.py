@@ -1,0 +1,248 @@
+"""The crawl's row builder: worker results (:mod:`pipeline.scrape.work`) into ``posts``/``staff``/``fetches`` rows.
+
+:meth:`RowBuilder.handle` takes one result, hands its rows to the writer (:mod:`pipeline.scrape.writer`), counts
+them (:mod:`pipeline.scrape.counters`) and returns the follow-up tasks (a feed's next page, images to fetch) for the
+driver's frontier. It owns the per-run decisions:
+
+* an item (site, item_id) is claimed once: not if it has a row from an earlier run (``skipped_done``), not twice in
+  this run, not if its person is on the opt-out list (``opted_out``, and no row at all);
+* non-academic staff get a ``skipped: non_academic`` row and no image fetch; academic staff without a photo an
+  ``error: no_photo`` row;
+* image dedupe: each image URL is fetched once per run; rows sharing a URL wait for its one fetch and count as
+  duplicates; identical bytes from different URLs are stored once by the worker, and are decided per sha256 here
+  (workers may race on the same bytes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.config import Config, FeedSite, StaffSite
+from pipeline.privacy import OptOut
+from pipeline.scrape.counters import CrawlCounters
+from pipeline.scrape.staff import is_academic
+from pipeline.scrape.writer import RowWriter
+from pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
+
+_IMAGE_KEYS = ("status", "reason", "sha", "width", "height")
+
+
+def post_row(site: str, hashtag: str, p: dict, scraped: dt.datetime, min_age_s: float) -> dict[str, Any]:
+    """A ``posts`` row (without status/reason and image columns) for post ``p`` of a feed page."""
+    row = {
+        "site": site,
+        "item_id": p["item_id"],
+        "hashtag": hashtag,
+        "user_id": p.get("user_id"),
+        "followers": p.get("followers"),
+        "likes": p.get("likes"),
+        "tags": p.get("tags"),
+        "posted_at": p.get("posted_at"),
+        "scraped_at": scraped,
+        "too_young": None,
+        "image_url": p.get("image_url"),
+    }
+    if p.get("posted_at") is not None:
+        row["too_young"] = (scraped - p["posted_at"]).total_seconds() < min_age_s
+    return row
+
+
+def staff_row(site: StaffSite, p: dict, academic: bool, scraped: dt.datetime) -> dict[str, Any]:
+    """A ``staff`` row (without status/reason and image columns) for person ``p`` of a staff page."""
+    return {
+        "site": site.name,
+        "item_id": p["item_id"],
+        "department": site.department,
+        "name": p.get("name"),
+        "role": p.get("role"),
+        "is_academic": academic,
+        "page_url": p.get("page_url"),
+        "image_url": p.get("image_url"),
+        "scraped_at": scraped,
+    }
+
+
+def staff_page_fetch_row(site: str, page: dict, scraped: dt.datetime) -> dict[str, Any]:
+    """The ``fetches`` row of one rendered staff page (the browser reports no HTTP status or size)."""
+    return {
+        "url": page["url"],
+        "site": site,
+        "kind": "page",
+        "host": urlsplit(page["url"]).hostname,
+        "status": page["status"],
+        "http_status": None,
+        "reason": page["reason"],
+        "attempts": 1,
+        "bytes": None,
+        "image_sha256": None,
+        "fetched_at": scraped,
+    }
+
+
+class RowBuilder:
+    """Results in, rows out (to ``writer``), follow-up tasks returned. ``done``: (dataset, site, item_id) written
+    before this run."""
+
+    def __init__(self, cfg: Config, counters: CrawlCounters, writer: RowWriter, done: set, optout: OptOut):
+        self.sc = cfg.scrape
+        self.n = counters
+        self.writer = writer
+        self.done = done
+        self.optout = optout
+        self.seen: set[tuple[str, str, str]] = set()
+        self.url_done: dict[str, dict] = {}  # image URL -> its fetch outcome (status, reason, sha, width, height)
+        self.waiting: dict[str, list[tuple[str, dict]]] = {}  # image URL being fetched -> rows waiting for it
+        self.sha_new: dict[str, bool] = {}  # sha256 fetched this run -> stored by this run
+
+    def handle(self, r: dict) -> list[dict]:
+        """Turn one task result into rows; returns the new tasks it leads to."""
+        self.writer.fetch(r.get("fetch"))
+        kind = r["task"]["kind"]
+        if kind == "page":
+            return self._page(r)
+        if kind == "image":
+            return self._image(r)
+        return self._staff(r)
+
+    # ---------------------------------------------------------------- feeds
+    def _site(self, name: str) -> FeedSite:
+        return next(s for s in self.sc.feeds if s.name == name)
+
+    def _page(self, r: dict) -> list[dict]:
+        task = r["task"]
+        if r["status"] != STATUS_OK:
+            self.n.page_failed(r["reason"])
+            return []
+        self.n.pages += 1
+        site, scraped = self._site(task["site"]), now()
+        tasks = []
+        for p in r["posts"]:
+            tasks += self._post(site, task["hashtag"], p, scraped)
+        if r.get("next_url") and task["page"] < site.max_pages:
+            tasks.append({**task, "page": task["page"] + 1, "url": r["next_url"], "deaths": 0})
+        return tasks
+
+    def _post(self, site: FeedSite, hashtag: str, p: dict, scraped: dt.datetime) -> list[dict]:
+        item = p.get("item_id")
+        if not item:
+            self.n.page_errors_by_reason[p.get("error") or "bad_post"] += 1
+            return []
+        if not self._claim(("posts", site.name, item), "user", p.get("user_id")):
+            return []
+        row = post_row(site.name, hashtag, p, scraped, self.sc.min_post_age_days * 86400)
+        if p.get("error"):
+            self._emit("posts", row, STATUS_ERROR, p["error"])
+            return []
+        return self._want_image("posts", row)
+
+    # ---------------------------------------------------------------- staff
+    def _staff(self, r: dict) -> list[dict]:
+        site = self.sc.staff[r["task"]["index"]]
+        if "pages" not in r:  # the task itself failed (internal error / worker died)
+            self.n.page_failed(r.get("reason"))
+            return []
+        scraped = now()
+        tasks = []
+        for page in r["pages"]:
+            self.writer.fetch(staff_page_fetch_row(site.name, page, scraped))
+            if page["status"] != STATUS_OK:
+                self.n.page_failed(page["reason"])
+                continue
+            self.n.pages += 1
+            for p in page["people"]:
+                tasks += self._person(site, p, scraped)
+        return tasks
+
+    def _person(self, site: StaffSite, p: dict, scraped: dt.datetime) -> list[dict]:
+        if not self._claim(("staff", site.name, p["item_id"]), "person", p["item_id"]):
+            return []
+        academic = is_academic(p.get("role"), self.sc.non_academic_roles)
+        row = staff_row(site, p, academic, scraped)
+        if not academic:
+            self.n.non_academic += 1
+            row["image_url"] = None  # not fetched: we keep no photo of non-academic staff
+            self._emit("staff", row, STATUS_SKIPPED, "non_academic")
+            return []
+        if not p.get("image_url"):
+            self._emit("staff", row, STATUS_ERROR, "no_photo")
+            return []
+        return self._want_image("staff", row)
+
+    def _claim(self, key: tuple[str, str, str], optout_kind: str, person: str | None) -> bool:
+        """True when an item is new: not written before, not seen in this run, its person not opted out."""
+        if key in self.done:
+            self.n.skipped_done += 1
+            return False
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        if self.optout.blocks(optout_kind, person, site=key[1]):
+            self.n.opted_out += 1
+            return False
+        return True
+
+    # ---------------------------------------------------------------- images
+    def _want_image(self, ds: str, row: dict) -> list[dict]:
+        """Complete ``row`` now if its image URL was fetched, else wait for it; an image task when it is new."""
+        url = row["image_url"]
+        if url in self.url_done:
+            self.n.duplicates += 1 if self.url_done[url]["status"] == STATUS_OK else 0
+            self._complete(ds, row, self.url_done[url])
+            return []
+        if url in self.waiting:
+            self.waiting[url].append((ds, row))
+            return []
+        self.waiting[url] = [(ds, row)]
+        return [{"kind": "image", "url": url, "site": row["site"]}]
+
+    def _image(self, r: dict) -> list[dict]:
+        url = r["task"]["url"]
+        res = {k: r.get(k) for k in _IMAGE_KEYS}
+        self.url_done[url] = res
+        if r["status"] == STATUS_OK:
+            self._count_fetched(r["sha"], bool(r.get("new")))
+        for i, (ds, row) in enumerate(self.waiting.pop(url, [])):
+            if i and r["status"] == STATUS_OK:
+                self.n.duplicates += 1
+            self._complete(ds, row, res)
+        return []
+
+    def _count_fetched(self, sha: str, new: bool) -> None:
+        """Stored = distinct new bytes this run; the first report of a sha may come from the worker that lost the
+        race to store it, so a later ``new`` report turns that duplicate into the stored one."""
+        self.n.images_fetched += 1
+        prev = self.sha_new.get(sha)
+        if prev is None:
+            self.sha_new[sha] = new
+            if new:
+                self.n.images_stored += 1
+            else:
+                self.n.duplicates += 1
+        elif new and not prev:
+            self.sha_new[sha] = True
+            self.n.images_stored += 1
+        else:
+            self.n.duplicates += 1
+
+    def _complete(self, ds: str, row: dict, res: dict) -> None:
+        if res["reason"] == "opted_out":
+            self.n.opted_out += 1
+            return
+        if res["status"] == STATUS_OK:
+            row.update(image_sha256=res["sha"], width=res["width"], height=res["height"])
+        self._emit(ds, row, res["status"], res["reason"])
+
+    def _emit(self, ds: str, row: dict, status: str, reason: str | None) -> None:
+        row["status"], row["reason"] = status, reason
+        if status == STATUS_SKIPPED and reason == "robots":
+            self.n.skipped_robots += 1
+        elif status == STATUS_SKIPPED and reason == "noai":
+            self.n.skipped_noai += 1
+        elif status == STATUS_ERROR:
+            self.n.errors += 1
+            self.n.errors_by_reason[reason or "unknown"] += 1
+        if ds == "posts" and row.get("too_young"):
+            self.n.too_young += 1
+        self.writer.add(ds, row)

@@ -1,0 +1,148 @@
+"""What one crawl worker does with a batch of tasks, in plain Python (no Ray: tests and the benchmark use it as is).
+
+Tasks and results are plain dicts (they cross process boundaries):
+
+* ``{"kind": "page", "site", "hashtag", "page", "url"}`` → :meth:`HttpWork.run` fetches and parses one feed page:
+  ``{"task", "status", "reason", "posts", "next_url", "fetch"}``;
+* ``{"kind": "image", "site", "url"}`` → fetches, checks and stores one image (``DataRoot.put_image``, by sha256):
+  ``{"task", "status", "reason", "sha", "width", "height", "new", "fetch"}``;
+* ``{"kind": "staff", "index"}`` → :meth:`BrowserWork.run` renders one staff site in Chromium (every connection
+  through the egress proxy): ``{"task", "pages": [StaffPage as dict]}``.
+
+``fetch`` is the URL's ``fetches`` row. A task that fails unexpectedly becomes :func:`error_result`
+(``internal:<Type>``); the crawl driver uses the same shape for ``worker_died``, ``batch_timeout``, ``no_workers``.
+Both ``run`` methods also return the robots.txt fetch rows gathered meanwhile. ``slot(host)`` is the per-host
+limiter (:mod:`pipeline.scrape.ratelimit`); without one, the HTTP client's local limiter from the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.config import Config
+from pipeline.privacy import OptOut
+from pipeline.scrape.egress import policy_for
+from pipeline.scrape.feeds import FeedParseError, adapter_for
+from pipeline.scrape.http import FetchResult, HttpClient, resolves_public
+from pipeline.scrape.staff import Browser
+from pipeline.store import STATUS_ERROR, STATUS_SKIPPED, DataRoot, sha256_bytes
+
+
+def error_result(task: dict, reason: str) -> dict:
+    """The result of a task that produced nothing but an error (no fetch row)."""
+    return {"task": task, "status": STATUS_ERROR, "reason": reason, "fetch": None}
+
+
+def internal_error(task: dict, e: BaseException) -> dict:
+    """An unexpected exception while running ``task``: error ``internal:<Type>``."""
+    return error_result(task, f"internal:{type(e).__name__}")
+
+
+def _robots_rows(client: HttpClient) -> list[dict]:
+    return [r.fetch_row(urlsplit(r.url).hostname or "") for r in client.robots.drain()]
+
+
+class HttpWork:
+    """Feed pages and images, ``scrape.threads_per_actor`` at a time."""
+
+    def __init__(
+        self, cfg: Config, domains: list[str], slot: Callable | None = None, optout_images: OptOut | None = None
+    ):
+        self.cfg = cfg
+        self.root = DataRoot(cfg.data_root)
+        self.client = HttpClient(cfg.scrape.http, domains, slot)
+        self.pool = ThreadPoolExecutor(cfg.scrape.threads_per_actor, thread_name_prefix="fetch")
+        self.adapters = {s.name: adapter_for(s) for s in cfg.scrape.feeds}
+        self.optout_images = optout_images
+
+    def run(self, tasks: list[dict]) -> tuple[list[dict], list[dict]]:
+        """Fetch a batch of page/image tasks concurrently; returns (results, robots fetch rows)."""
+        results = list(self.pool.map(self._safe, tasks))
+        return results, _robots_rows(self.client)
+
+    def _safe(self, task: dict) -> dict:
+        try:
+            return self._page(task) if task["kind"] == "page" else self._image(task)
+        except Exception as e:  # one bad task must never take the batch down
+            return internal_error(task, e)
+
+    def _page(self, task: dict) -> dict:
+        res = self.client.fetch_page(task["url"])
+        out: dict[str, Any] = {"task": task, "posts": [], "next_url": None}
+        if res.ok:
+            try:
+                page = self.adapters[task["site"]].parse(res.data or b"", task["url"], task["hashtag"], task["page"])
+                out["posts"], out["next_url"] = page.posts, page.next_url
+            except FeedParseError:
+                res.status, res.reason = STATUS_ERROR, "parse_error"
+        out["status"], out["reason"] = res.status, res.reason
+        out["fetch"] = res.fetch_row(task["site"])
+        return out
+
+    def _image(self, task: dict) -> dict:
+        res: FetchResult = self.client.fetch_image(task["url"])
+        sha, new = None, False
+        if res.ok:
+            sha = sha256_bytes(res.data or b"")
+            if self.optout_images is not None and self.optout_images.blocks("image", sha):
+                res.status, res.reason, sha = STATUS_SKIPPED, "opted_out", None
+            else:
+                new = not self.root.has_image(sha)
+                if new:
+                    self.root.put_image(res.data or b"")
+        return {
+            "task": task,
+            "status": res.status,
+            "reason": res.reason,
+            "sha": sha,
+            "width": res.width,
+            "height": res.height,
+            "new": new,
+            "fetch": res.fetch_row(task["site"], sha),
+        }
+
+
+class BrowserWork:
+    """Staff sites in one headless Chromium; every page load checked like the HTTP client's fetches."""
+
+    def __init__(self, cfg: Config, domains: list[str], slot: Callable | None = None):
+        self.cfg = cfg
+        self.client = HttpClient(cfg.scrape.http, domains, slot)
+        self.limit = self.client.limiter  # ``slot``, or the client's local limiter
+        # every connection Chromium opens goes through the egress proxy, checked like the HTTP client's
+        self.browser = Browser(cfg.scrape.selenium, cfg.scrape.http.user_agent, policy_for(cfg, domains))
+
+    def _may_fetch(self, url: str) -> tuple[str, str] | None:
+        bad = self.client.check_url(url)
+        if bad:
+            return bad
+        host = urlsplit(url).hostname or ""
+        if not self.cfg.scrape.http.allow_private_addresses and not resolves_public(host):
+            return STATUS_ERROR, "private_address"
+        allowed, why = self.client.robots_allowed(url)
+        if not allowed:
+            return (STATUS_SKIPPED, "robots") if why is None else (STATUS_ERROR, why)
+        with self.limit(host):  # take the host's rate slot for the page load
+            pass
+        return None
+
+    def run(self, tasks: list[dict]) -> tuple[list[dict], list[dict]]:
+        """Render each staff-site task; returns (results, robots fetch rows)."""
+        out = []
+        for task in tasks:
+            site = self.cfg.scrape.staff[task["index"]]
+            try:
+                pages = self.browser.scrape_site(site, self._may_fetch)
+                out.append({"task": task, "pages": [dataclasses.asdict(p) for p in pages]})
+            except Exception as e:
+                out.append(internal_error(task, e))
+        return out, _robots_rows(self.client)
+
+    def shutdown(self) -> bool:
+        """Quit Chromium (and its egress proxy)."""
+        self.browser.quit()
+        return True
