@@ -149,21 +149,23 @@ def stop_session(pid: int, grace_s: float = 5.0) -> int:
         except psutil.Error:
             pass
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    _kill(alive)
     # Workers re-parented to init while we waited are still in the session: one more sweep.
     late = _session_procs(pid)
-    for p in late:
+    _kill(late)
+    return len(procs) + len(late)
+
+
+def _kill(procs: list) -> None:
+    """SIGKILL ``procs`` and wait for them (bounded)."""
+    import psutil
+
+    for p in procs:
         try:
             p.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(late, timeout=5)
-    return len(procs) + len(late)
+    psutil.wait_procs(procs, timeout=5)
 
 
 def _start_command(ports: Mapping[str, int], temp_dir: str, num_cpus: int, object_store_mb: int) -> list[str]:
