@@ -20,8 +20,9 @@ gets :class:`StageLockedError`, whose text is one line (the CLI prints it and ex
 over under it gets :class:`LockLostError` when it ends.
 
 Re-entrant within one thread: the CLI takes the stage's lock before Ray starts, and the stage's ``run`` (wrapped by
-:func:`locked_stage`, so a ``run(cfg)`` called from Python is protected too) enters it again silently. The store
-cleans the stage's own temporaries right after the lock is first taken (:meth:`DataRoot.stage_lock`).
+:func:`pipeline.runtime.stage_entry`, so a ``run(cfg)`` called from Python is protected too) enters it again
+silently. The store cleans the stage's own temporaries right after the lock is first taken
+(:meth:`DataRoot.stage_lock`).
 
 Example::
 
@@ -34,7 +35,6 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
-import functools
 import getpass
 import hashlib
 import json
@@ -485,18 +485,3 @@ def stage_lock(cfg: Config, stage: str):
     from pipeline.store import DataRoot
 
     return DataRoot(cfg.data_root).stage_lock(stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s)
-
-
-def locked_stage(stage: str) -> Callable:
-    """Decorate a stage's ``run(cfg, …)`` so that it runs only while holding ``stage``'s lock on its data root."""
-
-    def wrap(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def run(cfg: Config, *args: Any, **kwargs: Any) -> Any:
-            with stage_lock(cfg, stage):
-                return fn(cfg, *args, **kwargs)
-
-        run.locked_stage = stage  # type: ignore[attr-defined]
-        return run
-
-    return wrap
