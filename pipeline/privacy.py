@@ -56,7 +56,6 @@ from pipeline.store import (
     CROPS_DIR,
     FACES_DS,
     IMAGES_DIR,
-    LABEL_SCHEMAS,
     LABELS_DS,
     MODELS_DS,
     OPTOUT_DS,
@@ -231,13 +230,14 @@ def _person_cols(dataset: str, kind: str) -> tuple[str, ...]:
 
 def _units(root: DataRoot) -> list[tuple[str, list[str]]]:
     """(dataset name, its part files) for every dataset the store defines: labels per task, scores per partition."""
-    names = [n for n in SCHEMAS if n not in LISTS] + [root.labels_dataset(t) for t in LABEL_SCHEMAS]
+    names = [n for n in SCHEMAS if n not in LISTS]
     units = [(n, root.part_files(n)) for n in names]
     by_part: dict[str, list[str]] = {}
-    base = root.path(SCORES_DS)
-    for p in root.part_files(SCORES_DS):
-        rel = posixpath.relpath(p, base)
-        by_part.setdefault(sub_dataset(SCORES_DS, rel.split("/")[0]) if "/" in rel else SCORES_DS, []).append(p)
+    for top in (SCORES_DS, LABELS_DS):  # every task's labels (imported sets too) and every scores partition
+        base = root.path(top)
+        for p in root.part_files(top):
+            rel = posixpath.relpath(p, base)
+            by_part.setdefault(sub_dataset(top, rel.split("/")[0]) if "/" in rel else top, []).append(p)
     return [(n, files) for n, files in units + sorted(by_part.items()) if files]
 
 

@@ -99,6 +99,10 @@ POSTS = pa.schema(
         ("scraped_at", TS),
         ("too_young", pa.bool_()),  # younger than min_post_age_days when scraped: likes not yet stable
         ("image_url", pa.string()),
+        ("user_acct", pa.string()),  # user@instance (Mastodon); null where the feed has none
+        ("reblogs", pa.int64()),
+        ("post_url", pa.string()),
+        ("counts_from", pa.string()),  # the host whose counts these are (a federated server's view of the post)
         ("image_sha256", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
@@ -181,7 +185,10 @@ SELFIE_LABELS = pa.schema(
 )
 DEPARTMENT_LABELS = pa.schema(LABELS_BASE + [("department", pa.string())])
 BEAUTY_LABELS = pa.schema(LABELS_BASE + [("file", pa.string())])
+# labels/<task> written by `labels import-classes` (any other task name): the source file and its raw label
+IMPORTED_LABELS = pa.schema(LABELS_BASE + [("file", pa.string()), ("raw_label", pa.string())])
 LABEL_SCHEMAS = {"selfie": SELFIE_LABELS, "department": DEPARTMENT_LABELS, "beauty": BEAUTY_LABELS}
+IMPORT_JSON = "import.json"  # labels/<task>/import.json: where an imported label set came from (see labels/imports)
 
 SCORES = pa.schema(
     [
@@ -415,7 +422,7 @@ class DataRoot:
     def schema(self, dataset: str) -> pa.Schema:
         top = dataset.split("/")[0]
         if top == LABELS_DS:
-            return LABEL_SCHEMAS[dataset.split("/")[1]]
+            return LABEL_SCHEMAS.get(dataset.split("/")[1], IMPORTED_LABELS)
         if top == SCORES_DS:
             return SCORES
         return SCHEMAS[top]
@@ -642,6 +649,7 @@ class ModelMeta:
     created_at: str = dataclasses.field(default_factory=lambda: now().isoformat())
     fold: int | None = None
     fold_model_dir: str | None = None
+    card: dict[str, Any] | None = None  # the model card's facts (MODEL_CARD.md holds the same), see train/card.py
 
     def __post_init__(self) -> None:
         for name in ("class_names", "mean", "std"):  # lists whatever sequence was given (JSON has no tuples)
@@ -671,7 +679,7 @@ class ModelMeta:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object (k-fold's fields only when set)."""
         d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if not (k in ("fold", "fold_model_dir") and v is None)}
+        return {k: v for k, v in d.items() if not (k in ("fold", "fold_model_dir", "card") and v is None)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = MODEL_JSON) -> ModelMeta:

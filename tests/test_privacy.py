@@ -132,3 +132,19 @@ def test_retention_drops_old_raw_images_with_crops(tmp_path):
     os.utime(old, (t, t))
     assert apply_retention(cfg) == {"images_removed": 1}
     assert not root.has_image(shas["u1"][0]) and root.has_image(shas["u1"][1])
+
+
+def test_forget_image_reaches_an_imported_label_set(tmp_path):
+    """labels/<task> of an imported set (labels import-classes) is walked like the built-in tasks."""
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
+    root = DataRoot(cfg.data_root)
+    shas = [root.put_image(f"bitmoji-{i}".encode()) for i in range(3)]
+    rows = [
+        {"item_id": f"img{i}.jpg", "person_id": f"img{i}.jpg", "image_sha256": s, "file": f"img{i}.jpg"}
+        for i, s in enumerate(shas)
+    ]
+    root.replace("labels/gender", rows)
+    out = forget(cfg, "image", shas[1])
+    assert out["rows_removed"]["labels/gender"] == 1
+    left = root.read("labels/gender").column("image_sha256").to_pylist()
+    assert left == [shas[0], shas[2]] and not root.has_image(shas[1])

@@ -1,11 +1,17 @@
-"""HTML of the demo sites: the index, and the two staff-page layouts whose people are inserted by JavaScript.
+"""HTML of the demo sites: the index, the two staff-page layouts whose people are inserted by JavaScript, and two
+server-rendered ones (no JavaScript) for the static scraper.
 
 * ``cards`` (cs, econ): ``<div id="people">`` filled 8 at a time from ``people.json?page=N``; each card's
   ``img.photo`` has only ``data-src`` until it scrolls into view (IntersectionObserver); a ``button.load-more``
   appends the next page and is removed when there is none.
 * ``table`` (german, mech): ``<table id="staff"><tbody>`` filled with every person from ``people.json?all=1``.
 
-The HTML itself never contains a person: a plain HTTP client sees empty lists.
+The HTML of those two never contains a person: a plain HTTP client sees empty lists. Every department also has:
+
+* ``directory.html`` (:func:`directory_page`): server-rendered cards, a Drupal views grid (``div.views-row``) with a
+  ``srcset`` photo, the name in a link and the role as text after a ``<br>``; no script.
+* ``list.html`` (:func:`list_page`): a text-only table whose names link to ``person/<id>.html``
+  (:func:`profile_page`), the page that holds the photo and the role.
 """
 
 from __future__ import annotations
@@ -103,6 +109,39 @@ def staff_page(department: str, department_name: str, layout: str) -> str:
         )
         return _page(title, body, _TABLE_JS)
     raise ValueError(f"unknown layout {layout!r}")
+
+
+def directory_page(department_name: str, people: list[dict]) -> str:
+    """Every person of a department as server-rendered cards (``people``: id, name, role, photo URL)."""
+    title = f"Department of {department_name}: people"
+    cards = "\n".join(
+        f'<div class="views-row" data-id="{escape(p["id"])}"><img src="{escape(p["photo"])}?w=120" '
+        f'srcset="{escape(p["photo"])}?w=120 120w, {escape(p["photo"])} 240w" alt="">'
+        f'<div class="info"><a href="person/{escape(p["id"])}.html">{escape(p["name"])}</a><br>{escape(p["role"])}'
+        "</div></div>"
+        for p in people
+    )
+    return _page(title, f'<h1>{escape(title)}</h1>\n<div class="view-content">\n{cards}\n</div>')
+
+
+def list_page(department_name: str, people: list[dict]) -> str:
+    """A text-only directory table: names link to each person's own page, no photos, no roles."""
+    title = f"Department of {department_name}: directory"
+    rows = "\n".join(
+        f'<tr data-id="{escape(p["id"])}"><td><a href="person/{escape(p["id"])}.html">{escape(p["name"])}</a></td>'
+        f"<td>{escape(p['id'])}@uni.example</td></tr>"
+        for p in people
+    )
+    return _page(title, f'<h1>{escape(title)}</h1>\n<table id="directory"><tbody>\n{rows}\n</tbody></table>')
+
+
+def profile_page(person: dict) -> str:
+    """One person's own page: name, photo, role."""
+    body = (
+        f'<div class="profile"><h1>{escape(person["name"])}</h1><img class="portrait" src="{escape(person["photo"])}" '
+        f'alt="{escape(person["name"])}"><p class="position">{escape(person["role"])}</p></div>'
+    )
+    return _page(person["name"], body)
 
 
 def index_page(base_url: str, departments: dict[str, str]) -> str:

@@ -42,7 +42,10 @@ TRUNCATE_AT = 0.5  # a truncated JPEG keeps this fraction of its bytes (no end-o
 
 _IMG = re.compile(r"^/(?:(?P<flaky>flaky)/img|img(?P<noai>/noai)?|private/img)/(?P<id>[A-Za-z0-9_-]+)\.jpg$")
 _LAST_INT = re.compile(r"(\d+)\D*$")
-_UNI = re.compile(r"^/uni/(?P<dept>[a-z]+)/(?:(?P<page>staff\.html|people\.json)|photo/(?P<id>[A-Za-z0-9_-]+)\.jpg)$")
+_UNI = re.compile(
+    r"^/uni/(?P<dept>[a-z]+)/(?:(?P<page>staff\.html|people\.json|directory\.html|list\.html)"
+    r"|photo/(?P<id>[A-Za-z0-9_-]+)\.jpg|person/(?P<pid>[A-Za-z0-9_-]+)\.html)$"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -144,6 +147,12 @@ class DemoSite:
             return 503, {"Retry-After": "0", "Content-Type": "text/plain"}, b"busy, try again\n"
         if path == "/robots.txt":
             return 200, {"Content-Type": "text/plain; charset=utf-8"}, ROBOTS_TXT.encode()
+        if path.startswith("/mastodon/"):  # a small Mastodon-compatible timeline (pipeline/demo/mastodon.py)
+            from pipeline.demo.mastodon import DemoMastodon
+
+            with self._lock:
+                self._mastodon = getattr(self, "_mastodon", None) or DemoMastodon(self)
+            return self._mastodon.handle(target)
         if path in ("/", "/index.html"):
             return _html(pages.index_page(self.base_url, ct.DEPARTMENT_NAMES))
         if path in ("/api/feed", "/flaky/api/feed"):
@@ -165,6 +174,8 @@ class DemoSite:
             return 200, headers, self.render_post(post.id)
         m = _UNI.match(path)
         if m and m["dept"] in ct.LAYOUTS:
+            if m["pid"] is not None or m["page"] in ("directory.html", "list.html"):
+                return self._static_staff(m["dept"], m["page"], m["pid"])
             return self._uni(m["dept"], m["page"], m["id"], query)
         return _not_found()
 
@@ -187,6 +198,16 @@ class DemoSite:
         if member is None or member.department != dept:
             return _not_found()
         return 200, {"Content-Type": "image/jpeg"}, self.render_photo(member.id)
+
+    def _static_staff(self, dept: str, page_name: str | None, person: str | None) -> tuple[int, dict, bytes]:
+        """The server-rendered staff pages (no JavaScript): directory.html, list.html, person/<id>.html."""
+        people = [self.person_json(m) for m in self.content.staff[dept]]
+        if page_name == "directory.html":
+            return _html(pages.directory_page(ct.DEPARTMENT_NAMES[dept], people))
+        if page_name == "list.html":
+            return _html(pages.list_page(ct.DEPARTMENT_NAMES[dept], people))
+        member = next((p for p in people if p["id"] == person), None)
+        return _html(pages.profile_page(member)) if member else _not_found()
 
 
 def _int_arg(query: dict, name: str, default: int) -> int | None:

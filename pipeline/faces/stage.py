@@ -30,8 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pipeline.config import Config, FacesConfig
+from pipeline.config import Config, FacesConfig, Placement
 from pipeline.faces.detector import FaceDetector, reason_code
+from pipeline.placement import remote_args
 from pipeline.runtime import log, stage_entry
 from pipeline.store import FACES, STATUS_OK, DataRoot, now, to_table
 
@@ -71,7 +72,9 @@ class FaceActor:
         return to_table(rows, FACES)
 
 
-def detect_faces(ds: ray.data.Dataset, cfg: FacesConfig, data_root: str | None = None) -> ray.data.Dataset:
+def detect_faces(
+    ds: ray.data.Dataset, cfg: FacesConfig, data_root: str | None = None, placement: Placement | None = None
+) -> ray.data.Dataset:
     """FACES rows for a dataset of ``image_sha256`` plus ``image`` bytes (or bytes read from ``data_root``).
 
     Example::
@@ -90,6 +93,7 @@ def detect_faces(ds: ray.data.Dataset, cfg: FacesConfig, data_root: str | None =
         num_cpus=cfg.num_cpus_per_actor,
         num_gpus=cfg.num_gpus_per_actor or None,
         udf_modifying_row_count=False,
+        **remote_args(placement or Placement()),  # ray.placement.faces: which nodes the actors run on
     )
 
 
@@ -133,7 +137,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if todo.num_rows:
         keys = todo.select(["image_sha256"])
         blocks = [keys.slice(i, fc.batch_size) for i in range(0, keys.num_rows, fc.batch_size)]
-        out = detect_faces(ray.data.from_arrow(blocks), fc, data_root=root.uri)
+        out = detect_faces(ray.data.from_arrow(blocks), fc, data_root=root.uri, placement=cfg.ray.placement.faces)
         reasons: Counter[str] = Counter()
         for batch in out.iter_batches(batch_size=fc.part_rows, batch_format="pyarrow"):
             root.write_part("faces", batch)

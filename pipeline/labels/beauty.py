@@ -17,7 +17,9 @@ The person is the CSV's person column, else the file stem (each SCUT-FBP5500 ima
 Rows that cannot be used stay, excluded with a reason: ``bad_score``, ``score_out_of_range``, ``missing_image``,
 ``unreadable_image`` (not an allowed format, truncated, over the caps: :func:`pipeline.imaging.check_image`),
 ``outside_images_dir`` (a listed name such as ``../x``, ``/etc/x`` or a symlink that resolves outside
-``images_dir``: never read), ``conflicting_scores`` (one file listed with different scores), ``unknown_split_file``.
+``images_dir``: never read), ``conflicting_scores`` (one file listed with different scores), ``unknown_split_file``,
+and with ``detect`` the face step's reason code (``no_face``, ...). Image storing, the face step and
+``labels/beauty/import.json`` (the set's origin, ``labels.imported``) are shared with :mod:`pipeline.labels.imports`.
 
 Example::
 
@@ -33,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.config import Config, FacesConfig
-from pipeline.imaging import ImageDecodeError, check_image
+from pipeline.config import Config
+from pipeline.labels.imports import add_faces, store_images, write_import_info
 from pipeline.labels.splits import split_of, unit_interval
 from pipeline.store import STATUS_EXCLUDED, STATUS_OK, DataRoot, to_table
 
@@ -87,45 +89,6 @@ def read_scores(path: str | Path) -> pl.DataFrame:
         source=pl.lit(path.name),
         person=pl.when(pl.col("person") == "").then(None).otherwise(pl.col("person")),
     )
-
-
-def _inside(base: Path, name: str) -> Path | None:
-    """``base / name`` resolved (symlinks followed) when it stays inside ``base``; None for ``../x``, ``/etc/x``,
-    a link pointing out, or a path that cannot be resolved."""
-    try:
-        path = (base / name).resolve()
-    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
-        return None
-    return path if path.is_relative_to(base) else None
-
-
-def _store_images(
-    images_dir: Path, files: list[str], root: DataRoot, faces: FacesConfig
-) -> tuple[list[str | None], list[str | None]]:
-    """Store each image by sha256; returns (sha or None, failure reason or None) per file (file I/O per image).
-
-    A listed name that resolves outside ``images_dir`` is ``outside_images_dir`` and is never opened; images are
-    checked like the faces stage decodes them (allowed formats, pixel and decoder-memory caps, not truncated).
-    """
-    base = images_dir.resolve()
-    shas: list[str | None] = []
-    why: list[str | None] = []
-    for name in files:
-        path = _inside(base, name)
-        if path is None or not path.is_file():
-            shas.append(None)
-            why.append("outside_images_dir" if path is None else "missing_image")
-            continue
-        data = path.read_bytes()
-        try:
-            check_image(data, faces.max_pixels, faces.image_formats, faces.max_decode_mib << 20)
-        except ImageDecodeError:
-            shas.append(None)
-            why.append("unreadable_image")
-            continue
-        shas.append(root.put_image(data))
-        why.append(None)
-    return shas, why
 
 
 def build_beauty_labels(scores: pl.DataFrame, cfg: Config, protocol: str) -> pl.DataFrame:
@@ -194,8 +157,13 @@ def import_scores(
     cfg: Config,
     root: DataRoot | None = None,
     protocol: str | None = None,
+    detect: bool | None = None,
 ) -> dict:
-    """Import scored images into ``labels/beauty`` (replacing it) and the image store; returns counts."""
+    """Import scored images into ``labels/beauty`` (replacing it) and the image store; returns counts.
+
+    ``detect``: also put the images through the face step into ``faces/`` (True: MTCNN crops; False: each image is
+    a face already, as SCUT-FBP5500's are; None: leave ``faces/`` alone). With it, a row whose image has no kept
+    face is excluded with the face step's reason code."""
     root = root or DataRoot(cfg.data_root)
     protocol = protocol or cfg.labels.beauty.protocol
     if isinstance(scores_files, (str, Path)):
@@ -205,7 +173,12 @@ def import_scores(
         raise FileNotFoundError(f"images folder not found: {images_dir}")
     scores = pl.concat([read_scores(p) for p in scores_files], how="vertical")
     lab = build_beauty_labels(scores, cfg, protocol)
-    shas, why = _store_images(images_dir, lab["file"].to_list(), root, cfg.faces)
+    shas, why = store_images(images_dir, lab["file"].to_list(), root, cfg.faces)
+    faces = None
+    if detect is not None:
+        faces = add_faces(root, shas, cfg.faces, detect)
+        face_reason = faces.pop("reason")
+        why = [w or (face_reason.get(sha) if sha else None) for w, sha in zip(why, shas, strict=True)]
     lab = lab.with_columns(
         image_sha256=pl.Series(shas, dtype=pl.String),
         reason=pl.coalesce(pl.col("reason"), pl.Series(why, dtype=pl.String)),
@@ -229,7 +202,7 @@ def import_scores(
     dataset = root.labels_dataset("beauty")
     path = root.replace(dataset, to_table(out.to_arrow(), root.schema(dataset)))
     kept = out.filter(ok)
-    return {
+    summary = {
         "rows": out.height,
         "ok": kept.height,
         "excluded": dict(out.filter(~ok).group_by("reason").len().sort("reason").iter_rows()),
@@ -238,3 +211,9 @@ def import_scores(
         "score_mean": kept["target"].mean(),
         "path": path,
     }
+    if faces is not None:
+        summary["faces"] = faces
+    source = {"kind": "scores", "images": str(images_dir), "scores": [str(p) for p in scores_files]}
+    source.update(protocol=protocol, detect=detect)
+    summary["import_json"] = write_import_info(root, dataset, cfg, source, summary)
+    return summary

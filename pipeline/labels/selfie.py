@@ -29,7 +29,9 @@ The rule (every constant is in :class:`pipeline.config.SelfieLabelsConfig`):
    ``missing_user_id``, ``missing_followers``, ``negative_followers``, ``missing_likes``, ``negative_likes``,
    ``too_young`` (``scraped_at - posted_at`` under ``min_post_age_days``; the scrape's ``too_young`` flag when a time
    is missing; ``missing_posted_at`` when both are), ``followers_out_of_range`` (outside
-   [``min_followers``, ``max_followers``]), ``too_many_tags`` (more than ``max_tags``), and with ``require_face``:
+   [``min_followers``, ``max_followers``]), ``too_many_tags`` (more than ``max_tags``), with ``counts_from: home``
+   ``counts_not_from_home`` (a federated post whose counts were read on another server than its author's, see
+   below), and with ``require_face``:
    ``no_image``, ``no_faces_row`` (the faces stage has not seen the image) or the faces stage's own reason
    (``no_face``, ``low_prob``, ``many_faces``, ...) when ``faces.kept`` is false.
 2. Eligible posts are sorted by the audience their author reaches,
@@ -44,6 +46,14 @@ The rule (every constant is in :class:`pipeline.config.SelfieLabelsConfig`):
    middle post is excluded (``odd_group_median``) so both halves stay equal. ``like_percentile`` is the
    within-group percentile of likes (0 = fewest, 1 = most; tied likes share the average), ``likes_per_follower``
    the raw ratio: two continuous targets beside the label.
+
+Federated feeds (Mastodon): a server's likes and follower counts of a remote post are what that server has seen,
+often far below the author's home server's. ``posts.counts_from`` records the serving host, ``user_acct`` the
+author's ``user@instance``. ``SelfieLabelsConfig.counts_from`` picks the policy: ``any`` (the default, as before:
+every post ranked together; right for a feed read from one non-federated source, and the only choice for posts
+without these columns), ``home`` (only posts whose counts come from the author's home instance; posts without
+``counts_from`` kept), ``per_instance`` (steps 2-4 run separately per counting instance, so posts are compared
+only with posts counted by the same server).
 
 Example::
 
@@ -74,6 +84,8 @@ POST_COLUMNS = [
     "too_young",
     "image_sha256",
     "status",
+    "user_acct",  # FEDERATED_COLUMNS: read by the stage (null in older posts parts), used only with counts_from
+    "counts_from",
 ]
 FACE_COLUMNS = ["image_sha256", "kept", "reason"]
 CLASS_NAMES = {1: "good", 0: "not_good"}
@@ -91,6 +103,7 @@ FILTER_ORDER = [
     "missing_posted_at",
     "followers_out_of_range",
     "too_many_tags",
+    "counts_not_from_home",
     "no_image",
     "no_faces_row",
     "face_*",
@@ -161,9 +174,25 @@ def _dedupe(lf: pl.LazyFrame) -> pl.LazyFrame:
     ).with_columns(_dup_loser=~pl.struct(key).is_first_distinct())
 
 
-def _with_n_tags(posts: pl.LazyFrame) -> pl.LazyFrame:
+FEDERATED_COLUMNS = ["user_acct", "counts_from"]
+_BASE_COLUMNS = [c for c in POST_COLUMNS if c not in FEDERATED_COLUMNS]
+
+
+def _fed_columns(cfg: SelfieLabelsConfig | None) -> list[str]:
+    """The posts columns the counting-instance option reads (none by default, so older posts datasets work)."""
+    return FEDERATED_COLUMNS if cfg is not None and cfg.counts_from != "any" else []
+
+
+def home_instance_expr() -> pl.Expr:
+    """Whether a post's counts come from its author's home instance (``user@instance`` vs ``counts_from``); true
+    where the feed records no counting instance (non-federated feeds)."""
+    home = pl.col("user_acct").str.split("@").list.last().str.to_lowercase()
+    return pl.col("counts_from").is_null() | (home == pl.col("counts_from").str.to_lowercase()).fill_null(False)
+
+
+def _with_n_tags(posts: pl.LazyFrame, extra: list[str] | None = None) -> pl.LazyFrame:
     return (
-        posts.select(POST_COLUMNS)
+        posts.select(_BASE_COLUMNS + (extra or []))
         .with_columns(n_tags=pl.col("tags").list.len().fill_null(0).cast(pl.Int32))
         .drop("tags")
     )
@@ -199,6 +228,8 @@ def reason_expr(cfg: SelfieLabelsConfig, faces: bool) -> pl.Expr:
         .when(pl.col("n_tags") > cfg.max_tags)
         .then(pl.lit("too_many_tags"))
     )
+    if cfg.counts_from == "home":
+        reason = reason.when(~home_instance_expr()).then(pl.lit("counts_not_from_home"))
     if faces:
         reason = (
             reason.when(pl.col("image_sha256").is_null())
@@ -309,6 +340,19 @@ def rank_groups(eligible: pl.DataFrame, cfg: SelfieLabelsConfig, tiebreak: list[
     )
 
 
+def _rank_per_instance(eligible: pl.DataFrame, cfg: SelfieLabelsConfig, tiebreak: list[str]) -> pl.DataFrame:
+    """``counts_from: per_instance``: :func:`rank_groups` within each counting instance (its own groups, its own
+    incomplete last group), group ids numbered on across instances in instance order."""
+    parts, offset = [], 0
+    for (_inst,), part in sorted(eligible.partition_by("_inst", as_dict=True).items()):
+        r = rank_groups(part.drop("_inst"), cfg, tiebreak)
+        parts.append(r.with_columns(pl.col("group_id") + offset))
+        offset += (part.height + cfg.group_size - 1) // cfg.group_size
+    if not parts:
+        return rank_groups(eligible.drop("_inst"), cfg, tiebreak)
+    return pl.concat(parts)
+
+
 def _duplicate_losers(posts: pl.LazyFrame, hashes: pl.Series) -> pl.Series:
     """Row positions of the duplicate copies to exclude: exact (site, item_id) check on rows whose hash repeats."""
     s = hashes.sort()
@@ -336,7 +380,7 @@ def _rank_with_keys(
     posts: pl.LazyFrame, faces: pl.LazyFrame | None, cfg: SelfieLabelsConfig, keys: list[pl.Expr]
 ) -> pl.DataFrame:
     use_faces = faces is not None and cfg.require_face
-    lf = _with_n_tags(posts)
+    lf = _with_n_tags(posts, _fed_columns(cfg))
     if use_faces:
         lf = lf.with_columns(_face=_face_verdict(faces))
     # pass 1 (all rows, 16 bytes each): the reason, the tag count and a hash of (site, item_id) for duplicates
@@ -356,16 +400,20 @@ def _rank_with_keys(
     n_rows = base.height
     # pass 2 (eligible rows only, ~28 bytes each): the sort columns, read beside the reasons row for row
     key_names = [f"_k{i}" for i in range(len(keys))]
+    per_instance = cfg.counts_from == "per_instance"
+    inst = [pl.col("counts_from").fill_null("")] if per_instance else []
     eligible = (
-        pl.concat([posts.select("site", "item_id", "followers", "likes"), base.lazy()], how="horizontal")
+        pl.concat(
+            [posts.select("site", "item_id", "followers", "likes", *_fed_columns(cfg)), base.lazy()], how="horizontal"
+        )
         .with_row_index("_idx")
         .filter(pl.col("reason").is_null())
-        .select("_idx", audience_expr(cfg.tag_bonus), "likes", *keys)
+        .select("_idx", audience_expr(cfg.tag_bonus), "likes", *keys, *[e.alias("_inst") for e in inst])
         .collect(engine="streaming")
     )
     if eligible.height and eligible.get_column("likes").max() < 2**32:  # likes >= 0 here
         eligible = eligible.with_columns(pl.col("likes").cast(pl.UInt32))
-    ranked = rank_groups(eligible, cfg, key_names)
+    ranked = _rank_per_instance(eligible, cfg, key_names) if per_instance else rank_groups(eligible, cfg, key_names)
     del eligible
     idx = ranked.get_column("_idx")
     cols = {"reason": base.get_column("reason").scatter(idx, ranked.get_column("reason").cast(pl.Categorical))}

@@ -3,7 +3,8 @@
 The stage is one vectorised polars process, not a Ray program: it needs no Ray instance (it runs the same inside a
 ``ray job submit`` job). Each task's output is replaced as a whole, atomically (``DataRoot.replace``), from a
 deterministic computation, so a rerun gives the same dataset. ``labels/beauty`` is written only by
-``import_scores`` and left alone here. The demo's hidden quality reaches the report only as the ``truth`` option
+``import_scores`` and an imported ``labels/<task>`` only by ``import_classes`` (:mod:`pipeline.labels.imports`);
+both are left alone here. The demo's hidden quality reaches the report only as the ``truth`` option
 (``python -m pipeline demo`` passes ``DemoServer.truth()``); the stage itself knows nothing of the demo.
 
 Example::

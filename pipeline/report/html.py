@@ -2,7 +2,8 @@
 
     python -m pipeline report --run data/demo/models/<run_id>      # → <run dir>/report.html
 
-What it shows: the model's test metrics; the top and bottom scored faces as image grids; a histogram of the scores;
+What it shows: a link to the model card (``MODEL_CARD.md``); the model's test metrics (intervals, baseline, per
+class, confusion matrix, k-fold mean ± std); the top and bottom scored faces as image grids; a histogram of the scores;
 the training curve and the confusion matrix or scatter written by training (the model dir's PNGs); a 2-D t-SNE map
 of the penultimate-layer embeddings with thumbnails (:mod:`pipeline.report.tsne`).
 
@@ -31,6 +32,8 @@ import pyarrow.fs as pafs
 from pipeline.config import Config
 from pipeline.privacy import report_sidecar
 from pipeline.store import FACES_DS, SCORES_DS, DataRoot
+
+CARD_FILE = "MODEL_CARD.md"  # written by the export (pipeline/train/card.py), linked from the page
 
 
 def _uri(data: bytes, mime: str) -> str:
@@ -116,14 +119,57 @@ def _figure(title: str, png: bytes) -> str:
     return f"<section><h2>{html.escape(title)}</h2><img class='plot' src='{_uri(png, 'image/png')}' alt=''></section>"
 
 
+def _interval(ci: Any) -> str:
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else ""
+
+
 def _metrics_table(metrics: dict) -> str:
+    """Scalar test metrics, accuracy or Pearson with its 95% interval, the baseline beside it, the per-class
+    precision / recall, the confusion matrix and, for a k-fold run, mean ± std over the folds."""
     test = metrics.get("test", metrics)
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{v:.4g}</td></tr>"
+        f"<tr><th>{html.escape(str(k))}</th><td>{v:.4g}{_interval(test.get(f'{k}_ci95'))}</td></tr>"
         for k, v in test.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     )
-    return f"<section><h2>Test metrics</h2><table>{rows or '<tr><td>none recorded</td></tr>'}</table></section>"
+    base = test.get("baseline") or {}
+    if base:
+        what = ", ".join(f"{k} {v:.4g}" for k, v in base.items() if isinstance(v, int | float))
+        label = f" ({html.escape(str(base.get('class')))})" if base.get("class") is not None else ""
+        rows += (
+            f"<tr><th>baseline{label}</th><td>{html.escape(what)}{_interval(base.get('ci95'))} · "
+            f"{html.escape(str(base.get('rule', '')))}</td></tr>"
+        )
+    if metrics.get("protocol"):
+        rows += f"<tr><th>protocol</th><td>{html.escape(str(metrics['protocol']))}</td></tr>"
+    out = f"<section><h2>Test metrics</h2><table>{rows or '<tr><td>none recorded</td></tr>'}</table>"
+    per_class = test.get("per_class") or {}
+    if per_class:
+        body = "".join(
+            f"<tr><th>{html.escape(str(n))}</th><td>{c['precision']:.3f}</td><td>{c['recall']:.3f}</td>"
+            f"<td>{c['support']}</td></tr>"
+            for n, c in per_class.items()
+        )
+        head = "<tr><th></th><th>precision</th><th>recall</th><th>support</th></tr>"
+        out += f"<h3>Per class</h3><table>{head}{body}</table>"
+    confusion = test.get("confusion")
+    if confusion and per_class:
+        names = list(per_class)
+        head = "".join(f"<th>{html.escape(str(n))}</th>" for n in names)
+        body = "".join(
+            f"<tr><th>{html.escape(str(names[i]))}</th>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
+            for i, row in enumerate(confusion)
+        )
+        out += f"<h3>Confusion matrix (rows true, columns predicted)</h3><table><tr><th></th>{head}</tr>{body}</table>"
+    kfold = metrics.get("kfold")
+    if kfold and kfold.get("mean"):
+        body = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{v:.4f} ± {(kfold['std'].get(k) or 0):.4f}</td></tr>"
+            for k, v in kfold["mean"].items()
+            if isinstance(v, int | float) and "[" not in k
+        )
+        out += f"<h3>k-fold: mean ± std over the folds (kfold.md: per fold)</h3><table>{body}</table>"
+    return out + "</section>"
 
 
 CSS = """
@@ -184,6 +230,11 @@ def write_report(run_dir: str, cfg: Config) -> str:
     ]
     if note:
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    if fs.get_file_info(posixpath.join(mdir, CARD_FILE)).type == pafs.FileType.File:
+        parts.append(
+            f"<p>Model card: <a href='{CARD_FILE}'>{CARD_FILE}</a> (data origin and licence, rows per split and "
+            "class, intended use and limits)</p>"
+        )
     parts.append(_metrics_table(metrics))
     parts.append(_grid(f"Top {len(top)} scored faces", top))
     parts.append(_grid(f"Bottom {len(bottom)} scored faces", bottom))

@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import ray
 
 from pipeline.config import Config
+from pipeline.placement import remote_args
 from pipeline.runtime import log, stage_entry
 from pipeline.score import inference
 from pipeline.store import (
@@ -228,6 +229,7 @@ def build(cfg: Config, root: DataRoot, p: Plan) -> Built:
         ),
         num_cpus=sc.num_cpus_per_actor,
         num_gpus=sc.num_gpus_per_actor or None,
+        **remote_args(cfg.ray.placement.score),  # ray.placement.score: which nodes the scoring actors run on
     )
     inference.bound_memory(scored, sc.block_mb, sc.object_store_mb)
     return Built(scored, reused, detected)

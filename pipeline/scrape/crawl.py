@@ -30,6 +30,9 @@ Shape::
   fetch has its own deadline) is abandoned: its tasks become error rows ``batch_timeout``, its actor is killed and
   replaced. Nothing ends the stage early.
 * People on the opt-out list (``optout``: kind user/person/image) are skipped without writing any row about them.
+* Feeds with ordered ids (Mastodon): walks resume from their last safe cursor and reruns stop at the newest stored
+  status (:mod:`pipeline.scrape.cursors`); posts too young last time are refreshed first
+  (:mod:`pipeline.scrape.refresh`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ from pipeline.config import Config
 from pipeline.privacy import OptOut
 from pipeline.runtime import log
 from pipeline.scrape.counters import CrawlCounters
+from pipeline.scrape.cursors import FeedCursors
 from pipeline.scrape.feeds import adapter_for
+from pipeline.scrape.refresh import refresh_young_posts
 from pipeline.scrape.rows import RowBuilder
 from pipeline.scrape.work import error_result, internal_error
 from pipeline.scrape.workers import INFLIGHT_PER_ACTOR, WorkerPool, Workers, kill
@@ -87,12 +92,16 @@ class Frontier:
     staff: collections.deque = dataclasses.field(default_factory=collections.deque)
 
     @classmethod
-    def seed(cls, cfg: Config) -> Frontier:
-        """Every feed's first page per hashtag, and every staff site."""
+    def seed(cls, cfg: Config, cursors: FeedCursors | None = None) -> Frontier:
+        """Every feed's first page per hashtag (or, with ``cursors``, where its walks resume), and every staff
+        site."""
         f = cls()
         for site in cfg.scrape.feeds:
             ad = adapter_for(site)
             for tag in site.hashtags:
+                if cursors is not None:
+                    f.pages.extend(cursors.seed(site.name, tag, ad.first_url(tag)))
+                    continue
                 f.pages.append({"kind": "page", "site": site.name, "hashtag": tag, "page": 1, "url": ad.first_url(tag)})
         for i, _site in enumerate(cfg.scrape.staff):
             f.staff.append({"kind": "staff", "index": i})
@@ -140,9 +149,11 @@ class _Crawl:
         done |= {("staff", s, i) for s, i in root.done_keys("staff")}
         fetch_done = set(root.done_keys("fetches"))
         self.optout = OptOut(root, self.cfg.privacy)
+        self.n.refreshed = refresh_young_posts(self.cfg, root)  # Mastodon posts too young last time (refresh.py)
         self.writer = RowWriter(root, self.sc.batch_rows, self.n, fetch_done, self.stop_after_flushes)
-        self.rows = RowBuilder(self.cfg, self.n, self.writer, done, self.optout)
-        self.frontier = Frontier.seed(self.cfg)
+        self.cursors = FeedCursors(self.cfg, root, self.optout)  # incremental / resumable feed walks
+        self.rows = RowBuilder(self.cfg, self.n, self.writer, done, self.optout, self.cursors)
+        self.frontier = Frontier.seed(self.cfg, self.cursors)
 
     def start(self) -> None:
         self.workers = Workers.start(self.cfg, allowed_domains(self.cfg), self.optout)
@@ -156,6 +167,7 @@ class _Crawl:
             while self._step():
                 pass
             self.writer.flush()
+            self.cursors.save()
 
     def _step(self) -> bool:
         """Hand out what the workers can take, then handle the batches that finished; False when all is done."""

@@ -80,6 +80,8 @@ from pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# response headers kept on a FetchResult (feed adapters read paging and rate limits from them)
+RESPONSE_HEADERS = ("link", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after")
 NOAI_TOKENS = ("noai", "noimageai")
 CHUNK = 64 * 1024
 NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the last 32 bits are an IPv4 address
@@ -214,7 +216,8 @@ class _Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="http-deadline", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][2] is hop:  # the earliest deadline now; a later one needs no wake-up (one per request)
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:
@@ -411,6 +414,7 @@ class FetchResult:
     data: bytes | None = None
     width: int | None = None
     height: int | None = None
+    headers: dict[str, str] | None = None  # the response headers of RESPONSE_HEADERS (lower-case names)
 
     @property
     def ok(self) -> bool:
@@ -583,9 +587,10 @@ class HttpClient:
         return self._get(url, kind="robots", max_bytes=min(self.cfg.max_page_bytes, 1_000_000), check_robots=False)
 
     # ------------------------------------------------------------------ public
-    def fetch_page(self, url: str) -> FetchResult:
-        """GET a page (JSON/HTML) with all checks; ``data`` holds the body when ok."""
-        return self._get(url, kind="page", max_bytes=self.cfg.max_page_bytes)
+    def fetch_page(self, url: str, headers: dict[str, str] | None = None) -> FetchResult:
+        """GET a page (JSON/HTML) with all checks; ``data`` holds the body when ok. ``headers`` (an API token) are
+        sent to ``url``'s host only, never on a redirect to another host."""
+        return self._get(url, kind="page", max_bytes=self.cfg.max_page_bytes, headers=headers)
 
     def fetch_image(self, url: str) -> FetchResult:
         """GET an image with all checks and verification; ``data``, ``width``, ``height`` are set when ok."""
@@ -604,9 +609,12 @@ class HttpClient:
         return self.robots.allowed(url)
 
     # ------------------------------------------------------------------ core
-    def _get(self, url: str, kind: str, max_bytes: int, check_robots: bool = True) -> FetchResult:
+    def _get(
+        self, url: str, kind: str, max_bytes: int, check_robots: bool = True, headers: dict[str, str] | None = None
+    ) -> FetchResult:
         res = FetchResult(url=url, kind=kind, status=STATUS_ERROR)
         hop_url = url
+        first_host = urlsplit(url).hostname
         for hop in range(self.cfg.max_redirects + 1):
             target, bad = self.target(hop_url, hop)
             if bad or target is None:
@@ -618,8 +626,9 @@ class HttpClient:
                     res.status, res.reason = (STATUS_SKIPPED, "robots") if why is None else (STATUS_ERROR, why)
                     return res
             delay = self.crawl_delay(target) if check_robots else 0.0
+            extra = headers if headers and urlsplit(target).hostname == first_host else None
             with self.limiter(urlsplit(target).hostname or "", delay):
-                location = self._one_hop(target, kind, max_bytes, res)
+                location = self._one_hop(target, kind, max_bytes, res, extra)
             if location is None:
                 res.final_url = target
                 return res
@@ -627,14 +636,16 @@ class HttpClient:
         res.status, res.reason, res.data = STATUS_ERROR, "too_many_redirects", None
         return res
 
-    def _one_hop(self, url: str, kind: str, max_bytes: int, res: FetchResult) -> str | None:
+    def _one_hop(
+        self, url: str, kind: str, max_bytes: int, res: FetchResult, headers: dict[str, str] | None = None
+    ) -> str | None:
         """One request (with urllib3's retries) under one deadline. Fills ``res``; returns the URL a redirect names."""
         cfg = self.cfg
         hop = _Hop(cfg.total_timeout_s, not cfg.allow_private_addresses, cfg.max_interim_responses)
         outer, _HOP.hop = _current_hop(), hop
         _WATCHDOG.add(hop)
         try:
-            resp = self._send(url, kind, res, hop)
+            resp = self._send(url, kind, res, hop, headers)
             if resp is None:
                 return None
             with resp:
@@ -643,13 +654,17 @@ class HttpClient:
             hop.finish()
             _HOP.hop = outer
 
-    def _send(self, url: str, kind: str, res: FetchResult, hop: _Hop) -> requests.Response | None:
+    def _send(
+        self, url: str, kind: str, res: FetchResult, hop: _Hop, headers: dict[str, str] | None = None
+    ) -> requests.Response | None:
         """The response with its headers read, or None with ``res`` holding why there is none."""
         cfg = self.cfg
         session = self._session()
         try:
             req = session.prepare_request(
-                requests.Request("GET", url, headers={"Accept": "image/*" if kind == "image" else "*/*"})
+                requests.Request(
+                    "GET", url, headers={"Accept": "image/*" if kind == "image" else "*/*", **(headers or {})}
+                )
             )
             if req.url != url:  # never expected: the URL was prepared by the same code
                 res.status, res.reason = STATUS_ERROR, "bad_url"
@@ -684,6 +699,7 @@ class HttpClient:
         history = getattr(getattr(resp.raw, "retries", None), "history", None) or ()
         res.attempts += len(history) + 1
         res.http_status = resp.status_code
+        res.headers = {k: resp.headers[k] for k in RESPONSE_HEADERS if k in resp.headers}
         if resp.is_redirect:
             loc = resp.headers.get("location")
             if not loc:

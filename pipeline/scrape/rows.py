@@ -8,6 +8,12 @@ driver's frontier. It owns the per-run decisions:
   this run, not if its person is on the opt-out list (``opted_out``, and no row at all);
 * non-academic staff get a ``skipped: non_academic`` row and no image fetch; academic staff without a photo an
   ``error: no_photo`` row;
+* placeholders (:mod:`pipeline.scrape.placeholders`): a person whose photo URL is a placeholder (pattern, SVG) or
+  whose fetched photo is one (tiny, blank, SVG) gets ``no_photo: placeholder``; the rows of a staff site with a
+  fetched photo wait until every photo of the site is fetched, then an image shared by ``placeholder_min_people``
+  or more of its people is ``no_photo: placeholder`` for all of them (they keep ``image_sha256``);
+* posts the adapter marks ``skip`` (a Mastodon video, no image, sensitive media) get a ``skipped`` row with that
+  reason and no fetch; with ``cursors`` (:mod:`pipeline.scrape.cursors`) each feed page handled is recorded there;
 * image dedupe: each image URL is fetched once per run; rows sharing a URL wait for its one fetch and count as
   duplicates; identical bytes from different URLs are stored once by the worker, and are decided per sha256 here
   (workers may race on the same bytes).
@@ -22,11 +28,12 @@ from urllib.parse import urlsplit
 from pipeline.config import Config, FeedSite, StaffSite
 from pipeline.privacy import OptOut
 from pipeline.scrape.counters import CrawlCounters
+from pipeline.scrape.placeholders import STATUS_NO_PHOTO, SharedImages
 from pipeline.scrape.staff import is_academic
 from pipeline.scrape.writer import RowWriter
 from pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
 
-_IMAGE_KEYS = ("status", "reason", "sha", "width", "height")
+_IMAGE_KEYS = ("status", "reason", "sha", "width", "height", "placeholder")
 
 
 def post_row(site: str, hashtag: str, p: dict, scraped: dt.datetime, min_age_s: float) -> dict[str, Any]:
@@ -43,6 +50,10 @@ def post_row(site: str, hashtag: str, p: dict, scraped: dt.datetime, min_age_s: 
         "scraped_at": scraped,
         "too_young": None,
         "image_url": p.get("image_url"),
+        "user_acct": p.get("user_acct"),
+        "reblogs": p.get("reblogs"),
+        "post_url": p.get("post_url"),
+        "counts_from": p.get("counts_from"),
     }
     if p.get("posted_at") is not None:
         row["too_young"] = (scraped - p["posted_at"]).total_seconds() < min_age_s
@@ -65,17 +76,17 @@ def staff_row(site: StaffSite, p: dict, academic: bool, scraped: dt.datetime) ->
 
 
 def staff_page_fetch_row(site: str, page: dict, scraped: dt.datetime) -> dict[str, Any]:
-    """The ``fetches`` row of one rendered staff page (the browser reports no HTTP status or size)."""
+    """The ``fetches`` row of one staff page, static or rendered (HTTP status and size when known)."""
     return {
         "url": page["url"],
         "site": site,
         "kind": "page",
         "host": urlsplit(page["url"]).hostname,
         "status": page["status"],
-        "http_status": None,
+        "http_status": page.get("http_status"),
         "reason": page["reason"],
-        "attempts": 1,
-        "bytes": None,
+        "attempts": page.get("attempts") or 1,
+        "bytes": page.get("bytes"),
         "image_sha256": None,
         "fetched_at": scraped,
     }
@@ -85,8 +96,11 @@ class RowBuilder:
     """Results in, rows out (to ``writer``), follow-up tasks returned. ``done``: (dataset, site, item_id) written
     before this run."""
 
-    def __init__(self, cfg: Config, counters: CrawlCounters, writer: RowWriter, done: set, optout: OptOut):
+    def __init__(
+        self, cfg: Config, counters: CrawlCounters, writer: RowWriter, done: set, optout: OptOut, cursors: Any = None
+    ):
         self.sc = cfg.scrape
+        self.cursors = cursors  # FeedCursors (pipeline/scrape/cursors.py): feed walks that resume and stop
         self.n = counters
         self.writer = writer
         self.done = done
@@ -95,6 +109,9 @@ class RowBuilder:
         self.url_done: dict[str, dict] = {}  # image URL -> its fetch outcome (status, reason, sha, width, height)
         self.waiting: dict[str, list[tuple[str, dict]]] = {}  # image URL being fetched -> rows waiting for it
         self.sha_new: dict[str, bool] = {}  # sha256 fetched this run -> stored by this run
+        self.shared = SharedImages()  # (site, sha256) -> people of the site with that photo
+        self.site_pending: dict[str, int] = {}  # staff site -> its rows still waiting for a photo
+        self.site_held: dict[str, list[dict]] = {}  # staff site -> its rows with a fetched photo, not written yet
 
     def handle(self, r: dict) -> list[dict]:
         """Turn one task result into rows; returns the new tasks it leads to."""
@@ -120,8 +137,11 @@ class RowBuilder:
         tasks = []
         for p in r["posts"]:
             tasks += self._post(site, task["hashtag"], p, scraped)
-        if r.get("next_url") and task["page"] < site.max_pages:
+        follow = bool(r.get("next_url")) and task["page"] < site.max_pages
+        if follow:
             tasks.append({**task, "page": task["page"] + 1, "url": r["next_url"], "deaths": 0})
+        if self.cursors is not None:
+            self.cursors.page_done(task, r["posts"], r.get("next_url"))
         return tasks
 
     def _post(self, site: FeedSite, hashtag: str, p: dict, scraped: dt.datetime) -> list[dict]:
@@ -135,6 +155,9 @@ class RowBuilder:
         if p.get("error"):
             self._emit("posts", row, STATUS_ERROR, p["error"])
             return []
+        if p.get("skip"):  # no image to fetch (a video, no media, sensitive): a skipped row with the reason
+            self._emit("posts", row, STATUS_SKIPPED, p["skip"])
+            return []
         return self._want_image("posts", row)
 
     # ---------------------------------------------------------------- staff
@@ -145,17 +168,24 @@ class RowBuilder:
             return []
         scraped = now()
         tasks = []
+        # a token held while this listing is read: a photo known at once must not release the site's rows early
+        self.site_pending[site.name] = self.site_pending.get(site.name, 0) + 1
         for page in r["pages"]:
             self.writer.fetch(staff_page_fetch_row(site.name, page, scraped))
             if page["status"] != STATUS_OK:
                 self.n.page_failed(page["reason"])
                 continue
             self.n.pages += 1
+            extras = page.get("extras") or {}
             for p in page["people"]:
-                tasks += self._person(site, p, scraped)
+                tasks += self._person(site, p, scraped, extras.get(p["item_id"]) or {})
+        for row in r.get("fetches") or []:  # the profile pages followed
+            self.writer.fetch(row)
+        self.site_pending[site.name] -= 1
+        self._release_site(site.name)
         return tasks
 
-    def _person(self, site: StaffSite, p: dict, scraped: dt.datetime) -> list[dict]:
+    def _person(self, site: StaffSite, p: dict, scraped: dt.datetime, extra: dict | None = None) -> list[dict]:
         if not self._claim(("staff", site.name, p["item_id"]), "person", p["item_id"]):
             return []
         academic = is_academic(p.get("role"), self.sc.non_academic_roles)
@@ -168,6 +198,10 @@ class RowBuilder:
         if not p.get("image_url"):
             self._emit("staff", row, STATUS_ERROR, "no_photo")
             return []
+        if (extra or {}).get("placeholder"):  # the URL says so: not fetched
+            self._emit("staff", row, STATUS_NO_PHOTO, "placeholder")
+            return []
+        self.site_pending[site.name] = self.site_pending.get(site.name, 0) + 1
         return self._want_image("staff", row)
 
     def _claim(self, key: tuple[str, str, str], optout_kind: str, person: str | None) -> bool:
@@ -195,7 +229,10 @@ class RowBuilder:
             self.waiting[url].append((ds, row))
             return []
         self.waiting[url] = [(ds, row)]
-        return [{"kind": "image", "url": url, "site": row["site"]}]
+        task = {"kind": "image", "url": url, "site": row["site"]}
+        if ds == "staff":
+            task["staff"] = True
+        return [task]
 
     def _image(self, r: dict) -> list[dict]:
         url = r["task"]["url"]
@@ -227,12 +264,45 @@ class RowBuilder:
             self.n.duplicates += 1
 
     def _complete(self, ds: str, row: dict, res: dict) -> None:
+        if ds == "staff":
+            self._complete_staff(row, res)
+            return
         if res["reason"] == "opted_out":
             self.n.opted_out += 1
             return
         if res["status"] == STATUS_OK:
             row.update(image_sha256=res["sha"], width=res["width"], height=res["height"])
         self._emit(ds, row, res["status"], res["reason"])
+
+    def _complete_staff(self, row: dict, res: dict) -> None:
+        """A staff row's photo is known: placeholders and failures are written now, good photos held for the site."""
+        site = row["site"]
+        self.site_pending[site] = self.site_pending.get(site, 1) - 1
+        if res["reason"] == "opted_out":
+            self.n.opted_out += 1
+        elif res.get("placeholder"):
+            if res["status"] == STATUS_OK:
+                row.update(image_sha256=res["sha"], width=res["width"], height=res["height"])
+            self._emit("staff", row, STATUS_NO_PHOTO, "placeholder")
+        elif res["status"] != STATUS_OK:
+            self._emit("staff", row, res["status"], res["reason"])
+        else:
+            row.update(image_sha256=res["sha"], width=res["width"], height=res["height"])
+            self.shared.add(site, res["sha"])
+            self.site_held.setdefault(site, []).append(row)
+        self._release_site(site)
+
+    def _release_site(self, site: str) -> None:
+        """Once no row of ``site`` waits for a photo: its held rows, a photo shared by enough people a placeholder."""
+        if self.site_pending.get(site, 0) > 0:
+            return
+        cfg = next((s for s in self.sc.staff if s.name == site), None)
+        min_people = cfg.placeholder_min_people if cfg is not None else 0
+        for row in self.site_held.pop(site, []):
+            if self.shared.placeholder(site, row["image_sha256"], min_people):
+                self._emit("staff", row, STATUS_NO_PHOTO, "placeholder")
+            else:
+                self._emit("staff", row, STATUS_OK, None)
 
     def _emit(self, ds: str, row: dict, status: str, reason: str | None) -> None:
         row["status"], row["reason"] = status, reason

@@ -1,11 +1,16 @@
-"""Staff pages rendered by JavaScript, read with Selenium: one headless Chromium reused across pages.
+"""Staff pages rendered by Chromium, read with Selenium: one headless Chromium reused across pages.
 
 :class:`Browser` owns one WebDriver (local headless Chromium, or a remote one when ``SELENIUM_REMOTE_URL`` or
 ``selenium.remote_url`` is set), restarts it when it dies, and sets a page-load timeout; downloads and pop-ups are
-disabled. :meth:`Browser.scrape_site` renders a configured :class:`~pipeline.config.StaffSite`: wait for the person
-list, click "load more" until it disappears (or follow a next-page link), scroll every card into view so lazy images
-get their ``src``, then read every card with one script call. Everything a site needs is YAML (selectors, paging);
-no site-specific code.
+disabled. :meth:`Browser.render_page` renders one page of a configured :class:`~pipeline.config.StaffSite`: wait for
+the person list (``wait_for``, by default the ``person`` selector), click "load more" until it disappears, bring each
+card whose photo has no URL yet into view (each at most twice: an element that never gets one costs no timeout),
+copy each photo's computed CSS ``background-image`` into ``data-facerank-bg``, then hand the rendered DOM to the
+same parser as static pages (:mod:`pipeline.scrape.staff_parse`). The page's HTTP status (the navigation timing
+entry's ``responseStatus``) makes ``http_<code>`` errors, a bot challenge ``blocked``, an empty list
+``no_people_found``. :func:`paginate` follows next-page links over any renderer (this one, or the static one of
+:mod:`pipeline.scrape.staff_site`); :meth:`Browser.scrape_site` is the two together. Everything a site needs is YAML
+(selectors, paging); no site-specific code.
 
 Everything Chromium sends goes through the egress proxy (:mod:`pipeline.scrape.egress`) when the browser gets an
 :class:`~pipeline.scrape.egress.EgressPolicy` (the crawl always gives one): ``--proxy-server`` points at it,
@@ -18,7 +23,8 @@ container without user namespaces) (:func:`sandbox_flags`).
 A person's ``item_id`` never depends on the page that listed them (:func:`person_id`): the site's own ``data-id``,
 else a hash of the site and the person's profile URL, else of the site and the normalised name.
 
-Roles are checked against ``scrape.non_academic_roles`` keywords (:func:`is_academic`).
+Roles are academic when they name an academic title (:data:`ACADEMIC_TITLES`), else when they contain none of the
+``scrape.non_academic_roles`` keywords (:func:`is_academic`).
 """
 
 from __future__ import annotations
@@ -100,31 +106,6 @@ def chrome_options(*extra: str, binary: str | None = None, no_sandbox: bool = Fa
     return o
 
 
-EXTRACT_JS = """
-const [personSel, nameSel, roleSel, photoSel, attrs, profileSel] = arguments;
-return Array.from(document.querySelectorAll(personSel)).map(el => {
-  const q = s => (s ? el.querySelector(s) : null);
-  const n = q(nameSel), r = q(roleSel), p = q(photoSel);
-  let photo = null;
-  if (p) {
-    for (const a of attrs) {
-      const v = p.getAttribute(a);
-      if (v && !v.startsWith('data:')) {
-        try { photo = new URL(v, document.baseURI).href; } catch (e) { photo = null; }  // one bad URL: no photo
-        break;
-      }
-    }
-  }
-  let profile = null;
-  const a = q(profileSel);
-  if (a && a.getAttribute('href')) {
-    try { profile = new URL(a.getAttribute('href'), document.baseURI).href; } catch (e) { profile = null; }
-  }
-  return {id: el.getAttribute('data-id'), name: n ? n.textContent.trim() : null,
-          role: r ? r.textContent.trim() : null, photo: photo, profile: profile};
-});
-"""
-
 SCROLL_PENDING_JS = """
 const [personSel, photoSel] = arguments;
 let pending = 0, first = null;
@@ -137,9 +118,76 @@ return pending;
 """
 
 
-def is_academic(role: str | None, keywords: list[str]) -> bool:
-    """False when the role contains one of the non-academic ``keywords`` (case-insensitive)."""
+# an academic title anywhere in a role makes it academic before the non-academic keywords are looked at
+# ("Professor Emeritus; Special Assistant to the Provost" is academic)
+ACADEMIC_TITLES = (
+    "professor", "lecturer", "reader in", "fellow", "researcher", "research associate", "research scientist",
+    "postdoc", "post-doc", "scientist", "faculty", "dozent", "chair of", "phd candidate", "doctoral",
+)  # fmt: skip
+
+
+_JS_QUERY = """
+const qa = (root, s) => {
+  if (!s) return [];
+  if (s.startsWith('xpath:')) {
+    const r = document.evaluate(s.slice(6), root, null, XPathResult.ORDERED_NODE_SNAPSHOT_TYPE, null);
+    const out = []; for (let i = 0; i < r.snapshotLength; i++) out.push(r.snapshotItem(i)); return out;
+  }
+  return Array.from(root.querySelectorAll(s));
+};
+"""
+
+# the HTTP status of the page now shown (Chromium's navigation timing entry; null when unknown)
+STATUS_JS = """
+const e = performance.getEntriesByType('navigation')[0];
+return e && e.responseStatus ? e.responseStatus : null;
+"""
+
+# Scroll the first card whose photo has no usable URL in any photo attribute into view, at most twice per card
+# (a lazy loader's observer can miss a card scrolled past too fast); returns how many such cards may still load.
+SCROLL_LAZY_JS = (
+    _JS_QUERY
+    + """
+const [personSel, photoSel, attrs] = arguments;
+const usable = v => v && v.trim() && !v.trim().startsWith('data:');
+let pending = 0, first = null;
+for (const el of qa(document, personSel)) {
+  const p = qa(el, photoSel)[0];
+  if (!p || !(p instanceof Element)) continue;
+  if (attrs.some(a => a === 'style' ? (p.getAttribute(a) || '').includes('url(') : usable(p.getAttribute(a)))) continue;
+  const n = +(p.getAttribute('data-facerank-scrolls') || 0);
+  if (n >= 2) continue;
+  pending++;
+  if (!first) { first = p; p.setAttribute('data-facerank-scrolls', n + 1); }
+}
+if (first) first.scrollIntoView({block: 'center'});
+return pending;
+"""
+)
+
+# Copy the computed CSS background image of each card's photo element (or, without one, of the card's elements)
+# into data-facerank-bg, where the HTML parser finds it.
+MARK_BACKGROUNDS_JS = (
+    _JS_QUERY
+    + """
+const [personSel, photoSel] = arguments;
+for (const el of qa(document, personSel)) {
+  let els = qa(el, photoSel).filter(x => x instanceof Element);
+  if (!els.length) els = [el, ...Array.from(el.querySelectorAll('*')).slice(0, 200)];
+  for (const p of els) {
+    const bg = getComputedStyle(p).backgroundImage;
+    if (bg && bg.includes('url(')) { p.setAttribute('data-facerank-bg', bg); break; }
+  }
+}
+"""
+)
+
+
+def is_academic(role: str | None, keywords: list[str], titles: tuple[str, ...] = ACADEMIC_TITLES) -> bool:
+    """True when the role names an academic title; else False when it contains a non-academic keyword; else True."""
     r = (role or "").lower()
+    if any(t in r for t in titles):
+        return True
     return not any(k.lower() in r for k in keywords)
 
 
@@ -170,22 +218,82 @@ def person_id(
 
 @dataclasses.dataclass
 class StaffPage:
-    """One rendered page: the people on it, or an error."""
+    """One rendered page: the people on it, or an error; ``render`` says how (static | browser)."""
 
     url: str
     people: list[dict]
     status: str = "ok"
     reason: str | None = None
     clicks: int = 0
+    http_status: int | None = None
+    render: str = "browser"
+    bytes: int | None = None
+    attempts: int = 1
+    next_url: str | None = None
+    html: str | None = None  # only when asked for (check-site --html): never sent back by the crawl's workers
+    # item_id -> what the rows need beyond the person's staff columns: placeholder (by URL), profile_url
+    extras: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+
+EXTRA_KEYS = ("placeholder", "profile_url")
+
+
+def by(selector: str) -> tuple[str, str]:
+    """A Selenium locator for a selector of the site config: CSS, or XPath after ``xpath:``."""
+    from selenium.webdriver.common.by import By
+
+    return (By.XPATH, selector[6:]) if selector.startswith("xpath:") else (By.CSS_SELECTOR, selector)
+
+
+def paginate(
+    site: StaffSite,
+    may_fetch: Callable[[str], tuple[str, str] | None],
+    render: Callable[[str], StaffPage],
+) -> list[StaffPage]:
+    """Every page of ``site``: each start URL, then its next-page links (``max_pages`` per start URL in all).
+
+    ``may_fetch(url)`` returns (status, reason) when a URL must be skipped; ``render(url)`` gives the page, with
+    ``next_url`` set when it links to another."""
+    pages: list[StaffPage] = []
+    queue = list(site.start_urls)
+    seen: set[str] = set()
+    while queue and len(pages) < site.max_pages * max(1, len(site.start_urls)):
+        url = queue.pop(0)
+        if url in seen:
+            continue
+        seen.add(url)
+        refused = may_fetch(url)
+        if refused:
+            pages.append(StaffPage(url, [], refused[0], refused[1], render="none"))
+            continue
+        page = render(url)
+        if page.url != url and may_fetch(page.url):  # redirected somewhere we may not go
+            page = StaffPage(url, [], "error", "redirect_outside_allowed_domains", render=page.render)
+        pages.append(page)
+        if page.next_url and page.next_url not in seen:
+            queue.insert(0, page.next_url)
+    return pages
+
+
+def outcome(page: StaffPage, parsed) -> StaffPage:
+    """``page`` with its people and next link from ``parsed``, or the error that explains an empty page."""
+    page.people = [{k: v for k, v in p.items() if k not in EXTRA_KEYS} for p in parsed.people]
+    page.extras = {p["item_id"]: {k: p.get(k) for k in EXTRA_KEYS} for p in parsed.people}
+    page.next_url = parsed.next_url
+    if not parsed.people:
+        page.status = "error"
+        page.reason = "blocked" if parsed.challenge else "no_people_found"
+        if parsed.challenge:
+            log.warning("staff page %s is a bot challenge (%s): not scraped", page.url, parsed.challenge)
+    return page
 
 
 def _displayed(driver, selector: str) -> list:
     """The displayed elements matching ``selector``; one the page removes between lookup and check is not there."""
     from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
 
     out = []
-    for el in driver.find_elements(By.CSS_SELECTOR, selector):
+    for el in driver.find_elements(*by(selector)):
         try:
             if el.is_displayed():
                 out.append(el)
@@ -290,66 +398,76 @@ class Browser:
 
     # ------------------------------------------------------------------ pages
     def scrape_site(self, site: StaffSite, may_fetch: Callable[[str], tuple[str, str] | None]) -> list[StaffPage]:
-        """Render every page of ``site``; ``may_fetch(url)`` returns (status, reason) when a URL must be skipped."""
-        pages: list[StaffPage] = []
-        queue = list(site.start_urls)
-        seen: set[str] = set()
-        while queue and len(pages) < site.max_pages * max(1, len(site.start_urls)):
-            url = queue.pop(0)
-            if url in seen:
-                continue
-            seen.add(url)
-            refused = may_fetch(url)
-            if refused:
-                pages.append(StaffPage(url, [], refused[0], refused[1]))
-                continue
-            page, next_url = self._render_with_restart(site, url)
-            if page.url != url and may_fetch(page.url):  # the browser was redirected somewhere we may not go
-                page = StaffPage(url, [], "error", "redirect_outside_allowed_domains")
-                next_url = None
-            pages.append(page)
-            if next_url and next_url not in seen:
-                queue.insert(0, next_url)
-        return pages
+        """Render every page of ``site`` in Chromium; ``may_fetch(url)`` returns (status, reason) when a URL must be
+        skipped."""
+        return paginate(site, may_fetch, lambda url: self.render_page(site, url))
 
-    def _render_with_restart(self, site: StaffSite, url: str) -> tuple[StaffPage, str | None]:
+    def render_page(self, site: StaffSite, url: str, keep_html: bool = False) -> StaffPage:
+        """One page of ``site`` rendered and read; restarts a dead browser once. Never raises."""
         from selenium.common.exceptions import WebDriverException
 
         for attempt in range(2):
             try:
                 self.ensure()
-                return self._render(site, url)
+                return self._render(site, url, keep_html)
             except WebDriverException as e:
                 if attempt == 0 and not self.alive():
                     continue  # the browser died: restart it once and try the page again
                 name = type(e).__name__
                 reason = "timeout" if "Timeout" in name else f"browser:{name}"
-                return StaffPage(url, [], "error", reason), None
+                return StaffPage(url, [], "error", reason)
             except Exception as e:  # never crash the stage on one page
-                return StaffPage(url, [], "error", f"browser:{type(e).__name__}"), None
-        return StaffPage(url, [], "error", "browser_died"), None
+                return StaffPage(url, [], "error", f"browser:{type(e).__name__}")
+        return StaffPage(url, [], "error", "browser_died")
 
-    def _render(self, site: StaffSite, url: str) -> tuple[StaffPage, str | None]:
-        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
-        from selenium.webdriver.common.by import By
+    def render_html(self, url: str, wait_for: str | None = None) -> tuple[str, int | None, str]:
+        """(rendered DOM, HTTP status, final URL) of any page (a profile page), waiting up to ``wait_timeout_s`` (5 s
+        at most) for ``wait_for`` when given."""
+        from selenium.common.exceptions import TimeoutException
         from selenium.webdriver.support import expected_conditions as ec
         from selenium.webdriver.support.ui import WebDriverWait
+
+        self.ensure()
+        d = self.driver
+        d.get(url)
+        if wait_for:
+            try:
+                WebDriverWait(d, min(self.cfg.wait_timeout_s, 5.0), poll_frequency=0.1).until(
+                    ec.presence_of_element_located(by(wait_for))
+                )
+            except TimeoutException:
+                pass
+        return d.page_source, d.execute_script(STATUS_JS), d.current_url
+
+    def _render(self, site: StaffSite, url: str, keep_html: bool = False) -> StaffPage:
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        from pipeline.scrape.staff_parse import challenge, parse_page
 
         d = self.driver
         assert d is not None
         d.get(url)
+        code = d.execute_script(STATUS_JS)
+        if code and code >= 400:  # the server's answer was an error page: never read people from it
+            html = d.page_source
+            reason = "blocked" if challenge(html) else f"http_{code}"
+            return StaffPage(d.current_url, [], "error", reason, http_status=code, html=html if keep_html else None)
         wait = WebDriverWait(d, self.cfg.wait_timeout_s, poll_frequency=0.1)
         try:
-            wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, site.wait_for)))
+            wait.until(ec.presence_of_element_located(by(site.wait_selector)))
         except TimeoutException:
-            return StaffPage(url, [], "error", "no_people_found"), None
+            html = d.page_source
+            reason = "blocked" if challenge(html) else "no_people_found"
+            return StaffPage(d.current_url, [], "error", reason, http_status=code, html=html if keep_html else None)
         clicks = 0
         if site.load_more:
             while clicks < self.cfg.max_clicks:
                 buttons = _displayed(d, site.load_more)
                 if not buttons:
                     break
-                before = len(d.find_elements(By.CSS_SELECTOR, site.person))
+                before = len(d.find_elements(*by(site.person)))
                 try:
                     d.execute_script(
                         "arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", buttons[0]
@@ -360,41 +478,19 @@ class Browser:
                 try:
                     WebDriverWait(d, self.cfg.wait_timeout_s, poll_frequency=0.05).until(
                         lambda drv, before=before: (
-                            len(drv.find_elements(By.CSS_SELECTOR, site.person)) > before
-                            or not _displayed(drv, site.load_more)
+                            len(drv.find_elements(*by(site.person))) > before or not _displayed(drv, site.load_more)
                         )
                     )
                 except TimeoutException:
                     break
-        if site.scroll_for_lazy_images:  # bring each card without a loaded photo into view, screen by screen
+        if site.scroll_for_lazy_images:  # bring each card without a photo URL into view, each at most twice
             deadline = time.monotonic() + self.cfg.wait_timeout_s
             while time.monotonic() < deadline:
-                if not d.execute_script(SCROLL_PENDING_JS, site.person, site.photo_selector):
+                if not d.execute_script(SCROLL_LAZY_JS, site.person, site.photo_selector, site.photo_attrs):
                     break
                 time.sleep(0.05)
-        raw = d.execute_script(
-            EXTRACT_JS,
-            site.person,
-            site.name_selector,
-            site.role_selector,
-            site.photo_selector,
-            site.photo_attrs,
-            site.profile_selector,
-        )
-        final_url = d.current_url
-        people = [
-            {
-                "item_id": person_id(site.name, p.get("name"), p.get("id"), p.get("profile"), p.get("photo")),
-                "name": p.get("name"),
-                "role": p.get("role"),
-                "image_url": p.get("photo"),
-                "page_url": final_url,
-            }
-            for p in raw or []
-        ]
-        next_url = None
-        if site.next_page:
-            links = d.find_elements(By.CSS_SELECTOR, site.next_page)
-            if links:
-                next_url = links[0].get_attribute("href")
-        return StaffPage(final_url, people, clicks=clicks), next_url
+        d.execute_script(MARK_BACKGROUNDS_JS, site.person, site.photo_selector)
+        html = d.page_source
+        page = StaffPage(d.current_url, [], clicks=clicks, http_status=code, html=html if keep_html else None)
+        page.bytes = len(html.encode("utf-8", "replace"))
+        return outcome(page, parse_page(html, page.url, site))

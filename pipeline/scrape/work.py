@@ -2,12 +2,17 @@
 
 Tasks and results are plain dicts (they cross process boundaries):
 
-* ``{"kind": "page", "site", "hashtag", "page", "url"}`` → :meth:`HttpWork.run` fetches and parses one feed page:
-  ``{"task", "status", "reason", "posts", "next_url", "fetch"}``;
+* ``{"kind": "page", "site", "hashtag", "page", "url"}`` → :meth:`HttpWork.run` fetches (``adapter.fetch``: its
+  headers and pacing), parses and completes (``adapter.enrich``: follower lookups) one feed page:
+  ``{"task", "status", "reason", "posts", "next_url", "fetch"}`` (a page the adapter cannot read: error
+  ``parse_error:<code>``);
 * ``{"kind": "image", "site", "url"}`` → fetches, checks and stores one image (``DataRoot.put_image``, by sha256):
   ``{"task", "status", "reason", "sha", "width", "height", "new", "fetch"}``;
-* ``{"kind": "staff", "index"}`` → :meth:`BrowserWork.run` renders one staff site in Chromium (every connection
-  through the egress proxy): ``{"task", "pages": [StaffPage as dict]}``.
+* ``{"kind": "image", "site", "url", "staff": true}``: a staff photo, also checked for being a placeholder
+  (:func:`~pipeline.scrape.placeholders.by_content`: ``"placeholder"`` in the result);
+* ``{"kind": "staff", "index"}`` → :meth:`BrowserWork.run` scrapes one staff site
+  (:class:`~pipeline.scrape.staff_site.StaffScraper`: static pages by HTTP, Chromium only when needed, every browser
+  connection through the egress proxy; profile pages): ``{"task", "pages": [StaffPage as dict], "fetches"}``.
 
 ``fetch`` is the URL's ``fetches`` row. A task that fails unexpectedly becomes :func:`error_result`
 (``internal:<Type>``); the crawl driver uses the same shape for ``worker_died``, ``batch_timeout``, ``no_workers``.
@@ -28,7 +33,9 @@ from pipeline.privacy import OptOut
 from pipeline.scrape.egress import policy_for
 from pipeline.scrape.feeds import FeedParseError, adapter_for
 from pipeline.scrape.http import FetchResult, HttpClient, resolves_public
+from pipeline.scrape.placeholders import by_content
 from pipeline.scrape.staff import Browser
+from pipeline.scrape.staff_site import StaffScraper
 from pipeline.store import STATUS_ERROR, STATUS_SKIPPED, DataRoot, sha256_bytes
 
 
@@ -56,7 +63,7 @@ class HttpWork:
         self.root = DataRoot(cfg.data_root)
         self.client = HttpClient(cfg.scrape.http, domains, slot)
         self.pool = ThreadPoolExecutor(cfg.scrape.threads_per_actor, thread_name_prefix="fetch")
-        self.adapters = {s.name: adapter_for(s) for s in cfg.scrape.feeds}
+        self.adapters = {s.name: adapter_for(s, cfg.scrape.num_actors) for s in cfg.scrape.feeds}
         self.optout_images = optout_images
 
     def run(self, tasks: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -71,14 +78,16 @@ class HttpWork:
             return internal_error(task, e)
 
     def _page(self, task: dict) -> dict:
-        res = self.client.fetch_page(task["url"])
+        adapter = self.adapters[task["site"]]
+        res = adapter.fetch(self.client, task["url"])  # the adapter's headers and pacing (Mastodon)
         out: dict[str, Any] = {"task": task, "posts": [], "next_url": None}
         if res.ok:
             try:
-                page = self.adapters[task["site"]].parse(res.data or b"", task["url"], task["hashtag"], task["page"])
+                page = adapter.parse(res.data or b"", task["url"], task["hashtag"], task["page"], res.headers)
+                adapter.enrich(self.client, page.posts)  # follower lookups
                 out["posts"], out["next_url"] = page.posts, page.next_url
-            except FeedParseError:
-                res.status, res.reason = STATUS_ERROR, "parse_error"
+            except FeedParseError as e:  # a page error with its reason: parse_error:items_not_found, ...
+                res.status, res.reason = STATUS_ERROR, f"parse_error:{e.code}"
         out["status"], out["reason"] = res.status, res.reason
         out["fetch"] = res.fetch_row(task["site"])
         return out
@@ -92,12 +101,16 @@ class HttpWork:
                 res.status, res.reason, sha = STATUS_SKIPPED, "opted_out", None
             else:
                 new = not self.root.has_image(sha)
-                if new:
-                    self.root.put_image(res.data or b"")
+                if new:  # DataRoot.put_image without hashing and looking the bytes up a second time
+                    self.root.write_bytes_atomic(self.root.image_path(sha), res.data or b"")
+        placeholder = None
+        if task.get("staff") and (res.ok or res.reason == "content_type"):
+            placeholder = by_content(res.data, res.width, res.height, res.content_type)
         return {
             "task": task,
             "status": res.status,
             "reason": res.reason,
+            "placeholder": placeholder,
             "sha": sha,
             "width": res.width,
             "height": res.height,
@@ -136,11 +149,19 @@ class BrowserWork:
         for task in tasks:
             site = self.cfg.scrape.staff[task["index"]]
             try:
-                pages = self.browser.scrape_site(site, self._may_fetch)
-                out.append({"task": task, "pages": [dataclasses.asdict(p) for p in pages]})
+                scraper = StaffScraper(self.client, self.browser, self._may_fetch)
+                pages = scraper.scrape(site, self._done_people(site.name))
+                out.append({"task": task, "pages": [dataclasses.asdict(p) for p in pages], "fetches": scraper.fetches})
             except Exception as e:
                 out.append(internal_error(task, e))
         return out, _robots_rows(self.client)
+
+    def _done_people(self, site: str) -> set[str]:
+        """The item ids of ``site`` with a staff row already (their profile pages are not fetched again)."""
+        try:
+            return {i for s, i in DataRoot(self.cfg.data_root).done_keys("staff") if s == site}
+        except Exception:  # no staff rows yet
+            return set()
 
     def shutdown(self) -> bool:
         """Quit Chromium (and its egress proxy)."""

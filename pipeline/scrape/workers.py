@@ -1,7 +1,8 @@
 """The crawl's Ray side: the worker actors, their pools (start, replace, stop) and the shared host limiter.
 
 :class:`HttpWorker` and :class:`BrowserWorker` are the plain work units of :mod:`pipeline.scrape.work` as Ray actors,
-taking their per-host slots from one :class:`~pipeline.scrape.ratelimit.HostLimiter` actor. :class:`Workers` holds
+taking their per-host slots from one :class:`~pipeline.scrape.ratelimit.HostLimiter` actor (one lease per host
+and actor, shared by the actor's threads: :class:`~pipeline.scrape.ratelimit.RayLimiter`). :class:`Workers` holds
 the limiter and both pools; a pool replaces a dead or killed actor (its host slots freed first) up to
 ``2 × size + 2`` times per run, and :meth:`Workers.start` returns once the HTTP actors answer, so that a batch's
 bound (``scrape.batch_timeout()``), which runs from its submission, does not include actor start-up.
@@ -17,6 +18,7 @@ from typing import Any
 import ray
 
 from pipeline.config import Config
+from pipeline.placement import remote_args
 from pipeline.privacy import OptOut
 from pipeline.runtime import log
 from pipeline.scrape.ratelimit import HostLimiter, RayLimiter
@@ -26,15 +28,16 @@ INFLIGHT_PER_ACTOR = 2  # HTTP batches one actor runs at once (its max_concurren
 READY_TIMEOUT_S = 120
 
 
-def _ray_slot(handle: Any) -> Callable | None:
-    """The limiter slot of this actor on the shared HostLimiter (None without one: the client's local limiter)."""
+def _ray_slot(handle: Any, threads: int = 1) -> Callable | None:
+    """The limiter slot of this actor on the shared HostLimiter (None without one: the client's local limiter);
+    ``threads``: how many of a host's slots the actor's lease asks for (its threads that fetch)."""
     if handle is None:
         return None
     try:
         owner = ray.get_runtime_context().get_actor_id() or ""
     except Exception:
         owner = ""
-    return RayLimiter(handle, owner).slot
+    return RayLimiter(handle, owner, want_slots=threads).slot
 
 
 @ray.remote
@@ -42,7 +45,7 @@ class HttpWorker(HttpWork):
     """A Ray actor fetching feed pages and images with ``scrape.threads_per_actor`` threads."""
 
     def __init__(self, cfg: Config, domains: list[str], limiter: Any = None, optout_images: OptOut | None = None):
-        super().__init__(cfg, domains, _ray_slot(limiter), optout_images)
+        super().__init__(cfg, domains, _ray_slot(limiter, cfg.scrape.threads_per_actor), optout_images)
 
     def ready(self) -> bool:
         """Answers once the actor is constructed (:meth:`Workers.start` waits for it)."""
@@ -111,13 +114,14 @@ class Workers:
         sc, h = cfg.scrape, cfg.scrape.http
         lease_ttl = h.total_timeout_s * h.retry.attempts + h.retry.backoff_max_s * h.retry.attempts + 60
         limiter = HostLimiter.remote(h.requests_per_second_per_host, h.max_concurrency_per_host, lease_ttl)
-        http_opts = {"num_cpus": sc.cpus_per_actor, "max_concurrency": INFLIGHT_PER_ACTOR}
+        where = remote_args(cfg.ray.placement.scrape)  # ray.placement.scrape: which nodes the crawl actors run on
+        http_opts = {"num_cpus": sc.cpus_per_actor, "max_concurrency": INFLIGHT_PER_ACTOR, **where}
         http = WorkerPool(
             "http", lambda: HttpWorker.options(**http_opts).remote(cfg, domains, limiter, optout), sc.num_actors
         )
         browsers = WorkerPool(
             "browser",
-            lambda: BrowserWorker.options(num_cpus=sc.cpus_per_actor).remote(cfg, domains, limiter),
+            lambda: BrowserWorker.options(num_cpus=sc.cpus_per_actor, **where).remote(cfg, domains, limiter),
             min(sc.selenium.num_browsers, len(sc.staff)),
         )
         http.start()

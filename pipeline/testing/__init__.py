@@ -6,6 +6,24 @@ way (as Ray's ``ray.cluster_utils`` serves Ray's): ``with ray_head(num_cpus=2) a
 (:mod:`pipeline.testing.head`). It needs ``psutil`` (a core dependency: :mod:`pipeline.locks` uses it too).
 """
 
-from pipeline.testing.head import RayHead, RayHeadError, job_api_ready, ray_executable, ray_head, stop_session
+from pipeline.testing.head import (
+    RayHead,
+    RayHeadError,
+    RayNode,
+    job_api_ready,
+    ray_executable,
+    ray_head,
+    ray_worker_node,
+    stop_session,
+)
 
-__all__ = ["RayHead", "RayHeadError", "job_api_ready", "ray_executable", "ray_head", "stop_session"]
+__all__ = [
+    "RayHead",
+    "RayHeadError",
+    "RayNode",
+    "job_api_ready",
+    "ray_executable",
+    "ray_head",
+    "ray_worker_node",
+    "stop_session",
+]

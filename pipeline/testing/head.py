@@ -225,7 +225,8 @@ def ray_head(
 ) -> Iterator[RayHead]:
     """Start a token-authenticated Ray head on 127.0.0.1, yield it, and always stop it (bounded time).
 
-    ``env`` adds variables to the head's environment (its workers and job drivers inherit them).
+    ``env`` adds variables to the head's environment (its workers and job drivers inherit them). Other nodes may
+    join it: :func:`ray_worker_node`.
     """
     token = token or secrets.token_hex(32)
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's Unix socket paths must stay < 108
@@ -234,7 +235,11 @@ def ray_head(
     log_path = os.path.join(temp_dir, "ray-start.log")
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=_head_env(token, env), start_new_session=True
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=_head_env(token, env),
+            start_new_session=True,
         )
     head = RayHead(
         gcs_address=f"127.0.0.1:{ports['--port']}",
@@ -256,3 +261,111 @@ def ray_head(
             pass
         if not keep_temp:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ a second node
+# A worker node's own listeners (the GCS and the dashboard are the head's).
+_NODE_PORT_FLAGS = (
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+    "--node-manager-port",
+    "--object-manager-port",
+)
+
+
+# ``ray start --address`` refuses to join when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its multi-node check reads
+# Ray's constant), yet that setting is what binds the node's raylet, object manager and agents to 127.0.0.1. So the
+# CLI runs with the constant turned on for its own check only (and 127.0.0.1 kept as it is: with the constant on Ray
+# would swap it for the machine's address, where the head does not listen); the processes it starts inherit ``=0``.
+_JOIN = (
+    "import sys; from ray._private import ray_constants as c, services as s; c.ENABLE_RAY_CLUSTER = True; "
+    "s.resolve_ip_for_localhost = lambda host: host; s.node_ip_address_from_perspective = lambda a=None: '127.0.0.1'; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+)
+
+
+def _is_node(summary: dict, node_manager_port: int) -> bool:
+    return int(summary["raylet"].get("nodeManagerPort") or 0) == node_manager_port
+
+
+@dataclass
+class RayNode:
+    """A worker node that joined a :class:`RayHead`: its temp folder (to scan), its PID (to kill) and its node id."""
+
+    node_id: str
+    temp_dir: str
+    pid: int
+    log_path: str
+    resources: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def processes(self) -> list:
+        """The node's live processes: ``ray start``, its raylet, object store, agents and every worker it spawned."""
+        return _session_procs(self.pid)
+
+    def kill(self) -> int:
+        """SIGKILL the node's raylet and all its workers at once (a machine that dies); returns how many."""
+        procs = self.processes()
+        _kill(procs)
+        return len(procs)
+
+
+def _node_ids(head: RayHead) -> dict[str, dict]:
+    """Alive nodes of ``head`` by node id (the state API)."""
+    import json
+
+    req = urllib.request.Request(f"{head.dashboard_url}/nodes?view=summary", headers=head.headers)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        body = json.loads(resp.read())
+    nodes = body["data"]["summary"]
+    return {n["raylet"]["nodeId"]: n for n in nodes if n["raylet"].get("state") == "ALIVE"}
+
+
+@contextmanager
+def ray_worker_node(
+    head: RayHead,
+    *,
+    num_cpus: int = 1,
+    resources: Mapping[str, float] | None = None,
+    labels: Mapping[str, str] | None = None,
+    object_store_mb: int = 100,
+    start_timeout_s: float = 90.0,
+) -> Iterator[RayNode]:
+    """Join a worker node to ``head``: ``ray start --address --block`` in a new session, every listener on
+    127.0.0.1, its own ``--temp-dir``, free ports and the head's token; yield it once the head lists it alive, and
+    always stop it (bounded). ``resources``/``labels``: the node's custom resources and node labels."""
+    import json
+
+    temp_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")
+    ports = dict(zip(_NODE_PORT_FLAGS, _free_ports(len(_NODE_PORT_FLAGS)), strict=True))
+    cmd = [
+        sys.executable, "-c", _JOIN, "start", "--block", f"--address={head.gcs_address}", "--node-ip-address=127.0.0.1",
+        f"--num-cpus={num_cpus}", "--num-gpus=0", f"--object-store-memory={object_store_mb * 1024 * 1024}",
+        f"--temp-dir={temp_dir}", "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items()),
+    ]  # fmt: skip
+    if resources:
+        cmd.append(f"--resources={json.dumps(dict(resources))}")
+    if labels:
+        cmd.append(f"--labels={json.dumps(dict(labels))}")
+    env = _head_env(head.token, None)  # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 for the node's processes: see _JOIN
+    log_path = os.path.join(temp_dir, "ray-start.log")
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not (new := [i for i, n in _node_ids(head).items() if _is_node(n, ports["--node-manager-port"])]):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = Path(log_path).read_text(errors="replace")[-3000:]
+                why = f"exited with {proc.returncode}" if proc.poll() is not None else "timed out"
+                raise RayHeadError(f"ray start --address {why} after {start_timeout_s:.0f}s; log tail:\n{tail}")
+            time.sleep(0.5)
+        yield RayNode(new[0], temp_dir, proc.pid, log_path, dict(resources or {}), dict(labels or {}))
+    finally:
+        stop_session(proc.pid)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - killed above
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -91,6 +91,17 @@ def fold_splits(t: pa.Table, fold: int, val_fraction: float, seed: int) -> pa.Ta
     return t.set_column(t.schema.get_field_index("split"), "split", pa.array(split, pa.string()))
 
 
+def val_from_train(t: pa.Table, share: float, seed: int) -> pa.Table:
+    """A val split for a label set shipped without one: train persons whose stable hash of
+    ``(f"val-from-train/{seed}", person_id)`` falls below ``share`` become ``val`` (test stays as shipped)."""
+    from pipeline.labels.splits import unit_interval
+
+    u = unit_interval(t["person_id"], f"val-from-train/{seed}")
+    is_train = np.asarray(pc.fill_null(pc.equal(t["split"], "train"), False))
+    split = np.where(is_train & (u < share), "val", np.asarray(t["split"].to_pylist(), dtype=object))
+    return t.set_column(t.schema.get_field_index("split"), "split", pa.array(split.tolist(), pa.string()))
+
+
 def load_labels(root: DataRoot, cfg: TrainConfig, fold: int | None = None) -> LabelSet:
     """Read and validate ``labels/<task>``; raises :class:`TrainInputError` on anything training cannot use.
 
@@ -104,6 +115,8 @@ def load_labels(root: DataRoot, cfg: TrainConfig, fold: int | None = None) -> La
     t = t.select(LABEL_COLUMNS)
     if t.num_rows == 0:
         raise TrainInputError(f"{dataset}: no rows with status 'ok'")
+    if cfg.val_from_train and fold is None and not pc.any(pc.equal(t["split"], "val")).as_py():
+        t = val_from_train(t, cfg.val_from_train, cfg.seed)
     where = f"{dataset} ({t.num_rows} ok rows{'' if fold is None else f', fold {fold}'})"
     for s in SPLITS:
         if pc.sum(pc.equal(t["split"], s)).as_py() in (None, 0):

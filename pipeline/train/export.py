@@ -8,10 +8,13 @@ test-set outputs) and writes, through the data root's filesystem (local or ``s3:
     models/<run_id>/test_scores.json  sorted test-set scores (percentiles of new scores are taken against them)
     models/<run_id>/plots/*.png       training curve; confusion matrix + ROC (classification);
                                       predicted-vs-true scatter + histograms (regression)
+    models/<run_id>/MODEL_CARD.md     the model card (:mod:`pipeline.train.card`): data origin and licence,
+                                      rows per split and class, metrics with intervals and baseline, backbone
+                                      and weights' origin, intended use and limits
     models/<run_id>/model.json        :class:`pipeline.store.ModelMeta`: task, kind, backbone, num_outputs,
                                       class_names, image_size, mean/std, target_mean/std, model_id, the train
-                                      config (written last, by :func:`pipeline.store.write_model_meta`: marks
-                                      the export complete)
+                                      config, ``card`` (the model card's facts); written last, by
+                                      :func:`pipeline.store.write_model_meta`: marks the export complete
 
 ``pipeline.store.resolve_model_dir(root, spec)`` turns ``latest`` / ``latest:<task>`` / a run id / a path into a
 model folder and ``pipeline.store.model_meta`` reads its ``model.json`` (no torch needed for either);
@@ -38,8 +41,10 @@ import pyarrow.fs as pafs
 import torch
 
 from pipeline.config import Config, TrainConfig
+from pipeline.lean_torchvision import import_torchvision
 from pipeline.store import DataRoot, ModelMeta, model_location, model_meta, write_model_meta
 from pipeline.train import metrics as M
+from pipeline.train.card import CARD_FILE, card_facts, card_markdown
 from pipeline.train.data import LabelSet, decode_images, normalise_pixels
 from pipeline.train.models import NORMALISATION, build_model
 
@@ -87,8 +92,11 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
         "counts": labels.counts(),
         "history": history,
     }
+    facts = card_facts(cfg, root, labels, test_metrics, run_id)
+    summary.update(protocol=facts["protocol"], model_card=CARD_FILE)
     root.write_json(posixpath.join(model_dir, "metrics.json"), summary)
-    write_model_meta(root, model_dir, _model_meta(cfg, labels, run_id, test.get("best_epoch")))
+    root.write_bytes_atomic(posixpath.join(model_dir, CARD_FILE), card_markdown(facts).encode())
+    write_model_meta(root, model_dir, _model_meta(cfg, labels, run_id, test.get("best_epoch"), facts))
     if not cfg.train.keep_checkpoints:
         ckpts = posixpath.join(model_dir, "checkpoints")
         if root.fs.get_file_info(ckpts).type != pafs.FileType.NotFound:
@@ -96,7 +104,9 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
     return test_metrics
 
 
-def _model_meta(cfg: Config, labels: LabelSet, run_id: str, best_epoch: int | None) -> ModelMeta:
+def _model_meta(
+    cfg: Config, labels: LabelSet, run_id: str, best_epoch: int | None, card: dict | None = None
+) -> ModelMeta:
     """The ``model.json`` of a run trained with ``cfg`` on ``labels``."""
     mean, std = NORMALISATION[cfg.train.backbone]
     return ModelMeta(
@@ -113,6 +123,7 @@ def _model_meta(cfg: Config, labels: LabelSet, run_id: str, best_epoch: int | No
         target_std=labels.target_std,
         best_epoch=best_epoch,
         train_config=cfg.train.model_dump(),
+        card=card,
     )
 
 
@@ -138,6 +149,7 @@ class LoadedModel:
         self.image_size: int = meta.image_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tc = TrainConfig.model_validate({**meta.train_config, "pretrained": None})
+        import_torchvision()  # before build_model imports it: without torch._dynamo (inference never compiles)
         self.model = build_model(tc, meta.num_outputs, load_pretrained=False)
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
@@ -219,7 +231,7 @@ class LoadedModel:
             return np.empty(0), []
         return self._scores(self.forward(self._batch(crops)))
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (the outputs only become numpy arrays)
     def predict_pixels(self, pixels) -> tuple[np.ndarray, list[str | None]]:
         """:meth:`predict` for crops already decoded and resized (uint8 N x S x S x 3, ``S = image_size``, as
         :func:`pipeline.train.data.model_pixels` makes them): the scorer decodes in its read tasks."""

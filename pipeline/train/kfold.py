@@ -114,6 +114,13 @@ def _publish(root: DataRoot, run_id: str, fold: int, table: dict) -> None:
     root.write_json(posixpath.join(dst, "metrics.json"), metrics)
     meta = root.read_json(posixpath.join(src, "model.json"))
     meta.update(model_id=run_id, fold=fold, fold_model_dir=src)
+    if meta.get("card"):  # the card of the run: the exported fold's facts plus every fold's mean ± std
+        from pipeline.train.card import CARD_FILE, card_markdown
+
+        folds = len(table["folds"])
+        meta["card"] |= {"model_id": run_id, "kfold": {k: table[k] for k in ("mean", "std", "exported_fold")}}
+        meta["card"]["kfold"]["folds"] = folds
+        root.write_bytes_atomic(posixpath.join(dst, CARD_FILE), card_markdown(meta["card"]).encode())
     root.write_json(posixpath.join(dst, "model.json"), meta)
 
 

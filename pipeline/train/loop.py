@@ -4,9 +4,12 @@
 worker reads its shard of ``train`` (``ray.train.get_dataset_shard``), decodes and augments the JPEG crops itself,
 and trains with DDP: ``train_loop_per_worker`` builds and runs one :class:`TrainWorker` (restore, then per epoch
 set_phase, train_epoch, validate, report). Fine-tuning has two phases: for ``freeze_epochs`` only the head
-learns (backbone frozen, its batch norms in eval mode, learning rate ``lr``), then the whole network at
-``finetune_lr`` (with ``freeze_epochs == 0`` the whole network trains at ``lr`` from the start). On a GPU: mixed
-precision (``bf16``/``fp16`` autocast, a grad scaler for fp16), channels_last and pinned host memory.
+learns (backbone frozen, its batch norms in eval mode, learning rate ``lr``), then the whole network: with
+``backbone_lr_scale`` in two parameter groups (head at ``lr``, backbone at ``lr x backbone_lr_scale``), without it
+at ``finetune_lr`` (with ``freeze_epochs == 0`` at ``lr`` from the start). Options: ``label_smoothing`` (the
+cross-entropy's) and ``mixup`` (Beta(a, a) mixes of a batch's rows, and of their losses).
+:meth:`TrainWorker.local` builds a worker without Ray Train (tests drive its phases and checkpoints directly).
+On a GPU: mixed precision (``bf16``/``fp16`` autocast, a grad scaler for fp16), channels_last and pinned host memory.
 
 After each epoch that trains the backbone, its batch-norm statistics are recomputed with the epoch's final
 weights over up to ``precise_bn`` of the epoch's crops per worker ("precise BN", ``torch.optim.swa_utils.update_bn``,
@@ -43,6 +46,7 @@ import numpy as np
 import torch
 
 from pipeline.config import Config, TrainConfig
+from pipeline.placement import train_scaling
 from pipeline.runtime import log
 from pipeline.store import DataRoot
 from pipeline.train.data import LabelSet, TrainInputError, decode_batch, make_datasets
@@ -168,17 +172,35 @@ class TrainWorker:
         import ray.train
         import ray.train.torch
 
+        ctx = ray.train.get_context()
+        self._setup(
+            config,
+            ctx.get_world_rank(),
+            ctx.get_world_size(),
+            ray.train.torch.get_device(),
+            ray.train.get_checkpoint(),
+            ray.train.get_dataset_shard("train"),
+        )
+
+    @classmethod
+    def local(cls, config: dict, checkpoint_dir: str | None = None) -> TrainWorker:
+        """A single-process worker on the CPU without Ray Train (no dataset shard: drive :meth:`set_phase`,
+        :meth:`_step` and :meth:`save_checkpoint` directly); ``checkpoint_dir``: a folder ``save_checkpoint`` wrote."""
+        w = cls.__new__(cls)
+        w._setup(config, 0, 1, torch.device("cpu"), checkpoint_dir, None)
+        return w
+
+    def _setup(self, config: dict, rank: int, world: int, device, ckpt, train_it) -> None:
         self.config = config
         self.tc = tc = TrainConfig.model_validate(config["train"])
         self.kind = config["kind"]
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.rank, self.world = rank, world
         torch.manual_seed(tc.seed)
         torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
-        self.device = ray.train.torch.get_device()
+        self.device = device
         self.cuda = self.device.type == "cuda"
         self.mean, self.std = NORMALISATION[tc.backbone]
-        self.restore(ray.train.get_checkpoint())
+        self.restore(ckpt)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
         self.use_amp = self.cuda and self.amp_dtype is not None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
@@ -187,20 +209,21 @@ class TrainWorker:
         self.opt = self.net = None
         self.fault = config.get("fault")
         self.rng = np.random.default_rng([tc.seed, self.rank, self.start])
-        self.train_it = ray.train.get_dataset_shard("train")
+        self.train_it = train_it
         self.last_state = _cpu_copy(self.model)
 
     # ---------------------------------------------------------------------------------------------- set-up
     def restore(self, ckpt) -> None:
         """Build the model; from a checkpoint also its weights, the best weights, the history and the next epoch.
 
-        ``self.state`` keeps the checkpoint's ``state.pt`` until :meth:`set_phase` has restored its optimiser."""
+        ``self.state`` keeps the checkpoint's ``state.pt`` until :meth:`set_phase` has restored its optimiser.
+        ``ckpt``: a Ray Train checkpoint, a folder holding the two files, or None."""
         self.model = build_model(self.tc, self.config["num_outputs"], load_pretrained=ckpt is None).to(self.device)
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.state, self.best_state = None, None
         if ckpt is not None:
-            with ckpt.as_directory() as d:
+            with nullcontext(ckpt) if isinstance(ckpt, str) else ckpt.as_directory() as d:
                 self.state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
                 self.best_state = torch.load(os.path.join(d, "best_model.pt"), map_location="cpu", weights_only=True)
             self.model.load_state_dict(self.state["model"])
@@ -215,7 +238,7 @@ class TrainWorker:
             return torch.nn.MSELoss()
         weights = self.config["class_weights"]
         w = torch.tensor(weights, dtype=torch.float32, device=self.device) if weights else None
-        return torch.nn.CrossEntropyLoss(weight=w)
+        return torch.nn.CrossEntropyLoss(weight=w, label_smoothing=self.tc.label_smoothing)
 
     def autocast(self):
         """Mixed-precision autocast on a GPU with ``train.mixed_precision``; otherwise a no-op context."""
@@ -232,9 +255,7 @@ class TrainWorker:
         self.phase = want
         head_only = want == "head"
         self.model.set_backbone_trainable(not head_only)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        lr = tc.lr if (head_only or tc.freeze_epochs == 0) else tc.finetune_lr
-        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=tc.weight_decay)
+        self.opt = torch.optim.AdamW(self.param_groups(want), weight_decay=tc.weight_decay)
         self.net = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -243,6 +264,20 @@ class TrainWorker:
         if self.state is not None and self.state.get("phase") == want and self.state.get("optimizer"):
             self.opt.load_state_dict(self.state["optimizer"])
         self.state = None
+
+    def param_groups(self, phase: str) -> list[dict]:
+        """The optimiser's parameter groups of a phase: ``head`` the head at ``lr``; ``full`` with
+        ``backbone_lr_scale`` the head at ``lr`` and the backbone at ``lr x backbone_lr_scale``, without it the
+        whole network at ``finetune_lr`` (at ``lr`` when ``freeze_epochs`` is 0)."""
+        tc = self.tc
+        head = {"params": list(self.model.head.parameters()), "lr": tc.lr, "name": "head"}
+        if phase == "head":
+            return [head]
+        backbone = {"params": list(self.model.backbone.parameters()), "name": "backbone"}
+        if tc.backbone_lr_scale is not None:
+            return [head, backbone | {"lr": tc.lr * tc.backbone_lr_scale}]
+        lr = tc.lr if tc.freeze_epochs == 0 else tc.finetune_lr
+        return [head | {"lr": lr}, backbone | {"lr": lr}]
 
     # ---------------------------------------------------------------------------------------------- one epoch
     def _batches(self):
@@ -269,14 +304,28 @@ class TrainWorker:
         )
         y = torch.as_tensor(batch["y"])
         x, y = _to_device(x, y, self.device)
+        lam, perm = self._mixup(len(y))
+        if perm is not None:
+            x = lam * x + (1 - lam) * x[perm]
         with self.autocast():
             out = self.net(x)
-            loss = self.loss_fn(out.float().squeeze(1) if self.kind == "regression" else out.float(), y)
+            out = out.float().squeeze(1) if self.kind == "regression" else out.float()
+            loss = self.loss_fn(out, y)
+            if perm is not None:  # the loss of a mixed input: the same mix of the two rows' losses
+                loss = lam * loss + (1 - lam) * self.loss_fn(out, y[perm])
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
         return float(loss.detach()) * len(y), len(y)
+
+    def _mixup(self, n: int) -> tuple[float, torch.Tensor | None]:
+        """``train.mixup`` > 0: a weight from Beta(a, a) and a permutation of the batch's rows; else (1, None)."""
+        a = self.tc.mixup
+        if a <= 0 or n < 2:
+            return 1.0, None
+        lam = float(self.rng.beta(a, a))
+        return lam, torch.from_numpy(self.rng.permutation(n)).to(self.device)
 
     def train_epoch(self, epoch: int) -> dict:
         """Train one pass over this worker's shard, then precise BN (full phase); the loss gathered over ranks."""
@@ -370,21 +419,26 @@ class TrainWorker:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as d:
-            torch.save(
-                {
-                    "model": self.last_state,
-                    "optimizer": self.opt.state_dict() if self.opt is not None else {},
-                    "phase": self.phase or "",
-                    "epoch": epoch,
-                    "history": json.dumps(self.history),
-                },
-                os.path.join(d, "state.pt"),
-            )
-            torch.save(self.best_state, os.path.join(d, "best_model.pt"))
-            if test is not None:
-                with open(os.path.join(d, "test.json"), "w") as f:
-                    json.dump(test, f)
+            self.save_checkpoint(d, epoch, test)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    def save_checkpoint(self, d: str, epoch: int, test: dict | None = None) -> None:
+        """Write the checkpoint files into folder ``d``: ``state.pt`` (last weights, optimiser, the phase it was
+        saved in, epoch, history), ``best_model.pt`` and with ``test`` ``test.json``."""
+        torch.save(
+            {
+                "model": self.last_state,
+                "optimizer": self.opt.state_dict() if self.opt is not None else {},
+                "phase": self.phase or "",
+                "epoch": epoch,
+                "history": json.dumps(self.history),
+            },
+            os.path.join(d, "state.pt"),
+        )
+        torch.save(self.best_state, os.path.join(d, "best_model.pt"))
+        if test is not None:
+            with open(os.path.join(d, "test.json"), "w") as f:
+                json.dump(test, f)
 
     def finish(self, epoch: int, record: dict | None) -> None:
         """Test the best weights, then report the last checkpoint (with the test outputs)."""
@@ -442,7 +496,9 @@ def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):
             "target_std": labels.target_std,
             "fault": _fault_spec(),
         },
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, **train_scaling(cfg.ray.placement.train, resources)
+        ),
         datasets=make_datasets(root, labels, tc.num_workers, num_cpus=tc.data_cpus, cache=tc.cache_data),
         dataset_config=DataConfig(datasets_to_split=["train"]),  # val_<rank>/test_<rank> are per-worker already
         run_config=RunConfig(

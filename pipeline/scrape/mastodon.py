@@ -1,0 +1,315 @@
+"""``adapter: mastodon``: a hashtag timeline of a Mastodon-compatible server, built from the Mastodon API docs.
+
+* Pages: ``GET /api/v1/timelines/tag/:hashtag?limit=40&only_media=true`` (``FeedSite.mastodon``: ``limit`` ≤ 40,
+  ``only_media``, ``local``, ``remote``, ``any[]``, ``all[]``, ``none[]`` passed through), the next page from the
+  ``Link`` header's ``rel="next"`` (its ``max_id``); the options and a ``since_id`` of the page are carried into
+  the next page's URL when the server's link drops them. The end is an empty page (or no ``rel="next"``).
+* A status (:func:`parse_status`) becomes a post: ``id``, ``account.id`` (``user_id``), ``account.acct`` made
+  ``user@instance`` (``user_acct``), ``account.followers_count``, ``favourites_count`` (``likes``),
+  ``reblogs_count``, tag names, ``created_at``, ``url`` (``post_url``, else ``uri``) and ``counts_from``: the host
+  that served the counts (a server's counts of remote statuses and accounts are what that server has seen).
+  The image is the first attachment of type ``image`` (a type ``unknown`` one through its ``remote_url``);
+  ``gifv``/``video``/``audio`` only, no media, or ``sensitive`` (unless ``include_sensitive``) are skipped with
+  a reason (``media_video``, ``no_image``, ``sensitive``). A wrong type is ``bad_post:<field>``.
+* A since_id page (an incremental rerun, :mod:`pipeline.scrape.cursors`) keeps only statuses newer than it and
+  stops there, also when a server ignores ``since_id``.
+* Politeness (:class:`Pacer`, one per worker process): ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (at
+  ``rate_reserve`` requests left, wait for the reset; below half the limit, spread what is left over the window),
+  the paging limit (``paging_requests`` per ``paging_window_s``, split between the crawl's actors), ``429`` and
+  ``Retry-After`` (retried by the HTTP client; other threads wait too). 401/403/404/422 end that hashtag with one
+  ``fetches`` error row whose reason says why (``http_401_auth_required``, ...); the run goes on.
+* The access token: ``mastodon.access_token_env`` names an environment variable; its value is sent as
+  ``Authorization: Bearer`` to the site's host only and is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import os
+import threading
+import time
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from pipeline.config import FeedSite
+from pipeline.scrape.feeds import (
+    ADAPTERS,
+    FeedAdapter,
+    FeedPage,
+    FeedParseError,
+    link_next,
+    load_json,
+    parse_count,
+    parse_tags,
+    parse_text,
+    parse_time,
+    parse_time_field,
+)
+
+EXPLAIN = {
+    401: "http_401_auth_required",
+    403: "http_403_forbidden",
+    404: "http_404_unknown_tag",
+    410: "http_410_gone",
+    422: "http_422_unprocessable",
+    429: "http_429_rate_limited",
+}
+SKIP_MEDIA = ("gifv", "video", "audio")
+PASS_KEYS = ("limit", "only_media", "local", "remote", "any[]", "all[]", "none[]", "since_id")
+
+
+def id_key(status_id: str) -> tuple[int, str]:
+    """Order of Mastodon ids (numeric text; a longer id is newer), usable for any text id."""
+    return (len(status_id), status_id) if status_id.isdigit() else (0, status_id)
+
+
+def home_acct(acct: str, host: str) -> str:
+    """``user@instance``: a local account's ``acct`` has no domain, so it gets the serving host's."""
+    return acct if "@" in acct else f"{acct}@{host}"
+
+
+def _first_image(media: list, include_unknown: bool = True) -> tuple[str | None, str | None]:
+    """(image URL, None) or (None, skip reason) from ``media_attachments``."""
+    types = []
+    for m in media:
+        if not isinstance(m, dict):
+            raise ValueError("media_attachments: an element is not an object")
+        types.append(m.get("type"))
+        if m.get("type") == "image":
+            return parse_text(m.get("url"), "media_attachments.url", required=True), None
+    if include_unknown:
+        for m in media:
+            if m.get("type") == "unknown" and m.get("remote_url"):
+                return parse_text(m.get("remote_url"), "media_attachments.remote_url"), None
+    for t in types:
+        if t in SKIP_MEDIA:
+            return None, f"media_{t}"
+    return None, "no_image"
+
+
+def parse_status(st: Any, host: str, include_sensitive: bool = False) -> dict:
+    """One Status entity → a post dict (module docstring); ``error`` or ``skip`` set when it has no usable image."""
+    raw_id = st.get("id") if isinstance(st, dict) else None
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or raw_id == "":
+        return {"item_id": None, "error": "bad_post:id"}
+    out: dict[str, Any] = {"item_id": str(raw_id), "counts_from": host}
+    try:
+        acc = st.get("account")
+        if not isinstance(acc, dict):
+            raise ValueError("account: not an object")
+        out["user_id"] = parse_text(acc.get("id"), "user_id", required=True)
+        acct = parse_text(acc.get("acct"), "user_acct", required=True)
+        out["user_acct"] = home_acct(acct or "", host)
+        out["followers"] = parse_count(acc.get("followers_count"), "followers")
+        out["likes"] = parse_count(st.get("favourites_count"), "likes")
+        out["reblogs"] = parse_count(st.get("reblogs_count", 0), "reblogs")
+        tags = st.get("tags")
+        if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, dict) for t in tags)):
+            raise ValueError("tags: not a list of Tag objects")
+        out["tags"] = parse_tags([t.get("name") for t in tags or []])
+        out["posted_at"] = parse_time_field(st.get("created_at"))
+        out["post_url"] = parse_text(st.get("url"), "post_url") or parse_text(st.get("uri"), "post_url")
+        media = st.get("media_attachments")
+        if media is None:
+            media = []
+        if not isinstance(media, list):
+            raise ValueError("media_attachments: not a list")
+        url, skip = _first_image(media)
+        sensitive = st.get("sensitive", False)
+        if not isinstance(sensitive, bool):
+            raise ValueError("sensitive: not a bool")
+    except (ValueError, TypeError, OverflowError, OSError) as e:
+        field = str(e).split(":")[0][:40] or type(e).__name__
+        return {"item_id": out["item_id"], "error": f"bad_post:{field}"}
+    if url:
+        out["image_url"] = url
+    if skip is None and sensitive and not include_sensitive:
+        skip = "sensitive"
+    if skip:
+        out["skip"] = skip
+    return out
+
+
+class Pacer:
+    """Request pacing of one process: the paging window and the server's rate-limit headers (thread-safe)."""
+
+    def __init__(self, paging_requests: int, window_s: float, reserve: int, share: int = 1):
+        self.budget = max(1, paging_requests // max(1, share))
+        self.window_s = window_s
+        self.reserve = reserve
+        self.starts: collections.deque[float] = collections.deque()
+        self.not_before = 0.0  # monotonic: no request before this (rate limit exhausted, Retry-After)
+        self.spread_s = 0.0  # the interval while the server's remaining count is low
+        self.last = -1e18
+        self.lock = threading.Lock()
+        self.waited_s = 0.0
+
+    def wait(self, paging: bool) -> float:
+        """Block until this request may start; returns the seconds waited."""
+        with self.lock:
+            t = time.monotonic()
+            start = max(t, self.not_before, self.last + self.spread_s)
+            if paging:
+                while self.starts and self.starts[0] <= start - self.window_s:
+                    self.starts.popleft()
+                if len(self.starts) >= self.budget:
+                    start = max(start, self.starts[-self.budget] + self.window_s)
+                self.starts.append(start)
+            self.last = start
+            self.waited_s += start - t
+        if start > t:
+            time.sleep(start - t)
+        return start - t
+
+    def observe(self, headers: dict | None, http_status: int | None) -> None:
+        """Learn from a response's headers: the rate-limit window, and ``Retry-After`` on a 429."""
+        h = headers or {}
+        with self.lock:
+            t, wall = time.monotonic(), time.time()
+            reset = _reset_epoch(h.get("x-ratelimit-reset"))
+            remaining, limit = _int(h.get("x-ratelimit-remaining")), _int(h.get("x-ratelimit-limit"))
+            if reset is not None and remaining is not None:
+                left_s = max(0.0, reset - wall)
+                if remaining <= self.reserve:
+                    self.not_before = max(self.not_before, t + left_s)
+                    self.spread_s = 0.0
+                elif limit and remaining < limit / 2:
+                    self.spread_s = left_s / (remaining - self.reserve)
+                else:
+                    self.spread_s = 0.0
+            if http_status == 429:
+                ra = _retry_after(h.get("retry-after"), wall)
+                if ra is not None:
+                    self.not_before = max(self.not_before, t + ra)
+
+
+def _int(v: Any) -> int | None:
+    try:
+        return int(str(v).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _reset_epoch(v: Any) -> float | None:
+    """``X-RateLimit-Reset``: an ISO 8601 time (Mastodon) or epoch seconds."""
+    if not v:
+        return None
+    try:
+        return parse_time(v).timestamp()
+    except (ValueError, OverflowError, OSError):
+        f = _int(v)
+        return float(f) if f is not None else None
+
+
+def _retry_after(v: Any, wall: float) -> float | None:
+    if not v:
+        return None
+    secs = _int(v)
+    if secs is not None:
+        return float(max(secs, 0))
+    try:
+        when = email.utils.parsedate_to_datetime(str(v))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - wall)
+
+
+def with_params(url: str, params: list[tuple[str, str]], replace: bool = False) -> str:
+    """``url`` with ``params`` added (kept when ``url`` has the key already, unless ``replace``)."""
+    parts = urlsplit(url)
+    q = parse_qsl(parts.query, keep_blank_values=True)
+    have = {k for k, _ in q}
+    new_keys = {k for k, _ in params}
+    if replace:
+        q = [(k, v) for k, v in q if k not in new_keys]
+        have = set()
+    q += [(k, v) for k, v in params if k not in have]
+    return urlunsplit(parts._replace(query=urlencode(q, safe="[]")))
+
+
+def query_value(url: str, key: str) -> str | None:
+    """The value of ``key`` in ``url``'s query (the last one), or None."""
+    vals = [v for k, v in parse_qsl(urlsplit(url).query) if k == key]
+    return vals[-1] if vals else None
+
+
+class MastodonAdapter(FeedAdapter):
+    """The hashtag timeline API (module docstring)."""
+
+    def __init__(self, site: FeedSite, share: int = 1):
+        super().__init__(site)
+        m = site.mastodon
+        self.opts = m
+        self.host = (urlsplit(site.base_url).hostname or "").lower()
+        self.pacer = Pacer(m.paging_requests, m.paging_window_s, m.rate_reserve, share)
+
+    def params(self) -> list[tuple[str, str]]:
+        """The timeline's query parameters from config."""
+        m = self.opts
+        p = [("limit", str(m.limit))]
+        if m.only_media:
+            p.append(("only_media", "true"))
+        for key in ("local", "remote"):
+            v = getattr(m, key)
+            if v is not None:
+                p.append((key, "true" if v else "false"))
+        for key in ("any", "all", "none"):
+            p += [(f"{key}[]", t) for t in getattr(m, key)]
+        return p
+
+    def first_url(self, hashtag: str) -> str:
+        base = self.site.base_url.rstrip("/")
+        return with_params(f"{base}/api/v1/timelines/tag/{quote(hashtag.lstrip('#'), safe='')}", self.params())
+
+    def page_url(self, hashtag: str, page: int, cursor: str = "") -> str:
+        return self.first_url(hashtag) if not cursor else with_params(self.first_url(hashtag), [("max_id", cursor)])
+
+    def auth_headers(self, url: str) -> dict[str, str]:
+        """``Authorization: Bearer`` from the configured environment variable, for this site's host only."""
+        name = self.opts.access_token_env
+        token = os.environ.get(name, "") if name else ""
+        if not token or (urlsplit(url).hostname or "").lower() != self.host:
+            return {}
+        return {"Authorization": f"Bearer {token}"}
+
+    def fetch(self, client: Any, url: str, paging: bool | None = None) -> Any:
+        """One API request, paced (``paging``: counted against the paging limit; by default when the URL pages
+        with ``max_id``); a 401/403/404/410/422/429 gets a reason that says what it means."""
+        self.pacer.wait(query_value(url, "max_id") is not None if paging is None else paging)
+        res = client.fetch_page(url, headers=self.auth_headers(url))
+        self.pacer.observe(res.headers, res.http_status)
+        if res.http_status in EXPLAIN and not res.ok:
+            res.reason = EXPLAIN[res.http_status]
+        return res
+
+    def parse(self, body: bytes, page_url: str, hashtag: str, page: int, headers: dict | None = None) -> FeedPage:
+        doc = load_json(body)
+        if isinstance(doc, dict) and "error" in doc:
+            raise FeedParseError("api_error", str(doc.get("error"))[:80])
+        if not isinstance(doc, list):
+            raise FeedParseError("items_not_a_list", f"the timeline is a {type(doc).__name__}, not a list")
+        posts = [parse_status(st, self.host, self.opts.include_sensitive) for st in doc]
+        since = query_value(page_url, "since_id")
+        stop = False
+        if since:
+            newer = [p for p in posts if p.get("item_id") is None or id_key(p["item_id"]) > id_key(since)]
+            stop = len(newer) < len(posts)  # reached what an earlier run has: stop here
+            posts = newer
+        if not doc or stop:
+            return FeedPage(posts=posts, next_url=None)
+        nxt = link_next(headers, page_url)
+        if nxt is None:
+            return FeedPage(posts=posts, next_url=None)
+        carried = [(k, v) for k, v in parse_qsl(urlsplit(page_url).query) if k in PASS_KEYS]
+        return FeedPage(posts=posts, next_url=with_params(nxt, carried))
+
+
+def newest_id(posts: list[dict]) -> str | None:
+    """The newest status id among parsed posts."""
+    ids = [p["item_id"] for p in posts if p.get("item_id")]
+    return max(ids, key=id_key) if ids else None
+
+
+__all__ = ["MastodonAdapter", "Pacer", "home_acct", "id_key", "parse_status"]
+ADAPTERS["mastodon"] = MastodonAdapter

@@ -1,0 +1,197 @@
+"""The text normaliser, the srcset and CSS readers, placeholders and the academic rule (issue 16), plus Chromium.
+
+Unit tests and hypothesis properties of :mod:`pipeline.scrape.htmltext` and :mod:`pipeline.scrape.placeholders`;
+one Chromium test renders several fixture pages through one :class:`~pipeline.scrape.staff.Browser` (the browser
+render mode: the same selectors, computed CSS backgrounds, HTTP status, challenges, ``wait_for`` defaulting to the
+person selector, lazy images that never load costing no timeout).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lxml import html as lxml_html
+from PIL import Image
+
+from pipeline.config import StaffSite
+from pipeline.scrape import htmltext as ht
+from pipeline.scrape import placeholders
+from pipeline.scrape.staff import is_academic
+
+KEYWORDS = ["secretary", "administrator", "assistant to", "technician"]
+
+
+def lines_of(fragment: str) -> list[str]:
+    return ht.element_lines(lxml_html.fragment_fromstring(fragment, create_parent="div"))
+
+
+def test_element_lines_breaks_blocks_whitespace_and_scripts():
+    assert lines_of("<b>Paul  Bracken</b><br>Professor of\n   Maths<br/><a>pb@x.edu</a>") == [
+        "Paul Bracken",
+        "Professor of Maths",
+        "pb@x.edu",
+    ]
+    assert lines_of("<p>A&nbsp;B</p><p> </p><div>C<script>var x=1</script><style>p{}</style></div>") == ["A B", "C"]
+    assert lines_of("<span>Jo</span><span>Kern</span>") == ["JoKern"]  # inline elements do not separate
+
+
+def test_contacts_are_never_names():
+    for s in ["a.b@uni.edu", "mailto:x@y.org", "jo [at] uni.edu", "+44 (0)20 7946 0958", "https://uni.edu/~jo"]:
+        assert ht.is_contact(s), s
+    for s in ["Ann Lee", "Professor of Applied Mathematics", "Room 101", "Dr. O'Neil-Smith"]:
+        assert not ht.is_contact(s), s
+
+
+def test_srcset_and_css_url_readers():
+    assert ht.best_srcset("a.jpg 320w, b.jpg 640w, c.jpg 160w") == "b.jpg"
+    assert ht.best_srcset("a.jpg, b.jpg 2x, c.jpg 1.5x") == "b.jpg"
+    assert ht.best_srcset("/i/x,y.jpg 100w, /i/z.jpg 50w") == "/i/x,y.jpg"  # a comma inside a URL
+    assert ht.best_srcset("data:image/gif;base64,R0l 1x") is None and ht.best_srcset("") is None
+    assert ht.parse_srcset("a.jpg 10q, b.jpg 5w") == [("b.jpg", 5, None)]  # a bad descriptor drops its candidate
+    assert ht.css_urls('background: #eee url( "/p/a.jpg" ) no-repeat; x: url(b.png)') == ["/p/a.jpg", "b.png"]
+    assert ht.css_urls("background-image: url()") == []
+
+
+def test_name_attr_xpath_roles_and_role_after_name_on_one_line():
+    from pipeline.scrape.staff_parse import parse_page
+
+    page = """<base href="https://cdn.example.org/d/"><table>
+      <tr class="p"><td><img src="//img.example.org/a.jpg" alt="Photo of  Ann Lee"></td><td> </td>
+          <td>Professor<br>ann@example.org</td></tr>
+      <tr class="p"><td><b>Bo Chen</b>, Senior Lecturer <a href="mailto:bo@example.org">bo@example.org</a></td></tr>
+      </table>"""
+    site = StaffSite(name="s", department="d", start_urls=[], person="tr.p", name_selector="td:nth-child(2)",
+                     name_attr="alt", role_selector="xpath:./td[3]/text()[1]")  # fmt: skip
+    [ann, bo] = parse_page(page, "https://www.example.org/people", site).people
+    assert (ann["name"], ann["role"], ann["image_url"]) == ("Ann Lee", "Professor", "https://img.example.org/a.jpg")
+    site = site.model_copy(update={"name_selector": "b", "role_selector": None, "role_after_name": True})
+    bo = parse_page(page, "https://www.example.org/people", site).people[1]
+    assert (bo["name"], bo["role"]) == ("Bo Chen", "Senior Lecturer")  # on the name's line, the e-mail dropped
+
+
+def test_academic_title_first_then_exclusions():
+    assert is_academic("Professor Emeritus of History; Special Assistant to the Provost", KEYWORDS)
+    assert is_academic("Senior Lecturer", KEYWORDS) and is_academic(None, KEYWORDS)
+    assert not is_academic("Department Secretary", KEYWORDS)
+    assert not is_academic("Executive Assistant to the Dean", KEYWORDS)
+    assert not is_academic("Laboratory Technician", KEYWORDS)
+
+
+def _png(size, colour=(200, 200, 200)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_placeholders_by_url_and_content():
+    pats = placeholders.compile_patterns(StaffSite(name="a", department="d", start_urls=[]).placeholder_patterns)
+    for url in ["/img/NoPhotoAvailable.jpg", "/a/placeholder-person.png", "/x/default_avatar.jpg", "/s/silhouette.gif"]:
+        assert placeholders.by_url(url, pats) == "pattern", url
+    assert placeholders.by_url("/a/avatar.SVG?v=2", pats) == "svg"
+    assert placeholders.by_url("/photos/jane-doe.jpg", pats) is None
+    assert placeholders.by_content(None, None, None, "image/svg+xml") == "svg"
+    assert placeholders.by_content(_png((1, 1)), 1, 1) == "tiny"
+    assert placeholders.by_content(_png((200, 240)), 200, 240) == "blank"
+    noisy = Image.effect_noise((120, 150), 60).convert("RGB")
+    buf = io.BytesIO()
+    noisy.save(buf, "JPEG")
+    assert placeholders.by_content(buf.getvalue(), 120, 150) is None
+    shared = placeholders.SharedImages()
+    for _ in range(3):
+        shared.add("u", "s1")
+    shared.add("v", "s1")
+    assert shared.placeholder("u", "s1", 3) and not shared.placeholder("v", "s1", 3)
+    assert not shared.placeholder("u", "s1", 0)  # 0 turns it off
+
+
+# ---------------------------------------------------------------------------------------------------- hypothesis
+words = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(words, min_size=1, max_size=4), min_size=1, max_size=5), st.sampled_from([" ", "  ", "\n "]))
+def test_normaliser_keeps_lines_and_collapses_whitespace(lines, gap):
+    """Lines joined by <br> come back one per line, whitespace collapsed, whatever the spacing in the source."""
+    from html import escape
+
+    frag = "<br>".join(gap.join(escape(w) for w in line) for line in lines)
+    got = lines_of(frag)
+    want = [c for c in (ht.collapse(" ".join(line)) for line in lines) if c]
+    assert got == want
+    for line in got:
+        assert line == line.strip() and "  " not in line and "\n" not in line
+        assert ht.collapse(line) == line  # idempotent
+
+
+url_part = st.text(st.sampled_from("abcxyz019-_./,"), min_size=1, max_size=12).filter(
+    lambda u: not u.startswith(",") and not u.endswith(",")
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(url_part, st.integers(1, 5000)), min_size=1, max_size=6), st.sampled_from([",", ", ", " ,\n"])
+)
+def test_srcset_parser_round_trips_width_candidates(cands, sep):
+    """A srcset written from (url, width) candidates parses back to them; the best is the widest."""
+    value = sep.join(f"{u} {w}w" for u, w in cands)
+    assert ht.parse_srcset(value) == [(u, w, None) for u, w in cands]
+    widest = max(w for _, w in cands)
+    assert ht.best_srcset(value) == next(u for u, w in cands if w == widest)
+
+
+# ---------------------------------------------------------------------------------------------------- Chromium
+@pytest.mark.slow
+@pytest.mark.chromium
+def test_browser_mode_reads_fixture_pages_with_the_same_selectors(tmp_path):
+    """One Chromium over six fixture pages: what the static path reads, plus computed backgrounds and statuses."""
+    from helpers.staff_fixtures import config, fixture_site, no_limit, site
+    from pipeline.scrape.egress import policy_for
+    from pipeline.scrape.http import HttpClient
+    from pipeline.scrape.staff import Browser
+    from pipeline.scrape.staff_site import StaffScraper
+
+    with fixture_site() as srv:
+        names = ("bg", "lazy", "drupal", "cloudflare", "wordpress", "profiles")
+        cfg = config(tmp_path, [site(n, srv.base, render="browser") for n in names])
+        cfg.scrape.selenium.wait_timeout_s = 3.0
+        browser = Browser(cfg.scrape.selenium, "facerank-test", policy_for(cfg, ["127.0.0.1"]))
+        scraper = StaffScraper(HttpClient(cfg.scrape.http, ["127.0.0.1"], no_limit), browser, lambda url: None)
+        try:
+            got = {s.name: scraper.scrape(s) for s in cfg.scrape.staff}
+            t0 = time.monotonic()
+            never = site("lazy", srv.base, render="browser", photo_attrs=["data-nothing"])
+            [slow] = scraper.scrape(never)
+            lazy_s = time.monotonic() - t0
+        finally:
+            browser.quit()
+
+    def by_name(pages):
+        return {p["name"]: p for page in pages for p in page.people}
+
+    bg = by_name(got["fx-bg"])
+    assert bg["Cal Ivy"]["image_url"] == f"{srv.base}/photos/ivy.jpg"  # the computed style sheet background
+    assert bg["Al Fox"]["image_url"] == f"{srv.base}/photos/fox.jpg"
+    lazy = {n: p["image_url"].removeprefix(srv.base) for n, p in by_name(got["fx-lazy"]).items()}
+    assert lazy == {"Noor Oak": "/photos/oak.jpg", "Ola Pine": "/photos/pine.jpg", "Uma Elm": "/photos/elm.jpg",
+                    "Ed Ash": "/photos/ash-400.jpg"}  # fmt: skip
+    drupal = got["fx-drupal"]
+    assert [(p.status, p.reason, p.http_status, p.render) for p in drupal] == [
+        ("ok", None, 200, "browser"),  # wait_for defaulted to the person selector (.views-row)
+        ("ok", None, 200, "browser"),
+        ("error", "http_404", 404, "browser"),
+    ]
+    assert by_name(drupal)["Ann Lee"]["image_url"].endswith("/large/public/ann-lee.jpg?itok=aa3")
+    [cf] = got["fx-cloudflare"]
+    assert (cf.status, cf.reason, cf.http_status) == ("error", "blocked", 403)
+    wp = by_name(got["fx-wordpress"])
+    assert wp["Paul Bracken"]["role"] == "Professor of Modern History" and "Lena Marsh" in wp
+    prof = by_name(got["fx-profiles"])
+    assert prof["Leo Ortiz"]["image_url"] == f"{srv.base}/photos/ortiz.jpg"  # a profile page rendered too
+    assert prof["Leo Ortiz"]["role"] == "Senior Lecturer; Director of Studies"
+    # photos that never get a URL: each card scrolled at most twice, far under wait_timeout_s per page
+    assert slow.status == "ok" and all(p["image_url"] is None for p in slow.people) and lazy_s < 2.5
