@@ -402,12 +402,18 @@ class DataRoot:
     def has_image(self, sha: str) -> bool:
         return self.fs.get_file_info(self.image_path(sha)).type == pafs.FileType.File
 
-    def put_image(self, data: bytes) -> str:
-        """Store image bytes under their sha256 (once) and return the hash."""
-        sha = sha256_bytes(data)
-        if not self.has_image(sha):
-            self.write_bytes_atomic(self.image_path(sha), data)
+    def put_image(self, data: bytes, sha: str | None = None) -> str:
+        """Store image bytes under their sha256 (once) and return the hash; ``sha``: the caller already hashed them."""
+        sha = sha or sha256_bytes(data)
+        self.put_image_new(data, sha)
         return sha
+
+    def put_image_new(self, data: bytes, sha: str) -> bool:
+        """Store image bytes whose sha256 is ``sha`` unless stored already; whether they were new."""
+        if self.has_image(sha):
+            return False
+        self.write_bytes_atomic(self.image_path(sha), data)
+        return True
 
     def get_image(self, sha: str) -> bytes:
         return self.read_bytes(self.image_path(sha))

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from pipeline.config import Config, FeedSite, StaffSite
 from pipeline.privacy import OptOut
 from pipeline.scrape.counters import CrawlCounters
+from pipeline.scrape.cursors import FeedCursors
 from pipeline.scrape.placeholders import STATUS_NO_PHOTO, SharedImages
 from pipeline.scrape.staff import is_academic
 from pipeline.scrape.writer import RowWriter
@@ -97,7 +98,13 @@ class RowBuilder:
     before this run."""
 
     def __init__(
-        self, cfg: Config, counters: CrawlCounters, writer: RowWriter, done: set, optout: OptOut, cursors: Any = None
+        self,
+        cfg: Config,
+        counters: CrawlCounters,
+        writer: RowWriter,
+        done: set,
+        optout: OptOut,
+        cursors: FeedCursors | None = None,
     ):
         self.sc = cfg.scrape
         self.cursors = cursors  # FeedCursors (pipeline/scrape/cursors.py): feed walks that resume and stop
@@ -137,8 +144,7 @@ class RowBuilder:
         tasks = []
         for p in r["posts"]:
             tasks += self._post(site, task["hashtag"], p, scraped)
-        follow = bool(r.get("next_url")) and task["page"] < site.max_pages
-        if follow:
+        if r.get("next_url") and task["page"] < site.max_pages:
             tasks.append({**task, "page": task["page"] + 1, "url": r["next_url"], "deaths": 0})
         if self.cursors is not None:
             self.cursors.page_done(task, r["posts"], r.get("next_url"))

@@ -100,9 +100,7 @@ class HttpWork:
             if self.optout_images is not None and self.optout_images.blocks("image", sha):
                 res.status, res.reason, sha = STATUS_SKIPPED, "opted_out", None
             else:
-                new = not self.root.has_image(sha)
-                if new:  # DataRoot.put_image without hashing and looking the bytes up a second time
-                    self.root.write_bytes_atomic(self.root.image_path(sha), res.data or b"")
+                new = self.root.put_image_new(res.data or b"", sha)
         placeholder = None
         if task.get("staff") and (res.ok or res.reason == "content_type"):
             placeholder = by_content(res.data, res.width, res.height, res.content_type)
@@ -158,10 +156,7 @@ class BrowserWork:
 
     def _done_people(self, site: str) -> set[str]:
         """The item ids of ``site`` with a staff row already (their profile pages are not fetched again)."""
-        try:
-            return {i for s, i in DataRoot(self.cfg.data_root).done_keys("staff") if s == site}
-        except Exception:  # no staff rows yet
-            return set()
+        return {i for s, i in DataRoot(self.cfg.data_root).done_keys("staff") if s == site}
 
     def shutdown(self) -> bool:
         """Quit Chromium (and its egress proxy)."""

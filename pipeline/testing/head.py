@@ -265,14 +265,7 @@ def ray_head(
 
 # ------------------------------------------------------------------------------------------------ a second node
 # A worker node's own listeners (the GCS and the dashboard are the head's).
-_NODE_PORT_FLAGS = (
-    "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port",
-    "--runtime-env-agent-port",
-    "--metrics-export-port",
-    "--node-manager-port",
-    "--object-manager-port",
-)
+_NODE_PORT_FLAGS = tuple(f for f in _PORT_FLAGS if f not in ("--port", "--dashboard-port", "--ray-client-server-port"))
 
 
 # ``ray start --address`` refuses to join when RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its multi-node check reads
