@@ -8,7 +8,7 @@ Layout (``root`` is a local folder or an ``s3://`` URI)::
 
     images/<aa>/<sha256>          raw image bytes, content-addressed, written once
     crops/<aa>/<sha256>.jpg       face crops as files, only when faces.write_files is on
-    fetches/part-*.parquet        one row per fetched URL (page, image, robots.txt): status and reason
+    fetches/part-*.parquet        one row per (site, fetched URL) (page, image, robots.txt): status and reason
     posts/part-*.parquet          one row per feed post            key (site, item_id)
     staff/part-*.parquet          one row per staff person         key (site, item_id)
     faces/part-*.parquet          one row per image                key image_sha256
@@ -250,7 +250,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     AUDIT_DS: AUDIT,
 }
 KEYS: dict[str, tuple[str, ...]] = {
-    FETCHES_DS: ("url",),
+    FETCHES_DS: ("site", "url"),  # two site entries that share a page URL get a page row each
     POSTS_DS: ("site", "item_id"),
     STAFF_DS: ("site", "item_id"),
     FACES_DS: ("image_sha256",),

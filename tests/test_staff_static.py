@@ -14,6 +14,7 @@ from pipeline.config import ConfigError, StaffSite, load_config
 from pipeline.scrape.http import HttpClient
 from pipeline.scrape.staff import StaffPage, person_id
 from pipeline.scrape.staff_site import StaffScraper
+from pipeline.store import DataRoot
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +185,19 @@ def test_crawl_rows_placeholders_academic_order_and_page_rows(srv, tmp_path):
     assert pages["/dir/profile.php?id=19"]["reason"] == "http_404"
     images = {f["url"].removeprefix(srv.base) for f in fetches if f["kind"] == "image"}
     assert "/images/NoPhotoAvailable.jpg" not in images and "/images/avatar.svg" not in images
+
+
+def test_two_entries_sharing_a_url_get_a_page_row_each(srv, tmp_path):
+    """One page, two site entries (two departments read from it): each entry's page row and people are its own."""
+    first = site("wordpress", srv.base)
+    second = first.model_copy(update={"name": "fx-wordpress-math", "department": "math"})
+    root = tmp_path / "data"
+    _, fetches = crawl_rows(config(tmp_path, [first, second]))
+    pages = sorted((f["site"], f["url"], f["status"]) for f in fetches if f["kind"] == "page")
+    url = srv.base + "/wp/faculty-staff/"
+    assert pages == [("fx-wordpress", url, "ok"), ("fx-wordpress-math", url, "ok")]
+    DataRoot(str(root)).write_part("fetches", fetches)  # and a rerun's writer sees both pairs as done
+    assert {(s, u) for s, u, _ in pages} <= DataRoot(str(root)).done_keys("fetches")
 
 
 def test_site_config_defaults_and_site_files(tmp_path):

@@ -18,7 +18,7 @@ Shape::
   its image.
 * Resumable: items are keyed by (site, item_id); a rerun lists the feed pages and staff pages again (that is how it
   finds the items) and fetches only the items with no row yet, so a run killed at any moment and rerun ends with
-  exactly the rows of an uninterrupted run. ``fetches`` holds one row per URL (its first final outcome).
+  exactly the rows of an uninterrupted run. ``fetches`` holds one row per (site, URL) (its first final outcome).
 * Reruns and earlier failures: rows with status ``skipped`` (robots, noai, non-academic) and ``error`` are final —
   a rerun does not fetch those items again — unless ``scrape.retry_errors`` is true: then the run first removes
   every ``error`` row from ``posts``, ``staff`` and ``fetches`` (one atomic rewrite per part file) and fetches those

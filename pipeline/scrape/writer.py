@@ -2,7 +2,8 @@
 
 Rows go to ``posts``, ``staff`` and ``fetches`` in batches of ``scrape.batch_rows`` (posts + staff rows) with
 ``DataRoot.write_part`` (temp file, then rename). ``fetches`` is flushed before ``posts``/``staff``, so a written
-item always has its fetch row; ``fetches`` holds one row per URL (its first final outcome, across runs).
+item always has its fetch row; ``fetches`` holds one row per (site entry, URL) (its first final outcome, across
+runs): two entries that share a page URL get a page row each.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ def drop_error_rows(root: DataRoot, dataset: str) -> int:
 class RowWriter:
     """Buffers rows per dataset and writes them every ``batch_rows`` item rows (and at :meth:`flush`).
 
-    ``fetch_done``: the URLs with a ``fetches`` row already; ``bar``: an optional progress bar (one tick per item
-    row); ``stop_after_flushes``: raise :class:`CrawlInterrupted` after that many writes, buffers dropped, as a
-    kill would.
+    ``fetch_done``: the (site, URL) pairs with a ``fetches`` row already; ``bar``: an optional progress bar (one
+    tick per item row); ``stop_after_flushes``: raise :class:`CrawlInterrupted` after that many writes, buffers
+    dropped, as a kill would.
     """
 
     def __init__(
@@ -48,7 +49,7 @@ class RowWriter:
         root: DataRoot,
         batch_rows: int,
         counters: CrawlCounters,
-        fetch_done: set[str],
+        fetch_done: set[tuple[str, str]],
         stop_after_flushes: int | None = None,
     ):
         self.root = root
@@ -61,9 +62,9 @@ class RowWriter:
         self.bar: Any = None
 
     def fetch(self, row: dict | None) -> None:
-        """Buffer a ``fetches`` row unless its URL has one (None: the result had no fetch)."""
-        if row and row["url"] not in self.fetch_done:
-            self.fetch_done.add(row["url"])
+        """Buffer a ``fetches`` row unless its (site, URL) has one (None: the result had no fetch)."""
+        if row and (key := (row["site"], row["url"])) not in self.fetch_done:
+            self.fetch_done.add(key)
             self.bufs["fetches"].append(row)
 
     def add(self, ds: str, row: dict) -> None:
