@@ -1,15 +1,26 @@
-"""Training throughput: Ray Train (2 CPU workers, Ray Data ingest) against a plain single-process PyTorch loop.
+"""The train stage end to end against a plain PyTorch script doing the same epochs on the same crops.
 
-Both sides train the same model (``small_cnn``) on the same synthetic JPEG crops with the same batch size and the
-same decode + augmentation code, for ``--epochs`` epochs; the figure is images/s of the last epoch (the first one
-warms caches and iterators). Ours: ``pipeline.train.run`` with 2 workers of one thread each, timing taken inside
-the workers (``history[-1].images_per_s``), plus the whole run's wall time for reference. Plain: one process,
-``torch.set_num_threads(2)``, a ``DataLoader`` over the crops (decoded in ``collate_fn``); the same loop with one
-thread is printed too (on a small, busy machine two intra-op threads can be slower than one).
+Data: ``--images`` synthetic face-like 112 px JPEG crops (a skin-toned ellipse with eyes and mouth on a noisy
+background; class 1 brighter) in a temp data root laid out as the faces and labels stages write it (``faces``
+parts, ``labels/selfie`` with an 80/10/10 train/val/test split).
 
-    .venv/bin/python benchmarks/bench_train.py --images 512 --epochs 2
+Ours: ``pipeline.train.run(cfg)``, timed from the call to its return: Ray Train start, the Ray Data ingest
+(read, join, materialize), every epoch (train, precise BN, validation), a checkpoint per epoch, the test pass and
+the export (``model.pt``, metrics, plots, model card). Ray itself is started before the clock (a user's cluster
+is up; its start time is printed). Layouts: ``one-worker`` is the stage's CPU default (``train.num_workers`` and
+``cpus_per_worker`` unset: one worker holding the node's CPUs less ``data_cpus``, ceil of that as torch threads);
+``two-workers`` is two DDP workers of one thread each (``num_workers: 2, cpus_per_worker: 0.875``).
 
-Prints a table, then one JSON line: ratio = ours / plain (target >= 0.9).
+Plain: one process, torch's default threads (every core), a ``DataLoader`` with one worker process that decodes
+and augments the same JPEG bytes with the same code (``pipeline.train.data.decode_batch``), the same model,
+AdamW, learning rate, batch size and epochs; per epoch a validation pass and a checkpoint (weights, optimiser,
+best weights) saved with ``torch.save``; at the end a test pass with the best weights and the final ``model.pt``.
+
+    .venv/bin/python benchmarks/bench_train.py                       # 4000 crops, 112 px, resnet18, 3 epochs
+    .venv/bin/python benchmarks/bench_train.py --images 400 --epochs 1 --backbone small_cnn --image-size 32
+
+Prints a table (per-epoch images/s of both sides, the wall times), then one JSON line: ratio = plain wall s /
+our wall s for the first layout measured (> 1: ours is faster; target >= 0.9).
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -35,130 +46,241 @@ from pipeline.store import DataRoot  # noqa: E402
 from pipeline.train.data import decode_batch  # noqa: E402
 from pipeline.train.models import NORMALISATION, build_model  # noqa: E402
 
+LAYOUTS = {
+    "one-worker": {},  # the stage's CPU default
+    "two-workers": {"num_workers": 2, "cpus_per_worker": 0.875},
+}
 
-def make_root(path: str, n: int, size: int) -> list[tuple[bytes, int]]:
+
+def face_crop(cls: int, size: int, rng: np.random.Generator) -> bytes:
+    """A face-like JPEG: a noisy background, a skin-toned ellipse, two eyes and a mouth; class 1 is brighter."""
+    bg = rng.normal(120, 40, size=(size, size, 3)).clip(0, 255).astype(np.uint8)
+    im = Image.fromarray(bg).filter(ImageFilter.GaussianBlur(2))
+    d = ImageDraw.Draw(im)
+    tone = rng.uniform(0.8, 1.0) * (np.array([225, 185, 160]) if cls else np.array([165, 120, 95]))
+    cx, cy = size / 2 + rng.normal(0, size / 20, 2)
+    w, h = size * rng.uniform(0.30, 0.38), size * rng.uniform(0.40, 0.46)
+    d.ellipse([cx - w, cy - h, cx + w, cy + h], fill=tuple(int(v) for v in tone))
+    for ex in (cx - w / 2.2, cx + w / 2.2):
+        d.ellipse([ex - size / 25, cy - h / 4 - size / 40, ex + size / 25, cy - h / 4 + size / 40], fill=(40, 30, 30))
+    d.arc([cx - w / 2, cy + h / 4, cx + w / 2, cy + h / 1.6], 20, 160, fill=(120, 40, 40), width=max(1, size // 40))
+    a = np.asarray(im.filter(ImageFilter.GaussianBlur(1))).astype(np.float32) + rng.normal(0, 6, (size, size, 3))
+    buf = io.BytesIO()
+    Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_root(path: str, n: int, size: int) -> dict[str, list[tuple[bytes, int]]]:
+    """Write ``faces`` and ``labels/selfie`` (80/10/10 split by person); returns the (jpeg, class) rows per split."""
     rng = np.random.default_rng(0)
     root = DataRoot(path)
-    faces, labels, items = [], [], []
+    faces, labels = [], []
+    items: dict[str, list[tuple[bytes, int]]] = {"train": [], "val": [], "test": []}
     for i in range(n):
         cls = i % 2
-        a = rng.normal(170 if cls else 90, 30, size=(size, size, 3))
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
-        jpeg = buf.getvalue()
+        jpeg = face_crop(cls, size, rng)
         sha = hashlib.sha256(jpeg).hexdigest()
-        faces.append({"image_sha256": sha, "kept": True, "crop_jpeg": jpeg})
-        split = "train" if i < 0.8 * n else ("val" if i < 0.9 * n else "test")
-        labels.append(
-            {"item_id": f"p{i}", "person_id": f"u{i}", "image_sha256": sha, "status": "ok", "split": split}
-            | {"label": cls, "class_name": ["bad", "good"][cls], "target": float(cls)}
+        faces.append(
+            {"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": jpeg, "width": size, "height": size}
         )
-        if split == "train":
-            items.append((jpeg, cls))
-    root.write_part("faces", faces)
+        split = "train" if i < 0.8 * n else ("val" if i < 0.9 * n else "test")
+        row = {"item_id": f"p{i}", "site": "bench", "person_id": f"u{i}", "image_sha256": sha, "status": "ok"}
+        row.update(split=split, weight=1.0, label=cls, class_name=["bad", "good"][cls], target=float(cls))
+        labels.append(row)
+        items[split].append((jpeg, cls))
+        if len(faces) == 1000:  # parts of 1000 crops, as the faces stage writes several
+            root.write_part("faces", faces)
+            faces = []
+    if faces:
+        root.write_part("faces", faces)
     root.replace("labels/selfie", pa.Table.from_pylist(labels))
     return items
 
 
-def plain(items, tc, epochs: int, threads: int = 2) -> list[float]:
-    """A single-process loop with a DataLoader: images/s per epoch."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    mean, std = NORMALISATION[tc.backbone]
-    rng = np.random.default_rng(0)
+class Decode:
+    """The DataLoader's collate_fn: the stage's decode + augmentation of a list of (jpeg, class) rows."""
+
+    def __init__(self, tc, train: bool, seed: int):
+        self.tc, self.train, self.seed = tc, train, seed
+        self.mean, self.std = NORMALISATION[tc.backbone]
+        self.rng = None
+
+    def __call__(self, batch):
+        if self.rng is None:  # one generator per loader worker process
+            info = torch.utils.data.get_worker_info()
+            self.rng = np.random.default_rng([self.seed, info.id if info else 0])
+        tc = self.tc
+        x = decode_batch(
+            [b[0] for b in batch],
+            tc.image_size,
+            self.mean,
+            self.std,
+            train=self.train and tc.augment,
+            jitter=tc.jitter,
+            generator=self.rng,
+        )
+        return x, torch.tensor([b[1] for b in batch])
+
+
+def plain(items: dict, tc, out_dir: str, loader_workers: int) -> dict:
+    """The plain PyTorch script: returns its wall time, per-epoch images/s and the test accuracy."""
+    t_start = time.perf_counter()
+    torch.manual_seed(tc.seed)
     model = build_model(tc, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    def collate(batch):
-        x = decode_batch([b[0] for b in batch], tc.image_size, mean, std, train=True, jitter=tc.jitter, generator=rng)
-        return x, torch.tensor([b[1] for b in batch])
+    def loader(split: str, train: bool):
+        return torch.utils.data.DataLoader(
+            items[split],
+            batch_size=tc.batch_size,
+            shuffle=train,
+            collate_fn=Decode(tc, train, tc.seed),
+            num_workers=loader_workers,
+            persistent_workers=loader_workers > 0,
+            prefetch_factor=2 if loader_workers > 0 else None,
+        )
 
-    loader = torch.utils.data.DataLoader(items, batch_size=tc.batch_size, shuffle=True, collate_fn=collate)
-    rates = []
-    for _ in range(epochs):
+    def predict(dl) -> float:
+        model.eval()
+        right = n = 0
+        with torch.no_grad():
+            for x, y in dl:
+                right += int((model(x).argmax(1) == y).sum())
+                n += len(y)
+        return right / max(n, 1)
+
+    train_dl, val_dl, test_dl = loader("train", True), loader("val", False), loader("test", False)
+    rates, best, best_acc = [], None, -1.0
+    for epoch in range(tc.epochs):
         model.train()
         t0, n = time.perf_counter(), 0
-        for x, y in loader:
+        for x, y in train_dl:
             loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             n += len(y)
         rates.append(n / (time.perf_counter() - t0))
-    return rates
+        acc = predict(val_dl)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if acc > best_acc:
+            best, best_acc = state, acc
+        torch.save({"model": state, "optimizer": opt.state_dict(), "epoch": epoch}, os.path.join(out_dir, "state.pt"))
+        torch.save(best, os.path.join(out_dir, "best_model.pt"))
+    model.load_state_dict(best)
+    test_acc = predict(test_dl)
+    torch.save(best, os.path.join(out_dir, "model.pt"))
+    return {"wall_s": time.perf_counter() - t_start, "rates": rates, "test_accuracy": test_acc}
+
+
+def ours(d: str, train: dict) -> dict:
+    """``pipeline.train.run`` on the data root ``d``: its wall time, per-epoch images/s and phase timings."""
+    from pipeline.train import run
+
+    cfg = load_config(None, overrides={"data_root": d, "train": train})
+    t0 = time.perf_counter()
+    out = run(cfg)
+    wall = time.perf_counter() - t0
+    metrics = DataRoot(d).read_json(f"{out['model_dir']}/metrics.json")
+    history = metrics["history"]
+    meta = DataRoot(d).read_json(f"{out['model_dir']}/model.json")["train_config"]
+    return {
+        "wall_s": wall,
+        "rates": [h["images_per_s"] for h in history],
+        "train_s": sum(h["train_s"] for h in history),
+        "bn_s": sum(h["bn_s"] for h in history),
+        "val_s": sum(h["val_s"] for h in history),
+        "test_accuracy": out["test"].get("accuracy"),
+        "layout": f"{meta['num_workers']} x {meta['cpus_per_worker']:g} CPU",
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=640)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=4000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--image-size", type=int, default=112)
+    ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--layout", choices=["one-worker", "two-workers", "both"], default="one-worker")
+    ap.add_argument("--loader-workers", type=int, default=1, help="the plain script's DataLoader workers")
     args = ap.parse_args()
+    layouts = list(LAYOUTS) if args.layout == "both" else [args.layout]
 
     import ray
 
-    from pipeline.train import run
+    from pipeline.runtime import init_ray
 
+    train = {
+        "task": "selfie",
+        "backbone": args.backbone,
+        "pretrained": None,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "max_failures": 0,
+    }
+    loads = []
     with tempfile.TemporaryDirectory() as d:
-        items = make_root(d, args.images, args.size)
-        train = {
-            "task": "selfie",
-            "backbone": "small_cnn",
-            "image_size": args.size,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "num_workers": 2,
-            "cpus_per_worker": 0.875,
-            "data_cpus": 0.25,
-            "max_failures": 0,
-        }
+        items = make_root(d, args.images, args.image_size)
         cfg = load_config(None, overrides={"data_root": d, "train": train})
-        # The plain loops first, so that no Ray process competes with them.
-        peers = {t: plain(items, cfg.train, args.epochs, t) for t in (2, 1)}
-        from pipeline.runtime import start_local_ray
-
-        start_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        # The plain script first, so that no Ray process competes with it.
+        loads.append(os.getloadavg()[0])
+        with tempfile.TemporaryDirectory() as pd:
+            peer = plain(items, cfg.train, pd, args.loader_workers)
         t0 = time.perf_counter()
-        out = run(cfg)
-        wall = time.perf_counter() - t0
-        history = DataRoot(d).read_json(f"{out['model_dir']}/metrics.json")["history"]
+        init_ray(cfg)
+        ray_start = time.perf_counter() - t0
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        results = {}
+        for name in layouts:
+            loads.append(os.getloadavg()[0])
+            results[name] = ours(d, train | LAYOUTS[name] | {"run_id": f"bench-{name}"})
         ray.shutdown()
-        ours = [h["images_per_s"] for h in history]
+    loads.append(os.getloadavg()[0])
 
-    load = os.getloadavg()[0]
-    peer = peers[2]
-    print(f"{'':24}{'ours (Ray Train, 2x1 thread)':>30}{'plain, 2 threads':>18}{'plain, 1 thread':>18}")
+    cols = [(f"ours {n} ({r['layout']})", r) for n, r in results.items()]
+    cols.append((f"plain (DataLoader x{args.loader_workers}, {torch.get_num_threads()} threads)", peer))
+    width = max(len(c[0]) for c in cols) + 2
+    print(f"{'':26}" + "".join(f"{c[0]:>{width}}" for c in cols))
     for e in range(args.epochs):
-        print(f"{'epoch ' + str(e) + ' images/s':24}{ours[e]:>30.1f}{peers[2][e]:>18.1f}{peers[1][e]:>18.1f}")
-    print(f"{'whole run wall s (ours)':28}{wall:>30.1f}")
-    print(
-        f"train images {len(items)}, {args.size}px, batch {args.batch_size}, load average {load:.1f}, "
-        f"{os.cpu_count()} CPUs"
-    )
-    print(
-        json.dumps(
-            {
-                "bench": "train_throughput",
-                "ours": round(ours[-1], 2),
-                "peer": round(peer[-1], 2),
-                "ratio": round(ours[-1] / peer[-1], 3),
-                "unit": "images/s (last epoch)",
-                "ours_wall_s": round(wall, 1),
-                "images": len(items),
-                "image_size": args.size,
-                "batch_size": args.batch_size,
-                "epochs": args.epochs,
-                "load_average": round(load, 1),
-                "cpus": os.cpu_count(),
-                "peer_is": "plain loop, DataLoader, torch.set_num_threads(2)",
-                "plain_1thread": round(peers[1][-1], 2),
-                "ratio_vs_plain_1thread": round(ours[-1] / peers[1][-1], 3),
-            }
+        print(f"{'epoch ' + str(e) + ' images/s':26}" + "".join(f"{c[1]['rates'][e]:>{width}.1f}" for c in cols))
+    print(f"{'whole stage wall s':26}" + "".join(f"{c[1]['wall_s']:>{width}.1f}" for c in cols))
+    print(f"{'test accuracy':26}" + "".join(f"{c[1]['test_accuracy'] or 0:>{width}.3f}" for c in cols))
+    for n, r in results.items():
+        rest = r["wall_s"] - r["train_s"] - r["bn_s"] - r["val_s"]
+        print(
+            f"ours {n}: train {r['train_s']:.1f}s, precise BN {r['bn_s']:.1f}s, val {r['val_s']:.1f}s, "
+            f"the rest (Ray Train start, ingest, checkpoints, test, export) {rest:.1f}s"
         )
+    n_train = len(items["train"])
+    load_list = ", ".join(f"{x:.1f}" for x in loads)
+    print(
+        f"{args.images} crops ({n_train} train), {args.image_size}px, {args.backbone}, batch {args.batch_size}, "
+        f"{args.epochs} epochs; Ray start {ray_start:.1f}s (not timed); load average {max(loads):.1f} (max of "
+        f"{load_list}), {os.cpu_count()} CPUs"
     )
+    first = results[layouts[0]]
+    record = {
+        "bench": "train",
+        "ours": round(first["wall_s"], 1),
+        "peer": round(peer["wall_s"], 1),
+        "ratio": round(peer["wall_s"] / first["wall_s"], 3),
+        "unit": "end-to-end speed (peer seconds / our seconds)",
+        "layout": layouts[0],
+        "images": args.images,
+        "image_size": args.image_size,
+        "backbone": args.backbone,
+        "epochs": args.epochs,
+        "ours_images_per_s": [round(x, 1) for x in first["rates"]],
+        "peer_images_per_s": [round(x, 1) for x in peer["rates"]],
+        "load_average": round(max(loads), 1),
+        "cpus": os.cpu_count(),
+    }
+    for n, r in results.items():
+        record[f"wall_s_{n}"] = round(r["wall_s"], 1)
+    print(json.dumps(record))
 
 
 if __name__ == "__main__":

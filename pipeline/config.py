@@ -461,9 +461,13 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # classification only
     mixup: float = Field(0.0, ge=0)  # Beta(a, a) mixup of training batches (0: off)
     weight_decay: float = Field(1e-4, ge=0)
-    num_workers: int = Field(2, ge=1)
+    # the layout (TrainConfig.layout): None picks it from the cluster when training starts: without use_gpu one
+    # worker holding the biggest node's CPUs less data_cpus (measured faster than DDP over one-thread workers on
+    # a CPU node: docs/benchmarks.md, bench_train), with use_gpu one worker per GPU of the cluster holding its
+    # share of the CPUs (less data_cpus). A set value is kept. Torch threads per worker = ceil(cpus_per_worker).
+    num_workers: int | None = Field(None, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(0.75, gt=0)  # 2 workers + data_cpus fit a 2-core machine; torch threads = int()
+    cpus_per_worker: float | None = Field(None, gt=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     class_weights: bool = False
     augment: bool = True
@@ -475,7 +479,8 @@ class TrainConfig(_Section):
     # "precise BN": after each epoch that trains the backbone, its batch-norm statistics are recomputed with the
     # epoch's final weights over up to this many of the epoch's training crops per worker (averaged over the
     # workers), instead of the running averages of the earlier steps' weights; 0 keeps the running averages.
-    precise_bn: int = Field(1024, ge=0)
+    # 256: a forward pass over 1024 crops per epoch cost a ResNet-18 epoch of 3,200 crops 8% (bench_train).
+    precise_bn: int = Field(256, ge=0)
     data_cpus: float = Field(0.25, gt=0)  # CPUs per Ray Data read/join task (kept free beside the workers)
     cache_data: bool = True  # materialize the joined crops in the object store once (False: stream every epoch)
     allow_missing_crops: bool = False  # True: drop labelled rows without a face crop instead of failing
@@ -490,6 +495,27 @@ class TrainConfig(_Section):
     kfold: bool = False
     kfold_val: float = Field(0.2, gt=0, lt=1)
     kfold_export: int | None = Field(None, ge=0)
+
+    def layout(self, node_cpus: float, cluster_cpus: float, cluster_gpus: float) -> TrainConfig:
+        """This config with ``num_workers`` and ``cpus_per_worker`` filled in for a cluster whose biggest node has
+        ``node_cpus`` CPUs (``cluster_cpus``, ``cluster_gpus`` in all); values set in the config are kept.
+
+        Workers: one without ``use_gpu`` (measured faster on a CPU node than DDP over one-thread workers), one per
+        GPU with it. CPUs per worker: an equal share of the cluster's CPUs less ``data_cpus`` (so Ray Data's tasks
+        keep theirs), at most the biggest node's less ``data_cpus``, in quarters; torch threads round it up."""
+        workers = self.num_workers
+        if workers is None:
+            workers = max(1, int(cluster_gpus)) if self.use_gpu else 1
+        cpus = self.cpus_per_worker
+        if cpus is None:
+            cpus = min((cluster_cpus - self.data_cpus) / workers, node_cpus - self.data_cpus)
+            cpus = max(0.25, math.floor(cpus * 4) / 4)  # quarter CPUs: Ray's resource arithmetic stays exact
+        return self.model_copy(update={"num_workers": workers, "cpus_per_worker": cpus})
+
+    @property
+    def torch_threads(self) -> int:
+        """Torch intra-op threads of a Train worker: its CPU reservation rounded up (at least 1)."""
+        return max(1, math.ceil(self.cpus_per_worker or 1))
 
 
 # ---------------------------------------------------------------- score

@@ -1,6 +1,8 @@
 """The distributed training loop: a Ray Train ``TorchTrainer`` over Ray Data shards, checkpointed every epoch.
 
-``fit(cfg, root, labels, run_id)`` starts ``num_workers`` Train workers (``ScalingConfig`` from the config). Each
+``fit(cfg, root, labels, run_id)`` starts ``num_workers`` Train workers (``ScalingConfig`` from the config; an
+unset layout is filled in for the cluster by :func:`with_layout` first, ``torch.set_num_threads`` follows the
+worker's CPUs rounded up). Each
 worker reads its shard of ``train`` (``ray.train.get_dataset_shard``), decodes and augments the JPEG crops itself,
 and trains with DDP: ``train_loop_per_worker`` builds and runs one :class:`TrainWorker` (restore, then per epoch
 set_phase, train_epoch, validate, report). Fine-tuning has two phases: for ``freeze_epochs`` only the head
@@ -72,6 +74,23 @@ def _maybe_fault(fault: dict | None, rank: int, epoch: int) -> None:
             f.write(f"rank {rank} exited at epoch {epoch}\n")
         log.warning("fault injection: rank %d exits at epoch %d", rank, epoch)
         os._exit(1)
+
+
+def with_layout(cfg: Config) -> Config:
+    """``cfg`` with the train layout (``num_workers``, ``cpus_per_worker``) filled in for the connected cluster:
+    :meth:`pipeline.config.TrainConfig.layout` given the biggest alive node's CPUs and the cluster's totals."""
+    import ray
+
+    tc = cfg.train
+    if tc.num_workers is not None and tc.cpus_per_worker is not None:
+        return cfg
+    res = ray.cluster_resources()
+    nodes = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    cpus = float(res.get("CPU", 0))
+    tc = tc.layout(max(nodes, default=cpus), cpus, float(res.get("GPU", 0)))
+    log.info("train: layout %d worker(s) x %g CPU (%d torch threads)", tc.num_workers, tc.cpus_per_worker,
+             tc.torch_threads)  # fmt: skip
+    return cfg.model_copy(update={"train": tc})
 
 
 def check_cluster(cfg: TrainConfig) -> None:
@@ -196,7 +215,7 @@ class TrainWorker:
         self.kind = config["kind"]
         self.rank, self.world = rank, world
         torch.manual_seed(tc.seed)
-        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+        torch.set_num_threads(tc.torch_threads)
         self.device = device
         self.cuda = self.device.type == "cuda"
         self.mean, self.std = NORMALISATION[tc.backbone]

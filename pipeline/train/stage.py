@@ -55,8 +55,9 @@ def pick_run_id(cfg: Config, root: DataRoot, resume: bool) -> str:
 def run(cfg: Config, *, resume: bool = False) -> dict:
     """Train (or with ``resume`` continue) a model and export its best epoch; returns a JSON-able summary."""
     from pipeline.train.export import export_run
-    from pipeline.train.loop import check_cluster, fit
+    from pipeline.train.loop import check_cluster, fit, with_layout
 
+    cfg = with_layout(cfg)  # None num_workers / cpus_per_worker: picked for the cluster (TrainConfig.layout)
     root = DataRoot(cfg.data_root)
     root.require(root.labels_dataset(cfg.train.task))
     root.require("faces")
