@@ -540,10 +540,12 @@ class ScoreConfig(_Section):
     # actor beside the model (JPEG bytes travel: less CPU in all, what a CPU-only node wants); auto: read when the
     # actors have GPUs, else actor
     decode: Literal["auto", "actor", "read"] = "auto"
-    # batches in one scoring actor at once, each in its own thread (one model in memory): on a CPU each runs its
-    # own forward pass with torch_threads / calls_per_actor threads; on a GPU the passes take turns and the other
-    # batch is decoded meanwhile. 1: one batch after another with all the threads
-    calls_per_actor: int = Field(2, ge=1)
+    # batches in one scoring actor at once, each in its own thread (one model in memory): on a CPU up to
+    # torch_threads forward passes run side by side with torch_threads // calls_per_actor threads each (at least 1),
+    # and a call beyond those waits with its crops decoded, so a core never waits for Ray to hand over the next
+    # batch (3 on two cores: about 4% over 2, docs/benchmarks.md); on a GPU the passes take turns and the others
+    # decode meanwhile. 1: one batch after another with all the threads
+    calls_per_actor: int = Field(3, ge=1)
     read_num_cpus: float = Field(0.25, gt=0)  # CPUs reserved per Parquet read task of the face rows (I/O bound)
     read_unit_mb: float = Field(8.0, gt=0)  # face rows (uncompressed MiB) per read task: bounds each task's memory
     read_concurrency: int | None = Field(2, ge=1)  # read tasks at once (None: as many as the CPUs allow)

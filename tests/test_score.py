@@ -339,6 +339,8 @@ def test_scoring_actor_runs_batches_side_by_side(data_root):
         want = pd.concat([one(b).to_pandas() for b in batches]).set_index("image_sha256")
         two = inference.Scorer(model_dir, root.uri, "r", "cpu", threads=2, calls=2)
         assert torch.get_num_threads() == 1 and two._passes._value == 2  # two one-thread passes side by side
+        three = inference.Scorer(model_dir, root.uri, "r", "cpu", threads=2, calls=3)  # the default: a third waits
+        assert torch.get_num_threads() == 1 and three._passes._value == 2
         assert inference.Scorer(model_dir, root.uri, "r", "cpu", threads=1, calls=2)._passes._value == 1
         assert inference.Scorer(model_dir, root.uri, "r", "cpu", threads=4, calls=2)._passes._value == 2
         assert torch.get_num_threads() == 2
