@@ -136,11 +136,12 @@ class Scores(NamedTuple):
     predicted: list[str | None]  # class name (classification), else None
 
 
-def _onednn_graph(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module | None:
+def _onednn_graph(module: torch.nn.Module, example: torch.Tensor, agrees) -> torch.nn.Module | None:
     """``module`` traced and frozen with oneDNN Graph fusion on (convolution, bias, add and ReLU in one kernel on
     CPU: about 10-15% faster than the fused eager graph for a ResNet-18 at 96 px, docs/benchmarks.md), or None
-    when it cannot be traced. The fusion is a process-wide switch: it is turned on only here, in a process that
-    runs this model (a scoring actor, ``rate``). TorchScript's deprecation warnings are silenced for these calls."""
+    when it cannot be traced or ``agrees(graph)`` is false. The fusion is a process-wide switch: it is turned on
+    only here, in a process that runs this model (a scoring actor, ``rate``), and off again when the graph is not
+    used. TorchScript's deprecation warnings are silenced for these calls."""
     import warnings
 
     try:
@@ -150,11 +151,13 @@ def _onednn_graph(module: torch.nn.Module, example: torch.Tensor) -> torch.nn.Mo
             graph = torch.jit.freeze(torch.jit.trace(module.eval(), example, check_trace=False))
             for _ in range(2):  # the profiling executor specialises on the second call
                 graph(example)
-        return graph
+        if agrees(graph):
+            return graph
+        log.warning("oneDNN graph fusion not used: its outputs disagree with the eager model's")
     except Exception as err:  # not traceable: the fused eager graph stays
-        torch.jit.enable_onednn_fusion(False)
         log.info("oneDNN graph fusion not used (%s)", str(err)[:120])
-        return None
+    torch.jit.enable_onednn_fusion(False)
+    return None
 
 
 class LoadedModel:
@@ -218,7 +221,7 @@ class LoadedModel:
             self.model.to(memory_format=torch.contiguous_format)
             return "eager"
         self._infer, self._channels_last = candidate, True
-        if self.device.type == "cpu" and (graph := _onednn_graph(candidate, xc)) is not None and agrees(graph):
+        if self.device.type == "cpu" and (graph := _onednn_graph(candidate, xc, agrees)) is not None:
             self._graph = graph  # used for fp32 passes; bf16 autocast runs the fused eager graph (see forward)
             done.append("onednn_graph")
         return "+".join(done)
