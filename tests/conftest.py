@@ -97,3 +97,23 @@ def s3_server():
     make_root.endpoint = endpoint
     yield make_root
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_head():
+    """A separate Ray head for the session (2 CPUs, token auth, 127.0.0.1): the whole-pipeline run and the killed
+    jobs of tests/test_faults.py run on it, as jobs on a cluster do."""
+    from pipeline.testing import ray_head
+
+    with ray_head(num_cpus=2) as head:
+        yield head
+
+
+@pytest.fixture(scope="session")
+def full_run(cluster_head, demo_site, tmp_path_factory):
+    """The session's one whole-pipeline run (tests/helpers/full_run.py): a :class:`helpers.full_run.FullRun`."""
+    if not HAVE_CHROMIUM:
+        pytest.skip("the whole-pipeline run crawls the staff directories with chromium (make test installs it)")
+    from helpers.full_run import run_full_pipeline
+
+    return run_full_pipeline(cluster_head, demo_site, tmp_path_factory.mktemp("full-run"))

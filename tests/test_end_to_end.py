@@ -1,4 +1,7 @@
-"""End to end, small: the five stages on the demo sites, then real rows and values checked in every output."""
+"""End to end, small: the five stages on the demo sites, then real rows and values checked in every output.
+
+The run is the session's one whole-pipeline job (``full_run``: tests/helpers/full_run.py), which tests/test_faults.py
+also uses; tests here that write (a rerun, forget) work on a copy of its data root."""
 
 from __future__ import annotations
 
@@ -12,22 +15,18 @@ import pytest
 from pipeline.cli import run_stages
 from pipeline.store import DataRoot
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.chromium, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def finished_run(ray_session, demo_site, tmp_path_factory):
-    import os
-
+def finished_run(full_run):
+    """The session's whole-pipeline run (``jobs/run_all.py`` submitted with ``ray job submit``:
+    tests/helpers/full_run.py), with its config as the job read it."""
     from pipeline.config import load_config
 
-    os.environ["DEMO_BASE_URL"] = demo_site.base_url
-    root_dir = tmp_path_factory.mktemp("e2e") / "data"
-    cfg = load_config(
-        Path(__file__).resolve().parents[1] / "configs" / "test.yaml", overrides={"data_root": str(root_dir)}
-    )
-    summaries = run_stages(cfg, opts={"labels": {"truth": demo_site.truth()}})  # as `python -m pipeline demo`
-    return cfg, DataRoot(cfg.data_root), summaries
+    cfg = load_config(REPO / "configs" / "test.yaml", overrides=full_run.overrides())
+    return cfg, DataRoot(cfg.data_root), full_run
 
 
 def test_scrape_output(finished_run):
@@ -88,8 +87,8 @@ def test_labels_output(finished_run):
 
 
 def test_model_and_scores(finished_run):
-    cfg, root, summaries = finished_run
-    model_dir = summaries["train"]["model_dir"]
+    cfg, root, run = finished_run
+    model_dir = root.model_dir(run.run_id)
     metrics = json.loads(root.read_bytes(f"{model_dir}/metrics.json"))
     acc = metrics["test"]["accuracy"] if "test" in metrics else metrics["accuracy"]
     assert acc > 0.6, metrics  # the demo's likes rule is learnable: clearly above chance (0.5)
@@ -102,8 +101,13 @@ def test_model_and_scores(finished_run):
     assert pct and all(0.0 <= v <= 1.0 for v in pct)
 
 
-def test_rerun_adds_nothing(finished_run):
-    cfg, root, _ = finished_run
+def test_rerun_adds_nothing(finished_run, ray_session, tmp_path):
+    import shutil
+
+    cfg, original, _ = finished_run
+    shutil.copytree(original.base, tmp_path / "data")
+    cfg = cfg.model_copy(update={"data_root": str(tmp_path / "data")})
+    root = DataRoot(cfg.data_root)
     before = {ds: root.dataset(ds).count_rows() for ds in ("posts", "staff", "faces", "scores")}
     run_stages(cfg, ("scrape", "faces", "score"))
     after = {ds: root.dataset(ds).count_rows() for ds in ("posts", "staff", "faces", "scores")}
@@ -112,7 +116,6 @@ def test_rerun_adds_nothing(finished_run):
 
 def test_forget_on_the_root_of_a_full_run_leaves_nothing_of_the_person(finished_run, tmp_path):
     """forget on a copy of what every stage and both reports write; then every file is read for a trace of them."""
-    import posixpath
     import shutil
 
     from helpers.traces import scan_for
@@ -120,13 +123,13 @@ def test_forget_on_the_root_of_a_full_run_leaves_nothing_of_the_person(finished_
     from pipeline.privacy import OptOut, forget
     from pipeline.report.html import write_report
 
-    cfg, original, summaries = finished_run
+    cfg, original, run = finished_run
     shutil.copytree(original.base, tmp_path / "data")
     score = cfg.score.model_copy(update={"report_tsne_points": 60})  # a quicker t-SNE
     cfg = cfg.model_copy(update={"data_root": str(tmp_path / "data"), "score": score})
     root = DataRoot(cfg.data_root)
     write_labels_report(root, cfg)
-    run_id = posixpath.basename(summaries["train"]["model_dir"])
+    run_id = run.run_id
     write_report(run_id, cfg)
     kept = root.read("faces", filter=pc.field("kept"), columns=["image_sha256", "crop_jpeg"]).to_pylist()
     crops = {r["image_sha256"]: r["crop_jpeg"] for r in kept}

@@ -5,12 +5,13 @@ What must hold: a killed stage leaves only whole files where readers look and it
 uninterrupted run; a bad host costs its own rows, not the crawl; a storage failure is one line on stderr, exit 1,
 nothing half-written. docs/reliability.md lists every fault and its test.
 
-The jobs run against one token-authenticated Ray head on 127.0.0.1 for the module, as jobs on a cluster do: the
-uninterrupted reference run is ``jobs/run_all.py`` submitted with ``ray job submit``; each killed job is a driver
-process connected to the head (``RAY_ADDRESS``), SIGKILLed as a crash or an OOM kill would end it. Ray then ends
-that job's actors; the rerun starts once the head reports none of them alive. Each killed stage runs on a data root
-of its own, holding copies of the reference run's datasets that the stage reads, so every test passes alone
-(``pytest tests/test_faults.py::test_kill_score_then_rerun``). The kill tests and the disk-full faces run are
+The jobs run against the session's token-authenticated Ray head on 127.0.0.1 (conftest ``cluster_head``), as jobs on
+a cluster do: the uninterrupted reference run is the session's ``jobs/run_all.py`` submitted with ``ray job submit``
+(conftest ``full_run``, tests/helpers/full_run.py; tests/test_end_to_end.py checks its outputs); each killed job
+is a driver process connected to the head (``RAY_ADDRESS``), SIGKILLed as a crash or an OOM kill would end it. Ray
+then ends that job's actors; the rerun starts once the head reports none of them alive. Each killed stage runs on a
+data root of its own, holding copies of the reference run's datasets that the stage reads, so every test passes
+alone (``pytest tests/test_faults.py::test_kill_score_then_rerun``). The kill tests and the disk-full faces run are
 ``slow``; the rest are not.
 """
 
@@ -34,33 +35,29 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers.datasets import copy_datasets
+from helpers.full_run import RUN_ID
+from helpers.full_run import SETS as FULL_SETS
 from helpers.http import RawServer, Reply, serve
 from helpers.images import solid_jpeg
-from helpers.jobs import submit_cli
-from helpers.ray_head import head_fixture
 from pipeline.store import DataRoot
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_ID = "fault-selfie"
+# The killed jobs run with the whole-pipeline run's overrides (tests/helpers/full_run.py) and a quicker model:
+# the killed train run is compared with the uninterrupted one by its epochs, not its weights.
 SETS = [
-    "ray.num_cpus=2",
-    "scrape.batch_rows=60",  # several part files per dataset, so a kill can land between them
-    "faces.part_rows=40",
-    "faces.max_side=320",
-    "score.part_rows=40",
+    *FULL_SETS,
     "train.backbone=small_cnn",
     "train.image_size=32",
     "train.epochs=3",
-    "scrape.selenium.wait_timeout_s=30",  # a loaded CI machine renders slowly; a failed page would only come back
-    "scrape.selenium.page_load_timeout_s=60",  # on the next run, and each run here is compared with the reference
-    # Staff pages (Selenium) are left out of these runs to keep the file inside the test budget: their
-    # kill-and-rerun is covered at crawl level by tests/test_scrape_staff.py and tests/test_scrape_crawl.py.
+    # Staff pages (Selenium) are left out of the killed scrape run: its rerun is compared with the reference by
+    # its posts; the staff crawl's kill-and-rerun is covered at crawl level by tests/test_scrape_staff.py and
+    # tests/test_scrape_crawl.py.
     "scrape.staff=[]",
 ]
 JOB_TIMEOUT_S = 240
 DATASETS = ("fetches", "posts", "staff", "faces", "labels/selfie", "labels/department", "scores")
 # What each killed stage reads: copied from the reference run into the test's own data root.
-SCRAPED = ("fetches", "posts", "images")  # no staff: see SETS
+SCRAPED = ("fetches", "posts", "staff", "images")
 INPUTS = {
     "faces": SCRAPED,
     "labels": (*SCRAPED, "faces"),
@@ -167,8 +164,10 @@ def _parts(root: Path, ds: str) -> Callable[[], bool]:
 
 
 # ------------------------------------------------------------------------------------------------ kill every stage
-# The module's Ray head: 2 CPUs on 127.0.0.1, token authentication on (as ``ray start --head`` sets it).
-fault_head = head_fixture("fault_head", num_cpus=2)
+@pytest.fixture(scope="module")
+def fault_head(cluster_head):
+    """The session's Ray head (2 CPUs on 127.0.0.1, token authentication on, as ``ray start --head`` sets it)."""
+    return cluster_head
 
 
 @pytest.fixture(scope="module")
@@ -179,22 +178,12 @@ def job_env(demo_site) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(job_env, fault_head, tmp_path_factory) -> Path:
-    """One uninterrupted run of the five stages, the yardstick of every killed run: ``jobs/run_all.py`` submitted
-    with ``ray job submit --working-dir .`` to the module's head. This is also the test that the whole pipeline
-    runs as one submitted job. Its model has the run id the killed score run needs (``RUN_ID``)."""
-    root = tmp_path_factory.mktemp("faults-ref") / "data"
-    entry = ["python", "jobs/run_all.py", "--config", "configs/test.yaml", "--data-root", str(root)]
-    entry += [a for s in [*SETS, f"train.run_id={RUN_ID}"] for a in ("--set", s)]
-    env = {"env_vars": {k: job_env[k] for k in ("DEMO_BASE_URL", "DEMO_N_POSTS")}}
-    sid, proc = submit_cli(fault_head, entry, runtime_env=env, timeout_s=2 * JOB_TIMEOUT_S)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
-    dr = DataRoot(str(root))
-    counts = {ds: dr.read(ds).num_rows for ds in ("posts", "faces", "labels/selfie", "scores")}
-    assert all(n > 0 for n in counts.values()), counts
-    assert any(dr.list_dir("models"))
-    return root
+def reference(full_run) -> Path:
+    """One uninterrupted run of the five stages, the yardstick of every killed run: the session's
+    ``jobs/run_all.py`` submitted with ``ray job submit --working-dir .`` (tests/helpers/full_run.py), also the
+    test that the whole pipeline runs as one submitted job. Its model has the run id the killed score run needs
+    (``RUN_ID``)."""
+    return full_run.root
 
 
 def inputs_of(stage: str, reference: Path, tmp_path: Path) -> Path:
