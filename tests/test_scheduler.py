@@ -21,7 +21,6 @@ import pytest
 import yaml
 from score_helpers import add_posts, face_images, write_model
 
-from helpers.ray_head import head_fixture
 from pipeline.config import load_config
 from pipeline.score.scheduler import Scheduler, auth_headers
 from pipeline.store import DataRoot
@@ -149,16 +148,14 @@ def _wait(pred, timeout: float, every: float = 0.25, what: str = "condition"):
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-# A separate Ray head (token auth on) on 127.0.0.1 (:func:`pipeline.testing.ray_head`), one per test.
-head = head_fixture(scope="function", start_timeout_s=240)
-
-
 @pytest.fixture
-def ray_head(head, tmp_path):
-    """The head's address and token, and the token in a file (where the scheduler finds it)."""
+def ray_head(cluster_head, tmp_path):
+    """The session's separate Ray head (token auth on, 127.0.0.1: conftest ``cluster_head``): its address and
+    token, and the token in a file (where the scheduler finds it). The test tells its jobs from others on that
+    head by their ``facerank_job`` metadata."""
     tok = tmp_path / "auth_token"
-    tok.write_text(head.token)
-    return types.SimpleNamespace(address=head.dashboard_url, token=head.token, token_path=str(tok))
+    tok.write_text(cluster_head.token)
+    return types.SimpleNamespace(address=cluster_head.dashboard_url, token=cluster_head.token, token_path=str(tok))
 
 
 @pytest.mark.slow
