@@ -1,5 +1,5 @@
-# facerank: `make demo` runs the whole pipeline on the bundled demo sites; `make test` runs the test suite
-# (everything, what CI runs); `make test-fast` all but the tests marked slow.
+# facerank: `make demo` runs the whole pipeline on the bundled demo sites; `make test` runs the test suite (what CI
+# runs: all but the two-node cluster tests, `make test-cluster`); `make test-fast` all but the tests marked slow.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE := token
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install browser demo test test-fast lint format bench clean
+.PHONY: install browser demo test test-fast test-cluster lint format bench clean
 
 install: $(STAMP)
 
@@ -38,7 +38,11 @@ format: install
 	$(VENV)/bin/ruff format .
 
 test: install browser lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not cluster" $(PYTEST_ARGS)
+
+# The two-node cluster tests (tests/test_two_nodes.py, about 9 minutes): more than CI's budget leaves for them.
+test-cluster: install
+	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
 
 # The fast loop: no Ray heads, whole pipelines, Ray Train runs or Chromium crawls (pytest -m slow: those).
 test-fast: install browser lint

@@ -41,6 +41,7 @@ class Placement(_Section):
     resources: dict[str, float] = {}
     labels: dict[str, str] = {}
     soft: bool = False
+    node_wait_s: float = Field(600.0, ge=0)  # a stage waits this long for a node offering it, then fails (one line)
 
     @model_validator(mode="after")
     def _custom_only(self) -> Placement:

@@ -32,7 +32,7 @@ import ray
 
 from pipeline.config import Config, FacesConfig, Placement
 from pipeline.faces.detector import FaceDetector, reason_code
-from pipeline.placement import remote_args
+from pipeline.placement import remote_args, require_node
 from pipeline.runtime import log, stage_entry
 from pipeline.store import FACES, STATUS_OK, DataRoot, now, to_table
 
@@ -137,6 +137,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if todo.num_rows:
         keys = todo.select(["image_sha256"])
         blocks = [keys.slice(i, fc.batch_size) for i in range(0, keys.num_rows, fc.batch_size)]
+        require_node("faces", cfg.ray.placement.faces)  # bounded: Ray would wait forever for such a node
         out = detect_faces(ray.data.from_arrow(blocks), fc, data_root=root.uri, placement=cfg.ray.placement.faces)
         reasons: Counter[str] = Counter()
         for batch in out.iter_batches(batch_size=fc.part_rows, batch_format="pyarrow"):

@@ -293,6 +293,7 @@ class RayNode:
     log_path: str
     resources: dict[str, float] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    killed: bool = False  # set by :meth:`kill`: the GCS may list the node alive a little longer
 
     def processes(self) -> list:
         """The node's live processes: ``ray start``, its raylet, object store, agents and every worker it spawned."""
@@ -301,6 +302,7 @@ class RayNode:
     def kill(self) -> int:
         """SIGKILL the node's raylet and all its workers at once (a machine that dies); returns how many."""
         procs = self.processes()
+        self.killed = True
         _kill(procs)
         return len(procs)
 
