@@ -8,7 +8,6 @@ session's own Ray included; the teardown ends exactly the processes of that sess
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from score_helpers import add_posts, face_images, write_model
 
+from helpers.jobs import running_scheduler, score_jobs
 from pipeline.config import load_config
 from pipeline.score.scheduler import Scheduler, auth_headers
 from pipeline.store import DataRoot
@@ -181,44 +181,17 @@ def test_scheduler_submits_twice_to_a_real_ray_head(ray_head, tmp_path):
             }
         )
     )
-    env = dict(os.environ, RAY_AUTH_TOKEN_PATH=ray_head.token_path)
-    env.pop("RAY_AUTH_MODE", None)  # the scheduler finds the token by itself
-    env.pop("RAY_ADDRESS", None)
-    slog = open(tmp_path / "scheduler.log", "w")
-    sched = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "pipeline",
-            "scheduler",
-            "--config",
-            str(cfg_file),
-            "--interval-s",
-            "3",
-            "--max-runs",
-            "2",
-            "--max-seconds",
-            "480",
-            "--python",
-            PY,
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=slog,
-        stderr=subprocess.STDOUT,
-    )
     client = JobSubmissionClient(ray_head.address, headers={"Authorization": f"Bearer {ray_head.token}"})
 
     def ours():
-        return sorted(
-            (j for j in client.list_jobs() if (j.metadata or {}).get("facerank_job") == "score"),
-            key=lambda j: j.start_time or 0,
-        )
+        return score_jobs(client, str(tmp_path / "data"))
 
     def status(j):
         return str(getattr(j.status, "value", j.status))
 
-    try:
+    log = tmp_path / "sched" / "scheduler.log"
+    log.parent.mkdir()
+    with running_scheduler(cfg_file, ray_head.token, log, interval_s=3, max_seconds=480, python=PY) as sched:
         jobs = _wait(lambda: ours() or None, 120, what="the first submission")
         j1 = _wait(
             lambda: next((j for j in ours() if status(j) not in ("PENDING", "RUNNING")), None),
@@ -236,14 +209,9 @@ def test_scheduler_submits_twice_to_a_real_ray_head(ray_head, tmp_path):
         )
         assert status(j2) == "SUCCEEDED", client.get_job_logs(j2.submission_id)[-3000:]
         assert sched.wait(60) == 0
-    finally:
-        if sched.poll() is None:
-            sched.kill()
-            sched.wait(10)
-        slog.close()
     jobs = ours()
     assert len(jobs) == 2 and all(status(j) == "SUCCEEDED" for j in jobs)
-    text = (tmp_path / "scheduler.log").read_text()
+    text = log.read_text()
     assert text.count("submitted facerank-score-") == 2
     assert "skipping this tick: previous run" in text  # refused to start while the first one ran
 

@@ -14,11 +14,9 @@ what is checked and what was measured. The cluster tests take minutes (about 9 i
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 import time
 import urllib.request
 from contextlib import ExitStack
@@ -27,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.jobs import running_scheduler, score_jobs
 from pipeline.store import DataRoot
 from pipeline.testing import RayHead, RayNode, ray_head, ray_worker_node
 from pipeline.testing.head import _session_procs
@@ -438,40 +437,27 @@ def test_scheduler_scores_twice_on_the_second_node(cluster: Cluster, client, s3_
             }
         )
     )
-    tok = tmp_path / "auth_token"
-    tok.write_text(cluster.head.token)
-    env = dict(os.environ, RAY_AUTH_TOKEN_PATH=str(tok))
-    env.pop("RAY_ADDRESS", None)
-    slog = open(tmp_path / "scheduler.log", "w")
-    cmd = [sys.executable, "-m", "pipeline", "scheduler", "--config", str(cfg_file), "--interval-s", "2"]
-    cmd += ["--max-runs", "2", "--max-seconds", "300", "--python", "python"]
-    sched = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=slog, stderr=subprocess.STDOUT)
 
     def ours():
-        jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("facerank_job") == "score"]
-        return sorted((j for j in jobs if j.metadata.get("data_root") == uri), key=lambda j: j.start_time or 0)
+        return score_jobs(client, uri)
 
     def ended(j):
         return str(getattr(j.status, "value", j.status)) not in ("PENDING", "RUNNING")
 
     second: list[str] = []
-    try:
+    log = tmp_path / "scheduler.log"
+    with running_scheduler(cfg_file, cluster.head.token, log, interval_s=2, max_seconds=300) as sched:
         j1 = _wait_until(lambda: next((j for j in ours() if ended(j)), None), 240, "the first score run")
         assert str(j1.status.value) == "SUCCEEDED", client.get_job_logs(j1.submission_id)[-3000:]
         second = add_posts(root, face_images(4)[2:], start=50)  # new images arrive between the runs
         j2 = _wait_until(lambda: next((j for j in ours()[1:] if ended(j)), None), 240, "the second score run")
         assert str(j2.status.value) == "SUCCEEDED", client.get_job_logs(j2.submission_id)[-3000:]
         assert sched.wait(60) == 0
-    finally:
-        if sched.poll() is None:
-            sched.kill()
-            sched.wait(10)
-        slog.close()
     jobs = ours()
     assert len(jobs) == 2
     for j in jobs:
         assert _nodes_of(cluster, client, j.submission_id)["score"] == {node.node_id}
-    assert (tmp_path / "scheduler.log").read_text().count("submitted facerank-score-") == 2
+    assert log.read_text().count("submitted facerank-score-") == 2
     df = root.read("scores").to_pandas()
     assert df.image_sha256.is_unique and sorted(df.image_sha256) == sorted(first + second)
     runs = df.sort_values("scored_at").groupby("run_id", sort=False).image_sha256.apply(sorted).tolist()

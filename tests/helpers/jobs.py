@@ -12,6 +12,7 @@ import json
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,35 @@ def working_dir_copies(head: RayHead) -> list[Path]:
     """The working-dir uploads the head unpacked, oldest first."""
     found = Path(head.temp_dir).glob("session_*/runtime_resources/working_dir_files/_ray_pkg_*")
     return sorted({p.resolve() for p in found if p.is_dir()}, key=lambda p: p.stat().st_mtime)
+
+
+@contextmanager
+def running_scheduler(cfg_file: Path, token: str, log_path: Path, *, interval_s: float, max_seconds: float,
+                      python: str = "python"):  # fmt: skip
+    """``python -m pipeline scheduler --max-runs 2`` on ``cfg_file``, finding the head's token in a file beside the
+    log as a user's ``~/.ray/auth_token`` (no ``RAY_AUTH_MODE``/``RAY_ADDRESS`` from the test's environment); yields
+    the process and always ends it (bounded)."""
+    import os
+    import sys
+
+    tok = log_path.parent / "auth_token"
+    tok.write_text(token)
+    env = dict(os.environ, RAY_AUTH_TOKEN_PATH=str(tok))
+    env.pop("RAY_AUTH_MODE", None)  # the scheduler finds the token by itself
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "pipeline", "scheduler", "--config", str(cfg_file), "--interval-s", str(interval_s)]
+    cmd += ["--max-runs", "2", "--max-seconds", str(max_seconds), "--python", python]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def score_jobs(client, data_root: str) -> list:
+    """The scheduler's score jobs on ``data_root`` (job metadata), oldest first."""
+    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("facerank_job") == "score"]
+    return sorted((j for j in jobs if j.metadata.get("data_root") == data_root), key=lambda j: j.start_time or 0)
