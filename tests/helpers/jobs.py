@@ -9,7 +9,9 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -60,9 +62,6 @@ def running_scheduler(cfg_file: Path, token: str, log_path: Path, *, interval_s:
     """``python -m pipeline scheduler --max-runs 2`` on ``cfg_file``, finding the head's token in a file beside the
     log as a user's ``~/.ray/auth_token`` (no ``RAY_AUTH_MODE``/``RAY_ADDRESS`` from the test's environment); yields
     the process and always ends it (bounded)."""
-    import os
-    import sys
-
     tok = log_path.parent / "auth_token"
     tok.write_text(token)
     env = dict(os.environ, RAY_AUTH_TOKEN_PATH=str(tok))
