@@ -1,9 +1,10 @@
 """Jobs submitted for real to a separate, token-authenticated Ray head on 127.0.0.1, with local and S3 data roots.
 
-One Ray head per module (:func:`pipeline.testing.ray_head`: its own ``--temp-dir``, free ports, always stopped).
-Jobs go through ``ray job submit --working-dir .`` (the CLI, authenticated by ``RAY_AUTH_MODE=token`` and
-``RAY_AUTH_TOKEN``) and through ``JobSubmissionClient`` (the token as an ``Authorization`` header). The S3 data root is
-moto's S3 server on 127.0.0.1 (conftest ``s3_server``); its credentials reach the job through ``env_vars``.
+The head is the session's (conftest ``cluster_head``, :func:`pipeline.testing.ray_head`: its own ``--temp-dir``,
+free ports, always stopped). Jobs go through ``ray job submit --working-dir .`` (the CLI, authenticated by
+``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN``) and through ``JobSubmissionClient`` (the token as an
+``Authorization`` header). The S3 data root is moto's S3 server on 127.0.0.1 (conftest ``s3_server``); its
+credentials reach the job through ``env_vars``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import pytest
 
 from helpers.datasets import populate_label_inputs
 from helpers.jobs import submit_cli, wait_for, working_dir_copies
-from helpers.ray_head import head_fixture
 from pipeline.store import DataRoot
 from pipeline.testing import RayHead, ray_executable
 
@@ -31,8 +31,11 @@ LABEL_ARGS = ["--config", "configs/test.yaml", "--set", "labels.selfie.group_siz
 S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
-# 4 logical CPUs (on any machine): train's 2 workers plus Ray Data's share fit, as on a small real node
-head = head_fixture(num_cpus=4)
+@pytest.fixture(scope="module")
+def head(cluster_head) -> RayHead:
+    """The session's separate Ray head (conftest ``cluster_head``: 2 CPUs, token auth, 127.0.0.1). Its other jobs
+    (the whole-pipeline run, the killed jobs) are told apart by submission id: each test checks only its own."""
+    return cluster_head
 
 
 @pytest.fixture
