@@ -217,8 +217,9 @@ def test_kfold_trains_each_fold_and_exports_one(ray_session, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("cache", [True, False])
 def test_one_scan_feeds_every_split(ray_session, tmp_path, cache):
-    """make_datasets: each split holds exactly its labelled kept crops with their targets (train whole, val and test
-    once over the workers' shards), from one scan of the faces table; ``cache`` false streams train lazily."""
+    """make_datasets: each split holds exactly its labelled kept crops with their targets, from one scan of the
+    faces table: val and test once over the workers' shards; train in equal shards (``cache`` false: one lazy
+    train set that Ray Train splits), short of at most one row per extra worker."""
     from pipeline.config import TrainConfig
     from pipeline.train.data import load_labels, make_datasets
 
@@ -229,8 +230,11 @@ def test_one_scan_feeds_every_split(ray_session, tmp_path, cache):
     root.replace("faces", pa.Table.from_pylist(faces))
     labels = load_labels(root, TrainConfig(task="selfie", allow_missing_crops=True))
     out = make_datasets(root, labels, world_size=2, cache=cache)
-    assert sorted(out) == ["test_0", "test_1", "train", "val_0", "val_1"]
-    for split, names in (("train", ["train"]), ("val", ["val_0", "val_1"]), ("test", ["test_0", "test_1"])):
+    train = ["train_0", "train_1"] if cache else ["train"]
+    assert sorted(out) == sorted(["test_0", "test_1", *train, "val_0", "val_1"])
+    if cache:  # DDP needs the same number of steps on every worker
+        assert out["train_0"].count() == out["train_1"].count()
+    for split, names in (("train", train), ("val", ["val_0", "val_1"]), ("test", ["test_0", "test_1"])):
         rows = [r for n in names for r in out[n].take_all()]
         assert all(set(r) == {"crop_jpeg", "y"} for r in rows)
         got = sorted((bytes(r["crop_jpeg"]), float(r["y"])) for r in rows)
@@ -240,4 +244,8 @@ def test_one_scan_feeds_every_split(ray_session, tmp_path, cache):
             for i, (c, y) in enumerate(zip(crops, classes, strict=True))
             if hashlib.sha256(c).hexdigest() in shas and i != 1
         )
-        assert got == want and len(want) >= 19, split
+        assert len(want) >= 19, split
+        if split == "train" and cache:  # 59 rows in two equal shards: one left out, none twice
+            assert len(got) == len(want) - 1 and len(set(got)) == len(got) and set(got) < set(want)
+        else:
+            assert got == want, split

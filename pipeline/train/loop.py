@@ -3,7 +3,8 @@
 ``fit(cfg, root, labels, run_id)`` starts ``num_workers`` Train workers (``ScalingConfig`` from the config; an
 unset layout is filled in for the cluster by :func:`with_layout` first, ``torch.set_num_threads`` follows the
 worker's CPUs rounded up). Each
-worker reads its shard of ``train`` (``ray.train.get_dataset_shard``), decodes and augments the JPEG crops itself,
+worker reads its shard of ``train`` (its own materialized ``train_<rank>``, or Ray Train's split of a streamed
+``train``), decodes and augments the JPEG crops itself,
 and trains with DDP: ``train_loop_per_worker`` builds and runs one :class:`TrainWorker` (restore, then per epoch
 set_phase, train_epoch, validate, report). Fine-tuning has two phases: for ``freeze_epochs`` only the head
 learns (backbone frozen, its batch norms in eval mode, learning rate ``lr``), then the whole network: with
@@ -122,6 +123,15 @@ def _gather(obj):
     return out
 
 
+def _shard(config: dict, name: str):
+    """This worker's dataset ``name``: a materialized shard from the config's ``shards`` (read by the worker
+    itself), or with ``shards`` None Ray Train's (``ray.train.get_dataset_shard``: the streamed ``train`` split)."""
+    import ray.train
+
+    shards = config.get("shards")
+    return shards[name] if shards is not None else ray.train.get_dataset_shard(name)
+
+
 def _rank(record: dict | None) -> tuple[float, float]:
     """How epochs compare for "best": the validation metric, ties (a small split moves accuracy in coarse steps)
     broken by the lower validation loss."""
@@ -192,13 +202,14 @@ class TrainWorker:
         import ray.train.torch
 
         ctx = ray.train.get_context()
+        rank = ctx.get_world_rank()
         self._setup(
             config,
-            ctx.get_world_rank(),
+            rank,
             ctx.get_world_size(),
             ray.train.torch.get_device(),
             ray.train.get_checkpoint(),
-            ray.train.get_dataset_shard("train"),
+            _shard(config, "train" if config.get("shards") is None else f"train_{rank}"),
         )
 
     @classmethod
@@ -372,12 +383,11 @@ class TrainWorker:
 
     def predict_split(self, name: str):
         """Evaluate this rank's shard (``<name>_<rank>``) of a split; gather all ranks' ``(y, outputs, loss)``."""
-        import ray.train
 
         tc = self.tc
         ys, outs, loss_sum = [], [], 0.0
         self.model.eval()
-        it = ray.train.get_dataset_shard(f"{name}_{self.rank}")
+        it = _shard(self.config, f"{name}_{self.rank}")
         with torch.no_grad():
             for batch in it.iter_batches(batch_size=tc.batch_size, batch_format="numpy", prefetch_batches=2):
                 x = decode_batch(batch["crop_jpeg"], tc.image_size, self.mean, self.std)
@@ -500,6 +510,11 @@ def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):
 
     tc = cfg.train
     t0 = time.perf_counter()
+    datasets = make_datasets(root, labels, tc.num_workers, num_cpus=tc.data_cpus, cache=tc.cache_data)
+    # Materialized shards go to the workers in their config: no Ray Train dataset actors (its DatasetManager and
+    # a SplitCoordinator, two more processes to start). A streamed train set (cache_data false) is Ray Train's to
+    # split; the evaluation shards then go the same way.
+    streamed = "train" in datasets
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
         resources["GPU"] = 1
@@ -514,11 +529,12 @@ def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):
             "target_mean": labels.target_mean,
             "target_std": labels.target_std,
             "fault": _fault_spec(),
+            "shards": None if streamed else datasets,
         },
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, **train_scaling(cfg.ray.placement.train, resources)
         ),
-        datasets=make_datasets(root, labels, tc.num_workers, num_cpus=tc.data_cpus, cache=tc.cache_data),
+        datasets=datasets if streamed else None,
         dataset_config=DataConfig(datasets_to_split=["train"]),  # val_<rank>/test_<rank> are per-worker already
         run_config=RunConfig(
             name=CHECKPOINTS,
