@@ -2,11 +2,10 @@
 
 ``fit(cfg, root, labels, run_id)`` starts ``num_workers`` Train workers (``ScalingConfig`` from the config; an
 unset layout is filled in for the cluster by :func:`with_layout` first, ``torch.set_num_threads`` follows the
-worker's CPUs rounded up). Each
-worker reads its shard of ``train`` (its own materialized ``train_<rank>``, or Ray Train's split of a streamed
-``train``), decodes and augments the JPEG crops itself,
-and trains with DDP: ``train_loop_per_worker`` builds and runs one :class:`TrainWorker` (restore, then per epoch
-set_phase, train_epoch, validate, report). Fine-tuning has two phases: for ``freeze_epochs`` only the head
+worker's CPUs rounded up). Each worker reads its shard of ``train`` (its own materialized ``train_<rank>``, or
+Ray Train's split of a streamed ``train``), decodes and augments the JPEG crops itself, and trains with DDP:
+``train_loop_per_worker`` builds and runs one :class:`TrainWorker` (restore, then per epoch set_phase,
+train_epoch, validate, report). Fine-tuning has two phases: for ``freeze_epochs`` only the head
 learns (backbone frozen, its batch norms in eval mode, learning rate ``lr``), then the whole network: with
 ``backbone_lr_scale`` in two parameter groups (head at ``lr``, backbone at ``lr x backbone_lr_scale``), without it
 at ``finetune_lr`` (with ``freeze_epochs == 0`` at ``lr`` from the start). Options: ``label_smoothing`` (the
@@ -383,7 +382,6 @@ class TrainWorker:
 
     def predict_split(self, name: str):
         """Evaluate this rank's shard (``<name>_<rank>``) of a split; gather all ranks' ``(y, outputs, loss)``."""
-
         tc = self.tc
         ys, outs, loss_sum = [], [], 0.0
         self.model.eval()
