@@ -243,8 +243,9 @@ def make_datasets(
         out = {"train": scan(labels.split("train")).drop_columns(["split"])}
         evaluation = labels.table.filter(pc.is_in(labels.table["split"], pa.array(["val", "test"])))
         out.update(cut(scan(evaluation).materialize(), ("val", "test")))
-    for s in [s for s in SPLITS if s in out and (cache or s != "train")]:
-        for rank, part in enumerate(out.pop(s).split(world_size, equal=s == "train")):  # evaluation: every row once
+    # one shard per worker: equal for train (DDP steps in lockstep), every row exactly once for val and test
+    for s in SPLITS if cache else ("val", "test"):
+        for rank, part in enumerate(out.pop(s).split(world_size, equal=s == "train")):
             out[f"{s}_{rank}"] = part
     return out
 
