@@ -476,7 +476,9 @@ class TrainConfig(_Section):
     seed: int = 0
     run_id: str | None = None  # None: a timestamped id
     jitter: float = Field(0.2, ge=0, lt=1)  # colour jitter strength (brightness, contrast, saturation ±)
-    shuffle_buffer: int = Field(256, ge=0)  # rows in each worker's local shuffle buffer (0: no shuffle)
+    # > 0: shuffle every epoch (a cached train set: all of the worker's rows; a streamed one: a local buffer of
+    # this many rows); 0: no shuffle
+    shuffle_buffer: int = Field(256, ge=0)
     # "precise BN": after each epoch that trains the backbone, its batch-norm statistics are recomputed with the
     # epoch's final weights over up to this many of the epoch's training crops per worker (averaged over the
     # workers), instead of the running averages of the earlier steps' weights; 0 keeps the running averages.

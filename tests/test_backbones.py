@@ -159,3 +159,22 @@ def test_without_a_scale_the_full_phase_uses_finetune_lr():
     w.set_phase(0)
     assert w.phase == "full" and [g["lr"] for g in w.opt.param_groups] == [0.01, 0.01]
     assert w._mixup(8) == (1.0, None)
+
+
+def test_a_cached_shard_is_shuffled_in_full_every_epoch():
+    """A materialized train shard (an Arrow table in the worker): every row once per epoch, a new order each epoch,
+    the last batch short; with shuffle_buffer 0 the stored order."""
+    import pyarrow as pa
+
+    table = pa.table({"crop_jpeg": [bytes([i]) for i in range(70)], "y": list(range(70))})
+    w = TrainWorker.local(_config(freeze_epochs=0))
+    w.train_it = table
+    epochs = [[b["y"].tolist() for b in w._batches()] for _ in range(2)]
+    for batches in epochs:
+        assert [len(b) for b in batches] == [w.tc.batch_size] * (70 // w.tc.batch_size) + [70 % w.tc.batch_size]
+        assert sorted(sum(batches, [])) == list(range(70))
+    assert sum(epochs[0], []) != sum(epochs[1], []) != list(range(70))
+    first = next(iter(w._batches()))
+    assert [bytes(c)[0] for c in first["crop_jpeg"]] == first["y"].tolist()  # jpegs travel with their labels
+    w.tc = w.tc.model_copy(update={"shuffle_buffer": 0})
+    assert sum((b["y"].tolist() for b in w._batches()), []) == list(range(70))
