@@ -15,6 +15,9 @@ Plain: one process, torch's default threads (every core), a ``DataLoader`` with 
 and augments the same JPEG bytes with the same code (``pipeline.train.data.decode_batch``), the same model,
 AdamW, learning rate, batch size and epochs; per epoch a validation pass and a checkpoint (weights, optimiser,
 best weights) saved with ``torch.save``; at the end a test pass with the best weights and the final ``model.pt``.
+The plain script runs fp32 (``--plain-precision bf16``: its forward passes under bfloat16 autocast, as ours on a
+device with native bf16, to compare at equal precision); ours runs the stage's ``train.mixed_precision`` default
+(``auto``: bf16 on a CPU with AMX-BF16 or AVX512-BF16), and the table names the precision each side ran in.
 
     .venv/bin/python benchmarks/bench_train.py                       # 4000 crops, 112 px, resnet18, 3 epochs
     .venv/bin/python benchmarks/bench_train.py --images 400 --epochs 1 --backbone small_cnn --image-size 32
@@ -122,8 +125,13 @@ class Decode:
         return x, torch.tensor([b[1] for b in batch])
 
 
-def plain(items: dict, tc, out_dir: str, loader_workers: int) -> dict:
+def plain(items: dict, tc, out_dir: str, loader_workers: int, precision: str = "fp32") -> dict:
     """The plain PyTorch script: returns its wall time, per-epoch images/s and the test accuracy."""
+    from contextlib import nullcontext
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
     t_start = time.perf_counter()
     torch.manual_seed(tc.seed)
     model = build_model(tc, 2)
@@ -146,7 +154,9 @@ def plain(items: dict, tc, out_dir: str, loader_workers: int) -> dict:
         right = n = 0
         with torch.no_grad():
             for x, y in dl:
-                right += int((model(x).argmax(1) == y).sum())
+                with autocast():
+                    out = model(x)
+                right += int((out.argmax(1) == y).sum())
                 n += len(y)
         return right / max(n, 1)
 
@@ -156,7 +166,9 @@ def plain(items: dict, tc, out_dir: str, loader_workers: int) -> dict:
         model.train()
         t0, n = time.perf_counter(), 0
         for x, y in train_dl:
-            loss = loss_fn(model(x), y)
+            with autocast():
+                out = model(x)
+            loss = loss_fn(out.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -171,7 +183,8 @@ def plain(items: dict, tc, out_dir: str, loader_workers: int) -> dict:
     model.load_state_dict(best)
     test_acc = predict(test_dl)
     torch.save(best, os.path.join(out_dir, "model.pt"))
-    return {"wall_s": time.perf_counter() - t_start, "rates": rates, "test_accuracy": test_acc}
+    wall = time.perf_counter() - t_start
+    return {"wall_s": wall, "rates": rates, "test_accuracy": test_acc, "precision": precision}
 
 
 def ours(d: str, train: dict) -> dict:
@@ -193,6 +206,7 @@ def ours(d: str, train: dict) -> dict:
         "val_s": sum(h["val_s"] for h in history),
         "test_accuracy": out["test"].get("accuracy"),
         "layout": f"{meta['num_workers']} x {meta['cpus_per_worker']:g} CPU",
+        "precision": "/".join(sorted({h.get("precision", "fp32") for h in history})),
     }
 
 
@@ -205,6 +219,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--layout", choices=["one-worker", "two-workers", "both"], default="one-worker")
     ap.add_argument("--loader-workers", type=int, default=1, help="the plain script's DataLoader workers")
+    ap.add_argument("--plain-precision", choices=["fp32", "bf16"], default="fp32", help="the plain script's autocast")
     args = ap.parse_args()
     layouts = list(LAYOUTS) if args.layout == "both" else [args.layout]
 
@@ -228,7 +243,7 @@ def main() -> None:
         # The plain script first, so that no Ray process competes with it.
         loads.append(os.getloadavg()[0])
         with tempfile.TemporaryDirectory() as pd:
-            peer = plain(items, cfg.train, pd, args.loader_workers)
+            peer = plain(items, cfg.train, pd, args.loader_workers, args.plain_precision)
         t0 = time.perf_counter()
         init_ray(cfg)
         ray_start = time.perf_counter() - t0
@@ -240,8 +255,9 @@ def main() -> None:
         ray.shutdown()
     loads.append(os.getloadavg()[0])
 
-    cols = [(f"ours {n} ({r['layout']})", r) for n, r in results.items()]
-    cols.append((f"plain (DataLoader x{args.loader_workers}, {torch.get_num_threads()} threads)", peer))
+    cols = [(f"ours {n} ({r['layout']}, {r['precision']})", r) for n, r in results.items()]
+    threads = torch.get_num_threads()
+    cols.append((f"plain (DataLoader x{args.loader_workers}, {threads} threads, {peer['precision']})", peer))
     width = max(len(c[0]) for c in cols) + 2
     print(f"{'':26}" + "".join(f"{c[0]:>{width}}" for c in cols))
     for e in range(args.epochs):
@@ -273,6 +289,8 @@ def main() -> None:
         "image_size": args.image_size,
         "backbone": args.backbone,
         "epochs": args.epochs,
+        "ours_precision": first["precision"],
+        "peer_precision": peer["precision"],
         "ours_images_per_s": [round(x, 1) for x in first["rates"]],
         "peer_images_per_s": [round(x, 1) for x in peer["rates"]],
         "load_average": round(max(loads), 1),

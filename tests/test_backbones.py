@@ -178,3 +178,34 @@ def test_a_cached_shard_is_shuffled_in_full_every_epoch():
     assert [bytes(c)[0] for c in first["crop_jpeg"]] == first["y"].tolist()  # jpegs travel with their labels
     w.tc = w.tc.model_copy(update={"shuffle_buffer": 0})
     assert sum((b["y"].tolist() for b in w._batches()), []) == list(range(70))
+
+
+def test_mixed_precision_auto_follows_the_cpu_and_bf16_autocasts_on_a_cpu(monkeypatch):
+    """``auto``: bf16 on a CPU with AMX-BF16 or AVX512-BF16, fp32 without; ``fp16`` on a CPU falls back to fp32.
+    A bf16 worker runs its convolutions in bfloat16 on the CPU (weights stay fp32) and its history records say so.
+    """
+    import pyarrow as pa
+
+    import pipeline.train.loop as loop
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "_cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert loop.amp_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(loop, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    assert loop.amp_dtype("auto", cpu) is None and loop.amp_dtype("no", cpu) is None
+    assert loop.amp_dtype("bf16", cpu) is torch.bfloat16 and loop.amp_dtype("fp16", cpu) is None
+    assert TrainConfig().mixed_precision == "auto"
+
+    val = pa.table({"crop_jpeg": [_jpeg(i) for i in range(8)], "y": [0, 1] * 4})
+    for setting, dtype in (("bf16", torch.bfloat16), ("no", torch.float32)):
+        w = TrainWorker.local(_config(freeze_epochs=0, mixed_precision=setting))
+        w.set_phase(0)
+        seen = []
+        conv = next(m for m in w.model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+        _step(w)
+        assert seen == [dtype]
+        assert all(p.dtype == torch.float32 for p in w.model.parameters())
+        w.eval_tables["val"] = val
+        record = w.validate(0, {"train_loss": 1.0, "train_s": 1.0, "bn_crops": 0, "bn_s": 0.0, "images": 8})
+        assert record["precision"] == {"bf16": "bf16", "no": "fp32"}[setting] and seen[-1] == dtype

@@ -14,7 +14,10 @@ learns (backbone frozen, its batch norms in eval mode, learning rate ``lr``), th
 at ``finetune_lr`` (with ``freeze_epochs == 0`` at ``lr`` from the start). Options: ``label_smoothing`` (the
 cross-entropy's) and ``mixup`` (Beta(a, a) mixes of a batch's rows, and of their losses).
 :meth:`TrainWorker.local` builds a worker without Ray Train (tests drive its phases and checkpoints directly).
-On a GPU: mixed precision (``bf16``/``fp16`` autocast, a grad scaler for fp16), channels_last and pinned host memory.
+Mixed precision (:func:`amp_dtype`): ``train.mixed_precision`` ``auto`` autocasts the forward passes to bfloat16
+where the device computes it natively (a CUDA GPU with bf16, a CPU with AMX-BF16 or AVX512-BF16), else fp32;
+``bf16`` anywhere, ``fp16`` on a GPU only (with a grad scaler), ``no`` fp32. Weights and optimiser stay fp32; each
+history record names the precision its epoch ran in. On a GPU also channels_last and pinned host memory.
 
 After each epoch that trains the backbone, its batch-norm statistics are recomputed with the epoch's final
 weights over up to ``precise_bn`` of the epoch's crops per worker ("precise BN", ``torch.optim.swa_utils.update_bn``,
@@ -203,6 +206,40 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device):
     return x, y
 
 
+def _cpu_flags() -> set[str]:
+    """This machine's CPU feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, a CPU with AMX-BF16 or
+    AVX512-BF16 (oneDNN's bf16 kernels; elsewhere bf16 is emulated, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.mixed_precision`` on ``device``, None for fp32: ``auto`` bf16 where
+    :func:`native_bf16`, else fp32; ``bf16`` always; ``fp16`` on a GPU (on a CPU: fp32, with a warning)."""
+    if setting == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "fp16":
+        if device.type == "cuda":
+            return torch.float16
+        log.warning("train.mixed_precision fp16 needs a GPU; training in fp32 on %s", device)
+    return None
+
+
 def _cpu_copy(model: torch.nn.Module) -> dict:
     """A detached CPU copy of the model's weights (what checkpoints and "best so far" hold)."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -250,9 +287,9 @@ class TrainWorker:
         self.cuda = self.device.type == "cuda"
         self.mean, self.std = NORMALISATION[tc.backbone]
         self.restore(ckpt)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.mixed_precision)
-        self.use_amp = self.cuda and self.amp_dtype is not None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.amp_dtype = amp_dtype(tc.mixed_precision, self.device)
+        self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and self.amp_dtype == torch.float16)
         self.loss_fn = self._loss_fn()
         self.phase: str | None = None
         self.opt = self.net = None
@@ -291,8 +328,8 @@ class TrainWorker:
         return torch.nn.CrossEntropyLoss(weight=w, label_smoothing=self.tc.label_smoothing)
 
     def autocast(self):
-        """Mixed-precision autocast on a GPU with ``train.mixed_precision``; otherwise a no-op context."""
-        return torch.autocast("cuda", dtype=self.amp_dtype) if self.use_amp else nullcontext()
+        """Autocast to the worker's mixed-precision dtype (:func:`amp_dtype`); a no-op context in fp32."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
     def set_phase(self, epoch: int) -> None:
         """Enter the epoch's phase (``head`` before ``freeze_epochs``, then ``full``): on a change a new optimiser
@@ -401,7 +438,8 @@ class TrainWorker:
             _maybe_fault(self.fault, self.rank, epoch)
         train_s = time.perf_counter() - t0
         t_bn = time.perf_counter()
-        bn_n = _precise_bn(self.model, bn_crops, self.tc, self.device, self.world) if want_bn else 0
+        with self.autocast():  # the statistics of the activations validation will see
+            bn_n = _precise_bn(self.model, bn_crops, self.tc, self.device, self.world) if want_bn else 0
         bn_s = time.perf_counter() - t_bn
         parts = _gather((total, count))
         train_loss = sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1)
@@ -444,6 +482,7 @@ class TrainWorker:
         record = {
             "epoch": epoch,
             "phase": self.phase,
+            "precision": self.precision,
             "train_loss": train["train_loss"],
             "val_loss": val_loss,
             "score": score,
