@@ -4,9 +4,10 @@
 ``map_batches(...)`` (custom ``resources``; node ``labels`` as ``label_selector``, and with ``soft`` a
 ``fallback_strategy`` of any node); :func:`train_scaling` the ``ScalingConfig`` arguments
 (``resources_per_worker`` additions and ``label_selector``). docs/cluster.md "Placement" says where each applies.
-:func:`require_node` is the bounded wait the faces stage does first: Ray Data leaves an actor whose hard placement no
-node offers pending, with no time limit, so the stage waits ``node_wait_s`` for such a node to join (an autoscaler's
-new node, a restarted one) and then fails with one line. docs/cluster.md "From one node to N".
+:func:`require_node` is the bounded wait every stage with placed work does first (scrape, faces, train, score, and
+score's own face detection under ``ray.placement.faces``): Ray leaves an actor or a Train worker group whose hard
+placement no node offers pending, with no time limit, so the stage waits ``node_wait_s`` for such a node to join
+(an autoscaler's new node, a restarted one) and then fails with one line. docs/cluster.md "From one node to N".
 
 Example::
 
@@ -93,10 +94,13 @@ def require_node(
     nodes: Callable[[], list[dict]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    key: str | None = None,
 ) -> None:
     """Return once some alive node offers ``p`` (at once for an empty or soft-labels-only placement); wait at most
     ``p.node_wait_s`` for one to join, then raise :class:`PlacementError`: ``stage faces: no alive node offers
-    ray.placement.faces (labels {...}) after 600s; alive nodes: ...``. ``nodes``: ``ray.nodes`` (Ray connected)."""
+    ray.placement.faces (labels {...}) after 600s; alive nodes: ...``. ``nodes``: ``ray.nodes`` (Ray connected);
+    ``key``: the placement's name under ``ray.placement`` when it is not the stage's own (score's face detection)."""
+    key = key or stage
     if not p.resources and (p.soft or not p.labels):
         return
     if nodes is None:
@@ -111,10 +115,11 @@ def require_node(
         if clock() >= deadline:
             seen = "; ".join(_node_line(n) for n in alive)
             raise PlacementError(
-                f"stage {stage}: no alive node offers ray.placement.{stage} ({describe(p)}) after {p.node_wait_s:.0f}s;"
+                f"stage {stage}: no alive node offers ray.placement.{key} ({describe(p)}) after {p.node_wait_s:.0f}s;"
                 f" alive nodes: {seen or 'none'}"
             )
         if not warned:
-            log.warning("stage %s: waiting up to %.0fs for a node that offers %s", stage, p.node_wait_s, describe(p))
+            log.warning("stage %s: waiting up to %.0fs for a node that offers ray.placement.%s (%s)", stage,
+                        p.node_wait_s, key, describe(p))  # fmt: skip
             warned = True
         sleep(min(2.0, max(0.0, deadline - clock())))

@@ -202,7 +202,7 @@ def test_mixed_precision_auto_follows_the_cpu_and_bf16_autocasts_on_a_cpu(monkey
         w.set_phase(0)
         seen = []
         conv = next(m for m in w.model.modules() if isinstance(m, torch.nn.Conv2d))
-        conv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+        conv.register_forward_hook(lambda m, i, out, seen=seen: seen.append(out.dtype))
         _step(w)
         assert seen == [dtype]
         assert all(p.dtype == torch.float32 for p in w.model.parameters())

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import ray
 
 from pipeline.config import Config
-from pipeline.placement import remote_args
+from pipeline.placement import remote_args, require_node
 from pipeline.runtime import log, stage_entry
 from pipeline.score import inference
 from pipeline.store import (
@@ -213,6 +213,7 @@ def _scorer_kwargs(cfg: Config, root: DataRoot, p: Plan) -> dict:
 def build(cfg: Config, root: DataRoot, p: Plan) -> Built:
     """The face rows of ``p.todo`` → crops → the scoring actor pool: one streaming dataset of score rows."""
     sc = cfg.score
+    require_node("score", cfg.ray.placement.score)  # bounded: Ray Data would wait for such a node without end
     pieces, reused, detected = face_pieces(cfg, root, p.todo)
     if sc.decode_in_read:
         pieces = _decoded_in_read(pieces, p.image_size, sc.read_num_cpus)

@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from pipeline.config import Config
-from pipeline.placement import remote_args
+from pipeline.placement import remote_args, require_node
 from pipeline.privacy import OptOut
 from pipeline.runtime import log
 from pipeline.scrape.ratelimit import HostLimiter, RayLimiter
@@ -112,6 +112,7 @@ class Workers:
     def start(cls, cfg: Config, domains: list[str], optout: OptOut) -> Workers:
         """Start the limiter, ``scrape.num_actors`` HTTP actors and up to ``selenium.num_browsers`` browsers."""
         sc, h = cfg.scrape, cfg.scrape.http
+        require_node("scrape", cfg.ray.placement.scrape)  # bounded: Ray would wait for such a node without end
         lease_ttl = h.total_timeout_s * h.retry.attempts + h.retry.backoff_max_s * h.retry.attempts + 60
         limiter = HostLimiter.remote(h.requests_per_second_per_host, h.max_concurrency_per_host, lease_ttl)
         where = remote_args(cfg.ray.placement.scrape)  # ray.placement.scrape: which nodes the crawl actors run on

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 from pipeline.config import Config
+from pipeline.placement import require_node
 from pipeline.runtime import log, stage_entry
 from pipeline.store import DataRoot, now
 from pipeline.train.data import TrainInputError, label_folds, load_labels
@@ -61,6 +62,7 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
     root = DataRoot(cfg.data_root)
     root.require(root.labels_dataset(cfg.train.task))
     root.require("faces")
+    require_node("train", cfg.ray.placement.train)  # bounded: Ray Train would wait for such a node without end
     if cfg.train.kfold:
         from pipeline.train.kfold import run_kfold
 
