@@ -26,6 +26,7 @@ import pyarrow as pa
 import ray
 
 from pipeline.config import Config
+from pipeline.placement import require_node
 from pipeline.store import FACES_DS, SCORES, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, DataRoot, now
 
 # face-stage reasons that mean the image itself is unusable (an error row, not a skipped one)
@@ -87,7 +88,6 @@ def detected_faces(cfg: Config, root: DataRoot, shas: list[str], num_cpus: float
     """Face rows for images the face stage has not seen: :func:`pipeline.faces.detect_faces`, bytes read by actors
     placed as ``ray.placement.faces`` says (the same hardware as the faces stage's actors)."""
     from pipeline.faces import detect_faces
-    from pipeline.placement import require_node
 
     require_node("score", cfg.ray.placement.faces, key="faces")  # the face actors go where the faces stage's go
     ds = ray.data.from_items([{"image_sha256": s} for s in shas])
