@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
 
     from pipeline.locks import StageLockedError
+    from pipeline.placement import NodeLostError
     from pipeline.store import MissingDatasetError
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -372,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     except StageLockedError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_LOCKED
+    except NodeLostError as err:  # a placement's nodes left mid-stage and none came back (pipeline.placement)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except pa.ArrowInvalid as err:  # Parquet data that the store could not set aside (also re-raised by Ray): one line
         line = next((ln.strip() for ln in reversed(str(err).splitlines()) if ln.strip()), type(err).__name__)
         print(f"error: unreadable data: {line} (data root: {_data_root_of(args)})", file=sys.stderr)

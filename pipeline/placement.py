@@ -7,7 +7,11 @@
 :func:`require_node` is the bounded wait every stage with placed work does first (scrape, faces, train, score, and
 score's own face detection under ``ray.placement.faces``): Ray leaves an actor or a Train worker group whose hard
 placement no node offers pending, with no time limit, so the stage waits ``node_wait_s`` for such a node to join
-(an autoscaler's new node, a restarted one) and then fails with one line. docs/cluster.md "From one node to N".
+(an autoscaler's new node, a restarted one) and then fails with one line. :class:`NodeWatch` keeps the same bound
+after that start: every stage runs inside one (:func:`pipeline.runtime.stage_entry`), ``require_node`` hands it
+each placement it confirmed, and when the nodes offering one have all left mid-stage (killed, preempted) and none
+joins within ``node_wait_s``, the stage fails with :class:`NodeLostError`, one line, instead of waiting for ever
+as Ray Data's restarting actors and Ray Train's rescheduling would. docs/cluster.md "From one node to N".
 
 Example::
 
@@ -18,6 +22,8 @@ Example::
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,6 +35,10 @@ log = logging.getLogger(__name__)
 
 class PlacementError(ConfigError):
     """No alive node offers a stage's ``ray.placement`` (after waiting ``node_wait_s``): one line, exit 2."""
+
+
+class NodeLostError(RuntimeError):
+    """Mid-stage, no alive node offered a placement the stage was using for ``node_wait_s``: one line, exit 1."""
 
 
 def remote_args(p: Placement) -> dict[str, Any]:
@@ -111,6 +121,8 @@ def require_node(
     while True:
         alive = [n for n in nodes() if n.get("Alive")]
         if any(offers(p, n) for n in alive):
+            if NodeWatch.current is not None:
+                NodeWatch.current.add(key, p)
             return
         if clock() >= deadline:
             seen = "; ".join(_node_line(n) for n in alive)
@@ -123,3 +135,101 @@ def require_node(
                         p.node_wait_s, key, describe(p))  # fmt: skip
             warned = True
         sleep(min(2.0, max(0.0, deadline - clock())))
+
+
+class NodeWatch:
+    """The running stage's watch over the placements it uses: a context manager, one per stage run.
+
+    A thread asks ``nodes()`` every ``interval`` seconds whether an alive node still offers each placement handed
+    to :meth:`add` (by :func:`require_node`). When none has for that placement's ``node_wait_s``, the watch stores
+    a :class:`NodeLostError` and interrupts the main thread (SIGUSR2, whose handler raises ``KeyboardInterrupt``:
+    the one exception that ``ray.get``, Ray Data's iterators and Ray Train's ``fit`` all give up their wait for;
+    repeated every ``interval`` until the stage ends, in case some code catches it); leaving the ``with`` block
+    then raises the stored error instead. The job's actors and Train workers end with its driver, as Ray ends
+    every job's. Only in the main thread (signals are delivered there); elsewhere the watch does nothing.
+    """
+
+    current: NodeWatch | None = None  # the watch of the stage this process is running
+
+    def __init__(
+        self,
+        stage: str,
+        nodes: Callable[[], list[dict]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 2.0,
+    ) -> None:
+        self.stage, self._nodes, self._clock, self.interval = stage, nodes, clock, interval
+        self.placements: dict[str, Placement] = {}
+        self.error: NodeLostError | None = None
+        self._armed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outer: NodeWatch | None = None
+        self._prev_handler: Any = None
+
+    def __enter__(self) -> NodeWatch:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach only the main thread: no watch here
+        self._main = threading.main_thread().ident
+        self._prev_handler = signal.signal(signal.SIGUSR2, self._on_signal)
+        self._outer, NodeWatch.current, self._armed = NodeWatch.current, self, True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        NodeWatch.current = self._outer
+        signal.signal(signal.SIGUSR2, self._prev_handler)
+        if exc_type is not None and self.error is not None:
+            raise self.error from None
+
+    def add(self, key: str, p: Placement) -> None:
+        """Watch ``p`` (named ``ray.placement.<key>``) from now to the end of the stage."""
+        if not self._armed:
+            return
+        self.placements[key] = p
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"node-watch-{self.stage}", daemon=True)
+            self._thread.start()
+
+    def _on_signal(self, signum, frame) -> None:
+        if self._armed and self.error is not None:
+            raise KeyboardInterrupt(str(self.error))
+
+    def _loop(self) -> None:
+        nodes = self._nodes
+        if nodes is None:
+            import ray
+
+            nodes = ray.nodes
+        missing: dict[str, float] = {}  # placement key -> when it was first seen with no alive node
+        while not self._stop.wait(self.interval):
+            if self.error is not None:
+                signal.pthread_kill(self._main, signal.SIGUSR2)  # again: the stage has not ended yet
+                continue
+            try:
+                alive = [n for n in nodes() if n.get("Alive")]
+            except Exception as err:  # the GCS busy or restarting: ask again next time
+                log.debug("stage %s: node watch: %s", self.stage, err)
+                continue
+            now = self._clock()
+            for key, p in list(self.placements.items()):
+                if any(offers(p, n) for n in alive):
+                    missing.pop(key, None)
+                    continue
+                if key not in missing:
+                    missing[key] = now
+                    log.warning("stage %s: no alive node offers ray.placement.%s (%s) any more; waiting up to %.0fs"
+                                " for one to join", self.stage, key, describe(p), p.node_wait_s)  # fmt: skip
+                if now - missing[key] >= p.node_wait_s:
+                    seen = "; ".join(_node_line(n) for n in alive)
+                    self.error = NodeLostError(
+                        f"stage {self.stage}: the nodes that offered ray.placement.{key} ({describe(p)}) left"
+                        f" mid-stage and none joined within {p.node_wait_s:.0f}s; alive nodes: {seen or 'none'}"
+                    )
+                    signal.pthread_kill(self._main, signal.SIGUSR2)
+                    break

@@ -65,15 +65,18 @@ def stage_entry(name: str, *, uses_ray: bool = True) -> Callable:
     The wrapped ``run`` holds the stage's lock on the data root (:func:`pipeline.locks.stage_lock`; re-entered
     silently when the CLI took it first), logs its start, end and duration, and connects to or starts Ray
     (:func:`init_ray`, unless ``uses_ray`` is false: labels is one polars process) before the body runs, whoever
-    calls it: the CLI, a job, a test or a user's own code.
+    calls it: the CLI, a job, a test or a user's own code. The body runs inside a
+    :class:`pipeline.placement.NodeWatch`: a placement it uses that loses every node mid-stage for ``node_wait_s``
+    ends it with one line.
     """
 
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def run(cfg: Config, **opts: Any) -> Any:
             from pipeline.locks import stage_lock
+            from pipeline.placement import NodeWatch
 
-            with stage_lock(cfg, name), _logged(name):
+            with stage_lock(cfg, name), _logged(name), NodeWatch(name):
                 if uses_ray:
                     init_ray(cfg)
                 return fn(cfg, **opts)

@@ -304,7 +304,8 @@ def test_second_node_lost_mid_faces_then_rerun(cluster: Cluster, client, s3_serv
     """The face actor's only matching node is killed after the first part file. Ray keeps the job waiting for a
     node with the label (the actor restarts there); a replacement node joins and the job either carries on (Ray
     Data retries the lost batches) or fails with one line; a rerun with ``ray job submit`` then ends with every
-    image in ``faces`` exactly once."""
+    image in ``faces`` exactly once. Then the node is lost with no replacement: the job fails with one line after
+    ``node_wait_s``, and after a node joins a rerun ends with every image once."""
     from score_helpers import add_posts, face_images
 
     from helpers.jobs import submit_cli
@@ -334,6 +335,35 @@ def test_second_node_lost_mid_faces_then_rerun(cluster: Cluster, client, s3_serv
     print(f"faces rerun: {time.monotonic() - t1:.1f}s")
     assert _keys(root, "faces") == sorted(shas)  # every image exactly once
     assert not _left_on_disk(seen["replacement"])
+
+    # The node is lost again and this time none replaces it: the stage's node watch (pipeline.placement.NodeWatch)
+    # ends the job after node_wait_s with one line, where Ray Data alone would wait for ever; a node joins, and a
+    # rerun ends with every image exactly once.
+    lost_uri = s3_server("two-nodes-lost-for-good")
+    lost_root = DataRoot(lost_uri)
+    lost_shas = add_posts(lost_root, face_images(12))
+    lost_sets = [*FACES_KILL_SETS, "ray.placement.faces.node_wait_s=10"]
+    sid = _submit(client, "faces", lost_uri, lost_sets)
+    _wait_until(lambda: lost_root.part_files("faces"), 150, "the first faces part", client, sid)
+    done_at_kill = lost_root.read("faces").num_rows
+    t_kill = time.monotonic()
+    assert seen["replacement"].kill() > 0
+    status = _wait(client, sid, 120)
+    logs = client.get_job_logs(sid)
+    print(f"faces, node lost for good: {done_at_kill}/{len(lost_shas)} rows at the kill; {status} after"
+          f" {time.monotonic() - t_kill:.1f}s")  # fmt: skip
+    assert done_at_kill < len(lost_shas) and status == "FAILED", logs[-3000:]
+    lines = [ln for ln in logs.splitlines() if ln.startswith("error: stage faces: ")]
+    assert len(lines) == 1, logs[-3000:]
+    assert lines[0].startswith(
+        "error: stage faces: the nodes that offered ray.placement.faces (labels {'facerank-node': 'worker'}) left"
+        " mid-stage and none joined within 10s; alive nodes: "
+    ), lines
+    back = cluster.worker()
+    _, proc = submit_cli(cluster.head, _entry_list("faces", lost_uri, lost_sets))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _keys(lost_root, "faces") == sorted(lost_shas)  # every image exactly once
+    assert not _left_on_disk(back)
 
     # A stage whose placement no alive node offers waits ray.placement.<stage>.node_wait_s, then fails with one line
     # (exit 2) instead of waiting forever as Ray would (pipeline.placement.require_node).
@@ -375,7 +405,8 @@ def test_second_node_lost_mid_training_then_rerun(cluster: Cluster, client, s3_s
     """The Train worker's only matching node is killed after the first checkpoint reached the bucket. Ray Train
     (``FailureConfig(max_failures=2)``) restarts the worker group once a node with ``worker_node`` is back (a
     replacement joins), from the last checkpoint on the data root, or the job fails with one line; a rerun with
-    the same run id then ends with every epoch in the model's history exactly once."""
+    the same run id then ends with every epoch in the model's history exactly once. Then the node is lost with no
+    replacement: the job fails with one line after ``node_wait_s``; after a node joins, ``--resume`` finishes it."""
     from helpers.jobs import submit_cli
     from helpers.train import make_root
 
@@ -399,18 +430,48 @@ def test_second_node_lost_mid_training_then_rerun(cluster: Cluster, client, s3_s
     assert trained_at_kill  # killed mid-training
     if status == "FAILED":
         assert "stage train: failed" in logs, logs[-3000:]
-        _, proc = submit_cli(cluster.head, _entry_list("train", uri, TRAIN_KILL_SETS))
+        _, proc = submit_cli(cluster.head, [*_entry_list("train", uri, TRAIN_KILL_SETS), "--resume"])
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         print(f"train rerun: {time.monotonic() - t1:.1f}s")
     else:
         assert status == "SUCCEEDED", logs[-3000:]
         assert seen["replacement"].node_id in _nodes_of(cluster, client, sid)["train"]
+    _assert_every_epoch_once(root)
+    assert not _left_on_disk(seen["replacement"])
+
+    # Lost again with no replacement: Ray Train would ask for the worker group again for ever (its controller's
+    # worker-group start timeouts count against controller_failure_limit, -1 by default); the stage's node watch
+    # ends the job after node_wait_s with one line, and after a node joins a --resume rerun finishes the run.
+    lost_uri = s3_server("two-nodes-lost-train")
+    lost_root, _, _ = make_root(lost_uri, n=60)
+    lost_sets = [*TRAIN_KILL_SETS, "ray.placement.train.node_wait_s=10"]
+    sid = _submit(client, "train", lost_uri, lost_sets)
+    _wait_until(checkpointed, 240, "the second report", client, sid)
+    t_kill = time.monotonic()
+    assert seen["replacement"].kill() > 0
+    status = _wait(client, sid, 150)
+    logs = client.get_job_logs(sid)
+    print(f"train, node lost for good: {status} after {time.monotonic() - t_kill:.1f}s")
+    assert status == "FAILED" and not lost_root.exists("models", TRAIN_RUN, "model.pt"), logs[-3000:]
+    lines = [ln for ln in logs.splitlines() if ln.startswith("error: stage train: ")]
+    assert len(lines) == 1, logs[-3000:]
+    assert lines[0].startswith(
+        "error: stage train: the nodes that offered ray.placement.train (resources {'worker_node': 0.01}) left"
+        " mid-stage and none joined within 10s; alive nodes: "
+    ), lines
+    back = cluster.worker()
+    _, proc = submit_cli(cluster.head, [*_entry_list("train", lost_uri, lost_sets), "--resume"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _assert_every_epoch_once(lost_root)
+    assert not _left_on_disk(back)
+
+
+def _assert_every_epoch_once(root: DataRoot) -> None:
     m = root.read_json(f"{root.model_dir(TRAIN_RUN)}/metrics.json")
     epochs = [h["epoch"] for h in m["history"]]
     starts = [h["start_epoch"] for h in m["history"]]
     assert epochs == list(range(8)), epochs  # every epoch once, in order
     assert starts[0] == 0 and starts[-1] >= 1, starts  # resumed from a checkpoint on the bucket
-    assert not _left_on_disk(seen["replacement"])
 
 
 @pytest.mark.slow
