@@ -215,11 +215,14 @@ def test_kfold_trains_each_fold_and_exports_one(ray_session, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cache", [True, False])
-def test_one_scan_feeds_every_split(ray_session, tmp_path, cache):
+@pytest.mark.parametrize(
+    ("cache", "driver_mb"), [(True, 0.0), (True, 128.0), (False, 128.0)], ids=["ray-data", "driver", "streamed"]
+)
+def test_one_scan_feeds_every_split(ray_session, tmp_path, cache, driver_mb):
     """make_datasets: each split holds exactly its labelled kept crops with their targets, from one scan of the
     faces table: val and test once over the workers' shards; train in equal shards (``cache`` false: one lazy
-    train set that Ray Train splits), short of at most one row per extra worker."""
+    train set that Ray Train splits), short of at most one row per extra worker. The same rows whether Ray Data's
+    tasks read the table or the driver does (a table under ``driver_mb``)."""
     from pipeline.config import TrainConfig
     from pipeline.train.data import load_labels, make_datasets
 
@@ -229,7 +232,7 @@ def test_one_scan_feeds_every_split(ray_session, tmp_path, cache):
     faces[1]["kept"] = False  # a labelled image whose face was not kept: in no split
     root.replace("faces", pa.Table.from_pylist(faces))
     labels = load_labels(root, TrainConfig(task="selfie", allow_missing_crops=True))
-    out = make_datasets(root, labels, world_size=2, cache=cache)
+    out = make_datasets(root, labels, world_size=2, cache=cache, driver_mb=driver_mb)
     train = ["train_0", "train_1"] if cache else ["train"]
     assert sorted(out) == sorted(["test_0", "test_1", *train, "val_0", "val_1"])
     if cache:  # DDP needs the same number of steps on every worker

@@ -14,9 +14,30 @@ Example::
 
 from __future__ import annotations
 
-from pipeline.store import resolve_model_dir
-from pipeline.train.data import TrainInputError
-from pipeline.train.export import LoadedModel
-from pipeline.train.stage import new_run_id, run
+import importlib
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from pipeline.store import resolve_model_dir
+    from pipeline.train.data import TrainInputError
+    from pipeline.train.export import LoadedModel
+    from pipeline.train.stage import new_run_id, run
+
+# Imported on first use: a Ray Data task that unpickles a function of pipeline.train.data (the ingest's label
+# join) would otherwise import torch, torchvision and Ray Train with this package, 2-3 s of CPU per worker process.
+_WHERE = {
+    "run": "pipeline.train.stage",
+    "new_run_id": "pipeline.train.stage",
+    "LoadedModel": "pipeline.train.export",
+    "TrainInputError": "pipeline.train.data",
+    "resolve_model_dir": "pipeline.store",
+}
 __all__ = ["run", "LoadedModel", "resolve_model_dir", "TrainInputError", "new_run_id"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pipeline.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value

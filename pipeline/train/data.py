@@ -20,15 +20,18 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from PIL import Image
 
 from pipeline.config import TrainConfig
 from pipeline.store import STATUS_OK, DataRoot
+
+if TYPE_CHECKING:
+    import torch  # imported where a tensor is made: the ingest's Ray Data tasks unpickle this module without it
 
 SPLITS = ("train", "val", "test")
 LABEL_COLUMNS = ["item_id", "person_id", "image_sha256", "label", "class_name", "target", "split", "weight"]
@@ -208,7 +211,12 @@ class _JoinLabels:
 
 
 def make_datasets(
-    root: DataRoot, labels: LabelSet, world_size: int = 1, num_cpus: float = 0.25, cache: bool = True
+    root: DataRoot,
+    labels: LabelSet,
+    world_size: int = 1,
+    num_cpus: float = 0.25,
+    cache: bool = True,
+    driver_mb: float = 0.0,
 ) -> dict:
     """Ray Data datasets with columns ``crop_jpeg`` (bytes) and ``y``, one materialized shard per worker and split:
     ``train_<rank>`` (equal row counts, as DDP needs the same number of steps on every worker: up to
@@ -220,12 +228,17 @@ def make_datasets(
     against 1.7 s for 100 labelled crops on 2 cores; on big tables, a third of the reading). The union and its
     cuts are both in the object store until the cuts are made. ``cache`` false: one lazy ``train`` instead of
     its shards, streamed from Parquet each epoch and split by Ray Train (data larger than the object store); only
-    val + test are scanned once and kept. Either way the crops never pass through the driver process.
+    val + test are scanned once and kept. Either way the crops never pass through the driver process, except
+    where ``cache`` holds and the faces files add up to at most ``driver_mb`` MB (``train.driver_ingest_mb``): the
+    driver then reads the three columns of the labelled rows with pyarrow, joins them and hands each split to Ray
+    as Arrow blocks (``ray.data.from_arrow``), the same rows without starting Ray Data's read tasks.
     """
     import ray.data
     from ray.data.expressions import col
 
     files = root.part_files("faces")
+    if cache and driver_mb > 0 and sum(f.size or 0 for f in root.fs.get_file_info(files)) <= driver_mb * 2**20:
+        return _shards(_read_in_driver(root, labels.table), world_size)
 
     def scan(wanted: pa.Table) -> ray.data.Dataset:
         ds = ray.data.read_parquet(files, filesystem=root.fs, num_cpus=num_cpus, partitioning=None)
@@ -238,16 +251,35 @@ def make_datasets(
         return {s: union.filter(expr=col("split") == s).drop_columns(["split"]).materialize() for s in names}
 
     if cache:
-        out = cut(scan(labels.table).materialize(), SPLITS)
-    else:
-        out = {"train": scan(labels.split("train")).drop_columns(["split"])}
-        evaluation = labels.table.filter(pc.is_in(labels.table["split"], pa.array(["val", "test"])))
-        out.update(cut(scan(evaluation).materialize(), ("val", "test")))
-    # one shard per worker: equal for train (DDP steps in lockstep), every row exactly once for val and test
-    for s in SPLITS if cache else ("val", "test"):
-        for rank, part in enumerate(out.pop(s).split(world_size, equal=s == "train")):
-            out[f"{s}_{rank}"] = part
-    return out
+        return _shards(cut(scan(labels.table).materialize(), SPLITS), world_size)
+    out = {"train": scan(labels.split("train")).drop_columns(["split"])}
+    evaluation = labels.table.filter(pc.is_in(labels.table["split"], pa.array(["val", "test"])))
+    return {**out, **_shards(cut(scan(evaluation).materialize(), ("val", "test")), world_size)}
+
+
+def _shards(splits: dict, world_size: int) -> dict:
+    """One shard per worker and split: equal for train (DDP steps in lockstep), every row exactly once for val and
+    test."""
+    return {
+        f"{s}_{rank}": part
+        for s, ds in splits.items()
+        for rank, part in enumerate(ds.split(world_size, equal=s == "train"))
+    }
+
+
+def _read_in_driver(root: DataRoot, labels: pa.Table) -> dict:
+    """:func:`make_datasets`'s small-table path: the labelled rows' kept crops read by pyarrow here, joined, one
+    ``ray.data.from_arrow`` dataset per split."""
+    import ray.data
+
+    wanted = labels.select(["image_sha256", "y", "split"])
+    faces = root.read(
+        "faces",
+        columns=["image_sha256", "kept", "crop_jpeg"],
+        filter=pc.field("image_sha256").isin(wanted["image_sha256"]),
+    )
+    joined = _JoinLabels(wanted)(faces)
+    return {s: ray.data.from_arrow(joined.filter(pc.equal(joined["split"], s)).drop_columns(["split"])) for s in SPLITS}
 
 
 def decode_batch(
@@ -260,6 +292,8 @@ def decode_batch(
     generator: np.random.Generator | None = None,
 ) -> torch.Tensor:
     """JPEG bytes → a normalised float tensor N x 3 x S x S; training adds random crop, flip and colour jitter."""
+    import torch
+
     rng = generator or np.random.default_rng()
     pad = int(math.ceil(image_size * 1.14)) if train else image_size
     out = np.empty((len(jpegs), image_size, image_size, 3), dtype=np.uint8)
@@ -300,6 +334,8 @@ def normalise_pixels(pixels, mean: list[float], std: list[float], device=None) -
     The uint8 batch moves to the device first (a quarter of the float bytes); the result is a channels-last view
     of the pixels, the memory format the inference path runs in.
     """
+    import torch
+
     x = torch.as_tensor(pixels).to(device) if device is not None else torch.as_tensor(pixels)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)

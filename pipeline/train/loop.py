@@ -577,7 +577,9 @@ def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):
 
     tc = cfg.train
     t0 = time.perf_counter()
-    datasets = make_datasets(root, labels, tc.num_workers, num_cpus=tc.data_cpus, cache=tc.cache_data)
+    datasets = make_datasets(
+        root, labels, tc.num_workers, num_cpus=tc.data_cpus, cache=tc.cache_data, driver_mb=tc.driver_ingest_mb
+    )
     # Materialized shards go to the workers in their config: no Ray Train dataset actors (its DatasetManager and
     # a SplitCoordinator, two more processes to start). A streamed train set (cache_data false) is Ray Train's to
     # split; the evaluation shards then go the same way.
