@@ -98,6 +98,13 @@ def _node_line(n: Mapping[str, Any]) -> str:
     return f"{str(n.get('NodeID', '?'))[:8]} {res} {labels}"
 
 
+def cluster_nodes() -> list[dict]:
+    """``ray.nodes()`` (Ray connected): what :func:`require_node` and :class:`NodeWatch` ask by default."""
+    import ray
+
+    return ray.nodes()
+
+
 def require_node(
     stage: str,
     p: Placement,
@@ -108,15 +115,12 @@ def require_node(
 ) -> None:
     """Return once some alive node offers ``p`` (at once for an empty or soft-labels-only placement); wait at most
     ``p.node_wait_s`` for one to join, then raise :class:`PlacementError`: ``stage faces: no alive node offers
-    ray.placement.faces (labels {...}) after 600s; alive nodes: ...``. ``nodes``: ``ray.nodes`` (Ray connected);
+    ray.placement.faces (labels {...}) after 600s; alive nodes: ...``. ``nodes``: :func:`cluster_nodes`;
     ``key``: the placement's name under ``ray.placement`` when it is not the stage's own (score's face detection)."""
     key = key or stage
     if not p.resources and (p.soft or not p.labels):
         return
-    if nodes is None:
-        import ray
-
-        nodes = ray.nodes
+    nodes = nodes or cluster_nodes
     deadline, warned = clock() + p.node_wait_s, False
     while True:
         alive = [n for n in nodes() if n.get("Alive")]
@@ -162,6 +166,7 @@ class NodeWatch:
         self.placements: dict[str, Placement] = {}
         self.error: NodeLostError | None = None
         self._armed = False
+        self._lock = threading.Lock()  # no signal is sent once __exit__ has disarmed the watch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outer: NodeWatch | None = None
@@ -178,7 +183,8 @@ class NodeWatch:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self._armed:
             return
-        self._armed = False
+        with self._lock:
+            self._armed = False
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -201,15 +207,11 @@ class NodeWatch:
             raise KeyboardInterrupt(str(self.error))
 
     def _loop(self) -> None:
-        nodes = self._nodes
-        if nodes is None:
-            import ray
-
-            nodes = ray.nodes
+        nodes = self._nodes or cluster_nodes
         missing: dict[str, float] = {}  # placement key -> when it was first seen with no alive node
         while not self._stop.wait(self.interval):
             if self.error is not None:
-                signal.pthread_kill(self._main, signal.SIGUSR2)  # again: the stage has not ended yet
+                self._interrupt()  # again: the stage has not ended yet
                 continue
             try:
                 alive = [n for n in nodes() if n.get("Alive")]
@@ -231,5 +233,10 @@ class NodeWatch:
                         f"stage {self.stage}: the nodes that offered ray.placement.{key} ({describe(p)}) left"
                         f" mid-stage and none joined within {p.node_wait_s:.0f}s; alive nodes: {seen or 'none'}"
                     )
-                    signal.pthread_kill(self._main, signal.SIGUSR2)
+                    self._interrupt()
                     break
+
+    def _interrupt(self) -> None:
+        with self._lock:
+            if self._armed:
+                signal.pthread_kill(self._main, signal.SIGUSR2)

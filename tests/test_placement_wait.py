@@ -117,6 +117,7 @@ def test_faces_stage_whose_node_leaves_exits_1_with_one_line(ray_session, tmp_pa
     import ray
     from score_helpers import add_posts, face_images
 
+    from pipeline import placement
     from pipeline.cli import main
     from pipeline.store import DataRoot
 
@@ -131,7 +132,7 @@ def test_faces_stage_whose_node_leaves_exits_1_with_one_line(ray_session, tmp_pa
             nodes.extra = False
         return nodes()
 
-    monkeypatch.setattr(ray, "nodes", leaving)
+    monkeypatch.setattr(placement, "cluster_nodes", leaving)  # not ray.nodes: Ray Data's own actors pickle it
     sets = ["ray.placement.faces.resources={gpu_box: 1}", "ray.placement.faces.node_wait_s=2", "faces.num_actors=1"]
     t0 = time.monotonic()
     code = main(["stage", "faces", "--config", "configs/test.yaml", "--data-root", root.uri]
