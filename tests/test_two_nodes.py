@@ -353,12 +353,7 @@ def test_second_node_lost_mid_faces_then_rerun(cluster: Cluster, client, s3_serv
     print(f"faces, node lost for good: {done_at_kill}/{len(lost_shas)} rows at the kill; {status} after"
           f" {time.monotonic() - t_kill:.1f}s")  # fmt: skip
     assert done_at_kill < len(lost_shas) and status == "FAILED", logs[-3000:]
-    lines = [ln for ln in logs.splitlines() if ln.startswith("error: stage faces: ")]
-    assert len(lines) == 1, logs[-3000:]
-    assert lines[0].startswith(
-        "error: stage faces: the nodes that offered ray.placement.faces (labels {'facerank-node': 'worker'}) left"
-        " mid-stage and none joined within 10s; alive nodes: "
-    ), lines
+    _assert_one_lost_line(logs, "faces", "labels {'facerank-node': 'worker'}")
     back = cluster.worker()
     _, proc = submit_cli(cluster.head, _entry_list("faces", lost_uri, lost_sets))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -378,6 +373,16 @@ def test_second_node_lost_mid_faces_then_rerun(cluster: Cluster, client, s3_serv
     lines = [ln for ln in out.splitlines() if "no alive node offers ray.placement.faces" in ln]
     assert lines and "(labels {'facerank-node': 'gone'}) after 3s; alive nodes: " in lines[0], out[-3000:]
     assert "config error: stage faces: no alive node" in out
+
+
+def _assert_one_lost_line(logs: str, stage: str, placement: str) -> None:
+    """The job's log holds exactly one error line, the node watch's (pipeline.placement.NodeWatch, node_wait_s 10)."""
+    lines = [ln for ln in logs.splitlines() if ln.startswith(f"error: stage {stage}: ")]
+    assert len(lines) == 1, logs[-3000:]
+    assert lines[0].startswith(
+        f"error: stage {stage}: the nodes that offered ray.placement.{stage} ({placement}) left mid-stage and none"
+        " joined within 10s; alive nodes: "
+    ), lines
 
 
 def _entry_list(job: str, uri: str, sets: list[str]) -> list[str]:
@@ -453,12 +458,7 @@ def test_second_node_lost_mid_training_then_rerun(cluster: Cluster, client, s3_s
     logs = client.get_job_logs(sid)
     print(f"train, node lost for good: {status} after {time.monotonic() - t_kill:.1f}s")
     assert status == "FAILED" and not lost_root.exists("models", TRAIN_RUN, "model.pt"), logs[-3000:]
-    lines = [ln for ln in logs.splitlines() if ln.startswith("error: stage train: ")]
-    assert len(lines) == 1, logs[-3000:]
-    assert lines[0].startswith(
-        "error: stage train: the nodes that offered ray.placement.train (resources {'worker_node': 0.01}) left"
-        " mid-stage and none joined within 10s; alive nodes: "
-    ), lines
+    _assert_one_lost_line(logs, "train", "resources {'worker_node': 0.01}")
     back = cluster.worker()
     _, proc = submit_cli(cluster.head, [*_entry_list("train", lost_uri, lost_sets), "--resume"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
