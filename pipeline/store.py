@@ -438,6 +438,10 @@ class DataRoot:
 
     def part_files(self, dataset: str) -> list[str]:
         """The dataset's visible part files; locally a part whose footer cannot be read is quarantined and left out."""
+        return [f.path for f in self.part_infos(dataset)]
+
+    def part_infos(self, dataset: str) -> list[pafs.FileInfo]:
+        """:meth:`part_files` as ``FileInfo`` entries (path, size, mtime), sorted by path, from the same listing."""
         d = self.path(dataset)
         info = self.fs.get_file_info(d)
         if info.type == pafs.FileType.NotFound:
@@ -452,7 +456,7 @@ class DataRoot:
         ]
         if self.local:  # on an object store a part appears whole or not at all
             files = [f for f in files if self._footer_ok(dataset, f)]
-        return sorted(f.path for f in files)
+        return sorted(files, key=lambda f: f.path)
 
     def _footer_ok(self, dataset: str, f: pafs.FileInfo) -> bool:
         stamp = (f.size, f.mtime_ns)

@@ -236,9 +236,10 @@ def make_datasets(
     import ray.data
     from ray.data.expressions import col
 
-    files = root.part_files("faces")
-    if cache and driver_mb > 0 and sum(f.size or 0 for f in root.fs.get_file_info(files)) <= driver_mb * 2**20:
+    parts = root.part_infos("faces")
+    if cache and driver_mb > 0 and sum(f.size or 0 for f in parts) <= driver_mb * 2**20:
         return _shards(_read_in_driver(root, labels.table), world_size)
+    files = [f.path for f in parts]
 
     def scan(wanted: pa.Table) -> ray.data.Dataset:
         ds = ray.data.read_parquet(files, filesystem=root.fs, num_cpus=num_cpus, partitioning=None)
@@ -272,13 +273,12 @@ def _read_in_driver(root: DataRoot, labels: pa.Table) -> dict:
     ``ray.data.from_arrow`` dataset per split."""
     import ray.data
 
-    wanted = labels.select(["image_sha256", "y", "split"])
     faces = root.read(
         "faces",
         columns=["image_sha256", "kept", "crop_jpeg"],
-        filter=pc.field("image_sha256").isin(wanted["image_sha256"]),
+        filter=pc.field("image_sha256").isin(labels["image_sha256"]),
     )
-    joined = _JoinLabels(wanted)(faces)
+    joined = _JoinLabels(labels)(faces)
     return {s: ray.data.from_arrow(joined.filter(pc.equal(joined["split"], s)).drop_columns(["split"])) for s in SPLITS}
 
 
