@@ -162,7 +162,7 @@ def test_driver_and_workers_import_the_uploaded_code_not_an_install(head: RayHea
 
 
 def test_score_job_on_s3(head: RayHead, client, s3_server):
-    from score_helpers import add_posts, face_images, write_model
+    from helpers.score_model import add_posts, face_images, write_model
 
     uri = s3_server("cluster-score")
     root = DataRoot(uri)

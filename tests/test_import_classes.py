@@ -79,7 +79,7 @@ def test_person_column_split_column_and_bad_options(tmp_path):
 
 
 def test_imagefolder_keeps_the_test_folder_and_detects_faces(tmp_path, capsys):
-    from score_helpers import face_images
+    from helpers.score_model import face_images
 
     imagefolder_set(tmp_path / "if", train=10, test=3)
     (tmp_path / "if/train/male/astronaut.jpg").write_bytes(face_images(1)[0])

@@ -7,7 +7,7 @@ import os
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from score_helpers import write_model
+from helpers.score_model import write_model
 
 from helpers.images import solid_jpeg
 from pipeline.config import Config, load_config

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from score_helpers import write_model
+from helpers.score_model import write_model
 
 from helpers.http import Handler, serve
 from helpers.images import noise_jpeg

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from score_helpers import face_images, no_face_images, write_model
+from helpers.score_model import face_images, no_face_images, write_model
 
 from pipeline.config import load_config
 from pipeline.score.photo import best_crop, format_rating, rate_photo, sample_boxes

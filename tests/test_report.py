@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from score_helpers import face_images, write_model
+from helpers.score_model import face_images, write_model
 
 from helpers.images import encode
 from pipeline.config import load_config

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from score_helpers import add_posts, face_images, write_model
+from helpers.score_model import add_posts, face_images, write_model
 
 from helpers.jobs import running_scheduler, score_jobs
 from pipeline.config import load_config

@@ -12,7 +12,7 @@ import pyarrow.dataset as pads
 import pytest
 import ray
 from PIL import Image
-from score_helpers import add_posts, face_images, no_face_images, write_model
+from helpers.score_model import add_posts, face_images, no_face_images, write_model
 
 from pipeline import score
 from pipeline.config import load_config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from score_helpers import write_model
+from helpers.score_model import write_model
 
 from pipeline.store import DataRoot
 

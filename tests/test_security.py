@@ -61,7 +61,7 @@ def test_booby_trapped_model_file_is_refused(tmp_path):
     import pickle
 
     import torch
-    from score_helpers import write_model
+    from helpers.score_model import write_model
 
     from pipeline.store import DataRoot
     from pipeline.train import LoadedModel

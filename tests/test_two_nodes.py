@@ -306,7 +306,7 @@ def test_second_node_lost_mid_faces_then_rerun(cluster: Cluster, client, s3_serv
     Data retries the lost batches) or fails with one line; a rerun with ``ray job submit`` then ends with every
     image in ``faces`` exactly once. Then the node is lost with no replacement: the job fails with one line after
     ``node_wait_s``, and after a node joins a rerun ends with every image once."""
-    from score_helpers import add_posts, face_images
+    from helpers.score_model import add_posts, face_images
 
     from helpers.jobs import submit_cli
 
@@ -480,7 +480,7 @@ def _assert_every_epoch_once(root: DataRoot) -> None:
 def test_scheduler_scores_twice_on_the_second_node(cluster: Cluster, client, s3_server, tmp_path):
     """The scheduler (``python -m pipeline scheduler``) against this cluster: two score runs with the scoring actors
     on the second node; the second run scores only the images added after the first."""
-    from score_helpers import add_posts, face_images, write_model
+    from helpers.score_model import add_posts, face_images, write_model
 
     node = cluster.worker()
     uri = s3_server("two-nodes-scheduler")
