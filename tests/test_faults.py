@@ -416,9 +416,8 @@ def test_disk_full_mid_write_leaves_nothing_half_written(ray_session, tmp_path, 
     """ENOSPC halfway through a part file (pq.write_table patched to write half a file, then fail): the faces stage
     exits 1 with one line, no part file is visible, the half file sits in _tmp where readers never look, and the
     rerun with space again writes every row."""
-    from helpers.score_model import add_posts, face_images, no_face_images
-
     import pipeline.store as store
+    from helpers.score_model import add_posts, face_images, no_face_images
     from pipeline.cli import main
 
     root_dir = tmp_path / "data"

@@ -115,8 +115,8 @@ def test_faces_stage_whose_node_leaves_exits_1_with_one_line(ray_session, tmp_pa
     """The faces stage through the CLI: its face actors ask for a resource only the departed node had, so Ray Data
     would keep them pending for ever; the stage exits 1 with one line after node_wait_s, writing nothing."""
     import ray
-    from helpers.score_model import add_posts, face_images
 
+    from helpers.score_model import add_posts, face_images
     from pipeline import placement
     from pipeline.cli import main
     from pipeline.store import DataRoot

@@ -7,9 +7,9 @@ import os
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from helpers.score_model import write_model
 
 from helpers.images import solid_jpeg
+from helpers.score_model import write_model
 from pipeline.config import Config, load_config
 from pipeline.privacy import OptOut, apply_retention, forget
 from pipeline.report.html import write_report

@@ -19,10 +19,10 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers.score_model import write_model
 
 from helpers.http import Handler, serve
 from helpers.images import noise_jpeg
+from helpers.score_model import write_model
 from helpers.traces import scan_for
 from pipeline.cli import build_parser, main
 from pipeline.config import ConfigError, load_config, parse_config

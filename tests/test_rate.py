@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from helpers.score_model import face_images, no_face_images, write_model
 
+from helpers.score_model import face_images, no_face_images, write_model
 from pipeline.config import load_config
 from pipeline.score.photo import best_crop, format_rating, rate_photo, sample_boxes
 from pipeline.store import DataRoot

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from helpers.score_model import face_images, write_model
 
 from helpers.images import encode
+from helpers.score_model import face_images, write_model
 from pipeline.config import load_config
 from pipeline.report.html import write_report
 from pipeline.store import DataRoot, now

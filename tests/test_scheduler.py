@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.score_model import add_posts, face_images, write_model
 
 from helpers.jobs import running_scheduler, score_jobs
+from helpers.score_model import add_posts, face_images, write_model
 from pipeline.config import load_config
 from pipeline.score.scheduler import Scheduler, auth_headers
 from pipeline.store import DataRoot

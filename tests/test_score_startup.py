@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from helpers.score_model import write_model
-
 from pipeline.store import DataRoot
 
 

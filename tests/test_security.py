@@ -61,8 +61,8 @@ def test_booby_trapped_model_file_is_refused(tmp_path):
     import pickle
 
     import torch
-    from helpers.score_model import write_model
 
+    from helpers.score_model import write_model
     from pipeline.store import DataRoot
     from pipeline.train import LoadedModel
 

@@ -306,9 +306,8 @@ def test_second_node_lost_mid_faces_then_rerun(cluster: Cluster, client, s3_serv
     Data retries the lost batches) or fails with one line; a rerun with ``ray job submit`` then ends with every
     image in ``faces`` exactly once. Then the node is lost with no replacement: the job fails with one line after
     ``node_wait_s``, and after a node joins a rerun ends with every image once."""
-    from helpers.score_model import add_posts, face_images
-
     from helpers.jobs import submit_cli
+    from helpers.score_model import add_posts, face_images
 
     node = cluster.worker()
     uri = s3_server("two-nodes-kill-faces")
