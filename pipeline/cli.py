@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("--label-column", help="default: labels.imported.label_column (label)")
     ic.add_argument("--person-column", help="splits by person when given (else by image hash)")
     ic.add_argument("--split-column", help="a shipped split (train/val/test), kept as given")
-    ic.add_argument("--label-map", help='raw label → class name, e.g. "-1=female,1=male"')
+    ic.add_argument("--group-column", help="a group (age band, skin type...) the model card reports accuracy per")
+    ic.add_argument("--label-map", help='raw label → class name, e.g. --label-map=-1=female,1=male (with "=": a value '
+                    'starting with "-" is not an option then)')  # fmt: skip
     ic.add_argument("--folders", help="an ImageFolder tree: [train|val|test/]<class>/<image>")
     ic.add_argument("--no-detect", dest="detect", action="store_const", const=False, default=None,
                     help="the images are faces already (no MTCNN crop; default: labels.imported.detect)")  # fmt: skip
@@ -243,7 +245,7 @@ def _labels(args: argparse.Namespace, cfg: Config) -> int:
         from pipeline.labels.imports import ImportInputError, import_classes
 
         opts = {k: getattr(args, k) for k in ("csv", "images", "file_column", "label_column", "person_column",
-                                               "split_column", "label_map", "folders")}  # fmt: skip
+                                               "split_column", "group_column", "label_map", "folders")}  # fmt: skip
         try:
             summary = import_classes(cfg, args.task or cfg.train.task, detect=args.detect, **opts)
         except ImportInputError as err:
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.locks import StageLockedError
     from pipeline.placement import NodeLostError
-    from pipeline.store import MissingDatasetError
+    from pipeline.store import InputError, MissingDatasetError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    except MissingDatasetError as err:
+    except (MissingDatasetError, InputError) as err:  # missing, or there and unusable (pipeline.store.InputError)
         print(f"error: {err}", file=sys.stderr)
         return EXIT_MISSING_INPUT
     except StageLockedError as err:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -331,9 +331,17 @@ class FacesConfig(_Section):
     policy: Literal["exactly_one", "at_least_one", "largest"] = "largest"
     margin: float = Field(0.2, ge=0)  # fraction of the box side added on each side of the square crop
     crop_size: int = Field(224, ge=16)
-    align: bool = False  # rotate the crop so that the eyes are level
+    # none: the square as cut; eyes: rotated so the eyes are level; similarity: the five landmarks mapped onto the
+    # standard 112 x 112 five-point template (pipeline/faces/crop.py); true/false as older configs wrote it
+    align: Literal["none", "eyes", "similarity"] = "none"
     jpeg_quality: int = Field(90, ge=50, le=100)
     write_files: bool = False  # also write crops as files under crops/
+    progress_every_s: float = Field(10.0, gt=0)  # a "done / total, rate, ETA" line at most this often
+
+    @field_validator("align", mode="before")
+    @classmethod
+    def _align_bool(cls, v: Any) -> Any:
+        return {True: "eyes", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _known_image_formats(self) -> FacesConfig:
@@ -423,6 +431,7 @@ class ImportConfig(_Section):
     label_column: str = "label"
     person_column: str | None = None
     split_column: str | None = None
+    group_column: str | None = None  # a group accuracy is reported per (age band, skin type, gender...)
     label_map: dict[str, str] | None = None
     detect: bool = True
 
@@ -546,6 +555,11 @@ class ScoreConfig(_Section):
     # fp32: the trainer's numbers; bf16: autocast to bfloat16 (GPUs, CPUs with AVX512-BF16/AMX: faster, scores
     # move by about 1e-2)
     precision: Literal["fp32", "bf16"] = "fp32"
+    # a model whose model.json does not record how its input crops were made (trained before models recorded it):
+    # refuse (one line, exit 1) or faces_config (crop with this config's faces detection, as such models were
+    # scored before: its scores may not match its metrics)
+    unrecorded_inputs: Literal["refuse", "faces_config"] = "refuse"
+    progress_every_s: float = Field(10.0, gt=0)  # a "done / total, rate, ETA" line at most this often
     # where crops are decoded and resized: "read" in the read tasks (uint8 pixels travel to the actors, decoding
     # overlaps with the model: for GPU actors, whose own CPU should only feed the GPU), "actor" in the scoring
     # actor beside the model (JPEG bytes travel: less CPU in all, what a CPU-only node wants); auto: read when the

@@ -66,6 +66,11 @@ class MissingDatasetError(RuntimeError):
     """A stage's input dataset does not exist yet (run the stage that writes it first)."""
 
 
+class InputError(ValueError):
+    """A stage's or command's input exists but cannot be used (a bad label set, a model that cannot be scored the
+    way it was trained, a bad import); ``str(err)`` says why in one line. The CLI prints it and exits with 3."""
+
+
 TS = pa.timestamp("us", tz="UTC")
 STATUS_OK, STATUS_SKIPPED, STATUS_ERROR, STATUS_EXCLUDED = "ok", "skipped", "error", "excluded"
 
@@ -151,6 +156,9 @@ FACES = pa.schema(
         ("crop_box", pa.list_(pa.float32(), 4)),  # the square cut, in original pixels (may extend past the edges)
         ("crop_jpeg", pa.binary()),
         ("processed_at", TS),
+        # how the crop was made: a pipeline.faces.recipe.CropRecipe as canonical JSON (null: written before rows
+        # recorded it); models record the recipe they trained on and scoring reuses only rows made the same way
+        ("recipe", pa.string()),
     ]
 )
 
@@ -168,6 +176,7 @@ LABELS_BASE = [
     ("split", pa.string()),  # train | val | test
     ("fold", pa.int32()),  # k-fold index when k-fold is configured, else null
     ("weight", pa.float64()),  # class-balanced sampling weight
+    ("group", pa.string()),  # a group the model's accuracy is reported per (age band, skin type...); null: none
 ]
 
 SELFIE_LABELS = pa.schema(
@@ -508,14 +517,20 @@ class DataRoot:
             )
 
     def dataset(self, dataset: str) -> pads.Dataset:
-        """A lazily read pyarrow dataset over the part files (hive partitions such as ``dt=`` become columns)."""
+        """A lazily read pyarrow dataset over the part files (hive partitions such as ``dt=`` become columns).
+
+        Unpartitioned datasets are read with their schema, so a part written before a column was added reads that
+        column as nulls."""
         self.require(dataset)
+        top = dataset.split("/")[0]
+        schema = self.schema(dataset) if top in SCHEMAS or top == LABELS_DS else None
         return pads.dataset(
             self.part_files(dataset),
+            schema=schema,
             filesystem=self.fs,
             format="parquet",
-            partitioning=pads.HivePartitioning.discover(infer_dictionary=False),
-            partition_base_dir=self.path(dataset),
+            partitioning=None if schema is not None else pads.HivePartitioning.discover(infer_dictionary=False),
+            partition_base_dir=None if schema is not None else self.path(dataset),
         )
 
     def read(self, dataset: str, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
@@ -660,6 +675,9 @@ class ModelMeta:
     fold: int | None = None
     fold_model_dir: str | None = None
     card: dict[str, Any] | None = None  # the model card's facts (MODEL_CARD.md holds the same), see train/card.py
+    # how its inputs are made: {"crop": a pipeline.faces.recipe.CropRecipe dict (None: not recorded), "pixels":
+    # {"size", "resize", "colour"}}; None in a model.json written before models recorded it
+    inputs: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("class_names", "mean", "std"):  # lists whatever sequence was given (JSON has no tuples)
@@ -684,12 +702,14 @@ class ModelMeta:
             return "mean and std need one value per colour channel (3)"
         if not isinstance(self.train_config, dict):
             return "train_config must be a mapping"
+        if self.inputs is not None and not (isinstance(self.inputs, dict) and "crop" in self.inputs):
+            return "inputs must be a mapping with a 'crop' entry"
         return None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object (k-fold's fields only when set)."""
         d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if not (k in ("fold", "fold_model_dir", "card") and v is None)}
+        return {k: v for k, v in d.items() if not (k in ("fold", "fold_model_dir", "card", "inputs") and v is None)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = MODEL_JSON) -> ModelMeta:

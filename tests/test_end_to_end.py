@@ -101,6 +101,52 @@ def test_model_and_scores(finished_run):
     assert pct and all(0.0 <= v <= 1.0 for v in pct)
 
 
+def _score_as_files(cfg, root: DataRoot, model_dir: str, tmp_path: Path) -> DataRoot:
+    """The model's test images (test_predictions.parquet) copied out as files and scored into a fresh data root
+    with the model: every crop made again from the image, by the model's recipe."""
+    import pyarrow.parquet as pq
+
+    from pipeline import score
+
+    shas = pq.read_table(f"{model_dir}/test_predictions.parquet")["image_sha256"].to_pylist()
+    d = tmp_path / "test-images"
+    d.mkdir()
+    for sha in shas:
+        (d / f"{sha}.jpg").write_bytes(root.get_image(sha))
+    fresh = cfg.model_copy(update={"data_root": str(tmp_path / "scored")})
+    fresh = fresh.model_copy(update={"score": fresh.score.model_copy(update={"model": model_dir})})
+    out = score.run(fresh, images=str(d))
+    assert out["detected_faces"] == len(shas) and out["reused_faces"] == 0, out
+    return DataRoot(fresh.data_root)
+
+
+def test_selfie_and_department_models_score_as_they_tested(finished_run, ray_session, tmp_path):
+    """Train/serve parity on the whole pipeline's own data: the selfie model of the run, and a department model
+    trained on a copy of its faces and labels, score their test images (as files, into a fresh data root) with
+    the predictions of their test passes (tests/helpers/parity.py)."""
+    import shutil
+
+    from helpers.parity import assert_scores_match_test_pass
+    from pipeline.train import run
+
+    cfg, root, full = finished_run
+    selfie = root.model_dir(full.run_id)
+    metrics = json.loads(root.read_bytes(f"{selfie}/metrics.json"))
+    assert_scores_match_test_pass(_score_as_files(cfg, root, selfie, tmp_path / "s"), selfie, metrics["test"])
+
+    copy = tmp_path / "dept"
+    for ds in ("faces", "labels"):
+        shutil.copytree(Path(root.base) / ds, copy / ds)
+    small = {"task": "department", "backbone": "small_cnn", "image_size": 32, "epochs": 2, "run_id": "dept",
+             "num_workers": 1, "cpus_per_worker": 1.0}  # fmt: skip
+    dcfg = cfg.model_copy(update={"data_root": str(copy), "train": cfg.train.model_copy(update=small)})
+    out = run(dcfg)
+    d = out["model_dir"]
+    meta = json.loads(DataRoot(str(copy)).read_bytes(f"{d}/model.json"))
+    assert meta["task"] == "department" and meta["inputs"]["crop"]["mode"] == "detect"
+    assert_scores_match_test_pass(_score_as_files(dcfg, root, d, tmp_path / "d"), d, out["test"])
+
+
 def test_rerun_adds_nothing(finished_run, ray_session, tmp_path):
     import shutil
 

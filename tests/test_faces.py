@@ -116,6 +116,33 @@ def test_fit_within_and_square_box():
     assert sq[2] - sq[0] == pytest.approx(84) and sq[0] >= 0 and sq[1] >= 0
 
 
+def test_similarity_alignment_puts_the_landmarks_on_the_template():
+    """A face whose five points are the template turned by 25 degrees, scaled by 2.3 and shifted: the aligned crop
+    (margin 0, 112 px) puts each point back on the template, and margin 0.25 shrinks it towards the centre."""
+    from pipeline.faces.crop import TEMPLATE_112, crop_face, similarity, template
+
+    a = np.radians(25)
+    rot = 2.3 * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    pts = TEMPLATE_112 @ rot.T + np.array([140.0, 60.0])
+    m = similarity(pts, TEMPLATE_112)
+    assert np.allclose(pts @ m[:, :2].T + m[:, 2], TEMPLATE_112, atol=1e-6)
+    img = Image.new("RGB", (480, 480), (0, 0, 0))
+    px = img.load()
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
+    for (x, y), c in zip(pts, colours, strict=True):
+        for dx in range(-3, 4):
+            for dy in range(-3, 4):
+                px[int(round(x)) + dx, int(round(y)) + dy] = c
+    for margin in (0.0, 0.25):
+        crop, sq = crop_face(img, [0, 0, 1, 1], 112, margin, pts.reshape(-1).tolist(), align="similarity")
+        arr = np.asarray(crop).astype(int)
+        for want, c in zip(template(112, margin), colours, strict=True):
+            ys, xs = np.nonzero(np.abs(arr - np.array(c)).sum(axis=2) < 120)
+            assert len(xs) and abs(xs.mean() - want[0]) < 1.5 and abs(ys.mean() - want[1]) < 1.5, (margin, c)
+        assert sq[2] - sq[0] == pytest.approx(112 * 2.3 * (1 + 2 * margin), rel=1e-6)  # its square, image pixels
+    assert FacesConfig(align=True).align == "eyes" and FacesConfig(align=False).align == "none"
+
+
 # ------------------------------------------------------------------------------------------ detection
 def test_detects_one_face_on_astronaut_and_none_on_coffee(detector, astronaut_jpeg, coffee_jpeg):
     face, cup = detector.process([astronaut_jpeg, coffee_jpeg])

@@ -28,6 +28,31 @@ def _cfg(recipe: str, root: Path, **overrides):
     return load_config(RECIPES / recipe, overrides={"data_root": str(root), **SMALL, **overrides})
 
 
+def _score_test_files(cfg, summary: dict, files: list[Path], tmp_path: Path) -> None:
+    """Train/serve parity of a faces-as-given model: its test images, copied as files and scored by the score stage
+    into a fresh data root (every crop made again from the file), get the test pass's predictions
+    (tests/helpers/parity.py)."""
+    from helpers.parity import assert_scores_match_test_pass
+    from pipeline import score
+
+    d = tmp_path / "test-images"
+    d.mkdir()
+    for i, f in enumerate(files):
+        (d / f"{i:03d}{f.suffix}").write_bytes(f.read_bytes())
+    scored = cfg.model_copy(update={"data_root": str(tmp_path / "scored")})
+    scored = scored.model_copy(update={"score": scored.score.model_copy(update={"model": summary["model_dir"],
+                                                                                "num_actors": 1})})  # fmt: skip
+    out = score.run(scored, images=str(d))
+    assert out["detected_faces"] == out["to_score"] == len(files) and out["ok"] == len(files), out
+    assert_scores_match_test_pass(DataRoot(scored.data_root), summary["model_dir"], summary["test"])
+
+
+def _test_files(cfg, base: Path) -> list[Path]:
+    """The image files of the labels' test split (the import's ``file`` column, relative to ``base``)."""
+    t = DataRoot(cfg.data_root).read(f"labels/{cfg.train.task}", columns=["file", "split", "status"]).to_pylist()
+    return [base / r["file"] for r in t if r["split"] == "test" and r["status"] == "ok"]
+
+
 def _check_export(cfg, summary: dict, licence_word: str) -> dict:
     """The model folder holds the card and model.json's card; the report links the card; returns metrics.json."""
     from pipeline.report.html import write_report
@@ -59,6 +84,7 @@ def test_bitmoji_csv_recipe_beats_the_majority_baseline(ray_session, tmp_path):
     assert test["accuracy"] >= test["baseline"]["accuracy"] + 0.25, test
     metrics = _check_export(cfg, out, "download page")
     assert metrics["test"]["accuracy_ci95"][0] <= test["accuracy"] <= metrics["test"]["accuracy_ci95"][1]
+    _score_test_files(cfg, out, _test_files(cfg, tmp_path / "BitmojiDataset/images"), tmp_path)
 
 
 @pytest.mark.slow
@@ -78,6 +104,7 @@ def test_imagefolder_recipe_two_phase_beats_the_majority_baseline(ray_session, t
     assert test["n"] == 16 and test["accuracy"] >= test["baseline"]["accuracy"] + 0.3, test
     metrics = _check_export(cfg, out, "data set you downloaded")
     assert [h["phase"] for h in metrics["history"]] == ["head", "full"]
+    _score_test_files(cfg, out, _test_files(cfg, tmp_path / "faces-gender"), tmp_path)
 
 
 @pytest.mark.slow

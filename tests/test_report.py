@@ -12,18 +12,21 @@ from PIL import Image
 from helpers.images import encode
 from helpers.score_model import face_images, write_model
 from pipeline.config import load_config
+from pipeline.faces.recipe import CropRecipe
 from pipeline.report.html import write_report
-from pipeline.store import DataRoot, now
+from pipeline.store import DataRoot, model_meta, now
 
 
 def _seed(root: DataRoot, model_id: str, n: int = 14, with_scores: bool = True) -> list[str]:
-    """faces rows with crops (the astronaut, recoloured) and score rows for them."""
+    """faces rows with crops (the astronaut, recoloured), made the way the model's crops are, and score rows."""
+    recipe = CropRecipe.from_dict(model_meta(root, root.model_dir(model_id)).inputs["crop"]).to_json()
     faces, scores, shas = [], [], []
     for i, data in enumerate(face_images(n)):
         sha = root.put_image(data)
         shas.append(sha)
         crop = encode(Image.open(io.BytesIO(data)).crop((60, 0, 240, 180)).resize((64, 64)))
-        faces.append({"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": crop, "processed_at": now()})
+        faces.append({"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": crop, "processed_at": now(),
+                      "recipe": recipe})  # fmt: skip
         scores.append(
             {
                 "image_sha256": sha,

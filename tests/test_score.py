@@ -12,32 +12,34 @@ import pyarrow.dataset as pads
 import pytest
 import ray
 from PIL import Image
-from helpers.score_model import add_posts, face_images, no_face_images, write_model
 
+from helpers.score_model import add_posts, face_images, no_face_images, write_model
 from pipeline import score
 from pipeline.config import load_config
+from pipeline.faces.recipe import CropRecipe
 from pipeline.score import inference
 from pipeline.store import DataRoot, ModelMeta, now
+
+OVERRIDES = {
+    "faces.num_actors": 1,
+    "faces.batch_size": 4,
+    "faces.max_side": 320,
+    "score.part_rows": 3,
+    "score.batch_size": 4,
+    "score.block_mb": 0.05,  # a few crops per Ray Data block: the streaming path, many blocks
+}
+FACES = load_config(None, overrides=OVERRIDES).faces  # the models here record crops made with these settings
+RECIPE = CropRecipe.of(FACES, detect=True).to_json()
 
 
 @pytest.fixture
 def cfg(data_root):
-    return load_config(
-        None,
-        overrides={
-            "data_root": str(data_root),
-            "faces.num_actors": 1,
-            "faces.batch_size": 4,
-            "faces.max_side": 320,
-            "score.part_rows": 3,
-            "score.batch_size": 4,
-            "score.block_mb": 0.05,  # a few crops per Ray Data block: the streaming path, many blocks
-        },
-    )
+    return load_config(None, overrides={"data_root": str(data_root), **OVERRIDES})
 
 
-def _fake_face_row(sha: str) -> dict:
-    """A faces row that says "face kept" for an image that has none: proves the stage reuses face rows."""
+def _fake_face_row(sha: str, recipe: str | None = RECIPE) -> dict:
+    """A faces row that says "face kept" for an image that has none, made by the model's recipe: proves the stage
+    reuses face rows made the way the model's crops are."""
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 120, 90)).save(buf, format="JPEG")
     return {
@@ -47,6 +49,7 @@ def _fake_face_row(sha: str) -> dict:
         "crop_jpeg": buf.getvalue(),
         "processed_at": now(),
         "crop_box": [0.0, 0.0, 64.0, 64.0],
+        "recipe": recipe,
     }
 
 
@@ -56,7 +59,7 @@ def _scores(root: DataRoot) -> pd.DataFrame:
 
 def test_scores_new_images_once_and_reuses_faces(ray_session, cfg, data_root):
     root = DataRoot(cfg.data_root)
-    write_model(root)
+    write_model(root, faces=FACES)
     faces = face_images(3)
     coffee, rocket, html = no_face_images()
     shas = add_posts(root, faces + [coffee, rocket, html])
@@ -106,7 +109,7 @@ def test_scores_new_images_once_and_reuses_faces(ray_session, cfg, data_root):
 def test_reuse_reads_only_the_face_rows_to_score(ray_session, cfg, data_root):
     """A second run's face rows come from a filtered streaming scan: only images still to score, once each."""
     root = DataRoot(cfg.data_root)
-    write_model(root)
+    write_model(root, faces=FACES)
     first = add_posts(root, no_face_images()[:2])
     root.write_part("faces", [_fake_face_row(s) for s in first])
     s1 = score.run(cfg)
@@ -130,9 +133,25 @@ def test_reuse_reads_only_the_face_rows_to_score(ray_session, cfg, data_root):
     assert sorted(df[df.run_id == s2["run_id"]].image_sha256) == sorted(second)
 
 
+def test_face_rows_made_another_way_are_cropped_again(ray_session, cfg, data_root):
+    """A faces row made by another recipe than the model's (here: taken as given, or from before rows recorded
+    it) is not reused: the image is cropped again the model's way (the astronaut's face is found, so the row is
+    ``ok``, where the fake rows of images without a face would have scored too)."""
+    root = DataRoot(cfg.data_root)
+    write_model(root, faces=FACES)
+    shas = add_posts(root, face_images(2) + no_face_images()[:1])
+    other = CropRecipe.of(FACES, detect=False).to_json()
+    root.write_part("faces", [_fake_face_row(shas[0], other), _fake_face_row(shas[1], None),
+                              _fake_face_row(shas[2], other)])  # fmt: skip
+    s = score.run(cfg)
+    assert (s["reused_faces"], s["detected_faces"]) == (0, 3), s
+    by = _scores(root).set_index("image_sha256")
+    assert by.loc[shas[0]].status == by.loc[shas[1]].status == "ok" and by.loc[shas[2]].status == "skipped"
+
+
 def test_killed_run_then_rerun_scores_each_image_once(ray_session, cfg, data_root):
     root = DataRoot(cfg.data_root)
-    write_model(root)
+    write_model(root, faces=FACES)
     shas = add_posts(root, face_images(4) + no_face_images()[:2])
     s1 = score.run(cfg)
     assert s1["scored"] == 6 and s1["parts"] == 2
@@ -156,7 +175,7 @@ def test_scores_a_folder_of_new_images(ray_session, cfg, data_root, tmp_path):
     # and test_crops_decoded_in_the_read_tasks_score_like_predict checks both give predict's rows
     cfg.score.decode = "read"
     root = DataRoot(cfg.data_root)
-    write_model(root)
+    write_model(root, faces=FACES)
     folder = tmp_path / "new"
     folder.mkdir()
     imgs = face_images(2)
@@ -173,7 +192,7 @@ def test_missing_inputs_are_named(ray_session, cfg):
     root = DataRoot(cfg.data_root)
     with pytest.raises(FileNotFoundError, match="train"):
         score.run(cfg)
-    write_model(root)
+    write_model(root, faces=FACES)
     from pipeline.store import MissingDatasetError
 
     with pytest.raises(MissingDatasetError, match="posts"):
@@ -321,7 +340,7 @@ def test_scoring_actor_runs_batches_side_by_side(data_root):
     import torch
 
     root = DataRoot(str(data_root))
-    model_dir = write_model(root, image_size=40)
+    model_dir = write_model(root, image_size=40, faces=FACES)
     rng = np.random.default_rng(2)
     batches = []
     for b in range(6):
@@ -368,7 +387,7 @@ def test_the_score_driver_plans_without_torch(data_root):
     import sys
 
     root = DataRoot(str(data_root))
-    model_dir = write_model(root, image_size=40)
+    model_dir = write_model(root, image_size=40, faces=FACES)
     code = (
         "import sys\n"
         "from pipeline import cli, score\n"
@@ -416,12 +435,13 @@ def test_the_model_folder_format_has_one_definition(data_root):
     from pipeline.store import model_meta, resolve_model_dir, write_model_meta
 
     root = DataRoot(str(data_root))
-    d = write_model(root, run_id="r1", task="department", image_size=40)
+    d = write_model(root, run_id="r1", task="department", image_size=40, faces=FACES)
     raw = root.read_json(f"{d}/model.json")
     assert set(raw) == {
         "model_id", "task", "kind", "backbone", "num_outputs", "class_names", "image_size", "mean", "std",
-        "target_mean", "target_std", "best_epoch", "created_at", "train_config",
+        "target_mean", "target_std", "best_epoch", "created_at", "train_config", "inputs",
     }  # fmt: skip
+    assert raw["inputs"]["crop"] == CropRecipe.from_json(RECIPE).to_dict()
     meta = model_meta(root, d)
     assert (meta.model_id, meta.task, meta.kind, meta.num_outputs, meta.image_size) == (
         "r1", "department", "multiclass", 4, 40,
@@ -439,6 +459,8 @@ def test_the_model_folder_format_has_one_definition(data_root):
         dataclasses.replace(meta, class_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="one value per colour channel"):
         dataclasses.replace(meta, mean=[0.5])
+    with pytest.raises(ValueError, match="inputs must be a mapping with a 'crop' entry"):
+        dataclasses.replace(meta, inputs={"pixels": {}})
     bad = {k: v for k, v in raw.items() if k != "image_size"} | {"colour": "red"}
     root.write_json(f"{d}/model.json", bad)
     with pytest.raises(ValueError, match=r"model\.json: missing image_size; unknown keys colour") as err:

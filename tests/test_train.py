@@ -103,6 +103,25 @@ def test_bad_input_fails_before_training(ray_session, tmp_path, task, change, ov
     assert not root.exists("models")
 
 
+def test_crops_made_two_ways_are_refused_before_training(tmp_path):
+    """A label set whose crops were made by two recipes (here: four images cropped again by MTCNN) cannot make a
+    model that scores the way it was tested: refused with one line naming the difference."""
+    from helpers.train import RECIPE
+    from pipeline.config import FacesConfig
+    from pipeline.faces.recipe import CropRecipe
+    from pipeline.train.data import load_labels
+
+    root, _, _ = make_root(tmp_path, n=20)
+    faces = root.read("faces").to_pylist()
+    other = CropRecipe.of(FacesConfig(crop_size=64), detect=True).to_json()
+    for r in faces[:4]:
+        r["recipe"] = other
+    root.replace("faces", pa.Table.from_pylist(faces, schema=root.schema("faces")))
+    with pytest.raises(TrainInputError, match=r"crops were made in 2 ways \(mode as_given != detect; 16, 4 crops\)"):
+        load_labels(root, cfg_for(tmp_path).train)
+    assert load_labels(make_root(tmp_path / "one", n=20)[0], cfg_for(tmp_path / "one").train).recipe == RECIPE
+
+
 def test_missing_inputs_are_named(ray_session, tmp_path):
     from pipeline.store import MissingDatasetError
 
@@ -239,7 +258,7 @@ def test_one_scan_feeds_every_split(ray_session, tmp_path, cache, driver_mb):
         assert out["train_0"].count() == out["train_1"].count()
     for split, names in (("train", train), ("val", ["val_0", "val_1"]), ("test", ["test_0", "test_1"])):
         rows = [r for n in names for r in out[n].take_all()]
-        assert all(set(r) == {"crop_jpeg", "y"} for r in rows)
+        assert all(set(r) == {"image_sha256", "crop_jpeg", "y"} for r in rows)  # the key: test_predictions
         got = sorted((bytes(r["crop_jpeg"]), float(r["y"])) for r in rows)
         shas = set(labels.split(split)["image_sha256"].to_pylist())
         want = sorted(

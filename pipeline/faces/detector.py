@@ -15,7 +15,10 @@ For each image it
    ``recheck_below`` is confirmed on a working-resolution crop around it (small false faces seen at low
    resolution disappear there);
 4. applies the policy (``min_prob``, ``min_face_px``, ``exactly_one`` / ``at_least_one`` / ``largest``) and cuts
-   the square crop (margin, ``crop_size``, optional eye alignment) from the working copy as JPEG bytes.
+   the crop (:func:`pipeline.faces.crop.crop_face`: a square with margin, eye-levelled, or a similarity transform
+   of the five landmarks to the standard template) from the working copy as JPEG bytes.
+
+Every row carries the detector's :class:`~pipeline.faces.recipe.CropRecipe` (``recipe``: how its crop was made).
 
 Nothing raises for bad input: every image gives one row (the FACES schema minus ``image_sha256`` and
 ``processed_at``) with ``kept`` and, when not kept, a ``reason`` whose first word is a code (``decode_error``,
@@ -41,6 +44,7 @@ from PIL import Image
 
 from pipeline.config import FacesConfig
 from pipeline.faces.crop import crop_face
+from pipeline.faces.recipe import CropRecipe
 from pipeline.imaging import ImageDecodeError, decode_bounded, fit_within, to_jpeg
 
 RECHECK_IOU = 0.3  # a re-detected face must overlap the original box this much to confirm it
@@ -135,6 +139,7 @@ class FaceDetector:
         from facenet_pytorch import MTCNN
 
         self.cfg = cfg
+        self.recipe = CropRecipe.of(cfg, detect=True)
         self.device = resolve_device(device or cfg.device)
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -161,6 +166,7 @@ class FaceDetector:
             raise ValueError(f"cannot change model settings {bad} on a loaded detector")
         other = copy.copy(self)
         other.cfg = FacesConfig.model_validate({**self.cfg.model_dump(), **changes})
+        other.recipe = CropRecipe.of(other.cfg, detect=True)
         return other
 
     # ---------------------------------------------------------------- detection
@@ -288,21 +294,15 @@ class FaceDetector:
         )
         return row
 
-    @staticmethod
-    def _empty(reason: str, width: int | None = None, height: int | None = None) -> dict[str, Any]:
-        return {"width": width, "height": height, "n_faces": 0, "boxes": [], "probs": [], "landmarks": [],
-                "face_share": None, "kept": False, "reason": reason, "face_index": None, "crop_box": None,
-                "crop_jpeg": None}  # fmt: skip
-
     def _finish(self, group: list[_Work], rows: list[dict[str, Any] | None]) -> None:
         for w, det in zip(group, self._detect_group(group), strict=True):
             if isinstance(det, str):
-                rows[w.index] = self._empty(det, *w.size)
+                rows[w.index] = empty_row(det, *w.size)
                 continue
             try:
                 rows[w.index] = self._row(w.image, det, w.size)
             except Exception as err:  # a crop that cannot be cut must not lose the row
-                rows[w.index] = self._empty(f"crop_error: {type(err).__name__}: {err}", *w.size)
+                rows[w.index] = empty_row(f"crop_error: {type(err).__name__}: {err}", *w.size)
 
     def _rows(self, items: Iterable[Decoded | Image.Image | str]) -> list[dict[str, Any]]:
         """Rows for items taken one at a time: equal-size copies wait for one MTCNN pass within the limits."""
@@ -312,11 +312,11 @@ class FaceDetector:
         for i, item in enumerate(items):
             rows.append(None)
             if isinstance(item, str):
-                rows[i] = self._empty(item)
+                rows[i] = empty_row(item)
                 continue
             img, size = item if isinstance(item, tuple) else (item, item.size)
             if min(size) < self.cfg.min_image_px:
-                rows[i] = self._empty(f"image_too_small: {size[0]}x{size[1]} < {self.cfg.min_image_px}px", *size)
+                rows[i] = empty_row(f"image_too_small: {size[0]}x{size[1]} < {self.cfg.min_image_px}px", *size)
                 continue
             w = self._work(i, img, size)
             if pending and pending + w.nbytes > budget:  # MTCNN runs on what waits before this one joins
@@ -331,6 +331,9 @@ class FaceDetector:
                 self._finish(done, rows)
         for group in groups.values():
             self._finish(group, rows)
+        recipe = self.recipe.to_json()
+        for row in rows:
+            row["recipe"] = recipe  # type: ignore[index]
         return rows  # type: ignore[return-value]
 
     def process_images(self, images: list[Image.Image | str]) -> list[dict[str, Any]]:
@@ -359,6 +362,13 @@ class FaceDetector:
         ``images`` may be a generator: each is decoded only when the previous ones have become working copies.
         """
         return self._rows(self.decode(b) for b in images)
+
+
+def empty_row(reason: str, width: int | None = None, height: int | None = None) -> dict[str, Any]:
+    """The FACES row of an image without a crop (no ``recipe``: the maker of the row stamps it)."""
+    return {"width": width, "height": height, "n_faces": 0, "boxes": [], "probs": [], "landmarks": [],
+            "face_share": None, "kept": False, "reason": reason, "face_index": None, "crop_box": None,
+            "crop_jpeg": None}  # fmt: skip
 
 
 def reason_code(reason: str | None) -> str:

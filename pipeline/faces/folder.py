@@ -7,7 +7,7 @@ with no crop and why. Runs in this process (no Ray): it is for local folders.
 
 :func:`face_rows` is the same face step for imported labelled sets (``labels import-classes``): FACES rows for a
 list of image bytes, detected and cropped, or with ``detect=False`` taken as already-cropped faces (cartoons, aligned
-face sets): the centre square of each image resized to ``crop_size``, kept unless it does not decode.
+face sets: :class:`pipeline.faces.given.AsGiven`). Every row carries its ``recipe``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.config import Config, FacesConfig
 from pipeline.faces.detector import FaceDetector, reason_code
-from pipeline.imaging import ImageDecodeError, decode_bounded, to_jpeg
+from pipeline.faces.recipe import CropRecipe, cropper
 
 LOG_NAME = "no_face.csv"
 
@@ -32,37 +32,15 @@ def _inputs(input_dir: Path) -> list[Path]:
     )
 
 
-def _as_face(data: bytes | None, fc: FacesConfig) -> dict[str, Any]:
-    """One FACES row for an image that is already a face: its centre square, resized to ``crop_size``."""
-    if data is None:
-        return FaceDetector._empty("missing_image: no bytes")
-    try:
-        img, (w, h) = decode_bounded(
-            data, max(fc.decode_max_side, fc.crop_size), fc.max_pixels, fc.image_formats, fc.max_decode_mib << 20
-        )
-    except ImageDecodeError as err:
-        return FaceDetector._empty(f"decode_error: {err.reason}")
-    side = min(img.size)
-    x0, y0 = (img.width - side) // 2, (img.height - side) // 2
-    crop = img.crop((x0, y0, x0 + side, y0 + side)).resize((fc.crop_size, fc.crop_size))
-    s = w / img.width
-    box = [x0 * s, y0 * s, (x0 + side) * s, (y0 + side) * s]
-    return {"width": w, "height": h, "n_faces": 1, "boxes": [box], "probs": [None], "landmarks": [],
-            "face_share": float(side * side / (img.width * img.height)), "kept": True, "reason": None,
-            "face_index": 0, "crop_box": box, "crop_jpeg": to_jpeg(crop, fc.jpeg_quality)}  # fmt: skip
-
-
 def face_rows(images: list[bytes | None], fc: FacesConfig, detect: bool = True) -> list[dict[str, Any]]:
     """FACES rows (without ``image_sha256`` / ``processed_at``) for image bytes, in order; never raises for input.
 
     ``detect``: MTCNN and the faces policy (:class:`FaceDetector`, weights from the installed wheel); False: each
-    image is taken as a face already (see the module docstring)."""
-    if not detect:
-        return [_as_face(d, fc) for d in images]
-    det = FaceDetector(fc)
+    image is taken as a face already (:class:`pipeline.faces.given.AsGiven`). Rows carry their ``recipe``."""
+    maker = cropper(CropRecipe.of(fc, detect=detect), fc)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(images), fc.batch_size):
-        rows.extend(det.process(images[start : start + fc.batch_size]))
+        rows.extend(maker.process(images[start : start + fc.batch_size]))
     return rows
 
 

@@ -31,8 +31,10 @@ import pyarrow.compute as pc
 import ray
 
 from pipeline.config import Config, FacesConfig, Placement
-from pipeline.faces.detector import FaceDetector, reason_code
+from pipeline.faces.detector import empty_row, reason_code
+from pipeline.faces.recipe import CropRecipe, cropper
 from pipeline.placement import remote_args, require_node
+from pipeline.progress import Progress
 from pipeline.runtime import log, stage_entry
 from pipeline.store import FACES, STATUS_OK, DataRoot, now, to_table
 
@@ -40,10 +42,13 @@ SOURCES = ("posts", "staff")
 
 
 class FaceActor:
-    """A Ray Data actor: loads MTCNN once, then turns batches of (image_sha256[, image]) into FACES rows."""
+    """A Ray Data actor: loads MTCNN once (or nothing for an ``as_given`` recipe), then turns batches of
+    (image_sha256[, image]) into FACES rows made by ``recipe`` (JSON; None: ``cfg``'s detection)."""
 
-    def __init__(self, cfg: FacesConfig, data_root: str | None = None):
-        self.det = FaceDetector(cfg, num_threads=max(1, round(cfg.num_cpus_per_actor)))
+    def __init__(self, cfg: FacesConfig, data_root: str | None = None, recipe: str | None = None):
+        r = CropRecipe.from_json(recipe) if recipe else CropRecipe.of(cfg, detect=True)
+        self.det = cropper(r, cfg, num_threads=max(1, round(cfg.num_cpus_per_actor)))
+        self.recipe = r.to_json()
         self.root = DataRoot(data_root) if data_root else None
 
     def _read(self, sha: str) -> bytes | None:
@@ -64,18 +69,24 @@ class FaceActor:
             rows = self.det.process(data)
         except Exception as err:  # never let one batch kill the actor pool: record it instead
             reason = f"detect_error: {type(err).__name__}: {err}"
-            rows = [FaceDetector._empty(reason) for _ in shas]
+            rows = [empty_row(reason) for _ in shas]
         ts = now()
         for row, sha in zip(rows, shas, strict=True):
             row["image_sha256"] = sha
             row["processed_at"] = ts
+            row["recipe"] = self.recipe
         return to_table(rows, FACES)
 
 
 def detect_faces(
-    ds: ray.data.Dataset, cfg: FacesConfig, data_root: str | None = None, placement: Placement | None = None
+    ds: ray.data.Dataset,
+    cfg: FacesConfig,
+    data_root: str | None = None,
+    placement: Placement | None = None,
+    recipe: CropRecipe | None = None,
 ) -> ray.data.Dataset:
-    """FACES rows for a dataset of ``image_sha256`` plus ``image`` bytes (or bytes read from ``data_root``).
+    """FACES rows for a dataset of ``image_sha256`` plus ``image`` bytes (or bytes read from ``data_root``), made
+    by ``recipe`` (None: ``cfg``'s detection; the score stage passes its model's).
 
     Example::
 
@@ -86,7 +97,7 @@ def detect_faces(
         data_root = os.path.abspath(data_root)  # resolved here: actors need not share the driver's cwd
     return ds.map_batches(
         FaceActor,
-        fn_constructor_kwargs={"cfg": cfg, "data_root": data_root},
+        fn_constructor_kwargs={"cfg": cfg, "data_root": data_root, "recipe": recipe.to_json() if recipe else None},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
@@ -97,8 +108,9 @@ def detect_faces(
     )
 
 
-def pending_images(root: DataRoot) -> tuple[pa.Table, int, int]:
-    """(images to do: image_sha256, width, height sorted by size; number of candidates; number already done)."""
+def pending_images(root: DataRoot, recipe: CropRecipe | None = None) -> tuple[pa.Table, int, int, int]:
+    """(images to do: image_sha256, width, height sorted by size; number of candidates; number already done; of
+    those done, how many have crops made by another recipe than ``recipe``)."""
     sources = [d for d in SOURCES if root.has(d)]
     if not sources:
         root.require(SOURCES[0])  # raises MissingDatasetError naming posts and the scrape stage
@@ -110,11 +122,16 @@ def pending_images(root: DataRoot) -> tuple[pa.Table, int, int]:
     t = pa.concat_tables(parts).group_by("image_sha256").aggregate([("width", "max"), ("height", "max")])
     t = t.select(["image_sha256", "width_max", "height_max"]).rename_columns(["image_sha256", "width", "height"])
     n_candidates = t.num_rows
-    done = root.done_keys("faces")
-    if done:
-        t = t.filter(pc.invert(pc.is_in(t["image_sha256"], value_set=pa.array(sorted(done), pa.string()))))
+    other = 0
+    if root.has("faces"):
+        f = root.read("faces", columns=["image_sha256", "recipe"])
+        done = pc.is_in(t["image_sha256"], value_set=f["image_sha256"])
+        if recipe is not None:
+            f = f.filter(pc.is_in(f["image_sha256"], value_set=t["image_sha256"]))
+            other = f.num_rows - int(pc.sum(pc.fill_null(pc.equal(f["recipe"], recipe.to_json()), False)).as_py() or 0)
+        t = t.filter(pc.invert(done))
     t = t.sort_by([("width", "ascending"), ("height", "ascending"), ("image_sha256", "ascending")])
-    return t, n_candidates, n_candidates - t.num_rows
+    return t, n_candidates, n_candidates - t.num_rows, other
 
 
 @stage_entry("faces")  # its lock, its log lines, Ray: pipeline/runtime.py
@@ -123,7 +140,8 @@ def run(cfg: Config) -> dict[str, Any]:
     t0 = time.monotonic()
     fc = cfg.faces
     root = DataRoot(cfg.data_root)
-    todo, n_candidates, n_done = pending_images(root)
+    recipe = CropRecipe.of(fc, detect=True)
+    todo, n_candidates, n_done, other = pending_images(root, recipe)
     summary: dict[str, Any] = {
         "candidates": n_candidates,
         "already_done": n_done,
@@ -134,12 +152,20 @@ def run(cfg: Config) -> dict[str, Any]:
         "parts": 0,
         "crop_files": 0,
     }
+    summary["other_recipe"] = other
+    if other:
+        log.warning(
+            "faces: %d images already have crops made another way than this config's (%s); they are kept as they "
+            "are (faces rows are keyed by image): a model trains on crops made one way, so use a fresh data root "
+            "to crop them again", other, recipe.describe()
+        )  # fmt: skip
     if todo.num_rows:
         keys = todo.select(["image_sha256"])
         blocks = [keys.slice(i, fc.batch_size) for i in range(0, keys.num_rows, fc.batch_size)]
         require_node("faces", cfg.ray.placement.faces)  # bounded: Ray would wait forever for such a node
         out = detect_faces(ray.data.from_arrow(blocks), fc, data_root=root.uri, placement=cfg.ray.placement.faces)
         reasons: Counter[str] = Counter()
+        progress = Progress("faces", todo.num_rows, "images", fc.progress_every_s)
         for batch in out.iter_batches(batch_size=fc.part_rows, batch_format="pyarrow"):
             root.write_part("faces", batch)
             summary["parts"] += 1
@@ -147,7 +173,8 @@ def run(cfg: Config) -> dict[str, Any]:
             reasons.update(reason_code(r) for r in batch.column("reason").to_pylist())
             if fc.write_files:
                 summary["crop_files"] += _write_crop_files(root, batch)
-            log.info("faces: %d / %d images written", summary["processed"], todo.num_rows)
+            progress.add(batch.num_rows)
+        progress.done()
         summary["kept"] = reasons.pop("kept", 0)
         summary["not_kept"] = summary["processed"] - summary["kept"]
         summary["reasons"] = dict(sorted(reasons.items()))

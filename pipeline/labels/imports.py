@@ -3,8 +3,8 @@
 ``python -m pipeline labels import-classes --task NAME`` takes either
 
 * a CSV (``--csv FILE --images DIR --file-column C --label-column C [--person-column C] [--split-column C]
-  [--label-map "-1=female,1=male"]``): one row per image, e.g. the Bitmoji set's ``image_id,is_male,…`` with 1/-1
-  (other columns, such as landmarks, are ignored), or
+  [--group-column C] [--label-map=-1=female,1=male]``): one row per image, e.g. the Bitmoji set's
+  ``image_id,is_male,…`` with 1/-1 (other columns, such as landmarks, are ignored), or
 * an ImageFolder tree (``--folders DIR``): ``DIR/train/<class>/*.jpg`` and optionally ``DIR/val/<class>/…`` and
   ``DIR/test/<class>/…`` (kept as those splits), or ``DIR/<class>/*.jpg`` without split folders.
 
@@ -12,6 +12,9 @@ Every listed image is checked and stored by sha256 (:func:`store_images`), goes 
 (:func:`pipeline.faces.folder.face_rows`: MTCNN crop, or with ``detect=False`` the image taken as a face already)
 into ``faces/`` (images already there are not redone), and gets one row of ``labels/<task>`` (the
 ``IMPORTED_LABELS`` schema: class index ``label``, ``class_name``, the source ``file`` and ``raw_label``).
+
+A ``--group-column`` (age band, skin type, gender, site...) is kept as the labels' ``group``: the model card and
+``metrics.json`` then report accuracy per group (:func:`pipeline.train.metrics.group_metrics`).
 
 Splits: a shipped split (``--split-column``, or the ``test``/``val`` folders) is kept as given; the other rows are
 split by person (``--person-column``) or, without one, by image hash, with :func:`pipeline.labels.splits
@@ -163,7 +166,12 @@ def parse_label_map(spec: str | None) -> dict[str, str] | None:
 
 
 def _csv_rows(
-    csv: Path, file_column: str, label_column: str, person_column: str | None, split_column: str | None
+    csv: Path,
+    file_column: str,
+    label_column: str,
+    person_column: str | None,
+    split_column: str | None,
+    group_column: str | None = None,
 ) -> pl.DataFrame:
     if not csv.is_file():
         raise ImportInputError(f"--csv {csv}: file not found")
@@ -171,7 +179,7 @@ def _csv_rows(
         df = pl.read_csv(csv, infer_schema=False, encoding="utf8-lossy")
     except (pl.exceptions.PolarsError, OSError) as err:
         raise ImportInputError(f"--csv {csv}: not a readable CSV ({type(err).__name__})") from None
-    wanted = [c for c in (file_column, label_column, person_column, split_column) if c]
+    wanted = [c for c in (file_column, label_column, person_column, split_column, group_column) if c]
     if missing := [c for c in wanted if c not in df.columns]:
         raise ImportInputError(f"--csv {csv}: no column {', '.join(missing)} (columns: {', '.join(df.columns)})")
 
@@ -183,6 +191,7 @@ def _csv_rows(
         col(label_column).alias("raw_label"),
         col(person_column).alias("person"),
         col(split_column).str.to_lowercase().alias("given_split"),
+        col(group_column).alias("group"),
     )
 
 
@@ -201,7 +210,9 @@ def _folder_rows(folders: Path) -> pl.DataFrame:
     if not rows:
         raise ImportInputError(f"--folders {folders}: no <class>/<image> files (nor train/<class>/<image>)")
     schema = {"file": pl.String, "raw_label": pl.String, "given_split": pl.String}
-    return pl.DataFrame(rows, schema=schema, orient="row").with_columns(person=pl.lit(None, pl.String))
+    return pl.DataFrame(rows, schema=schema, orient="row").with_columns(
+        person=pl.lit(None, pl.String), group=pl.lit(None, pl.String)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -250,6 +261,7 @@ def import_classes(
     label_column: str | None = None,
     person_column: str | None = None,
     split_column: str | None = None,
+    group_column: str | None = None,
     label_map: str | dict[str, str] | None = None,
     folders: str | Path | None = None,
     detect: bool | None = None,
@@ -276,6 +288,7 @@ def import_classes(
     ic = cfg.labels.imported
     file_column, label_column = file_column or ic.file_column, label_column or ic.label_column
     person_column, split_column = person_column or ic.person_column, split_column or ic.split_column
+    group_column = group_column or ic.group_column
     detect = ic.detect if detect is None else detect
     label_map = ic.label_map if label_map is None else label_map
     lmap = (
@@ -287,10 +300,10 @@ def import_classes(
         base = Path(images)
         if not base.is_dir():
             raise ImportInputError(f"--images {base}: not a folder")
-        df = _csv_rows(Path(csv), file_column, label_column, person_column, split_column)
+        df = _csv_rows(Path(csv), file_column, label_column, person_column, split_column, group_column)
         source = {"kind": "csv", "csv": str(csv), "images": str(images), "file_column": file_column,
                   "label_column": label_column, "person_column": person_column,
-                  "split_column": split_column}  # fmt: skip
+                  "split_column": split_column, "group_column": group_column}  # fmt: skip
     else:
         base = Path(folders)
         df = _folder_rows(base)
@@ -353,6 +366,7 @@ def import_classes(
         pl.when(ok).then(pl.col("split")).alias("split"),
         pl.col("fold").cast(pl.Int32),
         pl.when(ok).then(pl.lit(1.0)).alias("weight"),
+        "group",
         "file",
         "raw_label",
     )

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipeline.config import Config
+from pipeline.faces.recipe import RecipeError, model_recipe
 from pipeline.privacy import report_sidecar
 from pipeline.store import FACES_DS, SCORES_DS, DataRoot
 
@@ -92,11 +93,12 @@ def _scores_for(root: DataRoot, model_id: str) -> pa.Table:
     return t
 
 
-def _crops(root: DataRoot, shas: list[str] | None, limit: int | None = None) -> dict[str, bytes]:
-    """image_sha256 → the face stage's crop JPEG (kept faces only), for ``shas`` or the first ``limit``."""
-    if not root.has(FACES_DS):
+def _crops(root: DataRoot, shas: list[str] | None, limit: int | None, recipe: str | None) -> dict[str, bytes]:
+    """image_sha256 → the ``faces`` crop JPEG (kept faces made by ``recipe``, the model's: the crops it scores),
+    for ``shas`` or the first ``limit``."""
+    if recipe is None or not root.has(FACES_DS):
         return {}
-    flt = pc.field("kept") == True  # noqa: E712 - a pyarrow expression
+    flt = (pc.field("kept") == True) & (pc.field("recipe") == recipe)  # noqa: E712 - a pyarrow expression
     if shas is not None:
         flt = flt & pc.field("image_sha256").isin(shas)
     t = root.read(FACES_DS, columns=["image_sha256", "crop_jpeg"], filter=flt)
@@ -121,6 +123,29 @@ def _figure(title: str, png: bytes) -> str:
 
 def _interval(ci: Any) -> str:
     return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else ""
+
+
+def _groups_table(g: dict | None) -> str:
+    """The per-group test metric (the model card's factors), the largest gap and the groups too small to judge."""
+    if not g:
+        return ""
+    metric = g["metric"]
+    body = "".join(
+        f"<tr><th>{html.escape(str(name))}</th><td>{v['n']}</td><td>{v[metric]:.3f}"
+        f"{_interval(v.get(metric + '_ci95'))}</td></tr>"
+        for name, v in g["groups"].items()
+    )
+    gap = g.get("gap")
+    note = (
+        f"largest gap {gap['value']:.3f} ({html.escape(' vs '.join(gap['between']))})"
+        if gap
+        else "no gap judged (fewer than two groups with enough rows)"
+    )
+    small = f"; too small to judge (under {g['min_n']} rows): {html.escape(', '.join(g['too_small']))}"
+    return (
+        f"<h3>Per {html.escape(g['column'])}</h3><table><tr><th></th><th>n</th><th>{metric}</th></tr>{body}</table>"
+        f"<p>{note}{small if g['too_small'] else ''}</p>"
+    )
 
 
 def _metrics_table(metrics: dict) -> str:
@@ -161,6 +186,10 @@ def _metrics_table(metrics: dict) -> str:
             for i, row in enumerate(confusion)
         )
         out += f"<h3>Confusion matrix (rows true, columns predicted)</h3><table><tr><th></th>{head}</tr>{body}</table>"
+    out += _groups_table(test.get("by_group"))
+    cal = test.get("calibration")
+    if cal:
+        out += f"<p>Calibration: expected calibration error {cal['ece']:.3f} ({html.escape(cal['binning'])})</p>"
     kfold = metrics.get("kfold")
     if kfold and kfold.get("mean"):
         body = "".join(
@@ -195,6 +224,10 @@ def write_report(run_dir: str, cfg: Config) -> str:
     model = LoadedModel.load(model_dir, root, device="cpu")
     metrics = _read_json(fs, posixpath.join(mdir, "metrics.json"))
     sc = cfg.score
+    try:
+        recipe: str | None = model_recipe(model.model_id, model.meta.inputs, cfg.faces, sc.unrecorded_inputs).to_json()
+    except RecipeError:  # a model that does not record its crops: no faces are shown or scored for it
+        recipe = None
 
     scores = _scores_for(root, model.model_id)
     note = ""
@@ -207,9 +240,9 @@ def write_report(run_dir: str, cfg: Config) -> str:
         rng = np.random.default_rng(sc.seed)
         sample_idx = rng.choice(len(shas), size=min(len(shas), sc.report_tsne_points), replace=False)
         want += [shas[i] for i in sample_idx]
-        crops = _crops(root, sorted(set(want)))
-    else:  # nothing scored yet: score the face stage's crops now
-        crops = _crops(root, None, limit=sc.report_tsne_points)
+        crops = _crops(root, sorted(set(want)), None, recipe)
+    else:  # nothing scored yet: score the face stage's crops now (those made the model's way)
+        crops = _crops(root, None, sc.report_tsne_points, recipe)
         from pipeline.imaging import decode_image
 
         shas = list(crops)

@@ -26,6 +26,7 @@ import pyarrow as pa
 import ray
 
 from pipeline.config import Config
+from pipeline.faces.recipe import CropRecipe
 from pipeline.placement import require_node
 from pipeline.store import FACES_DS, SCORES, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, DataRoot, now
 
@@ -84,14 +85,17 @@ def reused_faces(
     return ds  # the scorer conforms the types (a cast): a separate map here would be a separate task per block
 
 
-def detected_faces(cfg: Config, root: DataRoot, shas: list[str], num_cpus: float = 0.25) -> ray.data.Dataset:
-    """Face rows for images the face stage has not seen: :func:`pipeline.faces.detect_faces`, bytes read by actors
-    placed as ``ray.placement.faces`` says (the same hardware as the faces stage's actors)."""
+def detected_faces(
+    cfg: Config, root: DataRoot, shas: list[str], recipe: CropRecipe, num_cpus: float = 0.25
+) -> ray.data.Dataset:
+    """Face rows made afresh by the model's ``recipe`` (images the face stage has not seen, or cropped another
+    way): :func:`pipeline.faces.detect_faces`, bytes read by actors placed as ``ray.placement.faces`` says (the
+    same hardware as the faces stage's actors)."""
     from pipeline.faces import detect_faces
 
     require_node("score", cfg.ray.placement.faces, key="faces")  # the face actors go where the faces stage's go
     ds = ray.data.from_items([{"image_sha256": s} for s in shas])
-    ds = detect_faces(ds, cfg.faces, data_root=root.uri, placement=cfg.ray.placement.faces)
+    ds = detect_faces(ds, cfg.faces, data_root=root.uri, placement=cfg.ray.placement.faces, recipe=recipe)
     # The face stage's rows carry more columns than the scorer reads: narrowed here to the reused rows' schema, so
     # that the union of both pieces has one schema (the scorer's own cast is then a no-op on these rows).
     return ds.map_batches(conform_faces, batch_format="pyarrow", num_cpus=num_cpus)

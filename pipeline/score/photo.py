@@ -3,10 +3,11 @@
     python -m pipeline rate photo.jpg [--model DIR] [--json]
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
 
-Both reuse the face stage's detector (:class:`pipeline.faces.FaceDetector`) and the exported model
-(:class:`pipeline.train.export.LoadedModel`, scores and percentiles from its :meth:`~LoadedModel.score`, as the
-score stage's); the detector and the model are loaded once per process and kept (:func:`load_rater`), so a second
-photo costs only detection and one forward pass.
+Both make the crop the way the model's training crops were made (its ``model.json``'s recipe,
+:func:`pipeline.faces.recipe.cropper`: the face stage's detector with the recorded settings, or the image as given)
+and score it with the exported model (:class:`pipeline.train.export.LoadedModel`, scores and percentiles from its
+:meth:`~LoadedModel.score`, as the score stage's); the crop maker and the model are loaded once per process and
+kept (:func:`load_rater`), so a second photo costs only detection and one forward pass.
 
 Example::
 
@@ -24,14 +25,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config, FacesConfig, load_config
 from pipeline.score.inference import ERROR_REASONS
 from pipeline.store import DataRoot
 
 
 @dataclass
 class Rater:
-    """A face detector and a model, loaded once."""
+    """The model's crop maker (:func:`pipeline.faces.recipe.cropper`) and the model, loaded once."""
 
     detector: Any
     model: Any
@@ -40,24 +41,31 @@ class Rater:
     def detect(self, data: bytes) -> dict:
         return self.detector.process([data])[0]
 
+    @property
+    def faces(self) -> FacesConfig:
+        """The faces settings the model's crops are made with."""
+        return self.detector.cfg
+
 
 _RATERS: dict[tuple[str, str], Rater] = {}
 
 
 def load_rater(cfg: Config, model_dir: str | None = None) -> Rater:
     """The (cached) detector + model for ``model_dir`` (default ``score.model`` under the data root)."""
-    from pipeline.faces import FaceDetector
-    from pipeline.store import resolve_model_dir
+    from pipeline.faces.recipe import cropper, model_recipe
+    from pipeline.store import model_meta, resolve_model_dir
     from pipeline.train.export import LoadedModel
 
     root = DataRoot(cfg.data_root)
     resolved = resolve_model_dir(root, model_dir or cfg.score.model)
-    key = (resolved, cfg.faces.model_dump_json())
+    meta = model_meta(root, resolved)
+    recipe = model_recipe(meta.model_id, meta.inputs, cfg.faces, cfg.score.unrecorded_inputs)
+    key = (resolved, cfg.faces.model_dump_json(), cfg.score.unrecorded_inputs)
     if key not in _RATERS:
         model = LoadedModel.load(resolved, root, device="cpu")
         if cfg.score.optimize:
             model.optimize_for_inference()
-        _RATERS[key] = Rater(FaceDetector(cfg.faces), model, resolved)
+        _RATERS[key] = Rater(cropper(recipe, cfg.faces), model, resolved)
     return _RATERS[key]
 
 
@@ -148,9 +156,14 @@ def sample_boxes(
     return out
 
 
-def _crop(img: Image.Image, box: tuple[float, float, float, float], size: int) -> Image.Image:
-    """The box from the image (outside the frame is black, as the face stage's crops), resized to size²."""
-    return img.crop(tuple(round(v) for v in box)).resize((size, size), Image.BILINEAR)
+def _crop(img: Image.Image, scale: float, box: tuple[float, float, float, float], fc: FacesConfig) -> Image.Image:
+    """The square ``box`` (original pixels) cut from the working copy ``img`` (``scale``: its pixels per original
+    pixel) as the face stage cuts its squares (grey outside the frame, ``crop_size``, the JPEG round trip)."""
+    from pipeline.faces.crop import cut_square
+    from pipeline.imaging import decode_image, to_jpeg
+
+    square = cut_square(img, [v * scale for v in box], fc.crop_size)
+    return decode_image(to_jpeg(square, fc.jpeg_quality))
 
 
 def best_crop(
@@ -158,9 +171,11 @@ def best_crop(
 ) -> dict:
     """Score ``k`` crops over bounded scale and shift around the detected face; write the best as JPEG to ``out``.
 
-    Returns the best crop's score and box next to the original face crop's score (the face stage's crop).
+    Returns the best crop's score and box next to the original face crop's score (the crop the model's recipe
+    makes, scored exactly as ``rate`` scores it: candidate 0). The other candidates are squares cut like the face
+    stage's (grey outside the frame, ``crop_size``, not aligned), so an aligned model sees them unaligned.
     """
-    from pipeline.imaging import decode_image, to_jpeg
+    from pipeline.imaging import decode_bounded, decode_image, to_jpeg
 
     cfg = cfg or load_config(None)
     k = k or cfg.score.best_crop_k
@@ -168,16 +183,18 @@ def best_crop(
     if rated["status"] != "ok":
         return {**rated, "out": None}
     rater = load_rater(cfg, model_dir)
-    img = decode_image(_read(path))
+    fc = rater.faces
+    data = _read(path)
+    work, (w, _) = decode_bounded(data, max(fc.decode_max_side, fc.crop_size), fc.max_pixels, fc.image_formats)
     boxes = sample_boxes(
         tuple(rated["crop_box"]), k, cfg.score.best_crop_scale, cfg.score.best_crop_shift, cfg.score.seed
     )
-    size = cfg.faces.crop_size
-    crops = [_crop(img, b, size) for b in boxes]
+    crops = [decode_image(rater.detect(data)["crop_jpeg"])]  # the rated crop itself: the same score as rate's
+    crops += [_crop(work, work.width / w, b, fc) for b in boxes[1:]]
     scores, pct, predicted = rater.model.score(crops)
     i = int(np.argmax(scores))
     x1, y1, x2, y2 = (round(v) for v in boxes[i])
-    best = img.crop((x1, y1, x2, y2))
+    best = decode_image(data).crop((x1, y1, x2, y2))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_bytes(to_jpeg(best, quality=cfg.faces.jpeg_quality))
     return {

@@ -39,7 +39,9 @@ import pyarrow.compute as pc
 import ray
 
 from pipeline.config import Config
+from pipeline.faces.recipe import CropRecipe, model_recipe
 from pipeline.placement import remote_args, require_node
+from pipeline.progress import Progress
 from pipeline.runtime import log, stage_entry
 from pipeline.score import inference
 from pipeline.store import (
@@ -115,11 +117,16 @@ def scored_images(root: DataRoot, model_id: str) -> set[str]:
     return set(t["image_sha256"].to_pylist())
 
 
-def face_rows_present(root: DataRoot) -> set[str]:
-    """Image sha256s the face stage has rows for (the key column only: no crop bytes are read)."""
+def face_rows_present(root: DataRoot, recipe: CropRecipe, unrecorded: bool = False) -> tuple[set[str], int]:
+    """Image sha256s whose ``faces`` row was made by ``recipe`` (with ``unrecorded``: also rows that predate
+    recipes), and the number of face rows in all (only the key and recipe columns are read, never crops)."""
     if not root.has(FACES_DS):
-        return set()
-    return set(root.read(FACES_DS, columns=["image_sha256"])["image_sha256"].to_pylist())
+        return set(), 0
+    t = root.read(FACES_DS, columns=["image_sha256", "recipe"])
+    same = pc.equal(t["recipe"], recipe.to_json())
+    if unrecorded:
+        same = pc.or_kleene(same, pc.is_null(t["recipe"]))
+    return set(t.filter(pc.fill_null(same, False))["image_sha256"].to_pylist()), t.num_rows
 
 
 @dataclass
@@ -129,6 +136,7 @@ class Plan:
     model_id: str
     model_dir: str
     image_size: int
+    recipe: CropRecipe  # how the model's input crops are made (its model.json's inputs.crop)
     run_id: str
     source: str  # the --images folder, or "posts/staff"
     candidates: list[str]
@@ -141,6 +149,7 @@ def plan(cfg: Config, root: DataRoot, images: str | None = None) -> Plan:
     """The model (the store's lookups: the driver never imports torch), the candidates and what is left to score."""
     model_dir = resolve_model_dir(root, cfg.score.model)
     meta = model_meta(root, model_dir)  # the actors load the weights, the driver only reads the id and input size
+    recipe = model_recipe(meta.model_id, meta.inputs, cfg.faces, cfg.score.unrecorded_inputs)
     candidates = ingest_images(root, images) if images is not None else candidate_images(root)
     done = scored_images(root, meta.model_id)
     stamp = dt.datetime.now(dt.UTC)
@@ -148,6 +157,7 @@ def plan(cfg: Config, root: DataRoot, images: str | None = None) -> Plan:
         model_id=meta.model_id,
         model_dir=model_dir,
         image_size=meta.image_size,
+        recipe=recipe,
         run_id=f"score-{stamp:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
         source=images if images is not None else "posts/staff",
         candidates=candidates,
@@ -167,19 +177,22 @@ class Built:
     detected: int = 0
 
 
-def face_pieces(cfg: Config, root: DataRoot, todo: list[str]) -> tuple[list[ray.data.Dataset], int, int]:
-    """The face rows of ``todo``: reused from the face stage where it has rows, detected afresh for the others;
-    returns the pieces and the two counts."""
+def face_pieces(
+    cfg: Config, root: DataRoot, todo: list[str], recipe: CropRecipe
+) -> tuple[list[ray.data.Dataset], int, int]:
+    """The face rows of ``todo`` made by ``recipe``: the ``faces`` rows where they were made that way, made afresh
+    for the others (images the faces stage has not seen, or cropped another way); returns the pieces and the two
+    counts."""
     sc = cfg.score
-    have_faces = face_rows_present(root)
+    have_faces, n_rows = face_rows_present(root, recipe, unrecorded=sc.unrecorded_inputs == "faces_config")
     reuse = [s for s in todo if s in have_faces]
     fresh = [s for s in todo if s not in have_faces]
     pieces = []
     if reuse:  # no filter when every face row is wanted (a first run): the scan reads each row once anyway
-        wanted = None if len(reuse) == len(have_faces) else reuse
+        wanted = None if len(reuse) == n_rows else reuse
         pieces.append(inference.reused_faces(root, wanted, sc.read_num_cpus, sc.read_unit_mb, sc.read_concurrency))
     if fresh:
-        pieces.append(inference.detected_faces(cfg, root, fresh, sc.read_num_cpus))
+        pieces.append(inference.detected_faces(cfg, root, fresh, recipe, sc.read_num_cpus))
     return pieces, len(reuse), len(fresh)
 
 
@@ -214,7 +227,7 @@ def build(cfg: Config, root: DataRoot, p: Plan) -> Built:
     """The face rows of ``p.todo`` → crops → the scoring actor pool: one streaming dataset of score rows."""
     sc = cfg.score
     require_node("score", cfg.ray.placement.score)  # bounded: Ray Data would wait for such a node without end
-    pieces, reused, detected = face_pieces(cfg, root, p.todo)
+    pieces, reused, detected = face_pieces(cfg, root, p.todo, p.recipe)
     if sc.decode_in_read:
         pieces = _decoded_in_read(pieces, p.image_size, sc.read_num_cpus)
     faces_ds = pieces[0] if len(pieces) == 1 else pieces[0].union(*pieces[1:])
@@ -266,13 +279,17 @@ def _first_time(batch: pa.Table, seen: set[str], done: set[str]) -> pa.Table | N
     return batch.take(pa.array(keep, pa.int64())) if len(keep) < len(shas) else batch
 
 
-def write(root: DataRoot, p: Plan, scored: ray.data.Dataset, part_rows: int) -> Written:
-    """Stream the score rows into atomic part files of ``part_rows`` rows under ``p.partition``."""
+def write(root: DataRoot, p: Plan, scored: ray.data.Dataset, part_rows: int, every_s: float = 10.0) -> Written:
+    """Stream the score rows into atomic part files of ``part_rows`` rows under ``p.partition``; a progress line
+    (done / total, rate, ETA) every ``every_s`` seconds."""
     out, seen = Written(), set()
+    progress = Progress("score", len(p.todo), "images", every_s)
     for batch in scored.iter_batches(batch_size=part_rows, batch_format="pyarrow"):
         table = _first_time(batch, seen, p.done)
         if table is not None:
             out.add(root.write_part(p.partition, table), table)
+            progress.add(table.num_rows)
+    progress.done()
     return out
 
 
@@ -313,11 +330,12 @@ def run(cfg: Config, *, images: str | None = None) -> dict:
     root = DataRoot(cfg.data_root)
     p = plan(cfg, root, images)
     n, left = len(p.candidates), len(p.todo)
-    log.info("score: model %s, %d candidates, %d already scored, %d to score", p.model_id, n, n - left, left)
+    log.info("score: model %s, %d candidates, %d already scored, %d to score; inputs: %s", p.model_id, n, n - left,
+             left, p.recipe.describe())  # fmt: skip
     built, written = Built(), Written()
     if p.todo:
         built = build(cfg, root, p)
-        written = write(root, p, built.scored, cfg.score.part_rows)
+        written = write(root, p, built.scored, cfg.score.part_rows, cfg.score.progress_every_s)
     summary = summarise(p, built, written, time.monotonic() - t0)
     log.info("score: %s", summary)
     return summary

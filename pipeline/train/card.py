@@ -85,10 +85,37 @@ def _rows(labels: LabelSet) -> dict[str, Any]:
 
 
 def _metrics(kind: str, test: dict) -> dict[str, Any]:
-    keys = ("n", "pearson", "pearson_ci95", "mae", "rmse", "baseline")
+    keys = ("n", "pearson", "pearson_ci95", "mae", "rmse", "baseline", "by_group")
     if kind != "regression":
-        keys = ("n", "correct", "accuracy", "accuracy_ci95", "baseline", "chance", "roc_auc", "per_class")
-    return {k: test[k] for k in keys if k in test}
+        keys = ("n", "correct", "accuracy", "accuracy_ci95", "baseline", "chance", "roc_auc", "per_class", "by_group")
+    out = {k: test[k] for k in keys if k in test}
+    if test.get("calibration"):
+        out["ece"] = test["calibration"]["ece"]
+    return out
+
+
+def _factor_lines(m: dict) -> list[str]:
+    """The card's "Factors" section: the test metric per group, the largest gap, the groups too small to judge."""
+    g = m.get("by_group")
+    if not g:
+        return ["- The test labels carry no group (import with `--group-column`), so no per-group figures."]
+    metric = g["metric"]
+    pct = metric == "accuracy"
+    lines = [f"Test {metric} per `{g['column']}` (95% intervals; groups under {g['min_n']} test rows are too small "
+             "to judge):", "", f"| {g['column']} | n | {metric} |", "|---|---|---|"]  # fmt: skip
+    for name, v in g["groups"].items():
+        val = _pct(v[metric]) if pct else f"{v[metric]:.4f}"
+        lines.append(f"| {name} | {v['n']} | {val}{_ci(v.get(metric + '_ci95'), pct=pct)} |")
+    lines.append("")
+    gap = g.get("gap")
+    if gap:
+        value = _pct(gap["value"]) if pct else f"{gap['value']:.4f}"
+        lines.append(f"- Largest gap between groups: {value} ({gap['between'][0]} vs {gap['between'][1]})")
+    else:
+        lines.append("- Largest gap: not judged (fewer than two groups with enough test rows)")
+    if g["too_small"]:
+        lines.append(f"- Too small to judge: {', '.join(g['too_small'])}")
+    return lines
 
 
 def card_facts(
@@ -118,7 +145,17 @@ def card_facts(
         },  # fmt: skip
         "intended_use": INTENDED_USE,
         "limits": LIMITS,
+        "inputs": _inputs(labels),
     }
+
+
+def _inputs(labels: LabelSet) -> str:
+    """How the training crops were made, in words: every path that scores the model makes its crops this way."""
+    from pipeline.faces.recipe import CropRecipe
+
+    if not labels.recipe:
+        return "not recorded (crops made before faces rows recorded how): scoring refuses this model by default"
+    return f"{CropRecipe.from_json(labels.recipe).describe()}; every scoring path makes its crops this way"
 
 
 def _pct(x: float | None) -> str:
@@ -152,6 +189,9 @@ def _metric_lines(kind: str, m: dict) -> list[str]:
     ]
     if m.get("roc_auc") is not None:
         lines.append(f"- ROC-AUC: {m['roc_auc']:.3f}")
+    if m.get("ece") is not None:
+        lines.append(f"- Calibration: expected calibration error {m['ece']:.3f} of the predicted class's probability "
+                     "(10 bins; plots/reliability.png)")  # fmt: skip
     for name, pcm in (m.get("per_class") or {}).items():
         lines.append(
             f"- {name}: precision {_pct(pcm['precision'])}, recall {_pct(pcm['recall'])}, support {pcm['support']}"
@@ -205,6 +245,9 @@ def card_markdown(f: dict[str, Any]) -> str:
     ds_pub = ds.get("published")
     if ds_pub:
         lines.append(f"- Published figure to compare with: {ds_pub}")
+    lines += ["", "## Factors", ""] + _factor_lines(f["metrics"])
+    if f.get("inputs"):
+        lines += ["", "## Inputs", "", f"- {f['inputs']}"]
     b = f["backbone"]
     lines += [
         "",

@@ -28,16 +28,17 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from pipeline.config import TrainConfig
-from pipeline.store import STATUS_OK, DataRoot
+from pipeline.store import FACES_DS, STATUS_OK, DataRoot, InputError
 
 if TYPE_CHECKING:
     import torch  # imported where a tensor is made: the ingest's Ray Data tasks unpickle this module without it
 
 SPLITS = ("train", "val", "test")
-LABEL_COLUMNS = ["item_id", "person_id", "image_sha256", "label", "class_name", "target", "split", "weight"]
+LABEL_COLUMNS = ["item_id", "site", "person_id", "image_sha256", "label", "class_name", "target", "split", "weight",
+                 "group"]  # fmt: skip
 
 
-class TrainInputError(ValueError):
+class TrainInputError(InputError):
     """The label set or the cluster cannot be trained on; ``str(err)`` says why in one line."""
 
 
@@ -52,6 +53,7 @@ class LabelSet:
     target_mean: float = 0.0
     target_std: float = 1.0
     class_weights: list[float] | None = None
+    recipe: str | None = None  # how the crops were made (faces.recipe, canonical JSON); None: rows predate it
 
     @property
     def num_outputs(self) -> int:
@@ -177,12 +179,17 @@ def _targets(t: pa.Table, cfg: TrainConfig, where: str) -> tuple[LabelSet, pa.Ar
 
 
 def check_crops(root: DataRoot, labels: LabelSet, drop_missing: bool = False) -> None:
-    """Every labelled image must have a kept face crop in ``faces`` (only keys are read, never bytes)."""
-    root.require("faces")
-    f = root.read("faces", columns=["image_sha256", "kept"])
-    have = pc.unique(f.filter(pc.fill_null(f["kept"], False))["image_sha256"])
+    """Every labelled image must have a kept face crop in ``faces`` (only keys are read, never bytes), and all of
+    them made by one recipe (:mod:`pipeline.faces.recipe`), which ``labels.recipe`` then holds."""
+    root.require(FACES_DS)
+    f = root.read(FACES_DS, columns=["image_sha256", "kept", "recipe"])
+    f = f.filter(pc.fill_null(f["kept"], False))
+    have = pc.unique(f["image_sha256"])
     present = pc.is_in(labels.table["image_sha256"], value_set=have)
     missing = labels.table.num_rows - pc.sum(present).as_py()
+    if not missing or drop_missing:
+        used = f.filter(pc.is_in(f["image_sha256"], value_set=labels.table["image_sha256"]))
+        labels.recipe = one_recipe(used, labels.task)
     if not missing:
         return
     if drop_missing:
@@ -198,6 +205,29 @@ def check_crops(root: DataRoot, labels: LabelSet, drop_missing: bool = False) ->
     )
 
 
+def one_recipe(faces: pa.Table, task: str) -> str | None:
+    """The one crop recipe of the kept face rows a label set trains on (``faces``: ``image_sha256``, ``recipe``);
+    None when the rows predate recipes. Raises :class:`TrainInputError` when they were made in several ways: a
+    model trained on a mix could not be scored the way it was trained."""
+    from pipeline.faces.recipe import CropRecipe
+
+    counts = faces.group_by("recipe").aggregate([("image_sha256", "count")]).to_pylist()
+    if len(counts) <= 1:
+        return counts[0]["recipe"] if counts else None
+    counts.sort(key=lambda r: -r["image_sha256_count"])
+    top, other = counts[0], counts[1]
+    if top["recipe"] is None or other["recipe"] is None:
+        what = "some were made before crops recorded how they were made"
+    else:
+        diff = CropRecipe.from_json(top["recipe"]).differences(CropRecipe.from_json(other["recipe"]))
+        what = f"{diff}"
+    raise TrainInputError(
+        f"labels/{task}: its face crops were made in {len(counts)} ways ({what}; "
+        f"{', '.join(str(c['image_sha256_count']) for c in counts)} crops): a model must be trained on crops made "
+        "one way, the way it will score; redo the faces (a fresh data root, or one import) with one faces config"
+    )
+
+
 class _JoinLabels:
     """A Ray Data batch UDF: keep the kept crops of labelled images and attach their targets and split."""
 
@@ -207,7 +237,7 @@ class _JoinLabels:
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = batch.filter(pc.fill_null(batch["kept"], False)).select(["image_sha256", "crop_jpeg"])
         joined = batch.join(self.labels, keys="image_sha256", join_type="inner")
-        return joined.select(["crop_jpeg", "y", "split"])
+        return joined.select(["image_sha256", "crop_jpeg", "y", "split"])
 
 
 def make_datasets(

@@ -6,6 +6,8 @@ test-set outputs) and writes, through the data root's filesystem (local or ``s3:
     models/<run_id>/model.pt          state dict of the best epoch by validation metric
     models/<run_id>/metrics.json      test metrics, best epoch, per-epoch history, label counts
     models/<run_id>/test_scores.json  sorted test-set scores (percentiles of new scores are taken against them)
+    models/<run_id>/test_predictions.parquet  the test pass per image (image_sha256, label, predicted, score):
+                                      what scoring the same images through the score stage must give
     models/<run_id>/plots/*.png       training curve; confusion matrix + ROC (classification);
                                       predicted-vs-true scatter + histograms (regression)
     models/<run_id>/MODEL_CARD.md     the model card (:mod:`pipeline.train.card`): data origin and licence,
@@ -13,7 +15,9 @@ test-set outputs) and writes, through the data root's filesystem (local or ``s3:
                                       and weights' origin, intended use and limits
     models/<run_id>/model.json        :class:`pipeline.store.ModelMeta`: task, kind, backbone, num_outputs,
                                       class_names, image_size, mean/std, target_mean/std, model_id, the train
-                                      config, ``card`` (the model card's facts); written last, by
+                                      config, ``card`` (the model card's facts), ``inputs`` (how its inputs
+                                      are made: the crop recipe of its training crops, the pixel size and
+                                      resize); written last, by
                                       :func:`pipeline.store.write_model_meta`: marks the export complete
 
 ``pipeline.store.resolve_model_dir(root, spec)`` turns ``latest`` / ``latest:<task>`` / a run id / a path into a
@@ -49,6 +53,7 @@ from pipeline.train.data import LabelSet, decode_images, normalise_pixels
 from pipeline.train.models import NORMALISATION, build_model
 
 log = logging.getLogger(__name__)
+TEST_PREDICTIONS = "test_predictions.parquet"  # the test pass, one row per image (see test_predictions)
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -64,17 +69,23 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
     y, outputs = np.asarray(test["y"]), np.asarray(test["outputs"], dtype=np.float64)
     kind = labels.kind
     test_metrics = M.evaluate(kind, y, outputs, labels.class_names, labels.target_mean, labels.target_std)
-    scores, _ = M.scores_from_outputs(kind, outputs, labels.target_mean, labels.target_std)
+    scores, pred = M.scores_from_outputs(kind, outputs, labels.target_mean, labels.target_std)
+    keys = test.get("image_sha256") or [None] * len(y)
+    truth = y.astype(float) * labels.target_std + labels.target_mean if kind == "regression" else y
+    test_metrics["by_group"] = by_group(labels, keys, kind, truth, scores if kind == "regression" else pred)
+    if kind != "regression":
+        test_metrics["calibration"] = M.calibration(M.softmax(outputs), y)
     metric = "rmse" if kind == "regression" else "accuracy"
     model_dir = root.model_dir(run_id)
 
     plots = {"training_curve.png": M.curve_png(history, metric)}
     if kind == "regression":
-        true = y.astype(float) * labels.target_std + labels.target_mean
-        plots["scatter.png"] = M.scatter_png(true, scores)
-        plots["histograms.png"] = M.histograms_png(true, scores)
+        plots["scatter.png"] = M.scatter_png(truth, scores)
+        plots["histograms.png"] = M.histograms_png(truth, scores)
     else:
         plots["confusion.png"] = M.confusion_png(test_metrics["confusion"], labels.class_names)
+        if test_metrics["calibration"]:
+            plots["reliability.png"] = M.reliability_png(test_metrics["calibration"])
         if kind == "binary" and len(set(y.tolist())) == 2:
             plots["roc.png"] = M.roc_png(y, scores)
     for name, png in plots.items():
@@ -82,6 +93,7 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
 
     root.write_bytes_atomic(posixpath.join(model_dir, "model.pt"), weights)
     root.write_json(posixpath.join(model_dir, "test_scores.json"), sorted(float(s) for s in scores))
+    root.write_bytes_atomic(posixpath.join(model_dir, TEST_PREDICTIONS), test_predictions(labels, keys, y, outputs))
     summary = {
         "run_id": run_id,
         "task": labels.task,
@@ -104,6 +116,50 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
     return test_metrics
 
 
+def by_group(labels: LabelSet, keys: list, kind: str, truth: np.ndarray, pred: np.ndarray) -> dict | None:
+    """:func:`pipeline.train.metrics.group_metrics` of the test rows (``keys``: their image sha256s) by the labels'
+    ``group`` column, else by ``site`` when the test set spans several sites that are not one class each (a
+    department set's sites are its classes); None without groups."""
+    test = labels.split("test").to_pylist()
+    rows = {r["image_sha256"]: r for r in test}
+    column = "group" if any(r.get("group") is not None for r in test) else "site"
+    groups = [rows.get(k, {}).get(column) for k in keys]
+    if column == "site":
+        classes = {r["site"]: set() for r in test}
+        for r in test:
+            classes[r["site"]].add(r.get("label"))
+        if len(classes) < 2 or (kind != "regression" and all(len(c) == 1 for c in classes.values())):
+            return None
+    out = M.group_metrics(kind, groups, truth, pred)
+    return {"column": column, **out} if out else None
+
+
+def test_predictions(labels: LabelSet, keys: list, y: np.ndarray, outputs: np.ndarray) -> bytes:
+    """``test_predictions.parquet``: one row per test image of the model's own test pass: ``image_sha256``, the
+    true ``label`` and the ``predicted`` class name (classification) or the true ``target`` and predicted ``value``
+    (regression), and ``score`` as the score stage writes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scores, pred = M.scores_from_outputs(labels.kind, outputs, labels.target_mean, labels.target_std)
+    cols: dict = {"image_sha256": pa.array(keys, pa.string()), "score": pa.array(np.asarray(scores, np.float64))}
+    if labels.kind == "regression":
+        cols["target"] = pa.array(np.asarray(y, np.float64) * labels.target_std + labels.target_mean)
+    else:
+        names = labels.class_names
+        cols["label"] = pa.array([names[int(i)] for i in y], pa.string())
+        cols["predicted"] = pa.array([names[int(i)] for i in pred], pa.string())
+    buf = io.BytesIO()
+    pq.write_table(pa.table(cols), buf)
+    return buf.getvalue()
+
+
+def model_inputs(cfg: Config, labels: LabelSet) -> dict:
+    """``model.json``'s ``inputs``: the crop recipe of the training crops and how crops become pixels."""
+    crop = json.loads(labels.recipe) if labels.recipe else None
+    return {"crop": crop, "pixels": {"size": cfg.train.image_size, "resize": "bilinear", "colour": "RGB"}}
+
+
 def _model_meta(
     cfg: Config, labels: LabelSet, run_id: str, best_epoch: int | None, card: dict | None = None
 ) -> ModelMeta:
@@ -124,6 +180,7 @@ def _model_meta(
         best_epoch=best_epoch,
         train_config=cfg.train.model_dump(),
         card=card,
+        inputs=model_inputs(cfg, labels),
     )
 
 

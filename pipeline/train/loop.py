@@ -147,11 +147,16 @@ def _read_shard(ds) -> pa.Table:
 
 
 def _table_batches(table: pa.Table, batch_size: int, order: np.ndarray | None = None):
-    """Numpy batches (``crop_jpeg``: a list of bytes, ``y``) of ``table``'s rows in ``order`` (all, as stored)."""
+    """Numpy batches (``crop_jpeg``: a list of bytes, ``y``, and ``image_sha256`` where the table has it) of
+    ``table``'s rows in ``order`` (all, as stored)."""
     order = np.arange(table.num_rows) if order is None else order
+    keys = "image_sha256" in table.column_names
     for i in range(0, len(order), batch_size):
         part = table.take(pa.array(order[i : i + batch_size]))
-        yield {"crop_jpeg": part["crop_jpeg"].to_pylist(), "y": part["y"].to_numpy()}
+        batch = {"crop_jpeg": part["crop_jpeg"].to_pylist(), "y": part["y"].to_numpy()}
+        if keys:
+            batch["image_sha256"] = part["image_sha256"].to_pylist()
+        yield batch
 
 
 def _rank(record: dict | None) -> tuple[float, float]:
@@ -446,10 +451,12 @@ class TrainWorker:
         images = sum(p[1] for p in parts)
         return {"train_loss": train_loss, "images": images, "train_s": train_s, "bn_crops": bn_n, "bn_s": bn_s}
 
-    def predict_split(self, name: str):
-        """Evaluate this rank's shard (``<name>_<rank>``) of a split; gather all ranks' ``(y, outputs, loss)``."""
+    def predict_split(self, name: str, exact: bool = False):
+        """Evaluate this rank's shard (``<name>_<rank>``) of a split; gather all ranks' ``(y, outputs, loss,
+        image_sha256s)``. ``exact``: in fp32 whatever ``mixed_precision`` says, as the exported model scores by
+        default (the test pass: its outputs are the ones scoring the same crops gives)."""
         tc = self.tc
-        ys, outs, loss_sum = [], [], 0.0
+        ys, outs, keys, loss_sum = [], [], [], 0.0
         self.model.eval()
         table = self.eval_tables.get(name)
         if table is None:  # read once, kept for the following epochs
@@ -459,23 +466,24 @@ class TrainWorker:
                 x = decode_batch(batch["crop_jpeg"], tc.image_size, self.mean, self.std)
                 y = torch.as_tensor(batch["y"])
                 x, y = _to_device(x, y, self.device)
-                with self.autocast():
+                with nullcontext() if exact else self.autocast():
                     out = self.model(x)
                 out = out.float()
                 loss_sum += float(self.loss_fn(out.squeeze(1) if self.kind == "regression" else out, y)) * len(y)
                 ys.append(batch["y"])
                 outs.append(out.cpu().numpy())
-        parts = _gather((ys, outs, loss_sum))
+                keys.extend(batch.get("image_sha256") or [None] * len(y))
+        parts = _gather((ys, outs, loss_sum, keys))
         y_all = np.concatenate([a for p in parts for a in p[0]]) if any(p[0] for p in parts) else np.empty(0)
         o_all = np.concatenate([a for p in parts for a in p[1]]) if any(p[1] for p in parts) else np.empty((0, 1))
         loss = sum(p[2] for p in parts) / max(len(y_all), 1)
-        return y_all, o_all, loss
+        return y_all, o_all, loss, [k for p in parts for k in p[3]]
 
     def validate(self, epoch: int, train: dict) -> dict:
         """Score the epoch's weights on ``val``, keep them as the best when they rank higher; the history record."""
         c = self.config
         t1 = time.perf_counter()
-        y, out, val_loss = self.predict_split("val")
+        y, out, val_loss, _ = self.predict_split("val")
         val = evaluate(self.kind, y, out, c["class_names"], c["target_mean"], c["target_std"])
         score = selection_score(self.kind, val)
         self.last_state = _cpu_copy(self.model)
@@ -537,11 +545,13 @@ class TrainWorker:
                 json.dump(test, f)
 
     def finish(self, epoch: int, record: dict | None) -> None:
-        """Test the best weights, then report the last checkpoint (with the test outputs)."""
+        """Test the best weights in fp32 (as the exported model scores), then report the last checkpoint with the
+        test outputs and the image of each."""
         self.model.load_state_dict(self.best_state)
-        y, out, _ = self.predict_split("test")
+        y, out, _, keys = self.predict_split("test", exact=True)
         self.model.load_state_dict(self.last_state)
-        self.report(epoch, record, {"y": y.tolist(), "outputs": out.tolist(), "best_epoch": self.best_epoch})
+        test = {"y": y.tolist(), "outputs": out.tolist(), "image_sha256": keys, "best_epoch": self.best_epoch}
+        self.report(epoch, record, test)
 
     def run(self) -> None:
         """Train the remaining epochs; a resumed run with nothing left to train tests and reports again."""

@@ -8,6 +8,12 @@ majority class holds 28% shows here as 0.570 [0.506, 0.632] (134 of 235) against
 (``tests/test_metrics_ci.py::test_wilson_interval_of_the_majors_study``).
 Regression: Pearson correlation (with a 95% Fisher-z interval), MAE and RMSE (the three of the SCUT-FBP5500 paper),
 in target units, beside the baseline of predicting the training mean for every face.
+Per group (:func:`group_metrics`, a model card's "factors"): when the labels carry a group (an imported set's
+``group`` column: age band, skin type, gender; else the site when the test set spans several), the same accuracy
+with its interval (or MAE with a normal interval) per group, the largest gap between groups large enough to judge
+(at least ``min_n`` test rows), and the groups too small to judge. Calibration (:func:`calibration`): scores are
+read as probabilities, so the expected calibration error of the predicted class's probability over equal-width
+bins, and the reliability diagram (:func:`reliability_png`).
 Plots are PNG bytes drawn with matplotlib's Agg backend (no display needed), written by the exporter.
 
 Example::
@@ -103,6 +109,64 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     return out
 
 
+def calibration(probs: np.ndarray, y_true: np.ndarray, bins: int = 10) -> dict | None:
+    """Expected calibration error (ECE) of the predicted class's probability: over ``bins`` equal-width bins of
+    that probability, the row-weighted mean of |accuracy - mean probability|; with the bins (lo, hi, n, mean
+    probability, accuracy) for the reliability diagram. None without rows."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if len(y_true) == 0:
+        return None
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    right = (pred == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        if not m.any():
+            continue
+        acc, mean_conf = float(right[m].mean()), float(conf[m].mean())
+        ece += m.sum() / len(conf) * abs(acc - mean_conf)
+        rows.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(m.sum()), "confidence": mean_conf,
+                     "accuracy": acc})  # fmt: skip
+    return {"ece": float(ece), "bins": rows, "binning": f"{bins} equal-width bins of the predicted class's probability"}
+
+
+def group_metrics(kind: str, groups: list, y_true: np.ndarray, pred: np.ndarray, min_n: int = 30) -> dict | None:
+    """Per-group test metrics: ``groups`` names each row's group (None: no group), ``pred`` the predicted class
+    index (classification) or value (regression, ``y_true`` in target units). Each group: n and accuracy with its
+    Wilson interval, or MAE with a normal 95% interval; ``gap``: the largest difference between groups with at
+    least ``min_n`` rows (and which two); ``too_small``: the groups below ``min_n``. None when fewer than two
+    groups."""
+    g = np.asarray(["(none)" if x is None else str(x) for x in groups], dtype=object)
+    names = sorted(set(g.tolist()))
+    if len(names) < 2:
+        return None
+    y_true, pred = np.asarray(y_true), np.asarray(pred)
+    per: dict[str, dict] = {}
+    for name in names:
+        m = g == name
+        n = int(m.sum())
+        if kind == "regression":
+            err = np.abs(pred[m].astype(float) - y_true[m].astype(float))
+            half = 1.959964 * float(err.std(ddof=1)) / math.sqrt(n) if n > 1 else None
+            mae = float(err.mean())
+            per[name] = {"n": n, "mae": mae, "mae_ci95": [mae - half, mae + half] if half is not None else None}
+        else:
+            right = int(np.sum(pred[m] == y_true[m]))
+            ci = wilson_interval(right, n)
+            per[name] = {"n": n, "accuracy": right / n, "accuracy_ci95": list(ci) if ci else None}
+    metric = "mae" if kind == "regression" else "accuracy"
+    judged = {k: v for k, v in per.items() if v["n"] >= min_n}
+    gap = None
+    if len(judged) >= 2:
+        lo = min(judged, key=lambda k: judged[k][metric])
+        hi = max(judged, key=lambda k: judged[k][metric])
+        gap = {"metric": metric, "value": judged[hi][metric] - judged[lo][metric], "between": [hi, lo]}
+    return {"metric": metric, "min_n": min_n, "groups": per, "gap": gap,
+            "too_small": sorted(k for k, v in per.items() if v["n"] < min_n)}  # fmt: skip
+
+
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, baseline_value: float | None = None) -> dict:
     """Pearson correlation (and its 95% interval), MAE and RMSE; with ``baseline_value`` (the training mean) also
     the MAE and RMSE of predicting it for every row."""
@@ -182,6 +246,22 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def reliability_png(cal: dict) -> bytes:
+    """The reliability diagram of :func:`calibration`: accuracy against mean probability per bin."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    bins = cal["bins"]
+    ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=[b["hi"] - b["lo"] for b in bins],
+           align="edge", alpha=0.6, edgecolor="C0", label="accuracy")  # fmt: skip
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="C1", label="per bin")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+    ax.set_xlabel("predicted class probability")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (test), ECE {cal['ece']:.3f}")
+    ax.legend(loc="upper left")
+    return _png(fig)
 
 
 def confusion_png(confusion: list[list[int]], class_names: list[str], title: str = "test") -> bytes:

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import io
 import posixpath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from pipeline.config import FacesConfig, load_config
+from pipeline.faces.recipe import CropRecipe
 from pipeline.store import DataRoot, ModelMeta, now, write_model_meta
+
+
+def _inputs(faces: FacesConfig | None, image_size: int) -> dict:
+    fc = faces or load_config(TEST_CONFIG).faces
+    crop = CropRecipe.of(fc, detect=True).to_dict()
+    return {"crop": crop, "pixels": {"size": image_size, "resize": "bilinear", "colour": "RGB"}}
 
 
 def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
@@ -68,10 +77,22 @@ def add_posts(root: DataRoot, images: list[bytes], start: int = 0) -> list[str]:
     return shas
 
 
+TEST_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "test.yaml"
+RECORDED = "recorded"
+
+
 def write_model(
-    root: DataRoot, run_id: str = "20250101T000000-test", task: str = "selfie", image_size: int = 32
+    root: DataRoot,
+    run_id: str = "20250101T000000-test",
+    task: str = "selfie",
+    image_size: int = 32,
+    faces: FacesConfig | None = None,
+    inputs: dict | None | str = RECORDED,
 ) -> str:
-    """A tiny exported model under ``models/<run_id>/``; returns the model dir."""
+    """A tiny exported model under ``models/<run_id>/``; returns the model dir.
+
+    Its ``model.json`` records MTCNN crops made with ``faces`` (configs/test.yaml's faces settings by default: the
+    config these tests score with) unless ``inputs`` is given (None: a model that records none)."""
     import torch
 
     from pipeline.config import TrainConfig
@@ -112,6 +133,7 @@ def write_model(
         std=std,
         best_epoch=2,
         train_config=tc.model_dump(),
+        inputs=_inputs(faces, image_size) if inputs == RECORDED else inputs,
     )
     write_model_meta(root, d, meta)
     return d

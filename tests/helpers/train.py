@@ -10,10 +10,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.config import load_config
+from pipeline.config import FacesConfig, load_config
+from pipeline.faces.recipe import CropRecipe
 from pipeline.store import DataRoot
 
 N = 100  # 60 train, 20 val, 20 test
+RECIPE = CropRecipe.of(FacesConfig(crop_size=64), detect=False).to_json()  # crops taken as given, 64 px
 
 
 def brightness_crop(brightness: float, rng: np.random.Generator) -> bytes:
@@ -38,7 +40,8 @@ def make_root(
         b = float(rng.uniform(150, 210) if cls else rng.uniform(50, 110))
         jpeg = brightness_crop(b, rng)
         sha = hashlib.sha256(jpeg).hexdigest()
-        faces.append({"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": jpeg, "width": 64, "height": 64})
+        faces.append({"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": jpeg, "width": 64, "height": 64,
+                      "recipe": RECIPE})  # fmt: skip
         split = "train" if i < 0.6 * n else ("val" if i < 0.8 * n else "test")
         row = {"item_id": f"p{i}", "site": "t", "person_id": f"u{i}", "image_sha256": sha, "status": "ok"}
         row.update(split=split, weight=1.0, target=b / 255 * 4 + 1, fold=(i // 2) % folds if folds else None)
