@@ -48,8 +48,9 @@ def make_root(path: str, n: int, backbone: str = "resnet18", image_size: int = 9
     from PIL import Image
 
     from pipeline.config import TrainConfig
-    from pipeline.store import DataRoot, ModelMeta, now, write_model_meta
-    from pipeline.train.models import NORMALISATION, build_model
+    from pipeline.model.meta import ModelMeta, write_model_meta
+    from pipeline.model.network import NORMALISATION, build_model
+    from pipeline.store import DataRoot, now
 
     root = DataRoot(path)
     rng = np.random.default_rng(0)
@@ -103,8 +104,8 @@ def plain_loop(root_path: str, batch: int, device: str, workers: int, optimize: 
     from torch.utils.data import DataLoader, Dataset
 
     from pipeline.imaging import decode_image
+    from pipeline.model.loaded import LoadedModel
     from pipeline.store import DataRoot
-    from pipeline.train.export import LoadedModel
 
     t0 = time.perf_counter()  # like ours: reading the crops and loading the model are part of the run
     root = DataRoot(root_path)

@@ -12,7 +12,7 @@ is up; its start time is printed). Layouts: ``one-worker`` is the stage's CPU de
 ``two-workers`` is two DDP workers of one thread each (``num_workers: 2, cpus_per_worker: 0.875``).
 
 Plain: one process, torch's default threads (every core), a ``DataLoader`` with one worker process that decodes
-and augments the same JPEG bytes with the same code (``pipeline.train.data.decode_batch``), the same model,
+and augments the same JPEG bytes with the same code (``pipeline.model.pixels.decode_batch``), the same model,
 AdamW, learning rate, batch size and epochs; per epoch a validation pass and a checkpoint (weights, optimiser,
 best weights) saved with ``torch.save``; at the end a test pass with the best weights and the final ``model.pt``.
 The plain script runs fp32 (``--plain-precision bf16``: its forward passes under bfloat16 autocast, as ours on a
@@ -45,9 +45,9 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.model.network import NORMALISATION, build_model  # noqa: E402
+from pipeline.model.pixels import decode_batch  # noqa: E402
 from pipeline.store import DataRoot  # noqa: E402
-from pipeline.train.data import decode_batch  # noqa: E402
-from pipeline.train.models import NORMALISATION, build_model  # noqa: E402
 
 LAYOUTS = {
     "one-worker": {},  # the stage's CPU default

@@ -13,10 +13,10 @@ unimportable here too, so a CPU run proves the device run needs neither):
   README's own size and both of its methods, with plain ``MTCNN(keep_all=True).detect`` on the same GPU and images
   beside ours (``peer_same_gpu``).
 * ``gpu_train_resnet50``: training steps (forward, cross-entropy, backward, AdamW as ``pipeline/train/loop.py``
-  uses) of :func:`pipeline.train.models.build_model` ``resnet50`` at 224 px under bf16 autocast, channels-last,
+  uses) of :func:`pipeline.model.network.build_model` ``resnet50`` at 224 px under bf16 autocast, channels-last,
   on synthetic batches already on the GPU. Reference: NVIDIA DeepLearningExamples, ResNet-50 v1.5 for PyTorch,
   1x A100 80GB, mixed precision (fp16), 2,470 images/s (real ImageNet data through DALI, SGD).
-* ``gpu_score_resnet50_fp32`` / ``_bf16``: :class:`pipeline.train.export.LoadedModel` loaded from an exported
+* ``gpu_score_resnet50_fp32`` / ``_bf16``: :class:`pipeline.model.loaded.LoadedModel` loaded from an exported
   model folder (random ResNet-50 weights, written as the exporter writes them), ``optimize_for_inference`` and
   ``use_precision`` as the score stage does, timed through ``score(pixels=...)`` (uint8 pixels from host memory
   to scores and percentiles, the score stage's call); ``forward_only`` is the forward pass alone on a normalised
@@ -220,7 +220,7 @@ def bench_mtcnn(torch, device, s: Sizes) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ training
 def bench_train(torch, device, s: Sizes) -> list[dict]:
     from pipeline.config import TrainConfig
-    from pipeline.train.models import build_model
+    from pipeline.model.network import build_model
 
     tc = TrainConfig(backbone="resnet50", image_size=s.train_size, batch_size=s.train_batch, mixed_precision="bf16")
     torch.manual_seed(0)
@@ -258,8 +258,9 @@ def export_model(torch, folder: str, image_size: int) -> str:
     import posixpath
 
     from pipeline.config import TrainConfig
-    from pipeline.store import DataRoot, ModelMeta, write_model_meta
-    from pipeline.train.models import NORMALISATION, build_model
+    from pipeline.model.meta import ModelMeta, write_model_meta
+    from pipeline.model.network import NORMALISATION, build_model
+    from pipeline.store import DataRoot
 
     torch.manual_seed(0)
     tc = TrainConfig(task="selfie", backbone="resnet50", image_size=image_size)
@@ -280,7 +281,7 @@ def export_model(torch, folder: str, image_size: int) -> str:
 def _score_run(torch, device, model, s: Sizes, precision: str, optimised: str) -> dict:
     import numpy as np
 
-    from pipeline.train.data import normalise_pixels
+    from pipeline.model.pixels import normalise_pixels
 
     model.use_precision(precision)
     rng = np.random.default_rng(0)
@@ -302,7 +303,7 @@ def _score_run(torch, device, model, s: Sizes, precision: str, optimised: str) -
 
 
 def bench_score(torch, device, s: Sizes) -> list[dict]:
-    from pipeline.train.export import LoadedModel
+    from pipeline.model.loaded import LoadedModel
 
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         model = LoadedModel.load(export_model(torch, tmp, s.score_size), device=str(device))

@@ -18,8 +18,8 @@ import torchvision
 from PIL import Image
 
 from pipeline.config import TrainConfig
+from pipeline.model.network import CACHED_WEIGHTS, _backbone, build_model, weights_origin
 from pipeline.train.loop import TrainWorker, _cpu_copy
-from pipeline.train.models import CACHED_WEIGHTS, _backbone, build_model, weights_origin
 
 
 @pytest.fixture

@@ -15,10 +15,12 @@ from helpers.recipe_standins import bitmoji_set
 from helpers.train import make_root
 from pipeline.config import load_config
 from pipeline.labels.imports import import_classes
-from pipeline.store import DataRoot, ModelMeta, model_meta
+from pipeline.model.loaded import LoadedModel
+from pipeline.model.meta import ModelMeta, model_meta
+from pipeline.store import DataRoot
 from pipeline.train.card import card_facts, card_markdown
 from pipeline.train.data import load_labels
-from pipeline.train.export import LoadedModel, export_run
+from pipeline.train.export import export_run
 from pipeline.train.loop import TrainWorker, _cpu_copy
 
 

@@ -20,8 +20,9 @@ import pytest
 
 from helpers.parity import assert_scores_match_test_pass
 from pipeline.config import load_config
-from pipeline.faces.recipe import CropRecipe, RecipeError
+from pipeline.faces.recipe import CropRecipe
 from pipeline.labels.imports import import_classes
+from pipeline.model.meta import RecipeError
 from pipeline.store import DataRoot
 
 SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"

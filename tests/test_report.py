@@ -13,8 +13,9 @@ from helpers.images import encode
 from helpers.score_model import face_images, write_model
 from pipeline.config import load_config
 from pipeline.faces.recipe import CropRecipe
+from pipeline.model.meta import model_meta
 from pipeline.report.html import write_report
-from pipeline.store import DataRoot, model_meta, now
+from pipeline.store import DataRoot, now
 
 
 def _seed(root: DataRoot, model_id: str, n: int = 14, with_scores: bool = True) -> list[str]:

@@ -17,8 +17,9 @@ from helpers.score_model import add_posts, face_images, no_face_images, write_mo
 from pipeline import score
 from pipeline.config import load_config
 from pipeline.faces.recipe import CropRecipe
+from pipeline.model.meta import ModelMeta
 from pipeline.score import inference
-from pipeline.store import DataRoot, ModelMeta, now
+from pipeline.store import DataRoot, now
 
 OVERRIDES = {
     "faces.num_actors": 1,
@@ -201,7 +202,7 @@ def test_missing_inputs_are_named(ray_session, cfg):
 
 def _binary_meta(tc) -> ModelMeta:
     """model.json of a binary selfie model with ``tc``'s backbone and image size (what LoadedModel reads)."""
-    from pipeline.train.models import NORMALISATION
+    from pipeline.model.network import NORMALISATION
 
     mean, std = NORMALISATION[tc.backbone]
     return ModelMeta(
@@ -224,8 +225,8 @@ def test_inference_optimisation_keeps_the_scores(backbone, size, monkeypatch):
     import torch
 
     from pipeline.config import TrainConfig
-    from pipeline.train.export import LoadedModel
-    from pipeline.train.models import build_model
+    from pipeline.model.loaded import LoadedModel
+    from pipeline.model.network import build_model
 
     torch.manual_seed(0)
     tc = TrainConfig(task="selfie", backbone=backbone, image_size=size)
@@ -280,8 +281,8 @@ def test_crops_decoded_in_the_read_tasks_score_like_predict():
 
     from pipeline.config import TrainConfig
     from pipeline.imaging import decode_image
-    from pipeline.train.export import LoadedModel
-    from pipeline.train.models import build_model
+    from pipeline.model.loaded import LoadedModel
+    from pipeline.model.network import build_model
 
     torch.manual_seed(0)
     tc = TrainConfig(task="selfie", backbone="small_cnn", image_size=40)
@@ -391,7 +392,7 @@ def test_the_score_driver_plans_without_torch(data_root):
     code = (
         "import sys\n"
         "from pipeline import cli, score\n"
-        "from pipeline.store import DataRoot, model_meta, resolve_model_dir\n"
+        "from pipeline.store import DataRoot\nfrom pipeline.model.meta import model_meta, resolve_model_dir\n"
         f"root = DataRoot({str(data_root)!r})\n"
         "d = resolve_model_dir(root, 'latest')\n"
         "print(d, model_meta(root, d).image_size, 'torch' in sys.modules)\n"
@@ -406,9 +407,9 @@ def test_one_score_for_crops_and_pixels():
     import torch
 
     from pipeline.config import TrainConfig
-    from pipeline.train.data import model_pixels
-    from pipeline.train.export import LoadedModel
-    from pipeline.train.models import build_model
+    from pipeline.model.loaded import LoadedModel
+    from pipeline.model.network import build_model
+    from pipeline.model.pixels import model_pixels
 
     torch.manual_seed(0)
     tc = TrainConfig(task="selfie", backbone="small_cnn", image_size=40)
@@ -432,7 +433,7 @@ def test_the_model_folder_format_has_one_definition(data_root):
     fields appear only when set, and a malformed file or value is refused with one line saying what is wrong."""
     import dataclasses
 
-    from pipeline.store import model_meta, resolve_model_dir, write_model_meta
+    from pipeline.model.meta import model_meta, resolve_model_dir, write_model_meta
 
     root = DataRoot(str(data_root))
     d = write_model(root, run_id="r1", task="department", image_size=40, faces=FACES)

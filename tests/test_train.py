@@ -133,7 +133,7 @@ def test_backbones_heads_and_local_pretrained_file(tmp_path):
     import torch
 
     from pipeline.config import TrainConfig
-    from pipeline.train.models import build_model
+    from pipeline.model.network import build_model
 
     for backbone, size, dim in (("resnet18", 64, 512), ("inception_resnet_v1", 112, 512), ("small_cnn", 32, 128)):
         m = build_model(TrainConfig(backbone=backbone), num_outputs=4).eval()
@@ -154,8 +154,8 @@ def test_precise_bn_recomputes_statistics_with_the_current_weights():
     import torch
 
     from pipeline.config import TrainConfig
+    from pipeline.model.network import build_model
     from pipeline.train.loop import _precise_bn, _rank
-    from pipeline.train.models import build_model
 
     tc = TrainConfig(backbone="small_cnn", image_size=32, batch_size=8)
     model = build_model(tc, 2)

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipeline.config import FacesConfig
-from pipeline.store import InputError
 
 VERSION = 1
 MODES = ("detect", "as_given")
@@ -154,30 +153,3 @@ def cropper(recipe: CropRecipe, base: FacesConfig, **kwargs: Any) -> Cropper:
     from pipeline.faces.detector import FaceDetector
 
     return FaceDetector(fc, **kwargs)
-
-
-class RecipeError(InputError):
-    """A model cannot be scored the way it was trained; ``str(err)`` says why in one line."""
-
-
-def of_model(inputs: dict[str, Any] | None) -> CropRecipe | None:
-    """The crop recipe a model's ``model.json`` records (``inputs.crop``); None when it records none."""
-    crop = (inputs or {}).get("crop")
-    return CropRecipe.from_dict(crop) if crop else None
-
-
-def model_recipe(model_id: str, inputs: dict[str, Any] | None, fc: FacesConfig, unrecorded: str) -> CropRecipe:
-    """The recipe to make a model's input crops with: the one its ``model.json`` records. A model that records
-    none (exported before models recorded it, or trained on crops that predate recipes) is refused with
-    :class:`RecipeError`, unless ``unrecorded`` is ``faces_config`` (``score.unrecorded_inputs``): then ``fc``'s
-    detection, as such models were scored before."""
-    recipe = of_model(inputs)
-    if recipe is not None:
-        return recipe
-    if unrecorded == "faces_config":
-        return CropRecipe.of(fc, detect=True)
-    raise RecipeError(
-        f"model {model_id}: its model.json does not say how its input crops were made (trained before models "
-        "recorded it), so its scores could not be trusted to match its metrics; retrain it, or set "
-        "score.unrecorded_inputs: faces_config to score it with this config's faces settings"
-    )

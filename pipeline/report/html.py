@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipeline.config import Config
-from pipeline.faces.recipe import RecipeError, model_recipe
+from pipeline.model.meta import RecipeError, model_recipe
 from pipeline.privacy import report_sidecar
 from pipeline.store import FACES_DS, SCORES_DS, DataRoot
 
@@ -214,9 +214,9 @@ table{border-collapse:collapse}th,td{padding:2px 10px;border-bottom:1px solid #e
 
 def write_report(run_dir: str, cfg: Config) -> str:
     """Write ``<run_dir>/report.html`` (self-contained) for the model in ``run_dir``; returns its path."""
+    from pipeline.model.loaded import LoadedModel
+    from pipeline.model.meta import model_location, resolve_model_dir
     from pipeline.report.tsne import tsne_2d, tsne_png
-    from pipeline.store import model_location, resolve_model_dir
-    from pipeline.train.export import LoadedModel
 
     root = DataRoot(cfg.data_root)
     model_dir = resolve_model_dir(root, run_dir)

@@ -4,7 +4,7 @@ Modules: :mod:`~pipeline.score.stage` (``run``: plan → build → write → sum
 (the Ray Data pieces: face rows, crop preparation, the scoring actor), :mod:`~pipeline.score.photo` (rate one photo,
 best crop: ``python -m pipeline rate`` / ``best-crop``), :mod:`~pipeline.score.scheduler` (submits the score job on
 a cron schedule: ``python -m pipeline scheduler``). A model's scores and percentiles come from
-:meth:`pipeline.train.export.LoadedModel.score`, the same for all three.
+:meth:`pipeline.model.loaded.LoadedModel.score`, the same for all three.
 """
 
 from pipeline.score.photo import best_crop, format_rating, rate_photo

@@ -136,7 +136,7 @@ def prepare_crops(batch: pa.Table, image_size: int) -> dict[str, np.ndarray]:
     without pixels carry zeros (a fixed-shape tensor column), which the actor never runs through the model.
     """
     from pipeline.imaging import decode_image
-    from pipeline.train.data import model_pixels
+    from pipeline.model.pixels import model_pixels
 
     n = batch.num_rows
     kept = batch["kept"].fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
@@ -196,7 +196,7 @@ class Scorer:
     ):
         import torch
 
-        from pipeline.train.export import LoadedModel
+        from pipeline.model.loaded import LoadedModel
 
         # Up to ``calls`` batches are in this actor at once (score.calls_per_actor), each in its own thread, so one
         # is decoded while another is in the model. On a CPU the actor's threads (score.torch_threads, else its CPU
@@ -256,7 +256,7 @@ def _run_model(model: Any, pixels: np.ndarray, todo: np.ndarray, status: np.ndar
 def score_prepared(model: Any, batch: dict[str, np.ndarray], run_id: str) -> pa.Table:
     """Prepared rows (:func:`prepare_crops`) → score rows in the SCORES schema.
 
-    Rows with pixels are scored in one forward pass (:meth:`pipeline.train.export.LoadedModel.score`); a batch the
+    Rows with pixels are scored in one forward pass (:meth:`pipeline.model.loaded.LoadedModel.score`); a batch the
     model fails on is retried row by row, so one bad crop never loses the batch. Rows without pixels become
     ``skipped`` (no usable face) or ``error`` rows.
     """

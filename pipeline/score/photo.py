@@ -5,7 +5,7 @@
 
 Both make the crop the way the model's training crops were made (its ``model.json``'s recipe,
 :func:`pipeline.faces.recipe.cropper`: the face stage's detector with the recorded settings, or the image as given)
-and score it with the exported model (:class:`pipeline.train.export.LoadedModel`, scores and percentiles from its
+and score it with the exported model (:class:`pipeline.model.loaded.LoadedModel`, scores and percentiles from its
 :meth:`~LoadedModel.score`, as the score stage's); the crop maker and the model are loaded once per process and
 kept (:func:`load_rater`), so a second photo costs only detection and one forward pass.
 
@@ -52,9 +52,9 @@ _RATERS: dict[tuple[str, str], Rater] = {}
 
 def load_rater(cfg: Config, model_dir: str | None = None) -> Rater:
     """The (cached) detector + model for ``model_dir`` (default ``score.model`` under the data root)."""
-    from pipeline.faces.recipe import cropper, model_recipe
-    from pipeline.store import model_meta, resolve_model_dir
-    from pipeline.train.export import LoadedModel
+    from pipeline.faces.recipe import cropper
+    from pipeline.model.loaded import LoadedModel
+    from pipeline.model.meta import model_meta, model_recipe, resolve_model_dir
 
     root = DataRoot(cfg.data_root)
     resolved = resolve_model_dir(root, model_dir or cfg.score.model)

@@ -39,7 +39,8 @@ import pyarrow.compute as pc
 import ray
 
 from pipeline.config import Config
-from pipeline.faces.recipe import CropRecipe, model_recipe
+from pipeline.faces.recipe import CropRecipe
+from pipeline.model.meta import model_meta, model_recipe, resolve_model_dir
 from pipeline.placement import remote_args, require_node
 from pipeline.progress import Progress
 from pipeline.runtime import log, stage_entry
@@ -53,8 +54,6 @@ from pipeline.store import (
     STATUS_OK,
     STATUS_SKIPPED,
     DataRoot,
-    model_meta,
-    resolve_model_dir,
 )
 
 IMAGE_EXTENSIONS = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]

@@ -18,9 +18,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.store import resolve_model_dir
+    from pipeline.model.loaded import LoadedModel
+    from pipeline.model.meta import resolve_model_dir
     from pipeline.train.data import TrainInputError
-    from pipeline.train.export import LoadedModel
     from pipeline.train.stage import new_run_id, run
 
 # Imported on first use: a Ray Data task that unpickles a function of pipeline.train.data (the ingest's label
@@ -28,9 +28,9 @@ if TYPE_CHECKING:
 _WHERE = {
     "run": "pipeline.train.stage",
     "new_run_id": "pipeline.train.stage",
-    "LoadedModel": "pipeline.train.export",
+    "LoadedModel": "pipeline.model.loaded",
     "TrainInputError": "pipeline.train.data",
-    "resolve_model_dir": "pipeline.store",
+    "resolve_model_dir": "pipeline.model.meta",
 }
 __all__ = ["run", "LoadedModel", "resolve_model_dir", "TrainInputError", "new_run_id"]
 

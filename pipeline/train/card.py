@@ -122,7 +122,7 @@ def card_facts(
     cfg: Config, root: DataRoot, labels: LabelSet, test: dict, run_id: str, protocol: str | None = None
 ) -> dict[str, Any]:
     """The model card's facts (JSON-able): what ``model.json``'s ``card`` holds and MODEL_CARD.md shows."""
-    from pipeline.train.models import weights_origin
+    from pipeline.model.network import weights_origin
 
     tc = cfg.train
     origin = _origin(cfg, root, labels)

@@ -28,8 +28,9 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from pipeline.config import Config
+from pipeline.model.meta import is_file
 from pipeline.runtime import log
-from pipeline.store import DataRoot, is_file
+from pipeline.store import DataRoot
 from pipeline.train.data import LabelSet, TrainInputError, label_folds, load_labels
 
 SCALARS = ("accuracy", "roc_auc", "pearson", "mae", "rmse")

@@ -55,12 +55,13 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import Config, TrainConfig
+from pipeline.model.network import NORMALISATION, build_model
+from pipeline.model.pixels import decode_batch
 from pipeline.placement import train_scaling
 from pipeline.runtime import log
 from pipeline.store import DataRoot
-from pipeline.train.data import LabelSet, TrainInputError, decode_batch, make_datasets
+from pipeline.train.data import LabelSet, TrainInputError, make_datasets
 from pipeline.train.metrics import evaluate, selection_score
-from pipeline.train.models import NORMALISATION, build_model
 
 CHECKPOINTS = "checkpoints"
 FAULT_ENV = "FACERANK_TRAIN_FAULT"

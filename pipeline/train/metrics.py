@@ -29,11 +29,7 @@ import math
 
 import numpy as np
 
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+from pipeline.model.outputs import softmax
 
 
 def _num(x: float) -> float | None:
@@ -192,18 +188,6 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, baseline_value: f
             "rule": "always the training mean",
         }
     return out
-
-
-def scores_from_outputs(kind: str, outputs: np.ndarray, target_mean: float = 0.0, target_std: float = 1.0):
-    """Model outputs → (scores, predicted class index or None): P(class 1), max probability, or the value."""
-    outputs = np.asarray(outputs, dtype=np.float64)
-    if kind == "regression":
-        return outputs.reshape(-1) * target_std + target_mean, None
-    probs = softmax(outputs)
-    pred = probs.argmax(axis=1)
-    if kind == "binary":
-        return probs[:, 1], pred
-    return probs.max(axis=1), pred
 
 
 def evaluate(

@@ -1,7 +1,7 @@
 """Small fixtures for the score, rate, report and scheduler tests: images, posts rows and a tiny exported model.
 
 The model is written in exactly the layout ``pipeline.train.export`` writes (model.pt, test_scores.json,
-metrics.json, plots/*.png, then model.json through :func:`pipeline.store.write_model_meta`) with an untrained
+metrics.json, plots/*.png, then model.json through :func:`pipeline.model.meta.write_model_meta`) with an untrained
 ``small_cnn``: scoring is deterministic and fast.
 """
 
@@ -16,7 +16,8 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from pipeline.config import FacesConfig, load_config
 from pipeline.faces.recipe import CropRecipe
-from pipeline.store import DataRoot, ModelMeta, now, write_model_meta
+from pipeline.model.meta import ModelMeta, write_model_meta
+from pipeline.store import DataRoot, now
 
 
 def _inputs(faces: FacesConfig | None, image_size: int) -> dict:
@@ -96,8 +97,8 @@ def write_model(
     import torch
 
     from pipeline.config import TrainConfig
+    from pipeline.model.network import NORMALISATION, build_model
     from pipeline.train import metrics as M
-    from pipeline.train.models import NORMALISATION, build_model
 
     torch.manual_seed(0)
     tc = TrainConfig(task=task, backbone="small_cnn", image_size=image_size, epochs=2)

@@ -31,7 +31,7 @@ def import_torchvision() -> types.ModuleType:
             import torchvision
 
             return torchvision
-        stub = types.ModuleType(_DYNAMO_UTILS, "stand-in while torchvision imports (pipeline.lean_torchvision)")
+        stub = types.ModuleType(_DYNAMO_UTILS, "stand-in while torchvision imports (pipeline.model.torchvision_import)")
         stub.is_compile_supported = _lazy_is_compile_supported  # type: ignore[attr-defined]
         sys.modules[_DYNAMO_UTILS] = stub
         try:
