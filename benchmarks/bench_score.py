@@ -48,8 +48,9 @@ def make_root(path: str, n: int, backbone: str = "resnet18", image_size: int = 9
     from PIL import Image
 
     from pipeline.config import TrainConfig
+    from pipeline.model.backbones import backbone as backbone_record
     from pipeline.model.meta import ModelMeta, write_model_meta
-    from pipeline.model.network import NORMALISATION, build_model
+    from pipeline.model.network import build_model
     from pipeline.store import DataRoot, now
 
     root = DataRoot(path)
@@ -76,7 +77,7 @@ def make_root(path: str, n: int, backbone: str = "resnet18", image_size: int = 9
     d = root.model_dir("bench")
     root.write_bytes_atomic(posixpath.join(d, "model.pt"), buf.getvalue())
     root.write_json(posixpath.join(d, "test_scores.json"), [float(x) for x in np.linspace(0, 1, 201)])
-    mean, std = NORMALISATION[backbone]
+    mean, std = backbone_record(backbone).normalisation
     meta = ModelMeta(
         model_id="bench",
         task="selfie",

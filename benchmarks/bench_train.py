@@ -45,7 +45,8 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.model.network import NORMALISATION, build_model  # noqa: E402
+from pipeline.model.backbones import backbone  # noqa: E402
+from pipeline.model.network import build_model  # noqa: E402
 from pipeline.model.pixels import decode_batch  # noqa: E402
 from pipeline.store import DataRoot  # noqa: E402
 
@@ -105,7 +106,7 @@ class Decode:
 
     def __init__(self, tc, train: bool, seed: int):
         self.tc, self.train, self.seed = tc, train, seed
-        self.mean, self.std = NORMALISATION[tc.backbone]
+        self.mean, self.std = backbone(tc.backbone).normalisation
         self.rng = None
 
     def __call__(self, batch):

@@ -258,8 +258,9 @@ def export_model(torch, folder: str, image_size: int) -> str:
     import posixpath
 
     from pipeline.config import TrainConfig
+    from pipeline.model.backbones import backbone
     from pipeline.model.meta import ModelMeta, write_model_meta
-    from pipeline.model.network import NORMALISATION, build_model
+    from pipeline.model.network import build_model
     from pipeline.store import DataRoot
 
     torch.manual_seed(0)
@@ -270,7 +271,7 @@ def export_model(torch, folder: str, image_size: int) -> str:
     d = root.model_dir("gpu-check")
     root.write_bytes_atomic(posixpath.join(d, "model.pt"), buf.getvalue())
     root.write_json(posixpath.join(d, "test_scores.json"), [i / 100 for i in range(101)])
-    mean, std = NORMALISATION["resnet50"]
+    mean, std = backbone("resnet50").normalisation
     meta = ModelMeta(model_id="gpu-check", task="selfie", kind="binary", backbone="resnet50", num_outputs=2,
                      class_names=["bad", "good"], image_size=image_size, mean=mean, std=std,
                      train_config=tc.model_dump())  # fmt: skip

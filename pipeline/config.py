@@ -452,9 +452,7 @@ class TrainConfig(_Section):
     # any labels/<task> dataset (selfie, department, beauty, or one made by `labels import-classes --task NAME`);
     # classification or regression follows from its rows (class names, or a numeric target)
     task: str = Field("selfie", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    backbone: Literal["small_cnn", "resnet18", "resnet50", "resnext50_32x4d", "vgg16", "inception_resnet_v1"] = (
-        "resnet18"
-    )
+    backbone: str = "resnet18"  # a record of pipeline/model/backbones.py (BACKBONES)
     # a local weights file, or a named set already in torch.hub's cache (imagenet, vggface2, casia-webface);
     # nothing is downloaded
     pretrained: str | None = None
@@ -515,6 +513,15 @@ class TrainConfig(_Section):
     kfold: bool = False
     kfold_val: float = Field(0.2, gt=0, lt=1)
     kfold_export: int | None = Field(None, ge=0)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from pipeline.model.backbones import BACKBONES
+
+        if v not in BACKBONES:
+            raise ValueError(f"unknown backbone {v!r}; known: {', '.join(BACKBONES)} (pipeline/model/backbones.py)")
+        return v
 
     def layout(self, node_cpus: float, cluster_cpus: float, cluster_gpus: float) -> TrainConfig:
         """This config with ``num_workers`` and ``cpus_per_worker`` filled in for a cluster whose biggest node has

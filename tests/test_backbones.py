@@ -18,7 +18,8 @@ import torchvision
 from PIL import Image
 
 from pipeline.config import TrainConfig
-from pipeline.model.network import CACHED_WEIGHTS, _backbone, build_model, weights_origin
+from pipeline.model.backbones import BACKBONES
+from pipeline.model.network import _backbone, build_model, weights_origin
 from pipeline.train.loop import TrainWorker, _cpu_copy
 
 
@@ -47,12 +48,12 @@ def test_named_cached_weights_load_and_a_missing_file_says_where(hub_dir, tmp_pa
     assert "\n" not in msg and f"{hub_dir}/checkpoints/resnet18-f37072fd.pth" in msg and "put" in msg
     (hub_dir / "checkpoints").mkdir(parents=True)
     ref = torchvision.models.resnet18(weights=None).state_dict()  # the ImageNet file's keys and shapes
-    torch.save(ref, hub_dir / "checkpoints" / CACHED_WEIGHTS[("resnet18", "imagenet")])
+    torch.save(ref, hub_dir / "checkpoints" / BACKBONES["resnet18"].weights["imagenet"])
     m = build_model(TrainConfig(backbone="resnet18", pretrained="imagenet"), 2)
     _same_backbone(m.backbone, ref)
     assert sum(k in m.backbone.state_dict() for k in ref) == len(ref) - 2  # all but fc.weight / fc.bias
     face = InceptionResnetV1(pretrained=None, classify=True, num_classes=8631).state_dict()  # vggface2's shapes
-    torch.save(face, hub_dir / "checkpoints" / CACHED_WEIGHTS[("inception_resnet_v1", "vggface2")])
+    torch.save(face, hub_dir / "checkpoints" / BACKBONES["inception_resnet_v1"].weights["vggface2"])
     m = build_model(TrainConfig(backbone="inception_resnet_v1", pretrained="vggface2"), 3)
     _same_backbone(m.backbone.net, face)
     assert "logits.weight" in face and "logits.weight" not in m.backbone.net.state_dict()
@@ -209,3 +210,25 @@ def test_mixed_precision_auto_follows_the_cpu_and_bf16_autocasts_on_a_cpu(monkey
         w.eval_tables["val"] = val
         record = w.validate(0, {"train_loss": 1.0, "train_s": 1.0, "bn_crops": 0, "bn_s": 0.0, "images": 8})
         assert record["precision"] == {"bf16": "bf16", "no": "fp32"}[setting] and seen[-1] == dtype
+
+
+def test_every_backbone_record_builds_its_declared_width_and_one_record_adds_one(monkeypatch):
+    """Each registry record's constructor gives a trunk of its declared feature width; a new record (here
+    torchvision's resnet34) is all a new backbone needs: the config accepts it and a model builds and runs."""
+    from pipeline.config import TrainConfig
+    from pipeline.model.backbones import IMAGENET, Backbone
+
+    for name, rec in BACKBONES.items():
+        if name in ("vgg16", "resnet50", "resnext50_32x4d"):  # big: their shapes are checked above
+            continue
+        trunk, width = _backbone(name)
+        assert width == rec.features, name
+        assert len(rec.mean) == len(rec.std) == 3
+    with pytest.raises(ValueError, match="unknown backbone 'resnet34'"):
+        TrainConfig(backbone="resnet34")
+    new = Backbone("resnet34", "pipeline.model.network:torchvision_trunk", IMAGENET, 512,
+                   {"imagenet": "resnet34-b627a593.pth"}, "torchvision")  # fmt: skip
+    monkeypatch.setitem(BACKBONES, "resnet34", new)
+    m = build_model(TrainConfig(backbone="resnet34", image_size=32), 2)
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 2) and m.eval().embed(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
+    assert "resnet34-b627a593.pth" in weights_origin("resnet34", "imagenet")["origin"]

@@ -202,9 +202,9 @@ def test_missing_inputs_are_named(ray_session, cfg):
 
 def _binary_meta(tc) -> ModelMeta:
     """model.json of a binary selfie model with ``tc``'s backbone and image size (what LoadedModel reads)."""
-    from pipeline.model.network import NORMALISATION
+    from pipeline.model.backbones import backbone
 
-    mean, std = NORMALISATION[tc.backbone]
+    mean, std = backbone(tc.backbone).normalisation
     return ModelMeta(
         model_id="m",
         task="selfie",

@@ -5,7 +5,8 @@ Backbones: ``small_cnn`` (quick runs and tests), torchvision ``resnet18`` / ``re
 our head) and facenet-pytorch's ``InceptionResnetV1`` (a face network). All start from random weights; nothing is
 ever downloaded. Pretrained weights come from ``cfg.pretrained``: a local file (a state dict), or ``imagenet`` /
 ``vggface2`` / ``casia-webface`` when the framework's cache (``torch.hub.get_dir()/checkpoints``) already holds
-that file (:data:`CACHED_WEIGHTS`: the file names torchvision and facenet-pytorch download to); a missing file is
+that file (the file names torchvision and facenet-pytorch download to, in :mod:`pipeline.model.backbones`'
+records); a missing file is
 one line saying where to put it. :func:`weights_origin` says where a model's starting weights came from.
 
 The head follows the task: binary → 2 logits (softmax; class 1 is "good"), multi-class → n logits,
@@ -26,29 +27,10 @@ import torch
 from torch import nn
 
 from pipeline.config import TrainConfig
+from pipeline.model.backbones import BACKBONES
+from pipeline.model.backbones import backbone as backbone_record
 
 log = logging.getLogger("facerank")
-
-# Per-backbone input normalisation (applied to 0..1 RGB): ImageNet statistics for the torchvision nets,
-# facenet's (x - 127.5) / 128 for InceptionResnetV1.
-NORMALISATION: dict[str, tuple[list[float], list[float]]] = {
-    "small_cnn": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-    "resnet18": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    "resnet50": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    "resnext50_32x4d": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    "vgg16": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    "inception_resnet_v1": ([0.5, 0.5, 0.5], [128 / 255, 128 / 255, 128 / 255]),
-}
-
-# Weight files the frameworks put in their cache when they download (we only ever read them).
-CACHED_WEIGHTS = {
-    ("resnet18", "imagenet"): "resnet18-f37072fd.pth",
-    ("resnet50", "imagenet"): "resnet50-11ad3fa6.pth",
-    ("resnext50_32x4d", "imagenet"): "resnext50_32x4d-7cdf4587.pth",
-    ("vgg16", "imagenet"): "vgg16-397923af.pth",
-    ("inception_resnet_v1", "vggface2"): "20180402-114759-vggface2.pt",
-    ("inception_resnet_v1", "casia-webface"): "20180408-102900-casia-webface.pt",
-}
 
 
 class SmallCNN(nn.Module):
@@ -112,37 +94,51 @@ class FaceModel(nn.Module):
             p.requires_grad_(trainable)
 
 
+def small_cnn(name: str) -> tuple[nn.Module, int]:
+    return SmallCNN(), SmallCNN.out_features
+
+
+def torchvision_trunk(name: str) -> tuple[nn.Module, int]:
+    """torchvision's ``name`` (random weights) with its classifier replaced by the identity."""
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net, dim
+
+
+def vgg16_trunk(name: str) -> tuple[nn.Module, int]:
+    import torchvision
+
+    net = torchvision.models.vgg16(weights=None)
+    dim = net.classifier[6].in_features  # 4096: ImageNet's 1000-way layer gives way to our head
+    net.classifier[6] = nn.Identity()
+    return net, dim
+
+
+def facenet_trunk(name: str) -> tuple[nn.Module, int]:
+    return FaceNetTrunk(), FaceNetTrunk.out_features
+
+
 def _backbone(name: str) -> tuple[nn.Module, int]:
-    if name == "small_cnn":
-        return SmallCNN(), SmallCNN.out_features
-    if name in ("resnet18", "resnet50", "resnext50_32x4d"):
-        import torchvision
+    """The trunk of backbone ``name`` and its feature width, by its registry record's constructor."""
+    import importlib
 
-        net = getattr(torchvision.models, name)(weights=None)
-        dim = net.fc.in_features
-        net.fc = nn.Identity()
-        return net, dim
-    if name == "vgg16":
-        import torchvision
-
-        net = torchvision.models.vgg16(weights=None)
-        dim = net.classifier[6].in_features  # 4096: ImageNet's 1000-way layer gives way to our head
-        net.classifier[6] = nn.Identity()
-        return net, dim
-    if name == "inception_resnet_v1":
-        return FaceNetTrunk(), FaceNetTrunk.out_features
-    raise ValueError(f"unknown backbone {name!r}")
+    module, _, fn = backbone_record(name).build.partition(":")
+    return getattr(importlib.import_module(module), fn)(name)
 
 
 def pretrained_path(backbone: str, spec: str) -> str:
     """The local file for ``spec``: a path, or a named set of weights already in the framework's cache."""
     if os.path.isfile(spec):
         return spec
-    name = CACHED_WEIGHTS.get((backbone, spec))
+    known = BACKBONES[backbone].weights
+    name = known.get(spec)
     if name is None:
         raise FileNotFoundError(
             f"pretrained weights {spec!r}: not a file, and not a known cached set for {backbone} "
-            f"(known: {sorted(s for b, s in CACHED_WEIGHTS if b == backbone)})"
+            f"(known: {sorted(known)})"
         )
     path = os.path.join(torch.hub.get_dir(), "checkpoints", name)
     if not os.path.isfile(path):
@@ -157,9 +153,9 @@ def weights_origin(backbone: str, spec: str | None) -> dict:
     """Where a model's starting weights came from, for the model card: random, a cached named set, or a file."""
     if not spec:
         return {"pretrained": None, "origin": "random initialisation (no pretrained weights)"}
-    named = CACHED_WEIGHTS.get((backbone, spec))
+    named = BACKBONES[backbone].weights.get(spec)
     if named and not os.path.isfile(spec):
-        src = "facenet-pytorch" if backbone == "inception_resnet_v1" else "torchvision"
+        src = BACKBONES[backbone].source
         return {"pretrained": spec, "file": named, "origin": f"{spec} weights as {src} ships them ({named})"}
     return {"pretrained": spec, "file": os.path.basename(spec), "origin": f"local weights file {spec}"}
 

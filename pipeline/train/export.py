@@ -44,8 +44,8 @@ import pyarrow.fs as pafs
 import torch
 
 from pipeline.config import Config
+from pipeline.model.backbones import backbone
 from pipeline.model.meta import ModelMeta, write_model_meta
-from pipeline.model.network import NORMALISATION
 from pipeline.model.outputs import scores_from_outputs, softmax
 from pipeline.store import DataRoot
 from pipeline.train import metrics as M
@@ -164,7 +164,7 @@ def _model_meta(
     cfg: Config, labels: LabelSet, run_id: str, best_epoch: int | None, card: dict | None = None
 ) -> ModelMeta:
     """The ``model.json`` of a run trained with ``cfg`` on ``labels``."""
-    mean, std = NORMALISATION[cfg.train.backbone]
+    mean, std = backbone(cfg.train.backbone).normalisation
     return ModelMeta(
         model_id=run_id,
         task=labels.task,

@@ -55,7 +55,8 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import Config, TrainConfig
-from pipeline.model.network import NORMALISATION, build_model
+from pipeline.model.backbones import backbone
+from pipeline.model.network import build_model
 from pipeline.model.pixels import decode_batch
 from pipeline.placement import train_scaling
 from pipeline.runtime import log
@@ -183,7 +184,7 @@ def _precise_bn(model, jpegs: list, tc: TrainConfig, device, world: int) -> int:
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
-    mean, std = NORMALISATION[tc.backbone]
+    mean, std = backbone(tc.backbone).normalisation
     batches = [
         decode_batch(jpegs[i : i + tc.batch_size], tc.image_size, mean, std)
         for i in range(0, len(jpegs), tc.batch_size)
@@ -291,7 +292,7 @@ class TrainWorker:
         torch.set_num_threads(tc.torch_threads)
         self.device = device
         self.cuda = self.device.type == "cuda"
-        self.mean, self.std = NORMALISATION[tc.backbone]
+        self.mean, self.std = backbone(tc.backbone).normalisation
         self.restore(ckpt)
         self.amp_dtype = amp_dtype(tc.mixed_precision, self.device)
         self.precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")

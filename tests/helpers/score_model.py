@@ -97,7 +97,8 @@ def write_model(
     import torch
 
     from pipeline.config import TrainConfig
-    from pipeline.model.network import NORMALISATION, build_model
+    from pipeline.model.backbones import backbone
+    from pipeline.model.network import build_model
     from pipeline.train import metrics as M
 
     torch.manual_seed(0)
@@ -121,7 +122,7 @@ def write_model(
         posixpath.join(d, "metrics.json"),
         {"run_id": run_id, "task": task, "test": {"accuracy": 0.75}, "history": history},
     )
-    mean, std = NORMALISATION["small_cnn"]
+    mean, std = backbone("small_cnn").normalisation
     meta = ModelMeta(
         model_id=run_id,
         task=task,
