@@ -14,12 +14,14 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 
 from pipeline.config import Config
-from pipeline.labels.selfie import _faces_lookup
+from pipeline.labels.selfie import faces_lookup
 from pipeline.labels.splits import assign_splits
-from pipeline.store import STATUS_EXCLUDED, STATUS_OK
+from pipeline.store import STAFF_DS, STATUS_EXCLUDED, STATUS_OK, DataRoot
 
 STAFF_COLUMNS = ["site", "item_id", "department", "role", "is_academic", "image_sha256", "status"]
 _OK = pl.col("reason").is_null()  # a row is kept when no exclusion reason holds
@@ -36,7 +38,7 @@ def label_departments(staff: pl.LazyFrame, faces: pl.LazyFrame | None, cfg: Conf
     lf = _with_duplicate_losers(staff.select(STAFF_COLUMNS))
     with_faces = faces is not None
     if with_faces:
-        lf = lf.join(_faces_lookup(faces), on="image_sha256", how="left")
+        lf = lf.join(faces_lookup(faces), on="image_sha256", how="left")
     reason = _reason(cfg, with_faces and lcfg.department.require_face)
     lf = lf.with_columns(
         reason=reason.otherwise(pl.lit(None, pl.String)),
@@ -145,3 +147,20 @@ def _output_columns() -> list[str | pl.Expr]:
         "weight",
         "department",
     ]
+
+
+def build(root: DataRoot, cfg: Config, faces: pl.LazyFrame, notes: list[str]) -> dict[str, Any] | None:
+    """The department task's builder (pipeline/labels/tasks.py): write ``labels/department`` and return its counts
+    and classes, or note why it was skipped (None)."""
+    from pipeline.labels.io import arrow_batches, class_counts, counts, is_empty, scan
+
+    if not root.has(STAFF_DS):
+        notes.append("department: no staff dataset; skipped")
+        return None
+    staff = scan(root, STAFF_DS)
+    if is_empty(staff):
+        notes.append("department: the staff dataset has no rows; skipped")
+        return None
+    out = root.labels_dataset("department")
+    root.replace(out, arrow_batches(label_departments(staff, faces, cfg), root.schema(out)))
+    return counts(root, out) | {"classes": class_counts(root, out)}

@@ -27,6 +27,7 @@ import polars as pl
 from pipeline.config import Config
 from pipeline.labels.io import scan
 from pipeline.labels.selfie import FILTER_ORDER
+from pipeline.labels.tasks import TASKS
 from pipeline.store import LABELS_DS, STATUS_OK, DataRoot
 
 
@@ -52,8 +53,13 @@ def _sample(lf: pl.LazyFrame, n_rows: int, cap: int) -> pl.LazyFrame:
     return lf.gather_every(max(1, -(-n_rows // cap)))
 
 
-def selfie_stats(lf: pl.LazyFrame, cap: int, truth: Any = None) -> dict[str, Any]:
+def selfie_stats(root: DataRoot, dataset: str, cfg: Config, truth: Any = None) -> dict[str, Any]:
     """Counts, group balance, histogram data and (with ``truth``) correlations of the selfie labels."""
+    return selfie_frame_stats(scan(root, dataset), cfg.labels.report_sample_rows, truth)
+
+
+def selfie_frame_stats(lf: pl.LazyFrame, cap: int, truth: Any = None) -> dict[str, Any]:
+    """:func:`selfie_stats` of a lazy frame of selfie labels (histograms over at most ``cap`` rows)."""
     reasons = lf.group_by("reason").len().collect(engine="streaming")
     counts = {r: int(n) for r, n in reasons.iter_rows()}
     ok = lf.filter(pl.col("status") == STATUS_OK)
@@ -114,37 +120,52 @@ def _plots(stats: dict[str, Any]) -> list[tuple[str, str]]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     out: list[tuple[str, str]] = []
-    s = stats.get("selfie")
-    if s and s["_sample"].height:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
-        likes = s["_sample"]["likes"].drop_nulls().to_numpy()
-        axes[0].hist(np.log10(1 + np.clip(likes, 0, None)), bins=50)
-        axes[0].set_xlabel("log10(1 + likes)")
-        lpf = s["_sample"]["likes_per_follower"].drop_nulls().to_numpy()
-        if lpf.size:
-            axes[1].hist(np.clip(lpf, 0, np.quantile(lpf, 0.99)), bins=50)
-        axes[1].set_xlabel("likes / followers (clipped at p99)")
-        g = s["_groups"]
-        if g.height:
-            axes[2].hist(g["share_good"].to_numpy(), bins=21, range=(0, 1))
-        axes[2].set_xlabel("share labelled good per group")
-        out.append(("Selfie posts", _png(fig)))
-    d = stats.get("department")
-    if d and d["classes"]:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.bar(list(d["classes"]), list(d["classes"].values()))
-        ax.set_ylabel("photos")
-        out.append(("Department classes", _png(fig)))
-    b = stats.get("beauty")
-    if b and b.get("_targets") is not None and len(b["_targets"]):
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.hist(b["_targets"], bins=40)
-        ax.set_xlabel("beauty score")
-        out.append(("Beauty scores", _png(fig)))
+    for name, task in TASKS.items():
+        if stats.get(name) and task.plot:
+            drawn = task.call("plot", stats[name], plt)
+            if drawn is not None:
+                out.append((drawn[0], _png(drawn[1])))
     return out
+
+
+def selfie_plot(s: dict[str, Any], plt) -> tuple[str, Any] | None:
+    import numpy as np
+
+    if not s["_sample"].height:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    likes = s["_sample"]["likes"].drop_nulls().to_numpy()
+    axes[0].hist(np.log10(1 + np.clip(likes, 0, None)), bins=50)
+    axes[0].set_xlabel("log10(1 + likes)")
+    lpf = s["_sample"]["likes_per_follower"].drop_nulls().to_numpy()
+    if lpf.size:
+        axes[1].hist(np.clip(lpf, 0, np.quantile(lpf, 0.99)), bins=50)
+    axes[1].set_xlabel("likes / followers (clipped at p99)")
+    g = s["_groups"]
+    if g.height:
+        axes[2].hist(g["share_good"].to_numpy(), bins=21, range=(0, 1))
+    axes[2].set_xlabel("share labelled good per group")
+    return "Selfie posts", fig
+
+
+def department_plot(d: dict[str, Any], plt) -> tuple[str, Any] | None:
+    if not d["classes"]:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(list(d["classes"]), list(d["classes"].values()))
+    ax.set_ylabel("photos")
+    return "Department classes", fig
+
+
+def beauty_plot(b: dict[str, Any], plt) -> tuple[str, Any] | None:
+    if b.get("_targets") is None or not len(b["_targets"]):
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(b["_targets"], bins=40)
+    ax.set_xlabel("beauty score")
+    return "Beauty scores", fig
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -156,39 +177,44 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def render_html(stats: dict[str, Any]) -> str:
-    """The report page (self-contained: plots are inline PNGs)."""
+    """The report page (self-contained: plots are inline PNGs): each task's block (pipeline/labels/tasks.py)."""
     parts = ["<!doctype html><meta charset=utf-8><title>facerank labels</title>",
              "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
              "table{border-collapse:collapse;margin-bottom:1em}</style><h1>Labels</h1>"]  # fmt: skip
-    s = stats.get("selfie")
-    if s:
-        parts.append(f"<h2>Selfies</h2><p>{s['rows']} posts, {s['ok']} labelled, {s['groups']} groups.</p>")
-        parts.append("<h3>Posts left after each filter</h3>" + _table(s["cascade"]))
-        parts.append(
-            "<h3>Label balance per group</h3>"
-            f"<p>share labelled good: min {s['group_share_good_min']}, max {s['group_share_good_max']}; "
-            f"{s['groups_exactly_half']} of {s['groups']} groups exactly half.</p>"
-        )
-        if "truth" in s:
-            t = s["truth"]
-            rows = [
-                {"signal": k, "spearman": t.get(f"{k}_spearman"), "pearson": t.get(f"{k}_pearson")}
-                for k in ("label", "like_percentile", "likes_per_follower", "likes")
-            ]
-            parts.append(f"<h3>Recovery of the demo's hidden quality (n={t['n']})</h3>" + _table(rows))
-    d = stats.get("department")
-    if d:
-        parts.append("<h2>Departments</h2>" + _table([{"class": k, "photos": v} for k, v in d["classes"].items()]))
-        parts.append(_table([{"reason": k, "rows": v} for k, v in d["excluded"].items()]))
-    b = stats.get("beauty")
-    if b:
-        parts.append(f"<h2>Beauty</h2><p>{b['ok']} of {b['rows']} images scored.</p>")
-        parts.append(_table([{"split": k, "rows": v} for k, v in b["splits"].items()]))
+    for name, task in TASKS.items():
+        if stats.get(name):
+            parts += task.call("html", stats[name])
     for title, png in _plots(stats):
         parts.append(f"<h3>{html.escape(title)}</h3><img src='data:image/png;base64,{png}'>")
     for note in stats.get("notes", []):
         parts.append(f"<p><i>{html.escape(note)}</i></p>")
     return "\n".join(parts)
+
+
+def selfie_html(s: dict[str, Any]) -> list[str]:
+    parts = [f"<h2>Selfies</h2><p>{s['rows']} posts, {s['ok']} labelled, {s['groups']} groups.</p>",
+             "<h3>Posts left after each filter</h3>" + _table(s["cascade"]),
+             "<h3>Label balance per group</h3>"
+             f"<p>share labelled good: min {s['group_share_good_min']}, max {s['group_share_good_max']}; "
+             f"{s['groups_exactly_half']} of {s['groups']} groups exactly half.</p>"]  # fmt: skip
+    if "truth" in s:
+        t = s["truth"]
+        rows = [
+            {"signal": k, "spearman": t.get(f"{k}_spearman"), "pearson": t.get(f"{k}_pearson")}
+            for k in ("label", "like_percentile", "likes_per_follower", "likes")
+        ]
+        parts.append(f"<h3>Recovery of the demo's hidden quality (n={t['n']})</h3>" + _table(rows))
+    return parts
+
+
+def department_html(d: dict[str, Any]) -> list[str]:
+    return ["<h2>Departments</h2>" + _table([{"class": k, "photos": v} for k, v in d["classes"].items()]),
+            _table([{"reason": k, "rows": v} for k, v in d["excluded"].items()])]  # fmt: skip
+
+
+def beauty_html(b: dict[str, Any]) -> list[str]:
+    return [f"<h2>Beauty</h2><p>{b['ok']} of {b['rows']} images scored.</p>",
+            _table([{"split": k, "rows": v} for k, v in b["splits"].items()])]  # fmt: skip
 
 
 def public(stats: dict[str, Any]) -> dict[str, Any]:
@@ -201,33 +227,35 @@ def public(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect_stats(root: DataRoot, cfg: Config, truth: Any = None) -> dict[str, Any]:
-    """Statistics of every labels task present under the root."""
-    cap = cfg.labels.report_sample_rows
+    """Statistics of every labels task present under the root (pipeline/labels/tasks.py)."""
     stats: dict[str, Any] = {"notes": []}
-    selfie, department, beauty = (root.labels_dataset(t) for t in ("selfie", "department", "beauty"))
-    if root.has(selfie):
-        stats["selfie"] = selfie_stats(scan(root, selfie), cap, truth)
-    if root.has(department):
-        d = scan(root, department).select("status", "reason", "class_name").collect()
-        ok = d.filter(pl.col("status") == STATUS_OK)
-        stats["department"] = {
-            "rows": d.height,
-            "ok": ok.height,
-            "classes": dict(ok.group_by("class_name").len().sort("class_name").iter_rows()),
-            "excluded": dict(
-                d.filter(pl.col("status") != STATUS_OK).group_by("reason").len().sort("reason").iter_rows()
-            ),
-        }
-    if root.has(beauty):
-        b = scan(root, beauty).select("status", "split", "target").collect()
-        ok = b.filter(pl.col("status") == STATUS_OK)
-        stats["beauty"] = {
-            "rows": b.height,
-            "ok": ok.height,
-            "splits": dict(ok.group_by("split").len().sort("split").iter_rows()),
-            "_targets": ok["target"].drop_nulls().to_numpy(),
-        }
+    for name, task in TASKS.items():
+        dataset = root.labels_dataset(name)
+        if root.has(dataset):
+            stats[name] = task.call("stats", root, dataset, cfg, truth)
     return stats
+
+
+def department_stats(root: DataRoot, dataset: str, cfg: Config, truth: Any = None) -> dict[str, Any]:
+    d = scan(root, dataset).select("status", "reason", "class_name").collect()
+    ok = d.filter(pl.col("status") == STATUS_OK)
+    return {
+        "rows": d.height,
+        "ok": ok.height,
+        "classes": dict(ok.group_by("class_name").len().sort("class_name").iter_rows()),
+        "excluded": dict(d.filter(pl.col("status") != STATUS_OK).group_by("reason").len().sort("reason").iter_rows()),
+    }
+
+
+def beauty_stats(root: DataRoot, dataset: str, cfg: Config, truth: Any = None) -> dict[str, Any]:
+    b = scan(root, dataset).select("status", "split", "target").collect()
+    ok = b.filter(pl.col("status") == STATUS_OK)
+    return {
+        "rows": b.height,
+        "ok": ok.height,
+        "splits": dict(ok.group_by("split").len().sort("split").iter_rows()),
+        "_targets": ok["target"].drop_nulls().to_numpy(),
+    }
 
 
 def write_report(root: DataRoot, cfg: Config, truth: Any = None, notes: list[str] | None = None) -> dict[str, Any]:

@@ -65,12 +65,13 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import polars as pl
 
-from pipeline.config import LabelsConfig, SelfieLabelsConfig
+from pipeline.config import Config, LabelsConfig, SelfieLabelsConfig
 from pipeline.labels.splits import assign_splits
-from pipeline.store import STATUS_EXCLUDED, STATUS_OK
+from pipeline.store import POSTS_DS, STATUS_EXCLUDED, STATUS_OK, DataRoot
 
 POST_COLUMNS = [
     "site",
@@ -124,7 +125,7 @@ def audience_expr(tag_bonus: float) -> pl.Expr:
     return (pl.col("followers").cast(pl.Float64) * (1.0 + tag_bonus * extra)).alias("audience")
 
 
-def _faces_lookup(faces: pl.LazyFrame) -> pl.LazyFrame:
+def faces_lookup(faces: pl.LazyFrame) -> pl.LazyFrame:
     """One row per image: kept if any faces row says kept; the smallest reason otherwise (order-free)."""
     return (
         faces.select(FACE_COLUMNS)
@@ -142,7 +143,7 @@ def _face_verdict(faces: pl.LazyFrame) -> pl.Expr:
 
     An element-wise lookup in a table with one row per image (not a join), so the posts keep their order.
     """
-    t = _faces_lookup(faces).collect(engine="streaming")
+    t = faces_lookup(faces).collect(engine="streaming")
     reason = pl.col("_face_reason")
     verdict = t.select(
         pl.when(pl.col("_face_kept"))
@@ -520,3 +521,21 @@ def label_selfies_table(posts, faces=None, cfg: LabelsConfig | None = None) -> p
     if faces is not None:
         f = (faces if isinstance(faces, pl.DataFrame) else pl.from_arrow(faces)).lazy()
     return pl.concat(label_selfies(p.lazy(), f, cfg))
+
+
+def build(root: DataRoot, cfg: Config, faces: pl.LazyFrame, notes: list[str]) -> dict[str, Any] | None:
+    """The selfie task's builder (pipeline/labels/tasks.py): write ``labels/selfie`` and return its counts, or note
+    why it was skipped (None)."""
+    from pipeline.labels.io import arrow_batches, counts, is_empty, scan
+
+    if not root.has(POSTS_DS):
+        notes.append("selfie: no posts dataset; skipped")
+        return None
+    posts = scan(root, POSTS_DS, POST_COLUMNS)
+    if is_empty(posts):
+        notes.append("selfie: the posts dataset has no rows; skipped")
+        return None
+    out = root.labels_dataset("selfie")
+    chunks = label_selfies(posts, faces, cfg.labels)  # splits from the users its first pass reads
+    root.replace(out, arrow_batches(chunks, root.schema(out)))
+    return counts(root, out)
