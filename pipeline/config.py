@@ -469,6 +469,9 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # classification only
     mixup: float = Field(0.0, ge=0)  # Beta(a, a) mixup of training batches (0: off)
     weight_decay: float = Field(1e-4, ge=0)
+    # constant: every step at the phase's learning rate; cosine: times half a cosine from 1 at the start of the run
+    # to 0 at its end, per step (warm restarts none; the same in both phases of fine-tuning)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     # the layout (TrainConfig.layout): None picks it from the cluster when training starts: without use_gpu one
     # worker holding the biggest node's CPUs less data_cpus (measured faster than DDP over one-thread workers on
     # a CPU node: docs/benchmarks.md, bench_train), with use_gpu one worker per GPU of the cluster holding its

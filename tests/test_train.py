@@ -271,3 +271,26 @@ def test_one_scan_feeds_every_split(ray_session, tmp_path, cache, driver_mb):
             assert len(got) == len(want) - 1 and len(set(got)) == len(got) and set(got) < set(want)
         else:
             assert got == want, split
+
+
+def test_cosine_schedule_sets_each_group_from_its_base_rate():
+    """``train.lr_schedule: cosine``: every parameter group at its base rate times half a cosine over the run
+    (1 at the start, 0.5 half way, near 0 at the end); ``constant`` leaves the rates alone."""
+    from pipeline.config import TrainConfig
+    from pipeline.train.loop import TrainWorker
+
+    def worker(schedule: str) -> TrainWorker:
+        tc = TrainConfig(task="t", backbone="small_cnn", image_size=32, epochs=4, lr=0.01, lr_schedule=schedule,
+                         backbone_lr_scale=0.1)  # fmt: skip
+        w = TrainWorker.local({"train": tc.model_dump(), "kind": "binary", "num_outputs": 2, "class_names": ["a", "b"],
+                               "class_weights": None, "target_mean": 0.0, "target_std": 1.0})  # fmt: skip
+        w.set_phase(0)
+        return w
+
+    w = worker("cosine")
+    for t, want in ((0.0, 1.0), (2.0, 0.5), (4.0, 0.0), (1.0, 0.5 * (1 + np.cos(np.pi / 4)))):
+        w.set_lr(t)
+        assert [g["lr"] for g in w.opt.param_groups] == pytest.approx([0.01 * want, 0.001 * want]), t
+    c = worker("constant")
+    c.set_lr(3.0)
+    assert [g["lr"] for g in c.opt.param_groups] == pytest.approx([0.01, 0.001])

@@ -45,6 +45,7 @@ once: it creates the marker file first and never exits while the file exists.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -428,6 +429,19 @@ class TrainWorker:
         lam = float(self.rng.beta(a, a))
         return lam, torch.from_numpy(self.rng.permutation(n)).to(self.device)
 
+    def lr_factor(self, t: float) -> float:
+        """The learning-rate multiplier at ``t`` epochs into the run (``train.lr_schedule``): 1 for ``constant``;
+        for ``cosine`` half a cosine from 1 at the start to 0 at the last epoch's end (per step)."""
+        if self.tc.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(max(t / self.tc.epochs, 0.0), 1.0)))
+        return 1.0
+
+    def set_lr(self, t: float) -> None:
+        """Each parameter group at its base learning rate (:meth:`param_groups`) times :meth:`lr_factor`."""
+        f = self.lr_factor(t)
+        for g in self.opt.param_groups:
+            g["lr"] = g.setdefault("base_lr", g["lr"]) * f
+
     def train_epoch(self, epoch: int) -> dict:
         """Train one pass over this worker's shard, then precise BN (full phase); the loss gathered over ranks."""
         self.net.train()
@@ -436,7 +450,10 @@ class TrainWorker:
         total, count, t0 = 0.0, 0, time.perf_counter()
         bn_crops: list = []  # the first precise_bn crops of this epoch (full phase only)
         want_bn = self.tc.precise_bn if self.phase == "full" else 0
-        for batch in self._batches():
+        rows = self.train_it.num_rows if isinstance(self.train_it, pa.Table) else None
+        steps = max(1, math.ceil(rows / self.tc.batch_size)) if rows else None
+        for i, batch in enumerate(self._batches()):
+            self.set_lr(epoch + (i / steps if steps else 0.0))
             if len(bn_crops) < want_bn:
                 bn_crops.extend(batch["crop_jpeg"][: want_bn - len(bn_crops)])
             loss_sum, n = self._step(batch)
@@ -494,6 +511,7 @@ class TrainWorker:
             "phase": self.phase,
             "precision": self.precision,
             "train_loss": train["train_loss"],
+            "lr": self.opt.param_groups[0]["lr"],
             "val_loss": val_loss,
             "score": score,
         }
