@@ -23,6 +23,16 @@ from pipeline.config import Config
 
 log = logging.getLogger("facerank")
 
+# Ray's core worker logs, at ERROR, for each Ray Data actor it starts: "Actor with class name: 'MapWorker(...)' ...
+# has constructor arguments in the object store and max_restarts > 0". Ray Data passes every pool actor its
+# context and function as object refs and restarts actors without limit (what lets a stage survive a lost node);
+# the operator holds those refs until the pool ends, so a restarted actor finds them. Said once per pool, so that
+# a user reading the job's log knows the line is not a failure (ray-project/ray#53727).
+ACTOR_ARGS_NOTE = (
+    "%s: Ray may log 'core_worker.cc: ... has constructor arguments in the object store and max_restarts > 0' at "
+    "ERROR for these actors: harmless here, Ray Data keeps those arguments for the whole run (ray-project/ray#53727)"
+)
+
 
 def setup_logging(level: int = logging.INFO) -> None:
     if not log.handlers:

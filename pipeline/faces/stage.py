@@ -35,7 +35,7 @@ from pipeline.faces.detector import empty_row, reason_code
 from pipeline.faces.recipe import CropRecipe, cropper
 from pipeline.placement import remote_args, require_node
 from pipeline.progress import Progress
-from pipeline.runtime import log, stage_entry
+from pipeline.runtime import ACTOR_ARGS_NOTE, log, stage_entry
 from pipeline.store import FACES, STATUS_OK, DataRoot, now, to_table
 
 SOURCES = ("posts", "staff")
@@ -164,6 +164,7 @@ def run(cfg: Config) -> dict[str, Any]:
         blocks = [keys.slice(i, fc.batch_size) for i in range(0, keys.num_rows, fc.batch_size)]
         require_node("faces", cfg.ray.placement.faces)  # bounded: Ray would wait forever for such a node
         out = detect_faces(ray.data.from_arrow(blocks), fc, data_root=root.uri, placement=cfg.ray.placement.faces)
+        log.info(ACTOR_ARGS_NOTE, "faces")
         reasons: Counter[str] = Counter()
         progress = Progress("faces", todo.num_rows, "images", fc.progress_every_s)
         for batch in out.iter_batches(batch_size=fc.part_rows, batch_format="pyarrow"):

@@ -43,7 +43,7 @@ from pipeline.faces.recipe import CropRecipe
 from pipeline.model.meta import model_meta, model_recipe, resolve_model_dir
 from pipeline.placement import remote_args, require_node
 from pipeline.progress import Progress
-from pipeline.runtime import log, stage_entry
+from pipeline.runtime import ACTOR_ARGS_NOTE, log, stage_entry
 from pipeline.score import inference
 from pipeline.store import (
     FACES_DS,
@@ -245,6 +245,7 @@ def build(cfg: Config, root: DataRoot, p: Plan) -> Built:
         **remote_args(cfg.ray.placement.score),  # ray.placement.score: which nodes the scoring actors run on
     )
     inference.bound_memory(scored, sc.block_mb, sc.object_store_mb)
+    log.info(ACTOR_ARGS_NOTE, "score")
     return Built(scored, reused, detected)
 
 
