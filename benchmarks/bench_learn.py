@@ -7,7 +7,8 @@ bytes twice: the first copy stays) and images filed under two classes (every cop
 split by image hash (a fifth of the images, ``sha256[:8] % 5 == 0``) into ``WORK/set/{train,test}/<class>/``. Both
 sides see the same ``train`` folder and are tested on the same ``test`` folder.
 
-Ours, the commands docs/recipes.md gives (each a subprocess, one data root per seed)::
+Ours, the commands docs/recipes.md gives (each a subprocess, one data root per seed; ``--set`` reaches all three,
+``--groups`` imports the same set by a CSV listing with a group column, the image's resolution band)::
 
     python -m pipeline labels import-classes --config CFG --data-root R --task gender --folders WORK/set [--no-detect]
     python -m pipeline stage train --config CFG --data-root R --set train.seed=S
@@ -76,6 +77,23 @@ def prepare(source: Path, out: Path) -> dict:
     return dict(sorted(counts.items()))
 
 
+def write_listing(set_dir: Path, out: Path) -> Path:
+    """A CSV of the prepared set (file, label, split, group) for the CSV import; group: the image's resolution
+    band by its short side (a quality factor every web face set has)."""
+    from PIL import Image
+
+    rows = ["file,label,split,group"]
+    for split in ("train", "test"):
+        for cls in sorted(p for p in (set_dir / split).iterdir() if p.is_dir()):
+            for f in sorted(cls.iterdir()):
+                with Image.open(f) as im:
+                    side = min(im.size)
+                band = "short side < 100 px" if side < 100 else ("100-199 px" if side < 200 else "200 px or more")
+                rows.append(f"{f.relative_to(set_dir).as_posix()},{cls.name},{split},{band}")
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
 def test_truth(test_dir: Path) -> dict[str, str]:
     """image sha256 -> class folder of every test image."""
     return {
@@ -117,10 +135,17 @@ def ours_run(work: Path, seed: int, a: argparse.Namespace) -> dict:
     cfg = work / f"{tag}.yaml"
     detect = "true" if a.detect else "false"
     cfg.write_text(CONFIG.format(root=root, detect=detect, size=a.image_size, epochs=a.epochs))
-    sets = [f"--set=train.seed={seed}", f"--set=train.run_id={tag}", *(f"--set={s}" for s in a.set)]
+    extra = [f"--set={s}" for s in a.set]
+    sets = [f"--set=train.seed={seed}", f"--set=train.run_id={tag}", *extra]
     t0 = time.perf_counter()
-    _pipeline("labels", "import-classes", "--config", str(cfg), "--task", "gender", "--folders", str(work / "set"),
-              log=log)  # fmt: skip
+    if a.groups:  # the documented CSV import, with a group column (the image's resolution band)
+        listing = write_listing(work / "set", work / f"{tag}-listing.csv")
+        _pipeline("labels", "import-classes", "--config", str(cfg), "--task", "gender", "--csv", str(listing),
+                  "--images", str(work / "set"), "--file-column", "file", "--label-column", "label",
+                  "--split-column", "split", "--group-column", "group", *extra, log=log)  # fmt: skip
+    else:
+        _pipeline("labels", "import-classes", "--config", str(cfg), "--task", "gender", "--folders",
+                  str(work / "set"), *extra, log=log)  # fmt: skip
     t1 = time.perf_counter()
     _pipeline("stage", "train", "--config", str(cfg), *sets, log=log)
     t2 = time.perf_counter()
@@ -140,6 +165,11 @@ def ours_run(work: Path, seed: int, a: argparse.Namespace) -> dict:
         both = [r for r in ok if r["image_sha256"] in test_pred]
         agree = sum(r["predicted"] == test_pred[r["image_sha256"]] for r in both) / max(len(both), 1)
     test = metrics["test"]
+    if test.get("by_group"):
+        g = test["by_group"]
+        cells = {k: (v["n"], round(v["accuracy"], 3), [round(x, 3) for x in v["accuracy_ci95"]]) for k, v in
+                 g["groups"].items()}  # fmt: skip
+        print(f"  per {g['column']} ({tag}):", json.dumps(cells), "gap", g.get("gap"))
     return {
         "side": "facerank",
         "seed": seed,
@@ -153,6 +183,8 @@ def ours_run(work: Path, seed: int, a: argparse.Namespace) -> dict:
         "val_curve": [round(h["val"]["accuracy"], 3) for h in metrics["history"]],
         "best_epoch": metrics.get("best_epoch"),
         "precision": sorted({h.get("precision") for h in metrics["history"]}),
+        "ece": (test.get("calibration") or {}).get("ece"),
+        "by_group": test.get("by_group"),
         "wall_s": {"import": round(t1 - t0, 1), "train": round(t2 - t1, 1), "score": round(t3 - t2, 1)},
     }
 
@@ -238,6 +270,7 @@ def main() -> None:
     ap.add_argument("--detect", action="store_true", help="import with MTCNN crops (default: faces as given)")
     ap.add_argument("--set", action="append", default=[], help="extra --set KEY=VALUE for our train/score")
     ap.add_argument("--tag", default="", help="a name for this variant's data roots")
+    ap.add_argument("--groups", action="store_true", help="import by CSV with a resolution-band group column")
     ap.add_argument("--sides", default="ours,plain")
     ap.add_argument("--plain-worker", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
