@@ -432,6 +432,7 @@ class ImportConfig(_Section):
     person_column: str | None = None
     split_column: str | None = None
     group_column: str | None = None  # a group accuracy is reported per (age band, skin type, gender...)
+    max_file_mb: float = Field(50.0, gt=0)  # a listed file larger than this is never read (reason file_too_large)
     label_map: dict[str, str] | None = None
     detect: bool = True
 

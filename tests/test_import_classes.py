@@ -119,3 +119,21 @@ def test_scut_cv5_recipe_import_gives_the_shipped_folds(tmp_path):
     assert "non-commercial" in import_info(root, "beauty")["dataset"]["licence"]
     with pytest.raises(ValueError, match="task"):
         Config.model_validate({"train": {"task": "../x"}})
+
+
+def test_a_huge_listed_file_is_never_read(tmp_path):
+    """A listed "image" over labels.imported.max_file_mb (here a 300 MB sparse file: no disk blocks) is excluded as
+    file_too_large without being read; the other rows import."""
+    import resource
+
+    bitmoji_set(tmp_path / "bm", n=6)
+    with (tmp_path / "bm/images/huge.jpg").open("wb") as f:
+        f.truncate(300 * 1024 * 1024)
+    csv = tmp_path / "bm/train.csv"
+    csv.write_text(csv.read_text() + "huge.jpg,1,0,0\n")
+    cfg = load_config("configs/recipes/bitmoji_gender.yaml", overrides={"data_root": str(tmp_path / "data")})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = import_classes(cfg, "gender", csv=csv, images=tmp_path / "bm/images")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert out["excluded"]["file_too_large"] == 1 and out["ok"] == 6
+    assert grown_mib < 100, grown_mib  # 300 MB were not read

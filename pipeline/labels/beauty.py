@@ -173,7 +173,7 @@ def import_scores(
         raise FileNotFoundError(f"images folder not found: {images_dir}")
     scores = pl.concat([read_scores(p) for p in scores_files], how="vertical")
     lab = build_beauty_labels(scores, cfg, protocol)
-    shas, why = store_images(images_dir, lab["file"].to_list(), root, cfg.faces)
+    shas, why = store_images(images_dir, lab["file"].to_list(), root, cfg.faces, cfg.labels.imported.max_file_mb)
     faces = None
     if detect is not None:
         faces = add_faces(root, shas, cfg.faces, detect)

@@ -24,6 +24,7 @@ split by person (``--person-column``) or, without one, by image hash, with :func
 Rows that cannot be used stay, excluded with a reason, and are counted in the summary: ``missing_file_name``,
 ``missing_label``, ``unknown_label`` (not in ``--label-map``), ``unknown_split``, ``duplicate_file``,
 ``outside_images_dir`` (``../x``, ``/etc/x`` or a link out of ``--images``: never opened), ``missing_image``,
+``file_too_large`` (over ``labels.imported.max_file_mb``: never read),
 ``unreadable_image`` (:func:`pipeline.imaging.check_image`), ``duplicate_image`` (the same bytes under a second
 name: it would otherwise sit on both sides of a split), or the face step's reason code (``no_face``, ``low_prob``,
 ``decode_error``…). ``labels/<task>/import.json`` records where the set came from (``labels.imported``: name,
@@ -71,13 +72,15 @@ def inside(base: Path, name: str) -> Path | None:
 
 
 def store_images(
-    images_dir: Path, files: list[str | None], root: DataRoot, faces: FacesConfig
+    images_dir: Path, files: list[str | None], root: DataRoot, faces: FacesConfig, max_mb: float = 50.0
 ) -> tuple[list[str | None], list[str | None]]:
     """Store each image by sha256; returns (sha or None, failure reason or None) per file (file I/O per image).
 
-    A listed name that resolves outside ``images_dir`` is ``outside_images_dir`` and is never opened; images are
-    checked like the faces stage decodes them (allowed formats, pixel and decoder-memory caps, not truncated).
+    A listed name that resolves outside ``images_dir`` is ``outside_images_dir`` and is never opened; a file over
+    ``max_mb`` MB (``labels.imported.max_file_mb``) is ``file_too_large`` and never read; images are checked like
+    the faces stage decodes them (allowed formats, pixel and decoder-memory caps, not truncated).
     """
+    max_bytes = int(max_mb * 1_000_000)
     base = images_dir.resolve()
     shas: list[str | None] = []
     why: list[str | None] = []
@@ -90,6 +93,10 @@ def store_images(
         if path is None or not path.is_file():
             shas.append(None)
             why.append("outside_images_dir" if path is None else "missing_image")
+            continue
+        if path.stat().st_size > max_bytes:  # never read whole: a huge (or sparse) file in a downloaded set
+            shas.append(None)
+            why.append("file_too_large")
             continue
         data = path.read_bytes()
         try:
@@ -312,7 +319,7 @@ def import_classes(
 
     class_name, names = _classes(df["raw_label"], lmap)
     df = df.with_columns(class_name, _dup=pl.col("file").is_duplicated() & ~pl.col("file").is_first_distinct())
-    shas, why = store_images(base, df["file"].to_list(), root, cfg.faces)
+    shas, why = store_images(base, df["file"].to_list(), root, cfg.faces, ic.max_file_mb)
     df = df.with_columns(image_sha256=pl.Series(shas, dtype=pl.String), _store=pl.Series(why, dtype=pl.String))
     faces = add_faces(root, shas, cfg.faces, detect)
     face_reason = faces.pop("reason")
