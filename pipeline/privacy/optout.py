@@ -1,0 +1,178 @@
+"""The opt-out list: keyed hashes of subjects, the key they are made with, and the matching the crawl does.
+
+The crawl's hot path imports this module alone (not the erasure). Neither list (``optout/``, ``audit/``) holds an
+erased id, only ``HMAC-SHA256(key, sha256(subject))`` (hex, column ``subject_hash``, ``scheme`` = ``hmac-sha256``),
+where ``subject`` is ``kind:id`` or ``kind@site:id``. The key lives outside the data root: the environment variable
+``FACERANK_OPTOUT_KEY`` (the key itself) or else the file ``privacy.key_file`` (default
+``~/.config/facerank/optout.key``), generated on first use (32 random bytes, hex, mode 0600) with a warning in the
+log. Lists written before the key existed hold the plain ``sha256(subject)`` (no ``scheme``): :func:`migrate_lists`
+rewrites them keyed on first use (the HMAC is taken over that plain hash, so the id is not needed), and
+:class:`OptOut` matches them in memory when the data root cannot be written. Losing the key means the opt-out list
+can no longer be matched (nobody is blocked any more) and the audit can no longer be tied to a person: back the key
+up beside the data root's backups, never inside the data root.
+
+Example::
+
+    from pipeline.privacy.optout import OptOut
+    OptOut(DataRoot(cfg.data_root), cfg.privacy).blocks("person", "prof-7", site="uni-cs")  # True once forgotten
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.config import ConfigError, PrivacyConfig
+from pipeline.store import AUDIT_DS, OPTOUT_DS, DataRoot, to_table
+
+log = logging.getLogger("facerank")
+
+KEY_ENV = "FACERANK_OPTOUT_KEY"
+MIN_KEY_CHARS = 32
+SCHEME_KEYED = "hmac-sha256"
+LISTS = (OPTOUT_DS, AUDIT_DS)
+
+
+# ---------------------------------------------------------------------------------------------------- keyed hashes
+def plain_hash(kind: str, value: str, site: str | None = None) -> str:
+    """The old, unkeyed scheme: ``sha256("kind:id")`` or ``sha256("kind@site:id")`` (reversible by guessing ids)."""
+    subject = f"{kind}:{value}" if site is None else f"{kind}@{site}:{value}"
+    return hashlib.sha256(subject.encode()).hexdigest()
+
+
+def keyed(key: bytes, plain: str) -> str:
+    return hmac.new(key, plain.encode(), hashlib.sha256).hexdigest()
+
+
+def subject_hash(kind: str, value: str, key: bytes, site: str | None = None) -> str:
+    """What the lists store for a subject: ``HMAC-SHA256(key, plain_hash(...))`` as hex."""
+    return keyed(key, plain_hash(kind, value, site))
+
+
+def _inside(path: Path, data_root: str | None) -> bool:
+    if not data_root or "://" in data_root:
+        return False
+    root = Path(data_root).expanduser().resolve()
+    return path.resolve() == root or root in path.resolve().parents
+
+
+def load_key(privacy: PrivacyConfig | None = None, data_root: str | None = None) -> bytes:
+    """The opt-out key: ``$FACERANK_OPTOUT_KEY``, else ``privacy.key_file`` (created on first use)."""
+    env = os.environ.get(KEY_ENV, "")
+    if env:
+        if len(env) < MIN_KEY_CHARS:
+            raise ConfigError(f"{KEY_ENV} is shorter than {MIN_KEY_CHARS} characters")
+        return env.encode()
+    path = Path((privacy or PrivacyConfig()).key_file).expanduser()
+    if _inside(path, data_root):
+        raise ConfigError(f"privacy.key_file {path} is inside the data root {data_root}: keep the key outside it")
+    if not path.exists():
+        _create_key(path)
+    key = path.read_text(encoding="utf-8").strip()
+    if len(key) < MIN_KEY_CHARS:
+        raise ConfigError(f"privacy.key_file {path}: the key is shorter than {MIN_KEY_CHARS} characters")
+    return key.encode()
+
+
+def _create_key(path: Path) -> None:
+    """32 random bytes as hex, mode 0600, published with a hard link (two first users agree on one key)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    try:
+        os.link(tmp, path)
+        log.warning(
+            "privacy: created a new opt-out key at %s. Back it up outside the data root: without it the opt-out "
+            "list can no longer be matched (forgotten people would be scraped again). %s overrides it.",
+            path,
+            KEY_ENV,
+        )
+    except FileExistsError:
+        pass  # another process created it first: use theirs
+    finally:
+        tmp.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------- lists
+def _old_rows(table: pa.Table) -> pa.Array:
+    """Rows still in the unkeyed scheme: no ``scheme`` (column or value) and a non-empty hash."""
+    has_hash = pc.fill_null(pc.not_equal(table.column("subject_hash"), ""), False)
+    if "scheme" not in table.column_names:
+        return has_hash
+    return pc.and_(has_hash, pc.is_null(table.column("scheme")))
+
+
+def _rekeyed(table: pa.Table, old: pa.Array, key: bytes) -> pa.Table:
+    hashes = table.column("subject_hash").to_pylist()
+    flags = old.to_pylist()
+    new_hash = [keyed(key, h) if f else h for h, f in zip(hashes, flags, strict=True)]
+    schemes = table.column("scheme").to_pylist() if "scheme" in table.column_names else [None] * table.num_rows
+    new_scheme = [SCHEME_KEYED if f else s for s, f in zip(schemes, flags, strict=True)]
+    table = table.set_column(table.column_names.index("subject_hash"), "subject_hash", pa.array(new_hash, pa.string()))
+    if "scheme" in table.column_names:
+        return table.set_column(table.column_names.index("scheme"), "scheme", pa.array(new_scheme, pa.string()))
+    return table.append_column("scheme", pa.array(new_scheme, pa.string()))
+
+
+def _keyed_list(root: DataRoot, dataset: str, key: bytes) -> tuple[list[str], int]:
+    """Every keyed hash of ``dataset``; old rows are rekeyed in memory and rewritten where the root allows."""
+    out: list[str] = []
+    migrated = 0
+    for path in root.part_files(dataset):
+        table = pq.read_table(path, filesystem=root.fs)
+        old = _old_rows(table)
+        n = pc.sum(old).as_py() or 0
+        if n:
+            table = _rekeyed(table, old, key)
+            try:
+                root.rewrite_part(path, to_table(table, root.schema(dataset)))
+                migrated += n
+            except OSError as err:
+                log.warning("privacy: %s: cannot rewrite %s keyed (%s); matched in memory", dataset, path, err)
+        out += table.column("subject_hash").to_pylist()
+    return out, migrated
+
+
+def migrate_lists(root: DataRoot, key: bytes) -> dict[str, int]:
+    """Rewrite the unkeyed rows of ``optout/`` and ``audit/`` keyed; returns the rows migrated per list."""
+    done = {ds: _keyed_list(root, ds, key)[1] for ds in LISTS}
+    if any(done.values()):
+        log.info("privacy: rows rewritten from plain sha256 to HMAC-SHA256: %s", done)
+    return done
+
+
+class OptOut:
+    """The opt-out list of a data root; ``blocks(kind, id, site)`` tells a scraper to skip that user, person or image.
+
+    Built where the list is read (the scrape driver); it carries the key and the keyed hashes, so it can be handed
+    to workers as is. Building it migrates old unkeyed lists (see the module docstring).
+    """
+
+    def __init__(self, root: DataRoot, privacy: PrivacyConfig | None = None, key: bytes | None = None):
+        self.key = key or load_key(privacy, root.uri)
+        hashes, migrated = _keyed_list(root, OPTOUT_DS, self.key)
+        self.hashes: set[str] = {h for h in hashes if h}
+        if migrated:
+            _keyed_list(root, AUDIT_DS, self.key)
+            log.info("privacy: %d opt-out rows rewritten from plain sha256 to HMAC-SHA256", migrated)
+
+    def blocks(self, kind: str, value: str | None, site: str | None = None) -> bool:
+        """Whether the subject is opted out: on every site, or (``site`` given) on that site."""
+        if not value:
+            return False
+        if subject_hash(kind, value, self.key) in self.hashes:
+            return True
+        return site is not None and subject_hash(kind, value, self.key, site) in self.hashes
+
+    def __len__(self) -> int:
+        return len(self.hashes)
