@@ -16,10 +16,12 @@ Tools::
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
     python -m pipeline report --run DATA_ROOT/models/RUN_ID   # the data root is the run's, unless --config says
     python -m pipeline scheduler --config configs/cluster.yaml   # submit the score job on score.schedule
+    python -m pipeline privacy init-key --config FILE   # make the opt-out key (once) and record it in the data root
     python -m pipeline forget --user ID [--site SITE] | --site SITE --person ID | --image SHA
     python -m pipeline retention --config FILE      # drop raw images older than privacy.raw_image_retention_days
 
-Exit codes: 0 success, 2 bad config or arguments (one line on stderr, before any work), 3 a missing input
+Exit codes: 0 success, 2 bad config or arguments (one line on stderr, before any work; also no opt-out key, or
+one that is not the key the data root's opt-out list was made with), 3 a missing input
 dataset, 4 the stage is locked: another live run of it holds the data root (one line naming the holder, before Ray
 starts; also when a run's lock was taken over while it ran, see pipeline/locks.py), 1 any other failure (one line
 for an I/O error or unreadable Parquet data).
@@ -169,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--site", help="the site the id belongs to (one id may name two people on two sites)")
     _common(fg, config_required=False)
 
+    pv = sub.add_parser("privacy", help="privacy tools")
+    pvsub = pv.add_subparsers(dest="privacy_cmd", required=True)
+    ik = pvsub.add_parser("init-key", help="make the opt-out key when none is given, and record it in the data root")
+    adopt = "the opt-out list holds keyed rows from before keys were recorded, and this key made them"
+    ik.add_argument("--adopt", action="store_true", help=adopt)
+    _common(ik, config_required=False)
+
     ret = sub.add_parser("retention", help="drop raw images older than privacy.raw_image_retention_days")
     _common(ret, config_required=False)
 
@@ -291,6 +300,14 @@ def _forget(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _privacy(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.privacy import init_key
+    from pipeline.store import DataRoot
+
+    print(json.dumps(init_key(DataRoot(cfg.data_root), cfg.privacy, adopt=args.adopt)))
+    return 0
+
+
 def _retention(args: argparse.Namespace, cfg: Config) -> int:
     from pipeline.privacy import apply_retention
 
@@ -308,6 +325,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "best-crop": _best_crop,
     "report": _report,
     "forget": _forget,
+    "privacy": _privacy,
     "retention": _retention,
 }
 

@@ -16,6 +16,7 @@ Layout (``root`` is a local folder or an ``s3://`` URI)::
     models/<run_id>/              model.pt, model.json, metrics.json, plots; checkpoints/ while training
     scores/dt=YYYY-MM-DD/part-*   one row per (image, model)       key (image_sha256, model_id)
     optout/part-*.parquet         people who asked to be forgotten
+    optout/_key.json              the fingerprint of the key the opt-out list is made with (pipeline/privacy/key.py)
     audit/part-*.parquet          what was erased when (never the erased data)
     _locks/<stage>.lock           the run of a stage that holds the data root (pipeline/locks.py)
     <dataset>/_quarantine/        part files found unreadable (torn), moved out of the readers' way
@@ -362,6 +363,10 @@ class DataRoot:
             raise ValueError(f"not a stage name: {stage!r}")
         return self.path("_locks", f"{stage}.lock")
 
+    def optout_key_path(self) -> str:
+        """Where the fingerprint of the opt-out list's key is kept (``_``: no reader takes it for a part)."""
+        return self.path(OPTOUT_DS, "_key.json")
+
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
@@ -387,6 +392,29 @@ class DataRoot:
         self.fs.move(tmp, final)
         if self.local:
             _fsync(posixpath.dirname(final), directory=True)
+
+    def create_once(self, path: str, data: bytes) -> bool:
+        """Write ``data`` to ``path`` unless it exists; whether this call wrote it. Locally atomic (a ``link()``
+        of a whole temp file: of two writers exactly one wins); on other filesystems a check, then a write."""
+        parent = posixpath.dirname(path)
+        self.fs.create_dir(parent, recursive=True)
+        if not self.local:
+            if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+                return False
+            self.write_bytes_atomic(path, data)
+            return True
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as out:
+            out.write(data)
+        _fsync(tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        _fsync(parent, directory=True)
+        return True
 
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as f:

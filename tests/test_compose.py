@@ -364,3 +364,18 @@ def test_image_refuses_to_start_ray_without_token_auth(tmp_path):
         timeout=30,
     )
     assert started.returncode == 0 and started.stdout.strip() == "ray-ran start --head"
+
+
+def test_every_ray_container_gets_the_one_optout_key_from_a_secret():
+    """Compose refuses to start without FACERANK_OPTOUT_KEY; every KubeRay container reads it from one Secret."""
+    for name, service in project_services().items():
+        assert service["environment"]["FACERANK_OPTOUT_KEY"].startswith("${FACERANK_OPTOUT_KEY:?"), name
+    for manifest in ("kuberay-cluster.yaml", "raycronjob.yaml"):
+        doc = yaml.safe_load((REPO / "deploy" / manifest).read_text())
+        spec = doc["spec"]["jobTemplate"]["rayClusterSpec"] if doc["kind"] == "RayCronJob" else doc["spec"]
+        pods = [g["template"]["spec"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]]
+        containers = [c for pod in pods for c in pod["containers"]]
+        assert len(containers) >= 2
+        for c in containers:
+            ref = {e["name"]: e for e in c["env"]}["FACERANK_OPTOUT_KEY"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "facerank-optout-key", "key": "key"}, f"{manifest}: {c['name']}"

@@ -250,7 +250,7 @@ def test_the_lists_hold_a_keyed_hash_not_sha256_of_the_id(tmp_path):
 
 _CHECK = """
 import json, os, sys
-from pipeline.config import PrivacyConfig
+from pipeline.config import ConfigError, PrivacyConfig
 from pipeline.privacy import OptOut
 from pipeline.store import DataRoot
 out = []
@@ -258,13 +258,17 @@ for key_env, key_file, user in json.loads(sys.argv[2]):
     os.environ.pop("FACERANK_OPTOUT_KEY", None)
     if key_env:
         os.environ["FACERANK_OPTOUT_KEY"] = key_env
-    out.append(OptOut(DataRoot(sys.argv[1]), PrivacyConfig(key_file=key_file)).blocks("user", user))
+    try:
+        out.append(OptOut(DataRoot(sys.argv[1]), PrivacyConfig(key_file=key_file)).blocks("user", user))
+    except ConfigError as err:
+        out.append(type(err).__name__ + ": " + str(err))
 print(json.dumps(out))
 """
 
 
-def _blocks_in_a_new_process(data_root: str, cases: list[tuple[str | None, str, str]]) -> list[bool]:
-    """``OptOut(...).blocks("user", user)`` for each (key in the environment, key file, user), in one new process."""
+def _blocks_in_a_new_process(data_root: str, cases: list[tuple[str | None, str, str]]) -> list[bool | str]:
+    """``OptOut(...).blocks("user", user)`` for each (key in the environment, key file, user), in one new process;
+    an error's class and line where building the list fails."""
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
     run = [sys.executable, "-c", _CHECK, data_root, json.dumps(cases)]
     out = subprocess.run(run, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -272,26 +276,73 @@ def _blocks_in_a_new_process(data_root: str, cases: list[tuple[str | None, str, 
     return json.loads(out.stdout)
 
 
-def test_the_key_file_is_made_once_and_matches_across_processes_another_key_does_not(tmp_path, monkeypatch, caplog):
+def test_no_key_is_made_on_first_use_and_another_key_on_one_root_fails_with_one_line(tmp_path, monkeypatch, capsys):
+    """Two containers with two keys (or one without any) can no longer disagree silently about the opt-out list."""
     monkeypatch.delenv(KEY_ENV)
     key_file = tmp_path / "home" / ".config" / "facerank" / "optout.key"
-    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d"), "privacy.key_file": str(key_file)})
+    data = str(tmp_path / "d")
+    cfg = load_config(None, overrides={"data_root": data, "privacy.key_file": str(key_file)})
     root = DataRoot(cfg.data_root)
     root.write_part("posts", [_post(root, "fa", "a0", "u7", 0)])
-    with caplog.at_level("WARNING", logger="facerank"):
-        forget(cfg, "user", "u7")
-    assert "created a new opt-out key" in caplog.text and str(key_file) in caplog.text
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key_file.read_text().strip()) == 64
+    # no key anywhere: forget stops before any work with one line naming the explicit step, and makes no key
+    args = ["--data-root", data, "--set", f"privacy.key_file={key_file}"]
+    assert main(["forget", "--user", "u7", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no opt-out key" in err and "privacy init-key" in err and KEY_ENV in err
+    assert not key_file.exists() and root.read("posts").num_rows == 1 and not root.has("optout")
+    # the explicit step makes the key (0600) and records its fingerprint (not the key) in the data root
+    assert main(["privacy", "init-key", *args]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["created"] and made["recorded"] and made["key"] == str(key_file)
+    key = key_file.read_text().strip()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key) == 64
+    record = Path(root.optout_key_path()).read_text()
+    assert key not in record and made["fingerprint"] in record
+    assert main(["privacy", "init-key", *args]) == 0  # again: nothing new
+    assert json.loads(capsys.readouterr().out) | {"fingerprint": ""} == {
+        "key": str(key_file), "created": False, "recorded": False, "fingerprint": ""
+    }  # fmt: skip
+    forget(cfg, "user", "u7")
     other = tmp_path / "other.key"
     cases = [
         (None, str(key_file), "u7"),  # the same key file, another process: blocked
         (None, str(key_file), "u8"),
         ("another-key-" + "x" * 40, str(key_file), "u7"),  # another key (the environment wins over the file)
-        (None, str(other), "u7"),  # another key file: a new key, nothing matches
-        (key_file.read_text().strip(), str(other), "u7"),  # the first key given in the environment
+        (None, str(other), "u7"),  # a container without the key file: no key, none made
+        (key, str(other), "u7"),  # the first key given in the environment
     ]
-    assert _blocks_in_a_new_process(cfg.data_root, cases) == [True, False, False, False, True]
-    assert other.exists() and other.read_text() != key_file.read_text()
+    got = _blocks_in_a_new_process(cfg.data_root, cases)
+    assert got[:2] == [True, False] and got[4] is True
+    assert got[2].startswith("KeyMismatchError: the opt-out key from FACERANK_OPTOUT_KEY") and "\n" not in got[2]
+    assert got[3].startswith("ConfigError: no opt-out key") and not other.exists()
+    # forget with another key writes nothing: exit 2, one line
+    monkeypatch.setenv(KEY_ENV, "another-key-" + "x" * 40)
+    root.write_part("posts", [_post(root, "fa", "a1", "u9", 1)])
+    assert main(["forget", "--user", "u9", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not the key this data root's opt-out list was made with" in err
+    assert root.read("posts").num_rows == 1 and len(OptOut(root, key=key.encode())) == 2  # u7 and their image
+
+
+def test_a_list_with_keyed_rows_but_no_record_needs_the_key_adopted(tmp_path, monkeypatch, capsys):
+    """A root from before the record: its key cannot be checked, so nothing uses it until init-key --adopt."""
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
+    root = DataRoot(cfg.data_root)
+    root.write_part("posts", [_post(root, "fa", "a0", "u7", 0)])
+    forget(cfg, "user", "u7")
+    Path(root.optout_key_path()).unlink()  # as written before keys were recorded
+    with pytest.raises(ConfigError, match="--adopt"):
+        OptOut(root)
+    key_file = tmp_path / "k" / "optout.key"
+    args = ["--data-root", cfg.data_root, "--set", f"privacy.key_file={key_file}"]
+    env_key = os.environ[KEY_ENV]
+    monkeypatch.delenv(KEY_ENV)
+    assert main(["privacy", "init-key", *args]) == 2  # no key here: a new one could never match the rows
+    assert "a new key would never match" in capsys.readouterr().err and not key_file.exists()
+    monkeypatch.setenv(KEY_ENV, env_key)
+    assert main(["privacy", "init-key", *args]) == 2 and "--adopt" in capsys.readouterr().err
+    assert main(["privacy", "init-key", "--adopt", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["recorded"] and OptOut(root).blocks("user", "u7")
 
 
 def test_the_key_must_live_outside_the_data_root_and_be_long(tmp_path, monkeypatch):

@@ -1,15 +1,13 @@
-"""The opt-out list: keyed hashes of subjects, the key they are made with, and the matching the crawl does.
+"""The opt-out list: keyed hashes of subjects, old lists migrated, and the matching the crawl does.
 
-The crawl's hot path imports this module alone (not the erasure). Neither list (``optout/``, ``audit/``) holds an
-erased id, only ``HMAC-SHA256(key, sha256(subject))`` (hex, column ``subject_hash``, ``scheme`` = ``hmac-sha256``),
-where ``subject`` is ``kind:id`` or ``kind@site:id``. The key lives outside the data root: the environment variable
-``FACERANK_OPTOUT_KEY`` (the key itself) or else the file ``privacy.key_file`` (default
-``~/.config/facerank/optout.key``), generated on first use (32 random bytes, hex, mode 0600) with a warning in the
-log. Lists written before the key existed hold the plain ``sha256(subject)`` (no ``scheme``): :func:`migrate_lists`
-rewrites them keyed on first use (the HMAC is taken over that plain hash, so the id is not needed), and
-:class:`OptOut` matches them in memory when the data root cannot be written. Losing the key means the opt-out list
-can no longer be matched (nobody is blocked any more) and the audit can no longer be tied to a person: back the key
-up beside the data root's backups, never inside the data root.
+The crawl's hot path imports this module alone (not the erasure). Neither list (``optout/``, ``audit/``) holds an erased
+id, only ``HMAC-SHA256(key, sha256(subject))`` (hex, column ``subject_hash``, ``scheme`` = ``hmac-sha256``), where
+``subject`` is ``kind:id`` or ``kind@site:id``. The key lives outside the data root and is checked against the data
+root's record of it (:mod:`pipeline.privacy.key`). Lists written before the key existed hold the plain
+``sha256(subject)`` (no ``scheme``): :func:`migrate_lists` rewrites them keyed on first use (the HMAC is taken over that
+plain hash, so the id is not needed), and :class:`OptOut` matches them in memory when the data root cannot be written.
+Losing the key means the opt-out list can no longer be matched (nobody is blocked any more) and the audit can no longer
+be tied to a person: back the key up beside the data root's backups, never inside the data root.
 
 Example::
 
@@ -22,22 +20,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
-import secrets
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import ConfigError, PrivacyConfig
+from pipeline.config import PrivacyConfig
+from pipeline.privacy.key import SCHEME_KEYED, root_key
 from pipeline.store import AUDIT_DS, OPTOUT_DS, DataRoot, to_table
 
 log = logging.getLogger("facerank")
 
-KEY_ENV = "FACERANK_OPTOUT_KEY"
-MIN_KEY_CHARS = 32
-SCHEME_KEYED = "hmac-sha256"
 LISTS = (OPTOUT_DS, AUDIT_DS)
 
 
@@ -55,52 +48,6 @@ def keyed(key: bytes, plain: str) -> str:
 def subject_hash(kind: str, value: str, key: bytes, site: str | None = None) -> str:
     """What the lists store for a subject: ``HMAC-SHA256(key, plain_hash(...))`` as hex."""
     return keyed(key, plain_hash(kind, value, site))
-
-
-def _inside(path: Path, data_root: str | None) -> bool:
-    if not data_root or "://" in data_root:
-        return False
-    root = Path(data_root).expanduser().resolve()
-    return path.resolve() == root or root in path.resolve().parents
-
-
-def load_key(privacy: PrivacyConfig | None = None, data_root: str | None = None) -> bytes:
-    """The opt-out key: ``$FACERANK_OPTOUT_KEY``, else ``privacy.key_file`` (created on first use)."""
-    env = os.environ.get(KEY_ENV, "")
-    if env:
-        if len(env) < MIN_KEY_CHARS:
-            raise ConfigError(f"{KEY_ENV} is shorter than {MIN_KEY_CHARS} characters")
-        return env.encode()
-    path = Path((privacy or PrivacyConfig()).key_file).expanduser()
-    if _inside(path, data_root):
-        raise ConfigError(f"privacy.key_file {path} is inside the data root {data_root}: keep the key outside it")
-    if not path.exists():
-        _create_key(path)
-    key = path.read_text(encoding="utf-8").strip()
-    if len(key) < MIN_KEY_CHARS:
-        raise ConfigError(f"privacy.key_file {path}: the key is shorter than {MIN_KEY_CHARS} characters")
-    return key.encode()
-
-
-def _create_key(path: Path) -> None:
-    """32 random bytes as hex, mode 0600, published with a hard link (two first users agree on one key)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    try:
-        os.link(tmp, path)
-        log.warning(
-            "privacy: created a new opt-out key at %s. Back it up outside the data root: without it the opt-out "
-            "list can no longer be matched (forgotten people would be scraped again). %s overrides it.",
-            path,
-            KEY_ENV,
-        )
-    except FileExistsError:
-        pass  # another process created it first: use theirs
-    finally:
-        tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------------------------- lists
@@ -159,7 +106,7 @@ class OptOut:
     """
 
     def __init__(self, root: DataRoot, privacy: PrivacyConfig | None = None, key: bytes | None = None):
-        self.key = key or load_key(privacy, root.uri)
+        self.key = key or root_key(root, privacy)
         hashes, migrated = _keyed_list(root, OPTOUT_DS, self.key)
         self.hashes: set[str] = {h for h in hashes if h}
         if migrated:

@@ -11,7 +11,7 @@ import logging
 import posixpath
 
 from pipeline.config import Config
-from pipeline.privacy.forget import audit_row, walk_files
+from pipeline.privacy.erasure import audit_row, walk_files
 from pipeline.store import AUDIT_DS, FACES_DS, IMAGES_DIR, DataRoot, now
 
 log = logging.getLogger("facerank")

@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 
 from pipeline import locks
 from pipeline.config import Config
-from pipeline.privacy.optout import LISTS, SCHEME_KEYED, OptOut, load_key, migrate_lists, subject_hash
+from pipeline.privacy.key import SCHEME_KEYED, root_key
+from pipeline.privacy.optout import LISTS, OptOut, migrate_lists, subject_hash
 from pipeline.store import (
     AUDIT_DS,
     CROPS_DIR,
@@ -285,7 +286,7 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
     if kind == "person" and not site:
         raise ValueError("a person is keyed by (site, id): give the site")
     site = None if kind == "image" else site
-    key = load_key(cfg.privacy, root.uri)
+    key = root_key(root, cfg.privacy)
     migrate_lists(root, key)
     blocked = OptOut(root, key=key)
     who = _Subject(kind, value, site)
