@@ -23,7 +23,8 @@ Tools::
 Exit codes: 0 success, 2 bad config or arguments (one line on stderr, before any work; also no opt-out key, or
 one that is not the key the data root's opt-out list was made with), 3 a missing input
 dataset, 4 the stage is locked: another live run of it holds the data root (one line naming the holder, before Ray
-starts; also when a run's lock was taken over while it ran, see pipeline/locks.py), 1 any other failure (one line
+starts; also when a run's lock was taken over while it ran, see pipeline/locks.py; `report`, the label imports and
+`retention` hold locks that `forget` holds too), 1 any other failure (one line
 for an I/O error or unreadable Parquet data).
 """
 
@@ -248,6 +249,19 @@ def _faces(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _labels(args: argparse.Namespace, cfg: Config) -> int:
+    """An import writes images, ``faces/`` and ``labels/<task>``: it holds the ``imports`` lock (which ``forget``
+    takes too, so forget never sweeps an import's images as unreferenced) and the ``faces`` stage's lock."""
+    import contextlib
+
+    from pipeline.locks import stage_lock
+
+    with contextlib.ExitStack() as held:
+        for name in ("imports", "faces"):
+            held.enter_context(stage_lock(cfg, name))
+        return _import(args, cfg)
+
+
+def _import(args: argparse.Namespace, cfg: Config) -> int:
     if args.labels_cmd == "import-classes":
         from pipeline.labels.imports import ImportInputError, import_classes
 
@@ -309,9 +323,11 @@ def _privacy(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _retention(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.locks import stage_lock
     from pipeline.privacy import apply_retention
 
-    print(json.dumps(apply_retention(cfg), default=str))
+    with stage_lock(cfg, "retention"):  # forget takes it too (the scrape's own retention runs under its lock)
+        print(json.dumps(apply_retention(cfg), default=str))
     return 0
 
 

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("facerank.locks")
 
 TRIES = 5  # create or take over, each a compare-and-swap that another run may win
+# Commands that write under a data root outside the five stages. Each holds its own lock while it writes (the CLI
+# takes "imports" and "retention", write_report takes "report"); forget holds these with every stage's lock.
+TOOLS = ("imports", "report", "retention")
 
 
 class StageLockedError(RuntimeError):

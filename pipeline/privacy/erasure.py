@@ -268,14 +268,15 @@ def _remove_reports(root: DataRoot, shas: set[str]) -> int:
 def forget(cfg: Config, kind: str, value: str, site: str | None = None) -> dict[str, Any]:
     """Erase a person (or one image) from everything under the data root; returns counts per dataset.
 
-    It holds every stage's lock meanwhile (:mod:`pipeline.locks`), so no stage writes, cleans or resumes under
-    it; a stage that runs now makes it fail with :class:`~pipeline.locks.StageLockedError` (exit 4). The locks
+    It holds every stage's lock and every tool's (:data:`pipeline.locks.TOOLS`: imports, report, retention)
+    meanwhile (:mod:`pipeline.locks`), so no stage or tool writes, cleans or resumes under it; one that runs now
+    makes it fail with :class:`~pipeline.locks.StageLockedError` (exit 4). The locks
     are taken without the stages' own clean-up: forget reads the temporaries first (the images their rows name
     join the opt-out list), then deletes them.
     """
     root = DataRoot(cfg.data_root)
     with contextlib.ExitStack() as held:
-        for stage in STAGE_TEMPS:
+        for stage in (*STAGE_TEMPS, *locks.TOOLS):
             held.enter_context(locks.hold(root, stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s))
         return _forget(cfg, root, kind, value, site)
 
