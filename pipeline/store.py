@@ -385,8 +385,14 @@ class DataRoot:
             out.write(data)
         self._commit(tmp, path)
 
+    def fence(self) -> None:
+        """Raise :class:`~pipeline.locks.LockLostError` when a lock this process holds on this root was taken over
+        (or not renewed within its ttl): called before every write and commit, so a fenced-off run stops writing."""
+        locks.fence(self)
+
     def _commit(self, tmp: str, final: str) -> None:
         """Move a written temp file into place; locally its bytes reach the disk before the rename, the rename after."""
+        self.fence()
         if self.local:
             _fsync(tmp)
         self.fs.move(tmp, final)
@@ -396,6 +402,7 @@ class DataRoot:
     def create_once(self, path: str, data: bytes) -> bool:
         """Write ``data`` to ``path`` unless it exists; whether this call wrote it. Locally atomic (a ``link()``
         of a whole temp file: of two writers exactly one wins); on other filesystems a check, then a write."""
+        self.fence()
         parent = posixpath.dirname(path)
         self.fs.create_dir(parent, recursive=True)
         if not self.local:
@@ -447,6 +454,7 @@ class DataRoot:
         return self.read_bytes(self.image_path(sha))
 
     def delete_image(self, sha: str) -> bool:
+        self.fence()
         if self.has_image(sha):
             self.fs.delete_file(self.image_path(sha))
             return True
@@ -569,6 +577,7 @@ class DataRoot:
         table = to_table(rows, self.schema(dataset))
         if table.num_rows == 0:
             return None
+        self.fence()
         d = self.path(dataset)
         self.fs.create_dir(posixpath.join(d, "_tmp"), recursive=True)
         name = name or f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
@@ -589,6 +598,7 @@ class DataRoot:
         memory. Other part files of the dataset are removed after the new file is in place.
         """
         schema = self.schema(dataset)
+        self.fence()
         d = self.path(dataset)
         self.fs.create_dir(posixpath.join(d, "_tmp"), recursive=True)
         tmp = posixpath.join(d, "_tmp", f"{uuid.uuid4().hex}-{name}")
@@ -606,6 +616,7 @@ class DataRoot:
 
     def rewrite_part(self, path: str, table: pa.Table) -> None:
         """Atomically replace one existing part file with ``table`` (used by ``forget``); empty → delete."""
+        self.fence()
         if table.num_rows == 0:
             self.fs.delete_file(path)
             return
