@@ -17,7 +17,7 @@ Tools::
     python -m pipeline report --run DATA_ROOT/models/RUN_ID   # the data root is the run's, unless --config says
     python -m pipeline scheduler --config configs/cluster.yaml   # submit the score job on score.schedule
     python -m pipeline privacy init-key --config FILE   # make the opt-out key (once) and record it in the data root
-    python -m pipeline forget --user ID [--site SITE] | --site SITE --person ID | --image SHA
+    python -m pipeline forget --user ID [--site SITE] | --site SITE --person ID | --image SHA | --acct USER@HOST
     python -m pipeline retention --config FILE      # drop raw images older than privacy.raw_image_retention_days
 
 Exit codes: 0 success, 2 bad config or arguments (one line on stderr, before any work; also no opt-out key, or
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--user", metavar="ID", help="a feed user id (on every site, or only on --site)")
     g.add_argument("--person", metavar="ID", help="a staff person id (or imported-scores person): needs --site")
     g.add_argument("--image", metavar="SHA256", help="one image, by its sha256")
+    g.add_argument("--acct", metavar="USER@HOST", help="a fediverse account, through every server it was seen on")
     fg.add_argument("--site", help="the site the id belongs to (one id may name two people on two sites)")
     _common(fg, config_required=False)
 
@@ -305,11 +306,13 @@ def _report(args: argparse.Namespace, cfg: Config) -> int:
 def _forget(args: argparse.Namespace, cfg: Config) -> int:
     from pipeline.privacy import forget
 
-    kind, value = next((k, v) for k in ("user", "person", "image") if (v := getattr(args, k)))
+    kind, value = next((k, v) for k in ("user", "person", "image", "acct") if (v := getattr(args, k)))
     if kind == "person" and not args.site:
         raise ConfigError("forget --person ID needs --site SITE: a person is keyed by (site, id)")
     if kind == "image" and args.site:
         raise ConfigError("forget --image takes no --site: an image is keyed by its sha256 alone")
+    if kind == "acct" and (args.site or "@" not in value.lstrip("@")):
+        raise ConfigError("forget --acct takes USER@HOST and no --site: an account is the same on every server")
     print(json.dumps(forget(cfg, kind, value, site=args.site), default=str))
     return 0
 

@@ -19,6 +19,7 @@ Layout (``root`` is a local folder or an ``s3://`` URI)::
     optout/_key.json              the fingerprint of the key the opt-out list is made with (pipeline/privacy/key.py)
     audit/part-*.parquet          what was erased when (never the erased data)
     _locks/<stage>.lock           the run of a stage that holds the data root (pipeline/locks.py)
+    feed_cursors/<site>/<tag>.json  where incremental feed walks stand (pipeline/scrape/cursors.py)
     <dataset>/_quarantine/        part files found unreadable (torn), moved out of the readers' way
 
 Writes are atomic: a part file is written under ``<dataset>/_tmp/`` and then moved into place, so a killed job
@@ -235,6 +236,7 @@ FETCHES_DS, POSTS_DS, STAFF_DS, FACES_DS = "fetches", "posts", "staff", "faces"
 LABELS_DS, MODELS_DS, SCORES_DS = "labels", "models", "scores"
 OPTOUT_DS, AUDIT_DS = "optout", "audit"
 IMAGES_DIR, CROPS_DIR = "images", "crops"  # files by sha256 (raw bytes; face crops on request), not Parquet
+FEED_CURSORS_DIR = "feed_cursors"  # <site>/<hashtag>.json: the feed walks' status ids (pipeline/scrape/cursors.py)
 
 
 def sub_dataset(top: str, folder: str) -> str:

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 from pipeline.privacy.key import KEY_ENV, MIN_KEY_CHARS, SCHEME_KEYED, KeyMismatchError, init_key, load_key, root_key
-from pipeline.privacy.optout import LISTS, OptOut, keyed, migrate_lists, plain_hash, subject_hash
+from pipeline.privacy.optout import LISTS, OptOut, keyed, migrate_lists, normal_acct, plain_hash, subject_hash
 
 _LAZY = {
     "KINDS": "erasure",
@@ -31,6 +31,7 @@ __all__ = [
     "keyed",
     "load_key",
     "migrate_lists",
+    "normal_acct",
     "plain_hash",
     "root_key",
     "subject_hash",

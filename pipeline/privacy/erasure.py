@@ -10,9 +10,15 @@ never the id. The datasets it walks are the store's (:data:`pipeline.store.SCHEM
 scores partition), never guessed from folders.
 
 Subjects: ``user`` (a feed user id), ``person`` (a staff person id or the person column of imported scores: always
-with its ``site``, as one id may name two people on two sites), ``image`` (an image sha256). A user may be given a
-site too; without one, that user id is erased on every site. Trained models are not retrained: ``docs/security.md``
-says what that means.
+with its ``site``, as one id may name two people on two sites), ``image`` (an image sha256), ``acct`` (a fediverse
+account ``user@host``, the posts' ``user_acct``: the same person through every server, whose ``user_id`` differs per
+server; opted out as the account and as each (site, user id) it was seen as). A user may be given a site too;
+without one, that user id is erased on every site. Trained models are not retrained: ``docs/security.md`` says what
+that means.
+
+Beyond rows: a person's profile-page fetch (a person the site gives no id is keyed by that URL, so the URL is found
+from the id), and every feed walk state (``feed_cursors/``) that names one of their status ids: deleted whole, the
+next crawl walks that timeline again.
 
 Example::
 
@@ -26,7 +32,9 @@ import contextlib
 import datetime as dt
 import logging
 import posixpath
+import re
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,10 +44,12 @@ import pyarrow.parquet as pq
 from pipeline import locks
 from pipeline.config import Config
 from pipeline.privacy.key import SCHEME_KEYED, root_key
-from pipeline.privacy.optout import LISTS, OptOut, migrate_lists, subject_hash
+from pipeline.privacy.optout import LISTS, OptOut, migrate_lists, normal_acct, subject_hash
 from pipeline.store import (
     AUDIT_DS,
     CROPS_DIR,
+    FEED_CURSORS_DIR,
+    FETCHES_DS,
     IMAGES_DIR,
     LABELS_DS,
     MODELS_DS,
@@ -56,7 +66,7 @@ from pipeline.store import (
 
 log = logging.getLogger("facerank")
 
-KINDS = ("user", "person", "image")
+KINDS = ("user", "person", "image", "acct")
 SIDECAR_SUFFIX = ".images.json"  # <report>.html → <report>.images.json: the full sha256 of every inlined image
 
 
@@ -64,6 +74,8 @@ SIDECAR_SUFFIX = ".images.json"  # <report>.html → <report>.images.json: the f
 def _person_cols(dataset: str, kind: str) -> tuple[str, ...]:
     """The columns of ``dataset`` that hold the id of a subject of this kind."""
     top, _, task = dataset.partition("/")
+    if kind == "acct":
+        return ("user_acct",) if top == POSTS_DS else ()
     if kind == "user":
         return {POSTS_DS: ("user_id",), LABELS_DS: ("person_id",) if task == "selfie" else ()}.get(top, ())
     if kind == "person":
@@ -125,22 +137,26 @@ def walk_files(root: DataRoot, top: str) -> list[pafs.FileInfo]:
 
 
 # ---------------------------------------------------------------------------------------------------- matching
-MATCH_COLUMNS = ["user_id", "item_id", "person_id", "site", "image_sha256", "url", "image_url"]
+MATCH_COLUMNS = ["user_id", "user_acct", "item_id", "person_id", "site", "image_sha256", "url", "image_url"]
 
 
 class _Subject:
-    """What identifies the person's rows: the id (and site), their image hashes and the URLs of those images."""
+    """What identifies the person's rows: the id (and site), their image hashes, the URLs of those images and of
+    their profile page, their posts' (site, item_id) and, for an account, the (site, user_id) it was seen as."""
 
     def __init__(self, kind: str, value: str, site: str | None):
         self.kind, self.value, self.site = kind, value, site
         self.shas: set[str] = {value} if kind == "image" else set()
         self.urls: set[str] = set()
+        self.posts: set[tuple[str, str]] = set()  # (site, item_id) of their posts: status ids in feed_cursors/
+        self.users: set[tuple[str, str]] = set()  # (site, user_id) of an account's posts
 
     def id_mask(self, table: pa.Table, dataset: str) -> pa.Array:
         mask = pa.array([False] * table.num_rows)
         for col in _person_cols(dataset, self.kind):
             if col in table.column_names:
-                hit = pc.equal(table.column(col), self.value)
+                values = table.column(col)
+                hit = pc.equal(pc.utf8_lower(values) if self.kind == "acct" else values, self.value)
                 if self.site is not None and "site" in table.column_names:
                     hit = pc.and_(hit, pc.equal(table.column("site"), self.site))
                 mask = pc.or_(mask, pc.fill_null(hit, False))
@@ -160,13 +176,37 @@ class _Subject:
         tables = [(ds, _columns(root, p, MATCH_COLUMNS)) for ds, p in files if _person_cols(ds, self.kind)]
         for ds, t in tables:
             if t is not None and "image_sha256" in t.column_names:
-                self.shas |= {s for s in t.filter(self.id_mask(t, ds)).column("image_sha256").to_pylist() if s}
+                mine = t.filter(self.id_mask(t, ds))
+                self.shas |= {s for s in mine.column("image_sha256").to_pylist() if s}
+                if ds == POSTS_DS and {"site", "item_id", "user_id"} <= set(mine.column_names):
+                    sites, items = mine.column("site").to_pylist(), mine.column("item_id").to_pylist()
+                    self.posts |= {(s, i) for s, i in zip(sites, items, strict=True) if s and i}
+                    if self.kind == "acct":
+                        users = mine.column("user_id").to_pylist()
+                        self.users |= {(s, u) for s, u in zip(sites, users, strict=True) if s and u}
+        if self.kind == "person":
+            self.urls |= self._profile_pages(root, [p for ds, p in files if ds == FETCHES_DS])
         wanted = pa.array(sorted(self.shas), pa.string())
         for ds, p in files:
             t = _columns(root, p, ["image_sha256", "image_url"]) if ds in (POSTS_DS, STAFF_DS) and self.shas else None
             if t is not None and {"image_url", "image_sha256"} <= set(t.column_names):
                 hit = pc.fill_null(pc.is_in(t.column("image_sha256"), value_set=wanted), False)
                 self.urls |= {u for u in t.filter(hit).column("image_url").to_pylist() if u}
+
+    def _profile_pages(self, root: DataRoot, files: list[str]) -> set[str]:
+        """The site's page fetches whose URL is this person's profile page: the URL the crawl keyed them by (a
+        person without a site-given id is ``person_id(site, profile_url=URL)``)."""
+        from pipeline.scrape.staff import person_id
+
+        found: set[str] = set()
+        for path in files:
+            t = _columns(root, path, ["url", "site", "kind"])
+            if t is None or not {"url", "site", "kind"} <= set(t.column_names):
+                continue
+            for url, site, kind in zip(*(t.column(c).to_pylist() for c in ("url", "site", "kind")), strict=True):
+                if url and site == self.site and kind == "page" and person_id(site, None, None, url) == self.value:
+                    found.add(url)
+        return found
 
 
 def _erase_rows(root: DataRoot, who: _Subject, ds: str, files: list[str]) -> tuple[int, int]:
@@ -229,6 +269,29 @@ def _delete_files(root: DataRoot, shas: set[str]) -> tuple[int, int]:
     return images, crops
 
 
+def _remove_cursors(root: DataRoot, posts: set[tuple[str, str]]) -> int:
+    """Delete every feed walk state (``feed_cursors/<site>/<tag>.json``) that names one of the person's status ids
+    (in a page's ids, a ``top``/``watermark`` or a paging URL), and ``.tmp-*`` leftovers there (contents unknown). A
+    lost state file only costs the next crawl a full walk of that timeline (pipeline/scrape/cursors.py)."""
+    by_site: dict[str, set[str]] = {}
+    for site, item in posts:
+        by_site.setdefault(quote(site, safe=""), set()).add(item)
+    removed = 0
+    for info in walk_files(root, FEED_CURSORS_DIR):
+        rel = posixpath.relpath(info.path, root.path(FEED_CURSORS_DIR))
+        ids = by_site.get(rel.split("/")[0], set())
+        if posixpath.basename(rel).startswith(".tmp-") or (ids and _names_any(root.read_bytes(info.path), ids)):
+            root.fs.delete_file(info.path)
+            removed += 1
+    return removed
+
+
+def _names_any(data: bytes, ids: set[str]) -> bool:
+    """Whether ``data`` holds one of ``ids`` as a whole token (not inside a longer id)."""
+    text = data.decode("utf-8", "replace")
+    return any(re.search(rf"(?<![0-9A-Za-z_-]){re.escape(i)}(?![0-9A-Za-z_-])", text) for i in ids)
+
+
 def report_sidecar(html_path: str) -> str:
     """The sidecar of a report page: ``x/report.html`` → ``x/report.images.json``."""
     return html_path.removesuffix(".html") + SIDECAR_SUFFIX
@@ -286,7 +349,8 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
         raise ValueError(f"kind must be one of {KINDS}")
     if kind == "person" and not site:
         raise ValueError("a person is keyed by (site, id): give the site")
-    site = None if kind == "image" else site
+    site = None if kind in ("image", "acct") else site
+    value = normal_acct(value) if kind == "acct" else value
     key = root_key(root, cfg.privacy)
     migrate_lists(root, key)
     blocked = OptOut(root, key=key)
@@ -310,6 +374,8 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
     note("images (unreferenced)", 0, unreferenced)
     reports = _remove_reports(root, who.shas)
     note("models/*/report.html", 0, reports)
+    cursors = _remove_cursors(root, who.posts)
+    note(FEED_CURSORS_DIR, 0, cursors)
     _opt_out(root, blocked, who, at)
     if not audit:
         audit.append(audit_row(kind, subject, "(none)", 0, 0, at))
@@ -321,6 +387,7 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
         "images_removed": images,
         "crops_removed": crops,
         "reports_removed": reports,
+        "feed_cursors_removed": cursors,
         "temporaries_removed": temporaries,
         "unreferenced_removed": unreferenced,
         "rows_removed": {a["dataset"]: a["rows_removed"] for a in audit if a["rows_removed"]},
@@ -332,6 +399,7 @@ def _opt_out(root: DataRoot, blocked: OptOut, who: _Subject, at: dt.datetime) ->
     again under another post), unless already there."""
     wanted = [(who.kind, who.value, who.site)]
     wanted += [("image", s, None) for s in sorted(who.shas) if (who.kind, who.value) != ("image", s)]
+    wanted += [("user", u, site) for site, u in sorted(who.users)]  # an account as each server's user id
     hashes = [(k, subject_hash(k, v, blocked.key, site)) for k, v, site in wanted]
     new = [{"kind": k, "subject_hash": h, "scheme": SCHEME_KEYED, "added_at": at} for k, h in hashes]
     root.write_part(OPTOUT_DS, [r for r in new if r["subject_hash"] not in blocked.hashes])

@@ -41,6 +41,11 @@ def plain_hash(kind: str, value: str, site: str | None = None) -> str:
     return hashlib.sha256(subject.encode()).hexdigest()
 
 
+def normal_acct(acct: str) -> str:
+    """A fediverse account as the lists hash it: ``user@host`` in lower case, without a leading ``@``."""
+    return acct.strip().lstrip("@").lower()
+
+
 def keyed(key: bytes, plain: str) -> str:
     return hmac.new(key, plain.encode(), hashlib.sha256).hexdigest()
 
@@ -114,9 +119,15 @@ class OptOut:
             log.info("privacy: %d opt-out rows rewritten from plain sha256 to HMAC-SHA256", migrated)
 
     def blocks(self, kind: str, value: str | None, site: str | None = None) -> bool:
-        """Whether the subject is opted out: on every site, or (``site`` given) on that site."""
+        """Whether the subject is opted out: on every site, or (``site`` given) on that site.
+
+        ``kind="acct"``: a fediverse account (``user@host``, the posts' ``user_acct``), the same person through any
+        server, so ``site`` plays no part: ``blocks("acct", "Alice@social.example")``.
+        """
         if not value:
             return False
+        if kind == "acct":
+            return subject_hash(kind, normal_acct(value), self.key) in self.hashes
         if subject_hash(kind, value, self.key) in self.hashes:
             return True
         return site is not None and subject_hash(kind, value, self.key, site) in self.hashes
