@@ -30,7 +30,10 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; fi
 
+# The opt-out key is never made on first use: this explicit step makes ~/.config/facerank/optout.key once (or uses
+# FACERANK_OPTOUT_KEY) and records it in data/demo; later runs only check it (docs/security.md).
 demo: install browser
+	$(PY) -m pipeline privacy init-key --config configs/demo.yaml
 	$(PY) -m pipeline demo --config configs/demo.yaml
 
 lint: install

@@ -16,12 +16,15 @@ Tools::
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
     python -m pipeline report --run DATA_ROOT/models/RUN_ID   # the data root is the run's, unless --config says
     python -m pipeline scheduler --config configs/cluster.yaml   # submit the score job on score.schedule
-    python -m pipeline forget --user ID [--site SITE] | --site SITE --person ID | --image SHA
+    python -m pipeline privacy init-key --config FILE   # make the opt-out key (once) and record it in the data root
+    python -m pipeline forget --user ID [--site SITE] | --site SITE --person ID | --image SHA | --acct USER@HOST
     python -m pipeline retention --config FILE      # drop raw images older than privacy.raw_image_retention_days
 
-Exit codes: 0 success, 2 bad config or arguments (one line on stderr, before any work), 3 a missing input
+Exit codes: 0 success, 2 bad config or arguments (one line on stderr, before any work; also no opt-out key, or
+one that is not the key the data root's opt-out list was made with), 3 a missing input
 dataset, 4 the stage is locked: another live run of it holds the data root (one line naming the holder, before Ray
-starts; also when a run's lock was taken over while it ran, see pipeline/locks.py), 1 any other failure (one line
+starts; also when a run's lock was taken over while it ran, see pipeline/locks.py; `report`, the label imports and
+`retention` hold locks that `forget` holds too), 1 any other failure (one line
 for an I/O error or unreadable Parquet data).
 """
 
@@ -168,8 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--user", metavar="ID", help="a feed user id (on every site, or only on --site)")
     g.add_argument("--person", metavar="ID", help="a staff person id (or imported-scores person): needs --site")
     g.add_argument("--image", metavar="SHA256", help="one image, by its sha256")
+    g.add_argument("--acct", metavar="USER@HOST", help="a fediverse account, through every server it was seen on")
     fg.add_argument("--site", help="the site the id belongs to (one id may name two people on two sites)")
     _common(fg, config_required=False)
+
+    pv = sub.add_parser("privacy", help="privacy tools")
+    pvsub = pv.add_subparsers(dest="privacy_cmd", required=True)
+    ik = pvsub.add_parser("init-key", help="make the opt-out key when none is given, and record it in the data root")
+    adopt = "the opt-out list holds keyed rows from before keys were recorded, and this key made them"
+    ik.add_argument("--adopt", action="store_true", help=adopt)
+    _common(ik, config_required=False)
 
     ret = sub.add_parser("retention", help="drop raw images older than privacy.raw_image_retention_days")
     _common(ret, config_required=False)
@@ -241,6 +252,19 @@ def _faces(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _labels(args: argparse.Namespace, cfg: Config) -> int:
+    """An import writes images, ``faces/`` and ``labels/<task>``: it holds the ``imports`` lock (which ``forget``
+    takes too, so forget never sweeps an import's images as unreferenced) and the ``faces`` stage's lock."""
+    import contextlib
+
+    from pipeline.locks import stage_lock
+
+    with contextlib.ExitStack() as held:
+        for name in ("imports", "faces"):
+            held.enter_context(stage_lock(cfg, name))
+        return _import(args, cfg)
+
+
+def _import(args: argparse.Namespace, cfg: Config) -> int:
     if args.labels_cmd == "import-classes":
         from pipeline.labels.imports import ImportInputError, import_classes
 
@@ -284,19 +308,31 @@ def _report(args: argparse.Namespace, cfg: Config) -> int:
 def _forget(args: argparse.Namespace, cfg: Config) -> int:
     from pipeline.privacy import forget
 
-    kind, value = next((k, v) for k in ("user", "person", "image") if (v := getattr(args, k)))
+    kind, value = next((k, v) for k in ("user", "person", "image", "acct") if (v := getattr(args, k)))
     if kind == "person" and not args.site:
         raise ConfigError("forget --person ID needs --site SITE: a person is keyed by (site, id)")
     if kind == "image" and args.site:
         raise ConfigError("forget --image takes no --site: an image is keyed by its sha256 alone")
+    if kind == "acct" and (args.site or "@" not in value.lstrip("@")):
+        raise ConfigError("forget --acct takes USER@HOST and no --site: an account is the same on every server")
     print(json.dumps(forget(cfg, kind, value, site=args.site), default=str))
     return 0
 
 
+def _privacy(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.privacy import init_key
+    from pipeline.store import DataRoot
+
+    print(json.dumps(init_key(DataRoot(cfg.data_root), cfg.privacy, adopt=args.adopt)))
+    return 0
+
+
 def _retention(args: argparse.Namespace, cfg: Config) -> int:
+    from pipeline.locks import stage_lock
     from pipeline.privacy import apply_retention
 
-    print(json.dumps(apply_retention(cfg), default=str))
+    with stage_lock(cfg, "retention"):  # forget takes it too (the scrape's own retention runs under its lock)
+        print(json.dumps(apply_retention(cfg), default=str))
     return 0
 
 
@@ -310,6 +346,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "best-crop": _best_crop,
     "report": _report,
     "forget": _forget,
+    "privacy": _privacy,
     "retention": _retention,
 }
 

@@ -1,9 +1,13 @@
 """Typed settings for every stage, loaded from YAML: the only place defaults live.
 
-A config file is YAML read with ``yaml.safe_load``. ``${VAR}`` and ``${VAR:-default}`` in any string are replaced
-from the environment before validation, so one file serves a laptop and a cluster (``data_root:
-${FACERANK_DATA_ROOT:-data}``). Unknown keys and wrong types are errors: :func:`load_config` raises
-:class:`ConfigError` with one readable line, and the job entrypoints turn it into exit code 2 before any work.
+A config file is YAML read with ``yaml.safe_load``. ``${VAR}`` and ``${VAR:-default}`` in any string of the main config
+are replaced from the environment before validation, so one file serves a laptop and a cluster (``data_root:
+${FACERANK_DATA_ROOT:-data}``); a ``${VAR}`` without a default that is not set is an error naming it. A site file
+(``sites: [...]``, written for one site and often copied from elsewhere) may read ``FACERANK_*`` variables only, and
+``mastodon.access_token_env`` must name a ``FACERANK_…TOKEN`` or ``MASTODON_…TOKEN`` variable: a site file cannot send
+the crawl's other secrets (cloud keys, the Ray token) to its host. Unknown keys and wrong types are errors:
+:func:`load_config` raises :class:`ConfigError` with one readable line, and the job entrypoints turn it into exit code 2
+before any work.
 
 Example::
 
@@ -124,7 +128,8 @@ class FollowersLookup(_Section):
 class MastodonFeed(_Section):
     """Options of ``adapter: mastodon`` (GET /api/v1/timelines/tag/:hashtag; docs/feeds.md)."""
 
-    access_token_env: str | None = None  # the NAME of an environment variable holding a bearer token (never the token)
+    # the NAME of an environment variable holding a bearer token (never the token): FACERANK_…TOKEN or MASTODON_…TOKEN
+    access_token_env: str | None = Field(None, pattern=r"^(FACERANK|MASTODON)_[A-Z0-9_]*TOKEN$")
     limit: int = Field(40, ge=1, le=40)
     only_media: bool = True
     local: bool | None = None
@@ -657,15 +662,28 @@ class Config(_Section):
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SITE_FILE_VARS = re.compile(r"FACERANK_[A-Z0-9_]+")  # the only variables a site file may read
 
 
-def _expand(value: Any) -> Any:
+def _expand(value: Any, source: str, allowed: re.Pattern | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` from the environment; ``allowed``: the names that may be read."""
+
+    def sub(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if allowed is not None and not allowed.fullmatch(name):
+            raise ConfigError(f"{source}: ${{{name}}}: a site file may read FACERANK_* variables only")
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise ConfigError(f"{source}: ${{{name}}} is not set (set it, or give a default: ${{{name}:-…}})")
+        return default
+
     if isinstance(value, str):
-        return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        return _VAR.sub(sub, value)
     if isinstance(value, list):
-        return [_expand(v) for v in value]
+        return [_expand(v, source, allowed) for v in value]
     if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
+        return {k: _expand(v, source, allowed) for k, v in value.items()}
     return value
 
 
@@ -715,7 +733,7 @@ def _include_site_files(raw: dict, source: str) -> dict:
             if not isinstance(tree, dict) or not set(tree) <= {"staff", "feeds"} or not tree:
                 raise ConfigError(f"{f}: a site file holds `staff:` and/or `feeds:` lists only")
             for key in ("staff", "feeds"):
-                items = _expand(tree.get(key) or [])
+                items = _expand(tree.get(key) or [], str(f), SITE_FILE_VARS)
                 if not isinstance(items, list):
                     raise ConfigError(f"{f}: {key}: must be a list")
                 scrape.setdefault(key, [])
@@ -729,7 +747,7 @@ def parse_config(raw: Any, source: str = "config", overrides: dict[str, Any] | N
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, not {type(raw).__name__}")
-    raw = _expand(raw)
+    raw = _expand(raw, source)
     raw = _include_site_files(raw, source)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)

@@ -14,10 +14,18 @@ against the version last read, so two runs can never both hold one stage:
 
 A lock is stale, and taken over with a warning in the log, when its holder ran on this machine (same hostname, pid
 namespace and boot) and that process is gone, or, for a holder on another machine, when its heartbeat is older than
-the larger of ``locks.ttl_s`` and the holder's own ttl (clocks must agree to well within that). A live holder on this
-machine is never taken over, however old its heartbeat (a suspended laptop wakes up and beats again). A second run
-gets :class:`StageLockedError`, whose text is one line (the CLI prints it and exits 4); a run whose lock was taken
-over under it gets :class:`LockLostError` when it ends.
+the larger of ``locks.ttl_s`` and the holder's own ttl (clocks must agree to well within that). A holder with this
+hostname and pid namespace but another boot id counts as another machine (two hosts may share a name, and every
+host's initial pid namespace has the same link): it waits for its ttl too, also after a real reboot. A live holder on
+this machine is never taken over, however old its heartbeat (a suspended laptop wakes up and beats again). A second
+run gets :class:`StageLockedError`, whose text is one line (the CLI prints it and exits 4).
+
+Fencing: a run whose lock was taken over must stop writing, not only learn it at the end. Every write and commit of
+a :class:`~pipeline.store.DataRoot` in a process that holds locks on that root calls :func:`fence` first, which
+raises :class:`LockLostError` (one line, exit 4) unless each lease is still this run's: its record on the storage
+still carries this run's token, and its heartbeat was written within its ttl (past that another host may take it
+over at any moment, so the run stops itself first). A check and the write after it are two steps, so a takeover in
+between is caught at the next write; writes made by Ray workers (other processes) are not fenced, the driver's are.
 
 Re-entrant within one thread: the CLI takes the stage's lock before Ray starts, and the stage's ``run`` (wrapped by
 :func:`pipeline.runtime.stage_entry`, so a ``run(cfg)`` called from Python is protected too) enters it again
@@ -43,6 +51,7 @@ import os
 import posixpath
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,6 +66,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("facerank.locks")
 
 TRIES = 5  # create or take over, each a compare-and-swap that another run may win
+# Commands that write under a data root outside the five stages. Each holds its own lock while it writes (the CLI
+# takes "imports" and "retention", write_report takes "report"); forget holds these with every stage's lock.
+TOOLS = ("imports", "report", "retention")
 
 
 class StageLockedError(RuntimeError):
@@ -317,9 +329,7 @@ def _process_started(pid: int) -> float | None:
 
 
 def _holder_gone(holder: dict[str, Any]) -> str | None:
-    """On this machine: why the holder's process is certainly gone, or None while it lives."""
-    if holder.get("boot_id") != _machine()["boot_id"]:
-        return f"its machine {holder.get('host')} rebooted"
+    """On this machine (same host, pid namespace and boot): why the holder's process is certainly gone, or None."""
     pid = int(holder.get("pid", -1))
     started = _process_started(pid)
     if started is None:
@@ -355,11 +365,19 @@ def _parse(data: bytes) -> dict[str, Any] | None:
 
 
 # ------------------------------------------------------------------------------------------------ the lease
+_live: dict[tuple[str, str], list[Lease]] = {}  # (filesystem, lock folder) → every lease this process holds there
+
+
+def _root_key(root: DataRoot) -> tuple[str, str]:
+    return type(root.fs).__name__, posixpath.dirname(root.lock_path("x"))
+
+
 class Lease:
     """One acquired stage lock: its record, the heartbeat thread, and its release."""
 
     def __init__(self, root: DataRoot, stage: str, ttl_s: float, heartbeat_s: float):
         self.stage, self.path = stage, root.lock_path(stage)
+        self.where = _root_key(root)
         self.ttl_s, self.heartbeat_s = float(ttl_s), float(heartbeat_s)
         self.backend = _backend(root, self.path)
         self.record: dict[str, Any] = {
@@ -374,6 +392,7 @@ class Lease:
         }
         self.version: str | None = None
         self.lost = False
+        self.renewed = 0.0  # time.monotonic() of the last record this run wrote (acquire or heartbeat)
         self.took_over: str | None = None  # why the previous holder's lock was stale, when one was taken over
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -388,7 +407,7 @@ class Lease:
         if holder is None:
             return f"its record is unreadable and {record.age_s:.0f}s old" if record.age_s > ttl else None
         mine = _machine()
-        if holder.get("host") == mine["host"] and holder.get("pidns") == mine["pidns"]:
+        if all(holder.get(k) == mine[k] for k in ("host", "pidns", "boot_id")):
             return _holder_gone(holder)
         age = _age_s(holder)
         return f"its heartbeat is {age:.0f}s old (ttl {ttl:.0f}s)" if age > ttl else None
@@ -418,6 +437,8 @@ class Lease:
                 break
         else:
             raise StageLockedError(f"stage {self.stage!r}: lock {self.path} changed {TRIES} times while taking it")
+        self.renewed = time.monotonic()
+        _live.setdefault(self.where, []).append(self)  # fenced from now on (:func:`fence`)
         self._thread = threading.Thread(target=self._beat, name=f"lock-{self.stage}", daemon=True)
         self._thread.start()
 
@@ -432,11 +453,27 @@ class Lease:
                 self.lost = True
                 log.error("stage %s: another run took over the lock %s while this one ran", self.stage, self.path)
                 return
-            self.version = version
+            self.version, self.renewed = version, time.monotonic()
+
+    def check(self) -> None:
+        """Raise :class:`LockLostError` unless the lock is still this run's (see "Fencing" in the module docstring)."""
+        why = "another run took it over"
+        if not self.lost and time.monotonic() - self.renewed > self.ttl_s:
+            self.lost, why = True, f"its heartbeat could not be written for over {self.ttl_s:.0f}s"
+        if not self.lost:
+            cur = self.backend.read()
+            holder = _parse(cur.data) if cur is not None else None
+            self.lost = holder is None or holder.get("token") != self.record["token"]
+        if self.lost:
+            raise LockLostError(
+                f"stage {self.stage!r}: lock {self.path} is no longer this run's ({why}): stopped before a write"
+            )
 
     def release(self) -> bool:
         """Stop the heartbeat and remove the lock if it is still ours; returns whether it had been lost."""
         self._stop.set()
+        if self in _live.get(self.where, ()):
+            _live[self.where].remove(self)
         if self._thread is not None:
             self._thread.join(timeout=60)
         if self.lost or self.version is None:
@@ -451,6 +488,12 @@ class Lease:
 
 
 _held: dict[tuple[str, str, int], Lease] = {}  # (filesystem, lock path, thread) → the lease this thread holds
+
+
+def fence(root: DataRoot) -> None:
+    """Before a write under ``root``: raise :class:`LockLostError` if a lock this process holds on it was lost."""
+    for lease in list(_live.get(_root_key(root), ())):
+        lease.check()
 
 
 @contextmanager

@@ -16,8 +16,10 @@ Layout (``root`` is a local folder or an ``s3://`` URI)::
     models/<run_id>/              model.pt, model.json, metrics.json, plots; checkpoints/ while training
     scores/dt=YYYY-MM-DD/part-*   one row per (image, model)       key (image_sha256, model_id)
     optout/part-*.parquet         people who asked to be forgotten
+    optout/_key.json              the fingerprint of the key the opt-out list is made with (pipeline/privacy/key.py)
     audit/part-*.parquet          what was erased when (never the erased data)
     _locks/<stage>.lock           the run of a stage that holds the data root (pipeline/locks.py)
+    feed_cursors/<site>/<tag>.json  where incremental feed walks stand (pipeline/scrape/cursors.py)
     <dataset>/_quarantine/        part files found unreadable (torn), moved out of the readers' way
 
 Writes are atomic: a part file is written under ``<dataset>/_tmp/`` and then moved into place, so a killed job
@@ -242,6 +244,7 @@ FETCHES_DS, POSTS_DS, STAFF_DS, FACES_DS = "fetches", "posts", "staff", "faces"
 LABELS_DS, MODELS_DS, SCORES_DS = "labels", "models", "scores"
 OPTOUT_DS, AUDIT_DS = "optout", "audit"
 IMAGES_DIR, CROPS_DIR = "images", "crops"  # files by sha256 (raw bytes; face crops on request), not Parquet
+FEED_CURSORS_DIR = "feed_cursors"  # <site>/<hashtag>.json: the feed walks' status ids (pipeline/scrape/cursors.py)
 
 
 def sub_dataset(top: str, folder: str) -> str:
@@ -370,6 +373,10 @@ class DataRoot:
             raise ValueError(f"not a stage name: {stage!r}")
         return self.path("_locks", f"{stage}.lock")
 
+    def optout_key_path(self) -> str:
+        """Where the fingerprint of the opt-out list's key is kept (``_``: no reader takes it for a part)."""
+        return self.path(OPTOUT_DS, "_key.json")
+
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
@@ -388,13 +395,43 @@ class DataRoot:
             out.write(data)
         self._commit(tmp, path)
 
+    def fence(self) -> None:
+        """Raise :class:`~pipeline.locks.LockLostError` when a lock this process holds on this root was taken over
+        (or not renewed within its ttl): called before every write and commit, so a fenced-off run stops writing."""
+        locks.fence(self)
+
     def _commit(self, tmp: str, final: str) -> None:
         """Move a written temp file into place; locally its bytes reach the disk before the rename, the rename after."""
+        self.fence()
         if self.local:
             _fsync(tmp)
         self.fs.move(tmp, final)
         if self.local:
             _fsync(posixpath.dirname(final), directory=True)
+
+    def create_once(self, path: str, data: bytes) -> bool:
+        """Write ``data`` to ``path`` unless it exists; whether this call wrote it. Locally atomic (a ``link()``
+        of a whole temp file: of two writers exactly one wins); on other filesystems a check, then a write."""
+        self.fence()
+        parent = posixpath.dirname(path)
+        self.fs.create_dir(parent, recursive=True)
+        if not self.local:
+            if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+                return False
+            self.write_bytes_atomic(path, data)
+            return True
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as out:
+            out.write(data)
+        _fsync(tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        _fsync(parent, directory=True)
+        return True
 
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open_input_stream(path) as f:
@@ -427,6 +464,7 @@ class DataRoot:
         return self.read_bytes(self.image_path(sha))
 
     def delete_image(self, sha: str) -> bool:
+        self.fence()
         if self.has_image(sha):
             self.fs.delete_file(self.image_path(sha))
             return True
@@ -555,6 +593,7 @@ class DataRoot:
         table = to_table(rows, self.schema(dataset))
         if table.num_rows == 0:
             return None
+        self.fence()
         d = self.path(dataset)
         self.fs.create_dir(posixpath.join(d, "_tmp"), recursive=True)
         name = name or f"part-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
@@ -575,6 +614,7 @@ class DataRoot:
         memory. Other part files of the dataset are removed after the new file is in place.
         """
         schema = self.schema(dataset)
+        self.fence()
         d = self.path(dataset)
         self.fs.create_dir(posixpath.join(d, "_tmp"), recursive=True)
         tmp = posixpath.join(d, "_tmp", f"{uuid.uuid4().hex}-{name}")
@@ -592,6 +632,7 @@ class DataRoot:
 
     def rewrite_part(self, path: str, table: pa.Table) -> None:
         """Atomically replace one existing part file with ``table`` (used by ``forget``); empty → delete."""
+        self.fence()
         if table.num_rows == 0:
             self.fs.delete_file(path)
             return

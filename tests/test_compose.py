@@ -9,6 +9,7 @@ with token authentication, and the image's pinned versions satisfy pyproject.tom
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shlex
 import tomllib
@@ -364,3 +365,96 @@ def test_image_refuses_to_start_ray_without_token_auth(tmp_path):
         timeout=30,
     )
     assert started.returncode == 0 and started.stdout.strip() == "ray-ran start --head"
+
+
+def test_every_ray_container_gets_the_one_optout_key_from_a_secret():
+    """Compose refuses to start without FACERANK_OPTOUT_KEY; every KubeRay container reads it from one Secret."""
+    for name, service in project_services().items():
+        assert service["environment"]["FACERANK_OPTOUT_KEY"].startswith("${FACERANK_OPTOUT_KEY:?"), name
+    for manifest in ("kuberay-cluster.yaml", "raycronjob.yaml"):
+        doc = yaml.safe_load((REPO / "deploy" / manifest).read_text())
+        spec = doc["spec"]["jobTemplate"]["rayClusterSpec"] if doc["kind"] == "RayCronJob" else doc["spec"]
+        pods = [g["template"]["spec"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]]
+        containers = [c for pod in pods for c in pod["containers"]]
+        assert len(containers) >= 2
+        for c in containers:
+            ref = {e["name"]: e for e in c["env"]}["FACERANK_OPTOUT_KEY"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "facerank-optout-key", "key": "key"}, f"{manifest}: {c['name']}"
+
+
+def _manifest_pods() -> list[tuple[str, dict]]:
+    """(manifest, pod spec) of every pod the two KubeRay manifests make (RayCronJob: also its submitter)."""
+    pods = []
+    for manifest in ("kuberay-cluster.yaml", "raycronjob.yaml"):
+        doc = yaml.safe_load((REPO / "deploy" / manifest).read_text())
+        spec = doc["spec"]["jobTemplate"]["rayClusterSpec"] if doc["kind"] == "RayCronJob" else doc["spec"]
+        pods += [(manifest, g["template"]["spec"]) for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]]
+        if doc["kind"] == "RayCronJob":
+            pods.append((manifest, doc["spec"]["jobTemplate"]["submitterPodTemplate"]["spec"]))
+    return pods
+
+
+def test_deploy_runs_as_non_root_without_privilege_escalation_on_a_read_only_root():
+    """Every pod runs as uid 1000 (numeric in the image, so runAsNonRoot can check it), every container drops all
+    capabilities on a read-only root with /tmp and /dev/shm as the only writable places; compose the same."""
+    assert re.search(r"^USER 1000:1000$", DOCKERFILE, flags=re.M) and "--uid 1000" in DOCKERFILE
+    pods = _manifest_pods()
+    assert len(pods) == 6
+    for manifest, pod in pods:
+        sec = pod["securityContext"]
+        assert sec["runAsNonRoot"] is True and sec["runAsUser"] == 1000, manifest
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for c in pod["containers"]:
+            cs = c["securityContext"]
+            assert cs["allowPrivilegeEscalation"] is False and cs["readOnlyRootFilesystem"] is True, manifest
+            assert cs["capabilities"]["drop"] == ["ALL"], manifest
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            assert set(mounts) == {"/tmp", "/dev/shm"} and all("emptyDir" in volumes[n] for n in mounts.values())
+    for name, service in project_services().items():
+        assert service["user"] == "1000:1000" and service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"] and "no-new-privileges:true" in service["security_opt"], name
+        assert "/tmp" in service["tmpfs"], name
+
+
+def test_ray_containers_reach_s3_as_a_bucket_scoped_user_not_minio_root():
+    """MinIO's root keys stay in minio and minio-init; the Ray containers get a user minio-init limits to the
+    facerank bucket; the KubeRay submitter gets the Ray token only."""
+    for name, service in project_services().items():
+        env = service["environment"]
+        assert "MINIO_ROOT" not in env["AWS_ACCESS_KEY_ID"] + env["AWS_SECRET_ACCESS_KEY"], name
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${FACERANK_S3_SECRET_KEY:?"), name
+        assert not any(k.startswith("MINIO_ROOT") for k in env), name
+    roots = {n for n, s in SERVICES.items() if any("MINIO_ROOT" in k for k in (s.get("environment") or {}))}
+    assert roots == {"minio", "minio-init"}
+    init = SERVICES["minio-init"]
+    policy = json.loads(init["environment"]["BUCKET_POLICY"])
+    resources = {r for st in policy["Statement"] for r in st["Resource"]}
+    assert resources == {"arn:aws:s3:::facerank", "arn:aws:s3:::facerank/*"}
+    actions = {a for st in policy["Statement"] for a in st["Action"]}
+    assert "s3:*" not in actions and not any(a.startswith("admin:") for a in actions)
+    script = " ".join(command_argv(init))
+    for step in ("mc admin policy create local facerank-bucket", 'mc admin user add local "$FACERANK_S3_ACCESS_KEY"',
+                 "mc admin policy attach local facerank-bucket --user"):  # fmt: skip
+        assert step in script, step
+    cron = yaml.safe_load((REPO / "deploy" / "raycronjob.yaml").read_text())
+    submitter = cron["spec"]["jobTemplate"]["submitterPodTemplate"]["spec"]["containers"][0]
+    assert {e["name"] for e in submitter["env"]} == {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} and "envFrom" not in submitter
+
+
+def test_raycronjob_runs_code_that_is_in_the_image():
+    """The nightly job's entrypoint and config are files the image holds (under /opt/facerank, its PYTHONPATH);
+    no working_dir that the image lacks (Ray refuses a working_dir that is not an existing directory)."""
+    cron = yaml.safe_load((REPO / "deploy" / "raycronjob.yaml").read_text())
+    job = cron["spec"]["jobTemplate"]
+    runtime_env = yaml.safe_load(job["runtimeEnvYAML"])
+    assert "working_dir" not in runtime_env and runtime_env["env_vars"]["FACERANK_SCORE_GPUS"] == "0"
+    workdir = re.search(r"^WORKDIR (\S+)", DOCKERFILE, flags=re.M).group(1)
+    assert workdir == "/opt/facerank" and "PYTHONPATH=/opt/facerank" in DOCKERFILE
+    copied = re.findall(r"^COPY\s+(\S+)\s+(\S+)", DOCKERFILE, flags=re.M)
+    argv = shlex.split(job["entrypoint"])
+    assert argv[0] == "python" and argv[2] == "--config"
+    for path in (argv[1], argv[3]):
+        rel = path.removeprefix(workdir + "/")
+        assert path.startswith(workdir + "/") and (REPO / rel).is_file(), path
+        assert any(rel.startswith(src.rstrip("/") + "/") for src, _ in copied), f"{rel} is not copied into the image"
+    load_config(REPO / argv[3].removeprefix(workdir + "/"))

@@ -111,3 +111,56 @@ def test_fuzzed_config_trees_never_crash(tree):
         parse_config(tree)
     except ConfigError as err:
         assert "\n" not in str(err)
+
+
+def _site_config(tmp_path: Path, site_file: str) -> Path:
+    (tmp_path / "sites").mkdir(exist_ok=True)
+    (tmp_path / "sites" / "one.yaml").write_text(site_file)
+    main = tmp_path / "config.yaml"
+    main.write_text(f"data_root: {tmp_path}/data\nsites: [sites/*.yaml]\n")
+    return main
+
+
+MASTODON_SITE = "feeds:\n  - {{name: s, adapter: mastodon, base_url: https://s.example, hashtags: [{tag}]{extra}}}\n"
+
+
+def test_a_site_file_reads_only_facerank_variables_and_names_only_token_variables(tmp_path, monkeypatch):
+    """A site file cannot put the crawl's secrets in a URL or its bearer token: only FACERANK_* variables expand,
+    and access_token_env names a FACERANK_…TOKEN / MASTODON_…TOKEN variable."""
+    from pipeline.cli import main
+
+    monkeypatch.setenv("PROBE_SECRET", "AKIA-probe-secret")
+    monkeypatch.setenv("FACERANK_TAG", "selfie")
+    leak = _site_config(tmp_path, MASTODON_SITE.format(tag="'x${PROBE_SECRET:-}'", extra=""))
+    with pytest.raises(ConfigError, match=r"one.yaml: \$\{PROBE_SECRET\}: a site file may read FACERANK_\* variables"):
+        load_config(leak)
+    assert main(["retention", "--config", str(leak)]) == 2
+    ok = _site_config(tmp_path, MASTODON_SITE.format(tag="'${FACERANK_TAG}'", extra=""))
+    assert load_config(ok).scrape.feeds[0].hashtags == ["selfie"]
+    for name in ("PROBE_SECRET", "AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN", "FACERANK_OPTOUT_KEY", "mastodon_token"):
+        path = _site_config(tmp_path, MASTODON_SITE.format(tag="a", extra=f", mastodon: {{access_token_env: {name}}}"))
+        with pytest.raises(ConfigError, match="access_token_env"):
+            load_config(path)
+    for name in ("MASTODON_TOKEN", "FACERANK_SOCIAL_TOKEN"):
+        path = _site_config(tmp_path, MASTODON_SITE.format(tag="a", extra=f", mastodon: {{access_token_env: {name}}}"))
+        assert load_config(path).scrape.feeds[0].mastodon.access_token_env == name
+    # the main config still reads any variable
+    monkeypatch.setenv("DEMO_BASE_URL", "http://127.0.0.1:9999")
+    assert load_config(REPO / "configs" / "demo.yaml").scrape.feeds[0].base_url == "http://127.0.0.1:9999"
+
+
+def test_an_unset_variable_without_a_default_is_refused_naming_it(tmp_path, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.delenv("FACERANK_UNSET_ROOT", raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text("data_root: ${FACERANK_UNSET_ROOT}\n")
+    with pytest.raises(ConfigError, match=r"\$\{FACERANK_UNSET_ROOT\} is not set"):
+        load_config(path)
+    assert main(["retention", "--config", str(path)]) == 2
+    agent = "scrape: {http: {user_agent: 'x${FACERANK_UNSET_ROOT:-}'}}"
+    path.write_text(f"data_root: ${{FACERANK_UNSET_ROOT:-d1}}\n{agent}\n")
+    cfg = load_config(path)
+    assert cfg.data_root == "d1" and cfg.scrape.http.user_agent == "x"
+    monkeypatch.setenv("FACERANK_UNSET_ROOT", "d2")
+    assert load_config(path).data_root == "d2"

@@ -86,9 +86,9 @@ def test_status_parser_media_accounts_and_wrong_types():
 
 
 def test_crawl_reads_every_link_page_and_skips_with_reasons(tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv("M_TOKEN", TOKEN)
+    monkeypatch.setenv("MASTODON_TOKEN", TOKEN)
     with MastodonReplay(n=150, token=TOKEN) as srv:
-        cfg = _cfg(tmp_path, srv.base_url, tags=("selfie", "preview", "nosuch"), access_token_env="M_TOKEN")
+        cfg = _cfg(tmp_path, srv.base_url, tags=("selfie", "preview", "nosuch"), access_token_env="MASTODON_TOKEN")
         with caplog.at_level(logging.DEBUG):
             s = local_crawl(cfg)
         sim = srv.sim
@@ -110,12 +110,12 @@ def test_crawl_reads_every_link_page_and_skips_with_reasons(tmp_path, monkeypatc
 
 def test_tag_needing_auth_is_one_error_row_without_token_and_opens_with_it(tmp_path, monkeypatch):
     with MastodonReplay(n=30, token=TOKEN) as srv:
-        s = local_crawl(_cfg(tmp_path / "a", srv.base_url, tags=("private",), access_token_env="M_TOKEN"))
+        s = local_crawl(_cfg(tmp_path / "a", srv.base_url, tags=("private",), access_token_env="MASTODON_TOKEN"))
         fetches = DataRoot(str(tmp_path / "a" / "data")).read("fetches").to_pylist()
         assert [f["reason"] for f in fetches if "/tag/private" in f["url"]] == ["http_401_auth_required"]
         assert s["page_errors_by_reason"] == {"http_401_auth_required": 1} and s["posts_written"] == 0
-        monkeypatch.setenv("M_TOKEN", TOKEN)
-        s = local_crawl(_cfg(tmp_path / "b", srv.base_url, tags=("private",), access_token_env="M_TOKEN"))
+        monkeypatch.setenv("MASTODON_TOKEN", TOKEN)
+        s = local_crawl(_cfg(tmp_path / "b", srv.base_url, tags=("private",), access_token_env="MASTODON_TOKEN"))
         assert s["pages_failed"] == 0 and s["posts_written"] == len(_truth(srv.sim))
 
 

@@ -170,6 +170,43 @@ def test_live_holder_on_this_machine_is_never_taken_over(tmp_path):
             pass
 
 
+def test_a_live_holder_of_this_hostname_but_another_boot_waits_for_its_ttl(tmp_path):
+    """Two hosts may share a hostname and the initial pid namespace's link: another boot id is another machine,
+    whose lock counts until its heartbeat is older than the ttl (it used to be taken over at once as 'rebooted')."""
+    root = DataRoot(str(tmp_path))
+    _write_record(root, "fakestage", boot_id="boot-of-another-host")  # this host's name and pid namespace, live
+    with pytest.raises(StageLockedError, match="already running"):
+        with root.stage_lock("fakestage", **FAST):
+            pass
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    _write_record(root, "fakestage", boot_id="boot-of-another-host", heartbeat=old)
+    with root.stage_lock("fakestage", **FAST) as lease:
+        assert "old (ttl 30s)" in lease.took_over
+
+
+ROWS = [{"site": "s", "item_id": f"a{i}", "status": "ok"} for i in range(3)]
+
+
+def test_a_run_whose_lock_was_taken_over_is_fenced_off_at_its_next_write(tmp_path):
+    """A run whose lock another run took over, or whose heartbeat could not be written within the ttl, cannot write
+    or commit another part: the write raises LockLostError (exit 4) and leaves nothing behind."""
+    root = DataRoot(str(tmp_path))
+    with pytest.raises(LockLostError, match="another run took it over"):
+        with root.stage_lock("fakestage", ttl_s=30, heartbeat_s=10):
+            root.write_part("posts", ROWS)
+            _write_record(root, "fakestage", host="elsewhere", token="theirs")  # another run's takeover
+            root.write_part("posts", ROWS)
+    assert root.read("posts").num_rows == 3 and not root.list_dir("posts", "_tmp")
+    with pytest.raises(LockLostError, match="could not be written for over 30s"):
+        with root.stage_lock("fakestage2", ttl_s=30, heartbeat_s=10) as lease:
+            lease.renewed -= 31  # its heartbeats failed for 31 s (an unreachable lock store, a paused process)
+            root.write_bytes_atomic(root.image_path("ab" * 32), b"bytes")
+    assert not root.has_image("ab" * 32) and root.read("posts").num_rows == 3
+    with root.stage_lock("fakestage3", **FAST):  # a lease that is still ours writes
+        root.write_part("posts", ROWS)
+    assert root.read("posts").num_rows == 6
+
+
 def test_a_run_whose_lock_was_taken_over_fails_when_it_ends(tmp_path):
     root = DataRoot(str(tmp_path))
     with pytest.raises(LockLostError, match="took over the lock"):

@@ -162,6 +162,29 @@ def test_test_head_and_a_job_on_it_stay_on_loopback(tmp_path):
         assert not beyond, f"the test head listens beyond loopback: {beyond}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [2, 1])
+def test_training_listens_on_loopback_only(ray_session, tmp_path, workers):
+    """Ray Train's torch process group rendezvous (a c10d TCPStore) listened on every interface; on one node
+    (pipeline/process_group.py) two DDP workers meet through a FileStore with gloo on loopback, one worker starts no
+    process group. Sampled during the run with no exemption: any listener of ours beyond loopback fails."""
+    from helpers.train import cfg_for, make_root
+    from pipeline.train import run
+
+    make_root(tmp_path)
+    cfg = cfg_for(tmp_path, run_id=f"20260101T000000Z-net{workers}", epochs=2, num_workers=workers,
+                  cpus_per_worker=1 if workers == 1 else 0.5)  # fmt: skip
+    with SocketWatch(lambda: tree_of(os.getpid()), interval_s=0.05) as watch:
+        out = run(cfg)
+    assert out["test"]["n"] == 20, out  # trained and tested (two workers: through their process group)
+    assert watch.samples > 20 and any("Train" in name or "ray::" in name for name in watch.processes_seen), (
+        watch.report()
+    )
+    beyond = sorted(x for x in watch.listeners if not is_loopback(x[1]))
+    assert not beyond, f"training listens beyond loopback: {beyond}"
+    assert not watch.egress, watch.report()
+
+
 @pytest.mark.chromium
 @pytest.mark.slow  # Chromium watched for 6 s
 def test_a_browser_without_the_egress_proxy_reaches_loopback_only(tmp_path):

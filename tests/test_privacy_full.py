@@ -28,10 +28,13 @@ from pipeline.cli import build_parser, main
 from pipeline.config import ConfigError, load_config, parse_config
 from pipeline.privacy import KEY_ENV, OptOut, forget, load_key, plain_hash, subject_hash
 from pipeline.report.html import write_report
+from pipeline.scrape.staff import person_id
 from pipeline.store import DataRoot, now
 
 REPO = Path(__file__).resolve().parents[1]
 U = "user-forget-me-4711"  # long enough that no compressed byte run holds it by chance
+STAFF_NAME = "Ada Lovelace-Forgetme"
+LISTING, PROFILE = "http://uni.example/staff.html", "http://uni.example/people/ada-lovelace-forgetme"
 OLD = now() - dt.timedelta(days=60)
 
 
@@ -88,14 +91,18 @@ def _full_root(tmp_path: Path):
         sha = root.put_image(_jpeg(50 + i))
         staff.append({"site": "uni", "item_id": f"s{i}", "department": dep, "name": f"Prof {i}", "role": "Professor"})
         staff[-1].update(is_academic=True, image_sha256=sha, image_url=f"http://uni.example/{i}.jpg", status="ok")
+    # the first is keyed by their profile page, as the crawl keys a person the site gives no id (staff.person_id)
+    staff[0].update(item_id=person_id("uni", None, None, PROFILE), name=STAFF_NAME, page_url=LISTING)
     root.write_part("staff", staff)
     every = [p["image_sha256"] for p in posts + staff]
     fetches = [
-        {"url": p["image_url"], "site": p["site"], "kind": "image", "image_sha256": p["image_sha256"]} for p in posts
+        {"url": p["image_url"], "site": p["site"], "kind": "image", "image_sha256": p["image_sha256"]}
+        for p in posts + staff
     ]
     fetches.append(
         {"url": "http://fa.example/api/feed?tag=selfie&page=1", "site": "fa", "kind": "page", "status": "ok"}
     )
+    fetches += [{"url": u, "site": "uni", "kind": "page", "status": "ok"} for u in (LISTING, PROFILE)]
     root.write_part("fetches", [{**f, "status": "ok", "fetched_at": now()} for f in fetches])
     crops = {s: _jpeg(1000 + i, 48) for i, s in enumerate(every)}
     root.write_part(
@@ -123,6 +130,15 @@ def _full_root(tmp_path: Path):
         "shas": set(mine_shas),
         "crops": [crops[s] for s in mine_shas],
         "images": [root.get_image(s) for s in mine_shas],
+        "urls": [p["image_url"] for p in posts[:3]],
+        "staff": {  # the staff person keyed by their profile page
+            "ids": [staff[0]["item_id"]],
+            "shas": {staff[0]["image_sha256"]},
+            "crops": [crops[staff[0]["image_sha256"]]],
+            "images": [root.get_image(staff[0]["image_sha256"])],
+            "urls": [PROFILE, staff[0]["image_url"]],
+            "names": [STAFF_NAME],
+        },
     }
     # killed writers: a posts part in _tmp with a post of U whose image no finished row names, another user's
     # stale part, a torn faces part, a half-moved image, an image no row points to, a half-written report
@@ -170,6 +186,18 @@ def test_forget_on_a_root_with_every_output_leaves_nothing(tmp_path):
         "temporaries (_tmp/, .tmp-*)",
         "images (unreferenced)",
     }
+
+
+def test_forget_a_staff_person_on_a_full_root_leaves_no_name_or_url(tmp_path):
+    """A staff person's profile-page URL names them: forget --person erases its fetches row too (and the scan looks
+    for their name and URLs), while the listing page every person shares stays."""
+    cfg, root, mine = _full_root(tmp_path)
+    person = mine["staff"]
+    assert scan_for(root, person)
+    out = forget(cfg, "person", person["ids"][0], site="uni")
+    assert scan_for(root, person) == []
+    assert out["rows_removed"]["fetches"] == 2  # the profile page and the photo
+    assert LISTING in root.read("fetches").column("url").to_pylist() and root.read("staff").num_rows == 3
 
 
 def test_a_report_lists_every_face_it_shows(tmp_path):
@@ -250,7 +278,7 @@ def test_the_lists_hold_a_keyed_hash_not_sha256_of_the_id(tmp_path):
 
 _CHECK = """
 import json, os, sys
-from pipeline.config import PrivacyConfig
+from pipeline.config import ConfigError, PrivacyConfig
 from pipeline.privacy import OptOut
 from pipeline.store import DataRoot
 out = []
@@ -258,13 +286,17 @@ for key_env, key_file, user in json.loads(sys.argv[2]):
     os.environ.pop("FACERANK_OPTOUT_KEY", None)
     if key_env:
         os.environ["FACERANK_OPTOUT_KEY"] = key_env
-    out.append(OptOut(DataRoot(sys.argv[1]), PrivacyConfig(key_file=key_file)).blocks("user", user))
+    try:
+        out.append(OptOut(DataRoot(sys.argv[1]), PrivacyConfig(key_file=key_file)).blocks("user", user))
+    except ConfigError as err:
+        out.append(type(err).__name__ + ": " + str(err))
 print(json.dumps(out))
 """
 
 
-def _blocks_in_a_new_process(data_root: str, cases: list[tuple[str | None, str, str]]) -> list[bool]:
-    """``OptOut(...).blocks("user", user)`` for each (key in the environment, key file, user), in one new process."""
+def _blocks_in_a_new_process(data_root: str, cases: list[tuple[str | None, str, str]]) -> list[bool | str]:
+    """``OptOut(...).blocks("user", user)`` for each (key in the environment, key file, user), in one new process;
+    an error's class and line where building the list fails."""
     env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
     run = [sys.executable, "-c", _CHECK, data_root, json.dumps(cases)]
     out = subprocess.run(run, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -272,26 +304,73 @@ def _blocks_in_a_new_process(data_root: str, cases: list[tuple[str | None, str, 
     return json.loads(out.stdout)
 
 
-def test_the_key_file_is_made_once_and_matches_across_processes_another_key_does_not(tmp_path, monkeypatch, caplog):
+def test_no_key_is_made_on_first_use_and_another_key_on_one_root_fails_with_one_line(tmp_path, monkeypatch, capsys):
+    """Two containers with two keys (or one without any) can no longer disagree silently about the opt-out list."""
     monkeypatch.delenv(KEY_ENV)
     key_file = tmp_path / "home" / ".config" / "facerank" / "optout.key"
-    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d"), "privacy.key_file": str(key_file)})
+    data = str(tmp_path / "d")
+    cfg = load_config(None, overrides={"data_root": data, "privacy.key_file": str(key_file)})
     root = DataRoot(cfg.data_root)
     root.write_part("posts", [_post(root, "fa", "a0", "u7", 0)])
-    with caplog.at_level("WARNING", logger="facerank"):
-        forget(cfg, "user", "u7")
-    assert "created a new opt-out key" in caplog.text and str(key_file) in caplog.text
-    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key_file.read_text().strip()) == 64
+    # no key anywhere: forget stops before any work with one line naming the explicit step, and makes no key
+    args = ["--data-root", data, "--set", f"privacy.key_file={key_file}"]
+    assert main(["forget", "--user", "u7", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no opt-out key" in err and "privacy init-key" in err and KEY_ENV in err
+    assert not key_file.exists() and root.read("posts").num_rows == 1 and not root.has("optout")
+    # the explicit step makes the key (0600) and records its fingerprint (not the key) in the data root
+    assert main(["privacy", "init-key", *args]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["created"] and made["recorded"] and made["key"] == str(key_file)
+    key = key_file.read_text().strip()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and len(key) == 64
+    record = Path(root.optout_key_path()).read_text()
+    assert key not in record and made["fingerprint"] in record
+    assert main(["privacy", "init-key", *args]) == 0  # again: nothing new
+    assert json.loads(capsys.readouterr().out) | {"fingerprint": ""} == {
+        "key": str(key_file), "created": False, "recorded": False, "fingerprint": ""
+    }  # fmt: skip
+    forget(cfg, "user", "u7")
     other = tmp_path / "other.key"
     cases = [
         (None, str(key_file), "u7"),  # the same key file, another process: blocked
         (None, str(key_file), "u8"),
         ("another-key-" + "x" * 40, str(key_file), "u7"),  # another key (the environment wins over the file)
-        (None, str(other), "u7"),  # another key file: a new key, nothing matches
-        (key_file.read_text().strip(), str(other), "u7"),  # the first key given in the environment
+        (None, str(other), "u7"),  # a container without the key file: no key, none made
+        (key, str(other), "u7"),  # the first key given in the environment
     ]
-    assert _blocks_in_a_new_process(cfg.data_root, cases) == [True, False, False, False, True]
-    assert other.exists() and other.read_text() != key_file.read_text()
+    got = _blocks_in_a_new_process(cfg.data_root, cases)
+    assert got[:2] == [True, False] and got[4] is True
+    assert got[2].startswith("KeyMismatchError: the opt-out key from FACERANK_OPTOUT_KEY") and "\n" not in got[2]
+    assert got[3].startswith("ConfigError: no opt-out key") and not other.exists()
+    # forget with another key writes nothing: exit 2, one line
+    monkeypatch.setenv(KEY_ENV, "another-key-" + "x" * 40)
+    root.write_part("posts", [_post(root, "fa", "a1", "u9", 1)])
+    assert main(["forget", "--user", "u9", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not the key this data root's opt-out list was made with" in err
+    assert root.read("posts").num_rows == 1 and len(OptOut(root, key=key.encode())) == 2  # u7 and their image
+
+
+def test_a_list_with_keyed_rows_but_no_record_needs_the_key_adopted(tmp_path, monkeypatch, capsys):
+    """A root from before the record: its key cannot be checked, so nothing uses it until init-key --adopt."""
+    cfg = load_config(None, overrides={"data_root": str(tmp_path / "d")})
+    root = DataRoot(cfg.data_root)
+    root.write_part("posts", [_post(root, "fa", "a0", "u7", 0)])
+    forget(cfg, "user", "u7")
+    Path(root.optout_key_path()).unlink()  # as written before keys were recorded
+    with pytest.raises(ConfigError, match="--adopt"):
+        OptOut(root)
+    key_file = tmp_path / "k" / "optout.key"
+    args = ["--data-root", cfg.data_root, "--set", f"privacy.key_file={key_file}"]
+    env_key = os.environ[KEY_ENV]
+    monkeypatch.delenv(KEY_ENV)
+    assert main(["privacy", "init-key", *args]) == 2  # no key here: a new one could never match the rows
+    assert "a new key would never match" in capsys.readouterr().err and not key_file.exists()
+    monkeypatch.setenv(KEY_ENV, env_key)
+    assert main(["privacy", "init-key", *args]) == 2 and "--adopt" in capsys.readouterr().err
+    assert main(["privacy", "init-key", "--adopt", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["recorded"] and OptOut(root).blocks("user", "u7")
 
 
 def test_the_key_must_live_outside_the_data_root_and_be_long(tmp_path, monkeypatch):
@@ -432,3 +511,73 @@ def test_forget_waits_for_no_stage_it_fails_while_one_runs_and_erases_nothing(tm
         release.set()
         t.join(30)
     assert forget(cfg, "user", "u1")["rows_removed"]["posts"] == 1
+
+
+# ------------------------------------------------------------------------------------------------ fediverse accounts
+def _mastodon_root(tmp_path: Path):
+    """alice@social.example as account 109 on social.example and 777 on fosstodon.example, bob on both; the walk
+    state of each (site, hashtag) as the crawl writes it (pipeline/scrape/cursors.py)."""
+    from pipeline.scrape.cursors import FeedCursors
+
+    feeds = [{"name": n, "adapter": "mastodon", "base_url": f"https://{n}.example", "hashtags": ["selfie", "cats"]}
+             for n in ("social", "fosstodon")]  # fmt: skip
+    cfg = parse_config({"data_root": str(tmp_path / "d"), "scrape": {"feeds": feeds}}, "test")
+    root = DataRoot(cfg.data_root)
+    rows = [
+        _post(root, "social", "110000000000000042", "109", 0, user_acct="alice@social.example"),
+        _post(root, "fosstodon", "550000000000000007", "777", 1, user_acct="Alice@Social.Example"),
+        _post(root, "social", "110000000000000043", "110", 2, user_acct="bob@social.example"),
+        _post(root, "fosstodon", "550000000000000008", "778", 3, user_acct="bob@social.example"),
+    ]
+    root.write_part("posts", rows)
+    cursors = FeedCursors(cfg, root)
+    for site, tag, ids in (("social", "selfie", [0, 2]), ("fosstodon", "selfie", [1, 3]), ("social", "cats", [2])):
+        task = cursors.seed(site, tag, f"https://{site}.example/api/v1/timelines/tag/{tag}")[0]
+        cursors.page_done(task, [{"item_id": rows[i]["item_id"], "user_id": rows[i]["user_id"]} for i in ids], None)
+    cursors.save()
+    return cfg, root, rows
+
+
+def test_forget_an_account_erases_and_opts_it_out_on_every_server(tmp_path, capsys):
+    """user_id is server-local; user_acct names the person on every server: forget --acct erases both copies, opts
+    out the account (and each server's user id) and audits it by a keyed hash of the account."""
+    cfg, root, rows = _mastodon_root(tmp_path)
+    data = ["--data-root", cfg.data_root]
+    assert main(["forget", "--acct", "alice@social.example", "--site", "social", *data]) == 2
+    assert main(["forget", "--acct", "alice", *data]) == 2  # not an account: USER@HOST
+    assert capsys.readouterr().err.count("\n") == 2 and root.read("posts").num_rows == 4
+    assert main(["forget", "--acct", "@alice@social.example", *data]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "acct" and out["site"] is None and out["rows_removed"]["posts"] == 2
+    left = root.read("posts").to_pylist()
+    assert sorted(r["user_id"] for r in left) == ["110", "778"]
+    assert not root.has_image(rows[0]["image_sha256"]) and not root.has_image(rows[1]["image_sha256"])
+    opt = OptOut(root)
+    assert opt.blocks("acct", "alice@social.example") and opt.blocks("acct", "ALICE@social.example")
+    assert opt.blocks("user", "109", site="social") and opt.blocks("user", "777", site="fosstodon")
+    assert not opt.blocks("acct", "bob@social.example") and not opt.blocks("user", "777", site="social")
+    audit = root.read("audit").to_pylist()
+    key = os.environ[KEY_ENV].encode()
+    assert {a["kind"] for a in audit} == {"acct"}
+    assert {a["subject_hash"] for a in audit} == {subject_hash("acct", "alice@social.example", key)}
+    assert scan_for(root, {"ids": ["alice@", "Alice@"], "shas": set(), "images": [], "crops": []}) == []
+
+
+def test_forget_erases_the_status_ids_in_the_feed_walk_state(tmp_path):
+    """feed_cursors/<site>/<tag>.json lists the status ids of each walk: a state naming one of the person's statuses
+    is deleted (the next crawl walks that timeline again), the others stay."""
+    from pipeline.scrape.cursors import STATE_DIR
+    from pipeline.store import FEED_CURSORS_DIR
+
+    assert STATE_DIR == FEED_CURSORS_DIR
+    cfg, root, rows = _mastodon_root(tmp_path)
+    root.write_bytes_atomic(root.path("feed_cursors", "social", "keep.json"), b'{"walks": [], "watermark": "1100"}')
+    root.fs.create_dir(root.path("feed_cursors", "social"))
+    Path(root.path("feed_cursors", "social", ".tmp-killed")).write_bytes(b'{"walks": [{"pages": [{"ids": ["1100')
+    alice = rows[0]["item_id"]
+    assert alice.encode() in Path(root.path("feed_cursors", "social", "selfie.json")).read_bytes()
+    out = forget(cfg, "user", "109", site="social")
+    assert out["feed_cursors_removed"] == 2  # social/selfie.json and the half-written temporary
+    left = sorted(str(p.relative_to(root.path("feed_cursors"))) for p in Path(root.path("feed_cursors")).rglob("*.*"))
+    assert left == ["fosstodon/selfie.json", "social/cats.json", "social/keep.json"]
+    assert scan_for(root, {"ids": [alice], "shas": set(), "images": [], "crops": []}) == []

@@ -16,7 +16,7 @@ def test_loading_a_model_does_not_import_dynamo_and_torchvision_still_works(data
     code = (
         "import sys, numpy as np, torch\n"
         "from pipeline.store import DataRoot\n"
-        "from pipeline.train.export import LoadedModel\n"
+        "from pipeline.model.loaded import LoadedModel\n"
         f"m = LoadedModel.load({model_dir!r}, DataRoot({str(data_root)!r}), device='cpu')\n"
         "m.optimize_for_inference()\n"
         "out = m.score(pixels=np.zeros((2, 32, 32, 3), np.uint8))\n"

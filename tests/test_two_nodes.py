@@ -406,7 +406,8 @@ TRAIN_KILL_SETS = [
 @pytest.mark.cluster
 @pytest.mark.timeout(600)
 def test_second_node_lost_mid_training_then_rerun(cluster: Cluster, client, s3_server):
-    """The Train worker's only matching node is killed after the first checkpoint reached the bucket. Ray Train
+    """The Train worker's only matching node is killed once Ray Train's controller has registered a checkpoint (its
+    snapshot on the bucket names one: :func:`_checkpoint_registered`). Ray Train
     (``FailureConfig(max_failures=2)``) restarts the worker group once a node with ``worker_node`` is back (a
     replacement joins), from the last checkpoint on the data root, or the job fails with one line; a rerun with
     the same run id then ends with every epoch in the model's history exactly once. Then the node is lost with no
@@ -418,12 +419,9 @@ def test_second_node_lost_mid_training_then_rerun(cluster: Cluster, client, s3_s
     uri = s3_server("two-nodes-kill-train")
     root, _, _ = make_root(uri, n=60)
 
-    def checkpointed():  # epoch 1 reported: epoch 0's checkpoint is in the bucket and Ray Train has registered it
-        return "Reporting training result 2:" in client.get_job_logs(sid)
-
     t0 = time.monotonic()
     sid = _submit(client, "train", uri, TRAIN_KILL_SETS)
-    _wait_until(checkpointed, 240, "the second report", client, sid)
+    _wait_until(lambda: _checkpoint_registered(root), 240, "a registered checkpoint", client, sid)
     trained_at_kill = not root.exists("models", TRAIN_RUN, "model.pt")
     seen = _lost_node(cluster, client, sid, node, hold_s=6)
     status = _wait(client, sid, 240)
@@ -450,7 +448,7 @@ def test_second_node_lost_mid_training_then_rerun(cluster: Cluster, client, s3_s
     lost_root, _, _ = make_root(lost_uri, n=60)
     lost_sets = [*TRAIN_KILL_SETS, "ray.placement.train.node_wait_s=10"]
     sid = _submit(client, "train", lost_uri, lost_sets)
-    _wait_until(checkpointed, 240, "the second report", client, sid)
+    _wait_until(lambda: _checkpoint_registered(lost_root), 240, "a registered checkpoint", client, sid)
     t_kill = time.monotonic()
     assert seen["replacement"].kill() > 0
     status = _wait(client, sid, 150)
@@ -463,6 +461,20 @@ def test_second_node_lost_mid_training_then_rerun(cluster: Cluster, client, s3_s
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _assert_every_epoch_once(lost_root)
     assert not _left_on_disk(back)
+
+
+def _checkpoint_registered(root: DataRoot) -> bool:
+    """Whether Ray Train's controller has registered a checkpoint of the run: the snapshot it writes beside the
+    checkpoints names a latest one. A worker's "Reporting training result N" log line is not enough: the worker logs
+    it before it queues the report, the controller takes reports from that queue only when it polls, and a worker
+    group restarted before the controller has registered a checkpoint starts again at epoch 0."""
+    path = f"{root.model_dir(TRAIN_RUN)}/checkpoints/checkpoint_manager_snapshot.json"
+    if root.fs.get_file_info(path).type.name != "File":
+        return False
+    try:
+        return root.read_json(path).get("latest_checkpoint_result") is not None
+    except (OSError, ValueError):  # replaced while read
+        return False
 
 
 def _assert_every_epoch_once(root: DataRoot) -> None:

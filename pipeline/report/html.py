@@ -8,7 +8,9 @@ the training curve and the confusion matrix or scatter written by training (the 
 of the penultimate-layer embeddings with thumbnails (:mod:`pipeline.report.tsne`).
 
 Beside the page, ``report.images.json`` lists the full sha256 of every face it shows (the grids and the t-SNE
-thumbnails): ``forget`` deletes every report that shows a forgotten person's face.
+thumbnails): ``forget`` deletes every report that shows a forgotten person's face. A report is written under the
+``report`` lock, which ``forget`` also holds, and leaves out every image on the opt-out list; right before the page
+is written the list is read again, and a face on it stops the write (:class:`OptedOutFaceError`).
 
 The scores come from the score stage's output for this model id. When the model has not scored anything yet, up to
 ``score.report_tsne_points`` face crops of the face stage are scored on the spot, and the page says so.
@@ -30,8 +32,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipeline.config import Config
+from pipeline.locks import LockLostError, stage_lock
 from pipeline.model.meta import RecipeError, model_recipe
-from pipeline.privacy import report_sidecar
+from pipeline.privacy import OptOut, report_sidecar
 from pipeline.store import FACES_DS, SCORES_DS, DataRoot
 
 CARD_FILE = "MODEL_CARD.md"  # written by the export (pipeline/train/card.py), linked from the page
@@ -212,8 +215,21 @@ table{border-collapse:collapse}th,td{padding:2px 10px;border-bottom:1px solid #e
 """
 
 
+class OptedOutFaceError(LockLostError):
+    """A face the report was about to show joined the opt-out list under the report's lock (so the lock did not
+    hold: the CLI exits 4 as for a lost lock); ``str(err)`` is one line."""
+
+
 def write_report(run_dir: str, cfg: Config) -> str:
-    """Write ``<run_dir>/report.html`` (self-contained) for the model in ``run_dir``; returns its path."""
+    """Write ``<run_dir>/report.html`` (self-contained) for the model in ``run_dir``; returns its path.
+
+    Holds the ``report`` lock (``forget`` holds it too, so a report never shows a face erased while it was built).
+    """
+    with stage_lock(cfg, "report"):
+        return _write_report(run_dir, cfg)
+
+
+def _write_report(run_dir: str, cfg: Config) -> str:
     from pipeline.model.loaded import LoadedModel
     from pipeline.model.meta import model_location, resolve_model_dir
     from pipeline.report.tsne import tsne_2d, tsne_png
@@ -222,6 +238,7 @@ def write_report(run_dir: str, cfg: Config) -> str:
     model_dir = resolve_model_dir(root, run_dir)
     fs, mdir = model_location(model_dir, root)
     model = LoadedModel.load(model_dir, root, device="cpu")
+    optout = OptOut(root, cfg.privacy)
     metrics = _read_json(fs, posixpath.join(mdir, "metrics.json"))
     sc = cfg.score
     try:
@@ -230,6 +247,8 @@ def write_report(run_dir: str, cfg: Config) -> str:
         recipe = None
 
     scores = _scores_for(root, model.model_id)
+    keep = [not optout.blocks("image", h) for h in scores["image_sha256"].to_pylist()]
+    scores = scores.filter(pa.array(keep, pa.bool_()))
     note = ""
     shas = scores["image_sha256"].to_pylist()
     vals = np.asarray(scores["score"].to_pylist(), dtype=np.float64)
@@ -243,6 +262,7 @@ def write_report(run_dir: str, cfg: Config) -> str:
         crops = _crops(root, sorted(set(want)), None, recipe)
     else:  # nothing scored yet: score the face stage's crops now (those made the model's way)
         crops = _crops(root, None, sc.report_tsne_points, recipe)
+        crops = {h: c for h, c in crops.items() if not optout.blocks("image", h)}
         from pipeline.imaging import decode_image
 
         shas = list(crops)
@@ -297,6 +317,10 @@ def write_report(run_dir: str, cfg: Config) -> str:
     )
     out = posixpath.join(mdir, "report.html")
     shown = {h for h, *_ in top + bottom} | (set(with_crops) if len(with_crops) >= 5 else set())
+    listed = OptOut(root, cfg.privacy)  # read again right before the write
+    if any(listed.blocks("image", h) for h in shown):
+        n = sum(listed.blocks("image", h) for h in shown)
+        raise OptedOutFaceError(f"{out}: {n} of its faces joined the opt-out list while it was built: not written")
     _write_with_sidecar(fs, mdir, out, page.encode("utf-8"), shown)
     return out if "://" not in root.uri else f"{root.uri.split('://')[0]}://{out}"
 

@@ -617,8 +617,11 @@ def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
         resources["GPU"] = 1
+    from pipeline.process_group import TorchConfig  # no listening store on one node (docs/security.md)
+
     trainer = TorchTrainer(
         train_loop_per_worker,
+        torch_config=TorchConfig(),
         train_loop_config={
             "train": tc.model_dump(),
             "kind": labels.kind,

@@ -18,9 +18,10 @@ def scan_for(root: DataRoot, mine: dict) -> list[str]:
     """Every file under the root, read in full (Parquet also cell by cell): where a trace of the person is left.
 
     ``mine``: ``ids`` (strings), ``shas`` (image sha256s), ``images`` and ``crops`` (bytes, also looked for in
-    base64, as reports inline them).
+    base64, as reports inline them), and optionally ``urls`` (their image, post and profile-page URLs) and
+    ``names`` (what they are called on a staff page).
     """
-    names = [*mine["ids"], *mine["shas"]]
+    names = [*mine["ids"], *mine["shas"], *mine.get("urls", ()), *mine.get("names", ())]
     needles = [n.encode() for n in names] + list(mine["images"]) + list(mine["crops"])
     needles += [base64.b64encode(b) for b in [*mine["crops"], *mine["images"]]]
     found = []

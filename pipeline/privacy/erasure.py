@@ -1,48 +1,40 @@
-"""Privacy: erase a person from every output, keep the keyed opt-out list, and drop old raw images (retention).
+"""Erase a person (or one image) from every output under the data root, under every stage's lock.
 
 ``forget(cfg, "user", "u0042")`` removes every row about that person (posts, staff, fetches, faces, labels, scores),
 their raw images and crops, every model report that shows one of their images (each report lists the full sha256 of
 every image it inlines in a sidecar ``report.images.json``), their rows in stale temporaries (``<dataset>/_tmp/``),
 and every image or crop file that no row points to (``images/aa/.tmp-*`` leftovers included: nobody can say whose
-they are). It adds them to ``optout/`` so that later scrapes skip them, and appends one line per dataset to
-``audit/`` holding what was done, when and how many rows. The datasets it walks are the store's
-(:data:`pipeline.store.SCHEMAS`, one per labels task, one per scores partition), never guessed from folders.
-Run it while no stage runs on the data root: a stage in flight may write the person again.
+they are). It adds them to ``optout/`` (:mod:`pipeline.privacy.optout`) so that later scrapes skip them, and appends
+one line per dataset to ``audit/`` holding what was done, when and how many rows, with a keyed hash of the subject,
+never the id. The datasets it walks are the store's (:data:`pipeline.store.SCHEMAS`, one per labels task, one per
+scores partition), never guessed from folders.
 
 Subjects: ``user`` (a feed user id), ``person`` (a staff person id or the person column of imported scores: always
-with its ``site``, as one id may name two people on two sites), ``image`` (an image sha256). A user may be given a
-site too; without one, that user id is erased on every site. Trained models are not retrained: ``docs/security.md``
-says what that means.
+with its ``site``, as one id may name two people on two sites), ``image`` (an image sha256), ``acct`` (a fediverse
+account ``user@host``, the posts' ``user_acct``: the same person through every server, whose ``user_id`` differs per
+server; opted out as the account and as each (site, user id) it was seen as). A user may be given a site too;
+without one, that user id is erased on every site. Trained models are not retrained: ``docs/security.md`` says what
+that means.
 
-Keyed hashes: neither list holds the erased id, only ``HMAC-SHA256(key, sha256(subject))`` (hex, column
-``subject_hash``, ``scheme`` = ``hmac-sha256``), where ``subject`` is ``kind:id`` or ``kind@site:id``. The key lives
-outside the data root: the environment variable ``FACERANK_OPTOUT_KEY`` (the key itself) or else the file
-``privacy.key_file`` (default ``~/.config/facerank/optout.key``), generated on first use (32 random bytes, hex, mode
-0600) with a warning in the log. Lists written before the key existed hold the plain ``sha256(subject)`` (no
-``scheme``): :func:`migrate_lists` rewrites them keyed on first use (the HMAC is taken over that plain hash, so the
-id is not needed), and :class:`OptOut` matches them in memory when the data root cannot be written. Losing the key
-means the opt-out list can no longer be matched (nobody is blocked any more) and the audit can no longer be tied to
-a person: back the key up beside the data root's backups, never inside the data root.
+Beyond rows: a person's profile-page fetch (a person the site gives no id is keyed by that URL, so the URL is found
+from the id), and every feed walk state (``feed_cursors/``) that names one of their status ids: deleted whole, the
+next crawl walks that timeline again.
 
 Example::
 
-    from pipeline.privacy import OptOut, forget
+    from pipeline.privacy import forget
     forget(cfg, "person", "prof-7", site="uni-cs")
-    OptOut(DataRoot(cfg.data_root), cfg.privacy).blocks("person", "prof-7", site="uni-cs")  # True
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import hmac
 import logging
-import os
 import posixpath
-import secrets
-from pathlib import Path
+import re
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,11 +42,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import locks
-from pipeline.config import Config, ConfigError, PrivacyConfig
+from pipeline.config import Config
+from pipeline.privacy.key import SCHEME_KEYED, root_key
+from pipeline.privacy.optout import LISTS, OptOut, migrate_lists, normal_acct, subject_hash
 from pipeline.store import (
     AUDIT_DS,
     CROPS_DIR,
-    FACES_DS,
+    FEED_CURSORS_DIR,
+    FETCHES_DS,
     IMAGES_DIR,
     LABELS_DS,
     MODELS_DS,
@@ -67,160 +62,20 @@ from pipeline.store import (
     DataRoot,
     now,
     sub_dataset,
-    to_table,
 )
 
 log = logging.getLogger("facerank")
 
-KINDS = ("user", "person", "image")
-KEY_ENV = "FACERANK_OPTOUT_KEY"
-MIN_KEY_CHARS = 32
-SCHEME_KEYED = "hmac-sha256"
+KINDS = ("user", "person", "image", "acct")
 SIDECAR_SUFFIX = ".images.json"  # <report>.html → <report>.images.json: the full sha256 of every inlined image
-LISTS = (OPTOUT_DS, AUDIT_DS)
-
-
-# ---------------------------------------------------------------------------------------------------- keyed hashes
-def plain_hash(kind: str, value: str, site: str | None = None) -> str:
-    """The old, unkeyed scheme: ``sha256("kind:id")`` or ``sha256("kind@site:id")`` (reversible by guessing ids)."""
-    subject = f"{kind}:{value}" if site is None else f"{kind}@{site}:{value}"
-    return hashlib.sha256(subject.encode()).hexdigest()
-
-
-def keyed(key: bytes, plain: str) -> str:
-    return hmac.new(key, plain.encode(), hashlib.sha256).hexdigest()
-
-
-def subject_hash(kind: str, value: str, key: bytes, site: str | None = None) -> str:
-    """What the lists store for a subject: ``HMAC-SHA256(key, plain_hash(...))`` as hex."""
-    return keyed(key, plain_hash(kind, value, site))
-
-
-def _inside(path: Path, data_root: str | None) -> bool:
-    if not data_root or "://" in data_root:
-        return False
-    root = Path(data_root).expanduser().resolve()
-    return path.resolve() == root or root in path.resolve().parents
-
-
-def load_key(privacy: PrivacyConfig | None = None, data_root: str | None = None) -> bytes:
-    """The opt-out key: ``$FACERANK_OPTOUT_KEY``, else ``privacy.key_file`` (created on first use)."""
-    env = os.environ.get(KEY_ENV, "")
-    if env:
-        if len(env) < MIN_KEY_CHARS:
-            raise ConfigError(f"{KEY_ENV} is shorter than {MIN_KEY_CHARS} characters")
-        return env.encode()
-    path = Path((privacy or PrivacyConfig()).key_file).expanduser()
-    if _inside(path, data_root):
-        raise ConfigError(f"privacy.key_file {path} is inside the data root {data_root}: keep the key outside it")
-    if not path.exists():
-        _create_key(path)
-    key = path.read_text(encoding="utf-8").strip()
-    if len(key) < MIN_KEY_CHARS:
-        raise ConfigError(f"privacy.key_file {path}: the key is shorter than {MIN_KEY_CHARS} characters")
-    return key.encode()
-
-
-def _create_key(path: Path) -> None:
-    """32 random bytes as hex, mode 0600, published with a hard link (two first users agree on one key)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    try:
-        os.link(tmp, path)
-        log.warning(
-            "privacy: created a new opt-out key at %s. Back it up outside the data root: without it the opt-out "
-            "list can no longer be matched (forgotten people would be scraped again). %s overrides it.",
-            path,
-            KEY_ENV,
-        )
-    except FileExistsError:
-        pass  # another process created it first: use theirs
-    finally:
-        tmp.unlink()
-
-
-# ---------------------------------------------------------------------------------------------------- lists
-def _old_rows(table: pa.Table) -> pa.Array:
-    """Rows still in the unkeyed scheme: no ``scheme`` (column or value) and a non-empty hash."""
-    has_hash = pc.fill_null(pc.not_equal(table.column("subject_hash"), ""), False)
-    if "scheme" not in table.column_names:
-        return has_hash
-    return pc.and_(has_hash, pc.is_null(table.column("scheme")))
-
-
-def _rekeyed(table: pa.Table, old: pa.Array, key: bytes) -> pa.Table:
-    hashes = table.column("subject_hash").to_pylist()
-    flags = old.to_pylist()
-    new_hash = [keyed(key, h) if f else h for h, f in zip(hashes, flags, strict=True)]
-    schemes = table.column("scheme").to_pylist() if "scheme" in table.column_names else [None] * table.num_rows
-    new_scheme = [SCHEME_KEYED if f else s for s, f in zip(schemes, flags, strict=True)]
-    table = table.set_column(table.column_names.index("subject_hash"), "subject_hash", pa.array(new_hash, pa.string()))
-    if "scheme" in table.column_names:
-        return table.set_column(table.column_names.index("scheme"), "scheme", pa.array(new_scheme, pa.string()))
-    return table.append_column("scheme", pa.array(new_scheme, pa.string()))
-
-
-def _keyed_list(root: DataRoot, dataset: str, key: bytes) -> tuple[list[str], int]:
-    """Every keyed hash of ``dataset``; old rows are rekeyed in memory and rewritten where the root allows."""
-    out: list[str] = []
-    migrated = 0
-    for path in root.part_files(dataset):
-        table = pq.read_table(path, filesystem=root.fs)
-        old = _old_rows(table)
-        n = pc.sum(old).as_py() or 0
-        if n:
-            table = _rekeyed(table, old, key)
-            try:
-                root.rewrite_part(path, to_table(table, root.schema(dataset)))
-                migrated += n
-            except OSError as err:
-                log.warning("privacy: %s: cannot rewrite %s keyed (%s); matched in memory", dataset, path, err)
-        out += table.column("subject_hash").to_pylist()
-    return out, migrated
-
-
-def migrate_lists(root: DataRoot, key: bytes) -> dict[str, int]:
-    """Rewrite the unkeyed rows of ``optout/`` and ``audit/`` keyed; returns the rows migrated per list."""
-    done = {ds: _keyed_list(root, ds, key)[1] for ds in LISTS}
-    if any(done.values()):
-        log.info("privacy: rows rewritten from plain sha256 to HMAC-SHA256: %s", done)
-    return done
-
-
-class OptOut:
-    """The opt-out list of a data root; ``blocks(kind, id, site)`` tells a scraper to skip that user, person or image.
-
-    Built where the list is read (the scrape driver); it carries the key and the keyed hashes, so it can be handed
-    to workers as is. Building it migrates old unkeyed lists (see the module docstring).
-    """
-
-    def __init__(self, root: DataRoot, privacy: PrivacyConfig | None = None, key: bytes | None = None):
-        self.key = key or load_key(privacy, root.uri)
-        hashes, migrated = _keyed_list(root, OPTOUT_DS, self.key)
-        self.hashes: set[str] = {h for h in hashes if h}
-        if migrated:
-            _keyed_list(root, AUDIT_DS, self.key)
-            log.info("privacy: %d opt-out rows rewritten from plain sha256 to HMAC-SHA256", migrated)
-
-    def blocks(self, kind: str, value: str | None, site: str | None = None) -> bool:
-        """Whether the subject is opted out: on every site, or (``site`` given) on that site."""
-        if not value:
-            return False
-        if subject_hash(kind, value, self.key) in self.hashes:
-            return True
-        return site is not None and subject_hash(kind, value, self.key, site) in self.hashes
-
-    def __len__(self) -> int:
-        return len(self.hashes)
 
 
 # ---------------------------------------------------------------------------------------------------- what to walk
 def _person_cols(dataset: str, kind: str) -> tuple[str, ...]:
     """The columns of ``dataset`` that hold the id of a subject of this kind."""
     top, _, task = dataset.partition("/")
+    if kind == "acct":
+        return ("user_acct",) if top == POSTS_DS else ()
     if kind == "user":
         return {POSTS_DS: ("user_id",), LABELS_DS: ("person_id",) if task == "selfie" else ()}.get(top, ())
     if kind == "person":
@@ -253,7 +108,7 @@ def _temporaries(root: DataRoot) -> list[tuple[str, str]]:
     out = []
     for top in [n for n in SCHEMAS if n not in LISTS] + [LABELS_DS, SCORES_DS]:
         base = root.path(top)
-        for info in _walk_files(root, top):
+        for info in walk_files(root, top):
             rel = posixpath.relpath(info.path, base)
             if _is_temporary(rel):
                 nested = top in (LABELS_DS, SCORES_DS) and "/" in rel
@@ -273,7 +128,7 @@ def _columns(root: DataRoot, path: str, wanted: list[str], strict: bool = False)
         return None
 
 
-def _walk_files(root: DataRoot, top: str) -> list[pafs.FileInfo]:
+def walk_files(root: DataRoot, top: str) -> list[pafs.FileInfo]:
     """Every file under ``<root>/<top>`` (none when it is missing)."""
     base = root.path(top)
     if root.fs.get_file_info(base).type != pafs.FileType.Directory:
@@ -282,22 +137,26 @@ def _walk_files(root: DataRoot, top: str) -> list[pafs.FileInfo]:
 
 
 # ---------------------------------------------------------------------------------------------------- matching
-MATCH_COLUMNS = ["user_id", "item_id", "person_id", "site", "image_sha256", "url", "image_url"]
+MATCH_COLUMNS = ["user_id", "user_acct", "item_id", "person_id", "site", "image_sha256", "url", "image_url"]
 
 
 class _Subject:
-    """What identifies the person's rows: the id (and site), their image hashes and the URLs of those images."""
+    """What identifies the person's rows: the id (and site), their image hashes, the URLs of those images and of
+    their profile page, their posts' (site, item_id) and, for an account, the (site, user_id) it was seen as."""
 
     def __init__(self, kind: str, value: str, site: str | None):
         self.kind, self.value, self.site = kind, value, site
         self.shas: set[str] = {value} if kind == "image" else set()
         self.urls: set[str] = set()
+        self.posts: set[tuple[str, str]] = set()  # (site, item_id) of their posts: status ids in feed_cursors/
+        self.users: set[tuple[str, str]] = set()  # (site, user_id) of an account's posts
 
     def id_mask(self, table: pa.Table, dataset: str) -> pa.Array:
         mask = pa.array([False] * table.num_rows)
         for col in _person_cols(dataset, self.kind):
             if col in table.column_names:
-                hit = pc.equal(table.column(col), self.value)
+                values = table.column(col)
+                hit = pc.equal(pc.utf8_lower(values) if self.kind == "acct" else values, self.value)
                 if self.site is not None and "site" in table.column_names:
                     hit = pc.and_(hit, pc.equal(table.column("site"), self.site))
                 mask = pc.or_(mask, pc.fill_null(hit, False))
@@ -317,13 +176,37 @@ class _Subject:
         tables = [(ds, _columns(root, p, MATCH_COLUMNS)) for ds, p in files if _person_cols(ds, self.kind)]
         for ds, t in tables:
             if t is not None and "image_sha256" in t.column_names:
-                self.shas |= {s for s in t.filter(self.id_mask(t, ds)).column("image_sha256").to_pylist() if s}
+                mine = t.filter(self.id_mask(t, ds))
+                self.shas |= {s for s in mine.column("image_sha256").to_pylist() if s}
+                if ds == POSTS_DS and {"site", "item_id", "user_id"} <= set(mine.column_names):
+                    sites, items = mine.column("site").to_pylist(), mine.column("item_id").to_pylist()
+                    self.posts |= {(s, i) for s, i in zip(sites, items, strict=True) if s and i}
+                    if self.kind == "acct":
+                        users = mine.column("user_id").to_pylist()
+                        self.users |= {(s, u) for s, u in zip(sites, users, strict=True) if s and u}
+        if self.kind == "person":
+            self.urls |= self._profile_pages(root, [p for ds, p in files if ds == FETCHES_DS])
         wanted = pa.array(sorted(self.shas), pa.string())
         for ds, p in files:
             t = _columns(root, p, ["image_sha256", "image_url"]) if ds in (POSTS_DS, STAFF_DS) and self.shas else None
             if t is not None and {"image_url", "image_sha256"} <= set(t.column_names):
                 hit = pc.fill_null(pc.is_in(t.column("image_sha256"), value_set=wanted), False)
                 self.urls |= {u for u in t.filter(hit).column("image_url").to_pylist() if u}
+
+    def _profile_pages(self, root: DataRoot, files: list[str]) -> set[str]:
+        """The site's page fetches whose URL is this person's profile page: the URL the crawl keyed them by (a
+        person without a site-given id is ``person_id(site, profile_url=URL)``)."""
+        from pipeline.scrape.staff import person_id
+
+        found: set[str] = set()
+        for path in files:
+            t = _columns(root, path, ["url", "site", "kind"])
+            if t is None or not {"url", "site", "kind"} <= set(t.column_names):
+                continue
+            for url, site, kind in zip(*(t.column(c).to_pylist() for c in ("url", "site", "kind")), strict=True):
+                if url and site == self.site and kind == "page" and person_id(site, None, None, url) == self.value:
+                    found.add(url)
+        return found
 
 
 def _erase_rows(root: DataRoot, who: _Subject, ds: str, files: list[str]) -> tuple[int, int]:
@@ -367,7 +250,7 @@ def _sweep_unreferenced(root: DataRoot) -> int:
     keep = _referenced(root)
     removed = 0
     for top, suffix in ((IMAGES_DIR, ""), (CROPS_DIR, ".jpg")):
-        for info in _walk_files(root, top):
+        for info in walk_files(root, top):
             name = posixpath.basename(info.path)
             if name.startswith(".") or name.removesuffix(suffix) not in keep:
                 root.fs.delete_file(info.path)
@@ -384,6 +267,29 @@ def _delete_files(root: DataRoot, shas: set[str]) -> tuple[int, int]:
             root.fs.delete_file(root.crop_path(s))
             crops += 1
     return images, crops
+
+
+def _remove_cursors(root: DataRoot, posts: set[tuple[str, str]]) -> int:
+    """Delete every feed walk state (``feed_cursors/<site>/<tag>.json``) that names one of the person's status ids
+    (in a page's ids, a ``top``/``watermark`` or a paging URL), and ``.tmp-*`` leftovers there (contents unknown). A
+    lost state file only costs the next crawl a full walk of that timeline (pipeline/scrape/cursors.py)."""
+    by_site: dict[str, set[str]] = {}
+    for site, item in posts:
+        by_site.setdefault(quote(site, safe=""), set()).add(item)
+    removed = 0
+    for info in walk_files(root, FEED_CURSORS_DIR):
+        rel = posixpath.relpath(info.path, root.path(FEED_CURSORS_DIR))
+        ids = by_site.get(rel.split("/")[0], set())
+        if posixpath.basename(rel).startswith(".tmp-") or (ids and _names_any(root.read_bytes(info.path), ids)):
+            root.fs.delete_file(info.path)
+            removed += 1
+    return removed
+
+
+def _names_any(data: bytes, ids: set[str]) -> bool:
+    """Whether ``data`` holds one of ``ids`` as a whole token (not inside a longer id)."""
+    text = data.decode("utf-8", "replace")
+    return any(re.search(rf"(?<![0-9A-Za-z_-]){re.escape(i)}(?![0-9A-Za-z_-])", text) for i in ids)
 
 
 def report_sidecar(html_path: str) -> str:
@@ -403,7 +309,7 @@ def _remove_reports(root: DataRoot, shas: set[str]) -> int:
     """Delete every report under models/ that shows one of these images (its sidecar says; no sidecar: it may)."""
     if not shas:
         return 0
-    files = {i.path for i in _walk_files(root, MODELS_DS)}
+    files = {i.path for i in walk_files(root, MODELS_DS)}
     removed = 0
     for path in sorted(files):
         name = posixpath.basename(path)
@@ -425,14 +331,15 @@ def _remove_reports(root: DataRoot, shas: set[str]) -> int:
 def forget(cfg: Config, kind: str, value: str, site: str | None = None) -> dict[str, Any]:
     """Erase a person (or one image) from everything under the data root; returns counts per dataset.
 
-    It holds every stage's lock meanwhile (:mod:`pipeline.locks`), so no stage writes, cleans or resumes under
-    it; a stage that runs now makes it fail with :class:`~pipeline.locks.StageLockedError` (exit 4). The locks
+    It holds every stage's lock and every tool's (:data:`pipeline.locks.TOOLS`: imports, report, retention)
+    meanwhile (:mod:`pipeline.locks`), so no stage or tool writes, cleans or resumes under it; one that runs now
+    makes it fail with :class:`~pipeline.locks.StageLockedError` (exit 4). The locks
     are taken without the stages' own clean-up: forget reads the temporaries first (the images their rows name
     join the opt-out list), then deletes them.
     """
     root = DataRoot(cfg.data_root)
     with contextlib.ExitStack() as held:
-        for stage in STAGE_TEMPS:
+        for stage in (*STAGE_TEMPS, *locks.TOOLS):
             held.enter_context(locks.hold(root, stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s))
         return _forget(cfg, root, kind, value, site)
 
@@ -442,8 +349,9 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
         raise ValueError(f"kind must be one of {KINDS}")
     if kind == "person" and not site:
         raise ValueError("a person is keyed by (site, id): give the site")
-    site = None if kind == "image" else site
-    key = load_key(cfg.privacy, root.uri)
+    site = None if kind in ("image", "acct") else site
+    value = normal_acct(value) if kind == "acct" else value
+    key = root_key(root, cfg.privacy)
     migrate_lists(root, key)
     blocked = OptOut(root, key=key)
     who = _Subject(kind, value, site)
@@ -454,7 +362,7 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
 
     def note(dataset: str, rows: int, files: int) -> None:
         if rows or files:
-            audit.append(_audit_row(kind, subject, dataset, rows, files, at))
+            audit.append(audit_row(kind, subject, dataset, rows, files, at))
 
     for ds, files in units:
         note(ds, *_erase_rows(root, who, ds, files))
@@ -466,9 +374,11 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
     note("images (unreferenced)", 0, unreferenced)
     reports = _remove_reports(root, who.shas)
     note("models/*/report.html", 0, reports)
+    cursors = _remove_cursors(root, who.posts)
+    note(FEED_CURSORS_DIR, 0, cursors)
     _opt_out(root, blocked, who, at)
     if not audit:
-        audit.append(_audit_row(kind, subject, "(none)", 0, 0, at))
+        audit.append(audit_row(kind, subject, "(none)", 0, 0, at))
     root.write_part(AUDIT_DS, audit)
     return {
         "kind": kind,
@@ -477,6 +387,7 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
         "images_removed": images,
         "crops_removed": crops,
         "reports_removed": reports,
+        "feed_cursors_removed": cursors,
         "temporaries_removed": temporaries,
         "unreferenced_removed": unreferenced,
         "rows_removed": {a["dataset"]: a["rows_removed"] for a in audit if a["rows_removed"]},
@@ -488,12 +399,13 @@ def _opt_out(root: DataRoot, blocked: OptOut, who: _Subject, at: dt.datetime) ->
     again under another post), unless already there."""
     wanted = [(who.kind, who.value, who.site)]
     wanted += [("image", s, None) for s in sorted(who.shas) if (who.kind, who.value) != ("image", s)]
+    wanted += [("user", u, site) for site, u in sorted(who.users)]  # an account as each server's user id
     hashes = [(k, subject_hash(k, v, blocked.key, site)) for k, v, site in wanted]
     new = [{"kind": k, "subject_hash": h, "scheme": SCHEME_KEYED, "added_at": at} for k, h in hashes]
     root.write_part(OPTOUT_DS, [r for r in new if r["subject_hash"] not in blocked.hashes])
 
 
-def _audit_row(kind: str, subject_hash: str, dataset: str, rows: int, files: int, at: dt.datetime) -> dict:
+def audit_row(kind: str, subject_hash: str, dataset: str, rows: int, files: int, at: dt.datetime) -> dict:
     return {
         "action": "forget",
         "kind": kind,
@@ -504,26 +416,3 @@ def _audit_row(kind: str, subject_hash: str, dataset: str, rows: int, files: int
         "files_removed": files,
         "at": at,
     }
-
-
-# ---------------------------------------------------------------------------------------------------- retention
-def apply_retention(cfg: Config) -> dict[str, int]:
-    """Drop raw images older than ``privacy.raw_image_retention_days`` whose face crop is already stored."""
-    days = cfg.privacy.raw_image_retention_days
-    root = DataRoot(cfg.data_root)
-    if days is None or not root.has(FACES_DS):
-        return {"images_removed": 0}
-    t = root.read(FACES_DS, columns=["image_sha256", "crop_jpeg"])
-    cropped = {s for s, c in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True) if c}
-    cutoff = now() - dt.timedelta(days=days)
-    removed = 0
-    for info in _walk_files(root, IMAGES_DIR):
-        sha = posixpath.basename(info.path)
-        mtime = info.mtime
-        if sha in cropped and mtime is not None and mtime.replace(tzinfo=mtime.tzinfo or dt.UTC) < cutoff:
-            root.fs.delete_file(info.path)
-            removed += 1
-    if removed:
-        root.write_part(AUDIT_DS, [_audit_row("retention", "", IMAGES_DIR, 0, removed, now())])
-    log.info("retention: %d raw images older than %d days (with a stored crop) removed", removed, days)
-    return {"images_removed": removed}
