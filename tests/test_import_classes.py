@@ -137,3 +137,34 @@ def test_a_huge_listed_file_is_never_read(tmp_path):
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert out["excluded"]["file_too_large"] == 1 and out["ok"] == 6
     assert grown_mib < 100, grown_mib  # 300 MB were not read
+
+
+def test_a_forgotten_image_or_person_is_not_imported_again(tmp_path):
+    """After ``forget --image`` (and ``forget --person`` of a person column's value on this task), running the same
+    import again stores nothing of them: their rows are excluded as ``opted_out`` with no file name, no image, no
+    crop, no label; everyone else imports as before."""
+    from pipeline.privacy import forget
+    from pipeline.store import sha256_bytes
+
+    bitmoji_set(tmp_path / "bm", n=8)
+    csv = tmp_path / "bm/train.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0] + ",who"] + [f"{ln},p{i}" for i, ln in enumerate(lines[1:])]) + "\n")
+    cfg = load_config("configs/recipes/bitmoji_gender.yaml", overrides={"data_root": str(tmp_path / "data")})
+    kw = {"csv": csv, "images": tmp_path / "bm/images", "person_column": "who"}
+    first = import_classes(cfg, "gender", **kw)
+    root = DataRoot(cfg.data_root)
+    sha0 = sha256_bytes((tmp_path / "bm/images/0000.jpg").read_bytes())
+    sha1 = sha256_bytes((tmp_path / "bm/images/0001.jpg").read_bytes())
+    forget(cfg, "image", sha0)
+    forget(cfg, "person", "p1", site="gender")
+    again = import_classes(cfg, "gender", **kw)
+    assert again["ok"] == first["ok"] - 2
+    rows = root.read("labels/gender").to_pylist()
+    gone = [r for r in rows if r["reason"] == "opted_out"]
+    # p0's image, p1, and the set's second (bad) row of p1's image: forgetting a person also opts out their images
+    assert {r["person_id"] for r in gone} == {"p0", "p1", "p9"} and again["excluded"]["opted_out"] == 3
+    assert all(r["file"] is None and r["image_sha256"] is None for r in gone)
+    assert not root.has_image(sha0) and not root.has_image(sha1)
+    faces = {r["image_sha256"] for r in root.read("faces").to_pylist()}
+    assert sha0 not in faces and sha1 not in faces

@@ -24,11 +24,12 @@ split by person (``--person-column``) or, without one, by image hash, with :func
 Rows that cannot be used stay, excluded with a reason, and are counted in the summary: ``missing_file_name``,
 ``missing_label``, ``unknown_label`` (not in ``--label-map``), ``unknown_split``, ``duplicate_file``,
 ``outside_images_dir`` (``../x``, ``/etc/x`` or a link out of ``--images``: never opened), ``missing_image``,
-``file_too_large`` (over ``labels.imported.max_file_mb``: never read),
-``unreadable_image`` (:func:`pipeline.imaging.check_image`), ``duplicate_image`` (the same bytes under a second
-name: it would otherwise sit on both sides of a split), or the face step's reason code (``no_face``, ``low_prob``,
-``decode_error``…). ``labels/<task>/import.json`` records where the set came from (``labels.imported``: name,
-URL, licence terms), the options and the counts; the model card repeats it.
+``file_too_large`` (over ``labels.imported.max_file_mb``: never read), ``opted_out`` (the image, or the person of
+``--person-column`` on this task, is on the opt-out list: never stored, as the crawl skips them; the row keeps no
+file name), ``unreadable_image`` (:func:`pipeline.imaging.check_image`), ``duplicate_image`` (the same bytes under
+a second name: it would otherwise sit on both sides of a split), or the face step's reason code (``no_face``,
+``low_prob``, ``decode_error``…). ``labels/<task>/import.json`` records where the set came from
+(``labels.imported``: name, URL, licence terms), the options and the counts; the model card repeats it.
 
 Example::
 
@@ -38,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,17 @@ from pipeline.faces.detector import reason_code
 from pipeline.faces.folder import face_rows
 from pipeline.imaging import ImageDecodeError, check_image
 from pipeline.labels.splits import assign_splits, unit_interval
-from pipeline.store import FACES_DS, IMPORT_JSON, STATUS_EXCLUDED, STATUS_OK, DataRoot, now, to_table
+from pipeline.store import (
+    FACES_DS,
+    IMPORT_JSON,
+    OPTOUT_DS,
+    STATUS_EXCLUDED,
+    STATUS_OK,
+    DataRoot,
+    now,
+    sha256_bytes,
+    to_table,
+)
 
 RESERVED_TASKS = ("selfie", "department", "beauty")  # written by the labels stage and import-scores
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -72,12 +84,18 @@ def inside(base: Path, name: str) -> Path | None:
 
 
 def store_images(
-    images_dir: Path, files: list[str | None], root: DataRoot, faces: FacesConfig, max_mb: float = 50.0
+    images_dir: Path,
+    files: list[str | None],
+    root: DataRoot,
+    faces: FacesConfig,
+    max_mb: float = 50.0,
+    blocked: Callable[[str], bool] | None = None,
 ) -> tuple[list[str | None], list[str | None]]:
     """Store each image by sha256; returns (sha or None, failure reason or None) per file (file I/O per image).
 
     A listed name that resolves outside ``images_dir`` is ``outside_images_dir`` and is never opened; a file over
-    ``max_mb`` MB (``labels.imported.max_file_mb``) is ``file_too_large`` and never read; images are checked like
+    ``max_mb`` MB (``labels.imported.max_file_mb``) is ``file_too_large`` and never read; an image whose sha256
+    ``blocked`` says is opted out (``forget --image``) is ``opted_out`` and never stored; images are checked like
     the faces stage decodes them (allowed formats, pixel and decoder-memory caps, not truncated).
     """
     max_bytes = int(max_mb * 1_000_000)
@@ -99,13 +117,18 @@ def store_images(
             why.append("file_too_large")
             continue
         data = path.read_bytes()
+        sha = sha256_bytes(data)
+        if blocked is not None and blocked(sha):
+            shas.append(None)
+            why.append("opted_out")
+            continue
         try:
             check_image(data, faces.max_pixels, faces.image_formats, faces.max_decode_mib << 20)
         except ImageDecodeError:
             shas.append(None)
             why.append("unreadable_image")
             continue
-        shas.append(root.put_image(data))
+        shas.append(root.put_image(data, sha))
         why.append(None)
     return shas, why
 
@@ -134,6 +157,16 @@ def add_faces(root: DataRoot, shas: list[str | None], faces: FacesConfig, detect
             by_sha[sha] = None if kept else reason_code(reason or "face_not_kept")
     kept = reasons.pop("kept", 0)
     return {"processed": len(todo), "kept": kept, "reasons": dict(sorted(reasons.items())), "reason": by_sha}
+
+
+def opt_out_list(root: DataRoot, cfg: Config):
+    """The data root's opt-out list (:class:`pipeline.privacy.OptOut`), or None when nobody opted out (then no key
+    is needed)."""
+    if not root.has(OPTOUT_DS):
+        return None
+    from pipeline.privacy import OptOut
+
+    return OptOut(root, cfg.privacy)
 
 
 def write_import_info(root: DataRoot, dataset: str, cfg: Config, source: dict[str, Any], summary: dict) -> str:
@@ -319,8 +352,18 @@ def import_classes(
 
     class_name, names = _classes(df["raw_label"], lmap)
     df = df.with_columns(class_name, _dup=pl.col("file").is_duplicated() & ~pl.col("file").is_first_distinct())
-    shas, why = store_images(base, df["file"].to_list(), root, cfg.faces, ic.max_file_mb)
+    optout = opt_out_list(root, cfg)
+    if optout is not None:  # a person forgotten by their person id (forget --person ID --site TASK): never stored
+        gone = [p is not None and optout.blocks("person", p, task) for p in df["person"].to_list()]
+        df = df.with_columns(file=pl.when(pl.Series(gone)).then(pl.lit(None, pl.String)).otherwise("file"),
+                             _opted=pl.Series(gone, dtype=pl.Boolean))  # fmt: skip
+    else:
+        df = df.with_columns(_opted=pl.lit(False))
+    blocked = (lambda sha: optout.blocks("image", sha)) if optout is not None else None
+    shas, why = store_images(base, df["file"].to_list(), root, cfg.faces, ic.max_file_mb, blocked)
     df = df.with_columns(image_sha256=pl.Series(shas, dtype=pl.String), _store=pl.Series(why, dtype=pl.String))
+    opted = (pl.col("_store") == "opted_out").fill_null(False)
+    df = df.with_columns(_opted=pl.col("_opted") | opted, file=pl.when(opted).then(None).otherwise("file"))
     faces = add_faces(root, shas, cfg.faces, detect)
     face_reason = faces.pop("reason")
     df = df.with_columns(
@@ -331,7 +374,9 @@ def import_classes(
         person_id=pl.coalesce("person", "image_sha256", "file"),
     )
     reason = (
-        pl.when(pl.col("file").is_null())
+        pl.when(pl.col("_opted"))
+        .then(pl.lit("opted_out"))
+        .when(pl.col("file").is_null())
         .then(pl.lit("missing_file_name"))
         .when(pl.col("raw_label").is_null())
         .then(pl.lit("missing_label"))
