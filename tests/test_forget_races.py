@@ -10,15 +10,17 @@ import threading
 from pathlib import Path
 
 import pytest
-from score_helpers import write_model
 
 from helpers.images import noise_jpeg
+from helpers.score_model import model_recipe_json, write_model
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.locks import StageLockedError
 from pipeline.privacy import KEY_ENV, OptOut, forget, subject_hash
 from pipeline.report.html import OptedOutFaceError, write_report
 from pipeline.store import DataRoot, now
+
+RECIPE = model_recipe_json()  # the crops of the models write_model makes are made this way
 
 
 def _root(tmp_path: Path, n: int = 6):
@@ -31,7 +33,10 @@ def _root(tmp_path: Path, n: int = 6):
     posts = [{"site": "s", "item_id": f"p{i}", "user_id": "U" if i == 0 else f"o{i}", "status": "ok",
               "image_sha256": s} for i, s in enumerate(shas)]  # fmt: skip
     root.write_part("posts", posts)
-    root.write_part("faces", [{"image_sha256": s, "kept": True, "crop_jpeg": c} for s, c in crops.items()])
+    root.write_part(
+        "faces",
+        [{"image_sha256": s, "kept": True, "crop_jpeg": c, "recipe": RECIPE} for s, c in crops.items()],
+    )
     write_model(root, run_id="m1")
     root.write_part("scores/dt=2026-01-01", _scores(shas))
     return cfg, root, shas, crops
@@ -151,7 +156,7 @@ def test_a_report_leaves_out_opted_out_faces_and_rechecks_the_list_before_it_wri
 
     cfg, root, shas, crops = _root(tmp_path)
     forget(cfg, "image", shas[1])  # opted out ...
-    root.write_part("faces", [{"image_sha256": shas[1], "kept": True, "crop_jpeg": crops[shas[1]]}])
+    root.write_part("faces", [{"image_sha256": shas[1], "kept": True, "crop_jpeg": crops[shas[1]], "recipe": RECIPE}])
     root.write_part("scores/dt=2026-01-02", _scores(shas[1:2]))  # ... yet a late writer's rows name it again
     page = Path(write_report("m1", cfg)).read_text()
     listed = root.read_json(root.path("models", "m1", "report.images.json"))["image_sha256"]

@@ -9,11 +9,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from helpers.images import solid_jpeg
-from helpers.score_model import write_model
+from helpers.score_model import model_recipe_json, write_model
 from pipeline.config import Config, load_config
 from pipeline.privacy import OptOut, apply_retention, forget
 from pipeline.report.html import write_report
 from pipeline.store import DataRoot
+
+RECIPE = model_recipe_json()  # the crops of the models write_model makes are made this way
 
 
 def _crop(i: int) -> bytes:
@@ -44,7 +46,10 @@ def _build(root: DataRoot, report_cfg: Config | None = None) -> dict[str, list[s
         "fetches", [{"url": p["image_url"], "image_sha256": p["image_sha256"], "status": "ok"} for p in posts]
     )
     every = [s for ss in shas.values() for s in ss] + [staff_sha]
-    root.write_part("faces", [{"image_sha256": s, "kept": True, "crop_jpeg": _crop(i)} for i, s in enumerate(every)])
+    root.write_part(
+        "faces",
+        [{"image_sha256": s, "kept": True, "crop_jpeg": _crop(i), "recipe": RECIPE} for i, s in enumerate(every)],
+    )
     for s in every:
         root.write_bytes_atomic(root.crop_path(s), b"crop file")
     root.replace(

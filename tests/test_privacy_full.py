@@ -22,7 +22,7 @@ import pytest
 
 from helpers.http import Handler, serve
 from helpers.images import noise_jpeg
-from helpers.score_model import write_model
+from helpers.score_model import model_recipe_json, write_model
 from helpers.traces import scan_for
 from pipeline.cli import build_parser, main
 from pipeline.config import ConfigError, load_config, parse_config
@@ -30,6 +30,8 @@ from pipeline.privacy import KEY_ENV, OptOut, forget, load_key, plain_hash, subj
 from pipeline.report.html import write_report
 from pipeline.scrape.staff import person_id
 from pipeline.store import DataRoot, now
+
+RECIPE = model_recipe_json()  # the crops of the models write_model makes are made this way
 
 REPO = Path(__file__).resolve().parents[1]
 U = "user-forget-me-4711"  # long enough that no compressed byte run holds it by chance
@@ -108,7 +110,14 @@ def _full_root(tmp_path: Path):
     root.write_part(
         "faces",
         [
-            {"image_sha256": s, "n_faces": 1, "kept": True, "crop_jpeg": c, "processed_at": now()}
+            {
+                "image_sha256": s,
+                "n_faces": 1,
+                "kept": True,
+                "crop_jpeg": c,
+                "processed_at": now(),
+                "recipe": RECIPE,
+            }
             for s, c in crops.items()
         ],
     )
@@ -205,7 +214,11 @@ def test_a_report_lists_every_face_it_shows(tmp_path):
     root = DataRoot(cfg.data_root)
     shas = [root.put_image(_jpeg(i)) for i in range(8)]
     root.write_part(
-        "faces", [{"image_sha256": s, "kept": True, "crop_jpeg": _jpeg(100 + i, 40)} for i, s in enumerate(shas)]
+        "faces",
+        [
+            {"image_sha256": s, "kept": True, "crop_jpeg": _jpeg(100 + i, 40), "recipe": RECIPE}
+            for i, s in enumerate(shas)
+        ],
     )
     write_model(root, run_id="m1")
     root.write_part("scores/dt=2026-01-01", _scores(shas, "m1"))
@@ -281,6 +294,7 @@ import json, os, sys
 from pipeline.config import ConfigError, PrivacyConfig
 from pipeline.privacy import OptOut
 from pipeline.store import DataRoot
+
 out = []
 for key_env, key_file, user in json.loads(sys.argv[2]):
     os.environ.pop("FACERANK_OPTOUT_KEY", None)

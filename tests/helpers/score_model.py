@@ -20,6 +20,12 @@ from pipeline.model.meta import ModelMeta, write_model_meta
 from pipeline.store import DataRoot, now
 
 
+def model_recipe_json(faces: FacesConfig | None = None) -> str:
+    """The crop recipe :func:`write_model` records (with ``faces``: that config's detection): faces rows a test
+    writes for such a model carry it, as rows the faces stage made would."""
+    return CropRecipe.of(faces or load_config(TEST_CONFIG).faces, detect=True).to_json()
+
+
 def _inputs(faces: FacesConfig | None, image_size: int) -> dict:
     fc = faces or load_config(TEST_CONFIG).faces
     crop = CropRecipe.of(fc, detect=True).to_dict()
