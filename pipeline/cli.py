@@ -318,8 +318,8 @@ def dispatch(args: argparse.Namespace) -> int:
         from pipeline.score.scheduler import main as scheduler_main
 
         return scheduler_main(args.options)  # its own options and config: one tick or a loop of submitted jobs
-    if args.cmd == "scrape":  # its --config may be a site file (pipeline/scrape/check_site.py)
-        from pipeline.scrape.check_site import main as check_site_main
+    if args.cmd == "scrape":  # its --config may be a site file (pipeline/scrape/staff/check.py)
+        from pipeline.scrape.staff.check import main as check_site_main
 
         return check_site_main(args)
     if args.cmd == "report" and not (args.config or args.data_root):

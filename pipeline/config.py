@@ -165,7 +165,7 @@ class FeedSite(_Section):
 
     @model_validator(mode="after")
     def _paths_compile(self) -> FeedSite:
-        from pipeline.scrape.fieldpath import PathSyntaxError, compile_path  # no import cycle at module load
+        from pipeline.scrape.feeds.fieldpath import PathSyntaxError, compile_path  # no import cycle at module load
 
         specs = [(k, v) for k, v in self.fields.items()]
         if self.followers_lookup is not None:
@@ -181,7 +181,7 @@ class FeedSite(_Section):
         return self
 
 
-# a site's "no photo" image by its URL (pipeline/scrape/placeholders.py): defaults of placeholder_patterns
+# a site's "no photo" image by its URL (pipeline/scrape/staff/placeholders.py): defaults of placeholder_patterns
 _PLACEHOLDER_PATTERNS = (
     r"placeholder",
     r"no[-_ ]?(?:photo|image|picture|pic|avatar|headshot)",
@@ -260,7 +260,7 @@ class SeleniumConfig(_Section):
     max_clicks: int = Field(50, ge=0)
     num_browsers: int = Field(1, ge=1)  # browser actors (one headless Chromium each) for the staff pages
     no_sandbox: bool = False  # Chromium without its sandbox (a container without user namespaces); always as root
-    # Chromium's only way out: the egress proxy (pipeline/scrape/egress.py). It listens on proxy_host; a remote
+    # Chromium's only way out: the egress proxy (pipeline/scrape/net/egress.py). It listens on proxy_host; a remote
     # browser (remote_url) needs an address of the crawl actor it can reach, else its pages fail (closed, not open).
     proxy_host: str = "127.0.0.1"
     proxy_max_connections: int = Field(64, ge=1)

@@ -314,7 +314,7 @@ def _http_cfg(**kw):
 def test_reset_and_trickling_hosts_time_out_with_reasons(bad_hosts):
     """The client: a reset is a connection_error after its retries; a byte-by-byte body (each byte inside the read
     timeout, the whole slower than total_timeout_s) is a timeout once total_timeout_s is spent."""
-    from pipeline.scrape.http import HttpClient
+    from pipeline.scrape.net.http import HttpClient
 
     client = HttpClient(_http_cfg(), ["127.0.0.1"])
     t0 = time.monotonic()

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, FeedSite, parse_config
-from pipeline.scrape.feeds import adapter_for
-from pipeline.scrape.mastodon import Pacer, parse_status
+from pipeline.scrape.feeds.base import adapter_for
+from pipeline.scrape.feeds.mastodon import Pacer, parse_status
 from pipeline.scrape.writer import CrawlInterrupted
 from pipeline.store import POSTS, DataRoot, now, to_table
 from pipeline.testing.local_crawl import local_crawl
@@ -267,7 +267,7 @@ def test_labels_rank_only_home_counts_or_per_counting_instance():
 
 def test_replay_429_retry_after_is_waited_for():
     """The replay server's window runs out: 429 with Retry-After; the client waits for it and gets the page."""
-    from pipeline.scrape.http import HttpClient
+    from pipeline.scrape.net.http import HttpClient
 
     with MastodonReplay(n=5, rate_limit=2, rate_window_s=1.0) as srv:
         cfg = _cfg(Path("/nonexistent"), srv.base_url)

@@ -18,9 +18,9 @@ import pytest
 from helpers.http import Handler, RawServer, serve
 from helpers.images import noise_jpeg
 from pipeline.config import FeedSite, HttpConfig, RetryConfig, parse_config
-from pipeline.scrape import http as scrape_http
-from pipeline.scrape.feeds import adapter_for
-from pipeline.scrape.http import HttpClient, is_public_address, prepare_url
+from pipeline.scrape.feeds.base import adapter_for
+from pipeline.scrape.net import http as scrape_http
+from pipeline.scrape.net.http import HttpClient, is_public_address, prepare_url
 
 JPEG = noise_jpeg(32, 24)
 

@@ -31,8 +31,8 @@ Shape::
   replaced. Nothing ends the stage early.
 * People on the opt-out list (``optout``: kind user/person/image) are skipped without writing any row about them.
 * Feeds with ordered ids (Mastodon): walks resume from their last safe cursor and reruns stop at the newest stored
-  status (:mod:`pipeline.scrape.cursors`); posts too young last time are refreshed first
-  (:mod:`pipeline.scrape.refresh`).
+  status (:mod:`pipeline.scrape.feeds.cursors`); posts too young last time are refreshed first
+  (:mod:`pipeline.scrape.feeds.refresh`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from pipeline.config import Config
 from pipeline.privacy import OptOut
 from pipeline.runtime import log
 from pipeline.scrape.counters import CrawlCounters
-from pipeline.scrape.cursors import FeedCursors
-from pipeline.scrape.feeds import adapter_for
-from pipeline.scrape.refresh import refresh_young_posts
+from pipeline.scrape.feeds.base import adapter_for
+from pipeline.scrape.feeds.cursors import FeedCursors
+from pipeline.scrape.feeds.refresh import refresh_young_posts
 from pipeline.scrape.rows import RowBuilder
 from pipeline.scrape.work import error_result, internal_error
 from pipeline.scrape.workers import INFLIGHT_PER_ACTOR, WorkerPool, Workers, kill

@@ -8,12 +8,12 @@ driver's frontier. It owns the per-run decisions:
   this run, not if its person is on the opt-out list (``opted_out``, and no row at all);
 * non-academic staff get a ``skipped: non_academic`` row and no image fetch; academic staff without a photo an
   ``error: no_photo`` row;
-* placeholders (:mod:`pipeline.scrape.placeholders`): a person whose photo URL is a placeholder (pattern, SVG) or
+* placeholders (:mod:`pipeline.scrape.staff.placeholders`): a person whose photo URL is a placeholder (pattern, SVG) or
   whose fetched photo is one (tiny, blank, SVG) gets ``no_photo: placeholder``; the rows of a staff site with a
   fetched photo wait until every photo of the site is fetched, then an image shared by ``placeholder_min_people``
   or more of its people is ``no_photo: placeholder`` for all of them (they keep ``image_sha256``);
 * posts the adapter marks ``skip`` (a Mastodon video, no image, sensitive media) get a ``skipped`` row with that
-  reason and no fetch; with ``cursors`` (:mod:`pipeline.scrape.cursors`) each feed page handled is recorded there;
+  reason and no fetch; with ``cursors`` (:mod:`pipeline.scrape.feeds.cursors`) each feed page handled is recorded there;
 * image dedupe: each image URL is fetched once per run; rows sharing a URL wait for its one fetch and count as
   duplicates; identical bytes from different URLs are stored once by the worker, and are decided per sha256 here
   (workers may race on the same bytes).
@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 from pipeline.config import Config, FeedSite, StaffSite
 from pipeline.privacy import OptOut
 from pipeline.scrape.counters import CrawlCounters
-from pipeline.scrape.cursors import FeedCursors
-from pipeline.scrape.placeholders import STATUS_NO_PHOTO, SharedImages
-from pipeline.scrape.staff import is_academic
+from pipeline.scrape.feeds.cursors import FeedCursors
+from pipeline.scrape.staff.browser import is_academic
+from pipeline.scrape.staff.placeholders import STATUS_NO_PHOTO, SharedImages
 from pipeline.scrape.writer import RowWriter
 from pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
 
@@ -107,7 +107,7 @@ class RowBuilder:
         cursors: FeedCursors | None = None,
     ):
         self.sc = cfg.scrape
-        self.cursors = cursors  # FeedCursors (pipeline/scrape/cursors.py): feed walks that resume and stop
+        self.cursors = cursors  # FeedCursors (pipeline/scrape/feeds/cursors.py): feed walks that resume and stop
         self.n = counters
         self.writer = writer
         self.done = done

@@ -1,8 +1,8 @@
 """The crawl's Ray side: the worker actors, their pools (start, replace, stop) and the shared host limiter.
 
 :class:`HttpWorker` and :class:`BrowserWorker` are the plain work units of :mod:`pipeline.scrape.work` as Ray actors,
-taking their per-host slots from one :class:`~pipeline.scrape.ratelimit.HostLimiter` actor (one lease per host
-and actor, shared by the actor's threads: :class:`~pipeline.scrape.ratelimit.RayLimiter`). :class:`Workers` holds
+taking their per-host slots from one :class:`~pipeline.scrape.net.ratelimit.HostLimiter` actor (one lease per host
+and actor, shared by the actor's threads: :class:`~pipeline.scrape.net.ratelimit.RayLimiter`). :class:`Workers` holds
 the limiter and both pools; a pool replaces a dead or killed actor (its host slots freed first) up to
 ``2 × size + 2`` times per run, and :meth:`Workers.start` returns once the HTTP actors answer, so that a batch's
 bound (``scrape.batch_timeout()``), which runs from its submission, does not include actor start-up.
@@ -21,7 +21,7 @@ from pipeline.config import Config
 from pipeline.placement import remote_args, require_node
 from pipeline.privacy import OptOut
 from pipeline.runtime import log
-from pipeline.scrape.ratelimit import HostLimiter, RayLimiter
+from pipeline.scrape.net.ratelimit import HostLimiter, RayLimiter
 from pipeline.scrape.work import BrowserWork, HttpWork
 
 INFLIGHT_PER_ACTOR = 2  # HTTP batches one actor runs at once (its max_concurrency)

@@ -5,7 +5,7 @@ HTML of one listing page and returns a :class:`ParsedPage`: one dict per person 
 ``image_url``, ``profile_url``, ``placeholder``, ``page_url``), the next-page link, whether the page has scripts and
 whether it is a bot challenge (:func:`challenge`). :func:`parse_profile` reads a person's own page.
 
-* Names and roles are read as a person sees them (:mod:`pipeline.scrape.htmltext`): ``<br>`` and block elements
+* Names and roles are read as a person sees them (:mod:`pipeline.scrape.staff.htmltext`): ``<br>`` and block elements
   separate lines, whitespace collapses; a line that is an e-mail address, URL or phone number is never a name or a
   role; the role drops the name's line and joins the rest with ``"; "``. ``name_attr`` reads the name from the
   photo's ``alt``/``title`` when the name selector finds none; ``role_after_name`` takes the card's text after the
@@ -15,7 +15,7 @@ whether it is a bot challenge (:func:`challenge`). :func:`parse_profile` reads a
   computed ``background-image`` the browser copies into ``data-facerank-bg``). ``data:`` URIs never count. A card
   whose photo selector finds nothing falls back to the first element with a CSS background image. URLs resolve
   against ``<base href>`` and the page URL (protocol-relative ones too); only http(s) URLs are kept.
-* :func:`~pipeline.scrape.placeholders.by_url` marks a placeholder photo by its URL before any fetch.
+* :func:`~pipeline.scrape.staff.placeholders.by_url` marks a placeholder photo by its URL before any fetch.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from urllib.parse import urljoin, urlsplit
 from parsel import Selector
 
 from pipeline.config import StaffSite
-from pipeline.scrape import htmltext as ht
-from pipeline.scrape import placeholders
-from pipeline.scrape.staff import person_id
+from pipeline.scrape.staff import htmltext as ht
+from pipeline.scrape.staff import placeholders
+from pipeline.scrape.staff.browser import person_id
 
 IMAGE_TYPES = ("", "image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif")
 _ALT_PREFIX = re.compile(r"^(?:(?:a\s+)?(?:photo|picture|portrait|headshot|image|profile\s+photo)\s+(?:of|for)\s+)",

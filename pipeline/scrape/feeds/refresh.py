@@ -38,8 +38,8 @@ def young_ids(root: DataRoot, site: FeedSite, min_age_days: int, limit: int) -> 
 
 def fetch_counts(adapter: Any, client: Any, ids: list[str]) -> dict[str, dict]:
     """id -> fresh counts for the statuses that could be read, ``refresh_batch`` ids a request, paced."""
-    from pipeline.scrape.feeds import FeedParseError, load_json
-    from pipeline.scrape.mastodon import parse_status
+    from pipeline.scrape.feeds.base import FeedParseError, load_json
+    from pipeline.scrape.feeds.mastodon import parse_status
 
     base = adapter.site.base_url.rstrip("/")
     n = adapter.opts.refresh_batch
@@ -89,8 +89,8 @@ def refresh_young_posts(cfg: Config, root: DataRoot, client: Any = None) -> int:
     if not sites or not root.has("posts"):
         return 0
     from pipeline.scrape.crawl import allowed_domains
-    from pipeline.scrape.http import HttpClient
-    from pipeline.scrape.mastodon import MastodonAdapter
+    from pipeline.scrape.feeds.mastodon import MastodonAdapter
+    from pipeline.scrape.net.http import HttpClient
 
     client = client or HttpClient(cfg.scrape.http, allowed_domains(cfg))
     total = 0

@@ -15,7 +15,7 @@ actually stored (written rows are durable; a kill drops only unwritten ones):
   page's next URL;
 * a finished walk whose pages all have rows is dropped and its newest id becomes the ``watermark``;
 * then a new walk from the newest status down to ``since_id`` = the newest id any walk saw (the adapter keeps only
-  newer statuses and stops at the first older one, :mod:`pipeline.scrape.mastodon`): an incremental rerun fetches
+  newer statuses and stops at the first older one, :mod:`pipeline.scrape.feeds.mastodon`): an incremental rerun fetches
   the new statuses and a page or so, not every page again. Without any state: one walk of the whole timeline.
 
 A lost or unreadable state file only costs re-listing (the crawl skips items that have rows); it never loses items.
@@ -34,7 +34,7 @@ from pyarrow.fs import FileType
 
 from pipeline.config import Config
 from pipeline.runtime import log
-from pipeline.scrape.mastodon import id_key, newest_id, with_params
+from pipeline.scrape.feeds.mastodon import id_key, newest_id, with_params
 from pipeline.store import DataRoot
 
 STATE_DIR = "feed_cursors"

@@ -16,7 +16,7 @@ What it enforces, per request:
   So a server that trickles its headers a byte at a time ends as ``timeout`` at the deadline, and at most
   ``max_interim_responses`` interim ``100 Continue`` responses are read (``too_many_interim_responses``);
   a read timeout per read (``read_timeout_s``) still applies inside it;
-* robots.txt (:mod:`pipeline.scrape.robots`) on the first URL and on every redirect hop, and its ``Crawl-delay`` as
+* robots.txt (:mod:`pipeline.scrape.net.robots`) on the first URL and on every redirect hop, and its ``Crawl-delay`` as
   the host's minimum interval between requests (up to ``max_crawl_delay_s``);
 * redirects followed by hand, one hop at a time, only to hosts inside the allowed domains;
 * private, loopback, link-local and otherwise non-global addresses refused unless ``allow_private_addresses``
@@ -26,8 +26,8 @@ What it enforces, per request:
   connects to exactly a checked address (``Host`` and TLS SNI keep the name). Nothing is sent to a refused address,
   so open and closed internal ports look the same (``private_address``), and DNS rebinding has no second lookup to
   swap; it holds for every redirect hop;
-* per-host rate and concurrency through a limiter shared by all actors (:mod:`pipeline.scrape.ratelimit`); without
-  one, a :class:`~pipeline.scrape.ratelimit.LocalLimiter` from the config;
+* per-host rate and concurrency through a limiter shared by all actors (:mod:`pipeline.scrape.net.ratelimit`); without
+  one, a :class:`~pipeline.scrape.net.ratelimit.LocalLimiter` from the config;
 * images: ``X-Robots-Tag: noai``/``noimageai`` → skipped; content type checked; the body streamed and aborted past
   ``max_image_bytes``; Pillow verification plus a full (reduced-scale) decode to catch truncation, and a pixel-count
   guard (Pillow's ``MAX_IMAGE_PIXELS``) against decompression bombs.
@@ -73,7 +73,7 @@ from urllib3.util.retry import Retry
 
 from pipeline import imaging
 from pipeline.config import HttpConfig
-from pipeline.scrape.robots import RobotsCache
+from pipeline.scrape.net.robots import RobotsCache
 from pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
 
 # We reject images above max_image_pixels ourselves, with a reason; Pillow's own warning is noise then.
@@ -488,7 +488,7 @@ class HttpClient:
     """Fetches pages and images politely; thread-safe (one requests session per thread).
 
     ``limiter(host, min_interval)`` is a context manager held around each request to ``host`` (``min_interval``:
-    the host's robots.txt Crawl-delay, capped); by default a :class:`~pipeline.scrape.ratelimit.LocalLimiter` at the
+    the host's robots.txt Crawl-delay, capped); by default a :class:`~pipeline.scrape.net.ratelimit.LocalLimiter` at the
     config's per-host rate and concurrency.
     """
 
@@ -502,7 +502,7 @@ class HttpClient:
         self.cfg = cfg
         self.allowed_domains = list(allowed_domains or [])
         if limiter is None:
-            from pipeline.scrape.ratelimit import LocalLimiter  # imports ray: only when no limiter is given
+            from pipeline.scrape.net.ratelimit import LocalLimiter  # imports ray: only when no limiter is given
 
             limiter = LocalLimiter(cfg.requests_per_second_per_host, cfg.max_concurrency_per_host).slot
         self.limiter = limiter

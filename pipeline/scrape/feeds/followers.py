@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.config import FeedSite
-from pipeline.scrape.fieldpath import MISSING, FieldPath
+from pipeline.scrape.feeds.fieldpath import MISSING, FieldPath
 
 
 class FollowersLookupClient:
@@ -70,7 +70,7 @@ class FollowersLookupClient:
                 p["followers"] = v
 
     def _fetch(self, client: Any, ids: list[str]) -> None:
-        from pipeline.scrape.feeds import FeedParseError, load_json, parse_count, parse_text
+        from pipeline.scrape.feeds.base import FeedParseError, load_json, parse_count, parse_text
 
         got: dict[str, int | str] = {}
         self.requests += 1

@@ -6,14 +6,14 @@ disabled. :meth:`Browser.render_page` renders one page of a configured :class:`~
 the person list (``wait_for``, by default the ``person`` selector), click "load more" until it disappears, bring each
 card whose photo has no URL yet into view (each at most twice: an element that never gets one costs no timeout),
 copy each photo's computed CSS ``background-image`` into ``data-facerank-bg``, then hand the rendered DOM to the
-same parser as static pages (:mod:`pipeline.scrape.staff_parse`). The page's HTTP status (the navigation timing
+same parser as static pages (:mod:`pipeline.scrape.staff.parse`). The page's HTTP status (the navigation timing
 entry's ``responseStatus``) makes ``http_<code>`` errors, a bot challenge ``blocked``, an empty list
 ``no_people_found``. :func:`paginate` follows next-page links over any renderer (this one, or the static one of
-:mod:`pipeline.scrape.staff_site`); :meth:`Browser.scrape_site` is the two together. Everything a site needs is YAML
+:mod:`pipeline.scrape.staff.site`); :meth:`Browser.scrape_site` is the two together. Everything a site needs is YAML
 (selectors, paging); no site-specific code.
 
-Everything Chromium sends goes through the egress proxy (:mod:`pipeline.scrape.egress`) when the browser gets an
-:class:`~pipeline.scrape.egress.EgressPolicy` (the crawl always gives one): ``--proxy-server`` points at it,
+Everything Chromium sends goes through the egress proxy (:mod:`pipeline.scrape.net.egress`) when the browser gets an
+:class:`~pipeline.scrape.net.egress.EgressPolicy` (the crawl always gives one): ``--proxy-server`` points at it,
 ``--proxy-bypass-list=<-loopback>`` removes Chromium's implicit loopback bypass, and ``--host-resolver-rules`` make
 every name Chromium itself would resolve fail (the proxy resolves and checks; Chromium never needs DNS), so pages,
 subresources, iframes, ``fetch()`` and websockets reach only allowed hosts on checked addresses. Chromium runs with
@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 
 from pipeline.config import SeleniumConfig, StaffSite
-from pipeline.scrape.egress import EgressPolicy, EgressProxy
+from pipeline.scrape.net.egress import EgressPolicy, EgressProxy
 
 log = logging.getLogger("facerank")
 
@@ -444,7 +444,7 @@ class Browser:
         from selenium.webdriver.support import expected_conditions as ec
         from selenium.webdriver.support.ui import WebDriverWait
 
-        from pipeline.scrape.staff_parse import challenge, parse_page
+        from pipeline.scrape.staff.parse import challenge, parse_page
 
         d = self.driver
         assert d is not None

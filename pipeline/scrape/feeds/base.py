@@ -5,7 +5,7 @@ An adapter is one small class per site kind (:class:`FeedAdapter`): ``first_url(
 site kind is one class registered in :data:`ADAPTERS`; adding a site of a known kind is a YAML entry.
 
 * ``json``: a generic JSON feed, configured by field paths in YAML (``FeedSite.fields``, the path syntax of
-  :mod:`pipeline.scrape.fieldpath`: ``tags[].name``, ``media_attachments[type=image].0.url``, lists of
+  :mod:`pipeline.scrape.feeds.fieldpath`: ``tags[].name``, ``media_attachments[type=image].0.url``, lists of
   alternatives)::
 
       fields: {items: posts, next: next_page, id: id, image_url: image_url, user_id: user.id,
@@ -15,9 +15,9 @@ site kind is one class registered in :data:`ADAPTERS`; adding a site of a known 
   the ``next`` field holds a page number (filled into ``page_url``), an absolute or relative URL, or null (last
   page); ``link``: the ``Link`` header's ``rel="next"``; ``cursor``: the ``next`` field is a token filled into
   ``page_url``'s ``{cursor}``. Posts that carry only an author id get their follower counts from
-  ``followers_lookup`` (:mod:`pipeline.scrape.followers`).
+  ``followers_lookup`` (:mod:`pipeline.scrape.feeds.followers`).
 * ``demo``: the bundled demo feed (docs/demo-sites.md) — the JSON adapter with the demo's field paths.
-* ``mastodon``: :mod:`pipeline.scrape.mastodon` (registered there).
+* ``mastodon``: :mod:`pipeline.scrape.feeds.mastodon` (registered there).
 
 A post that cannot be parsed becomes a post dict with ``error`` set (``bad_post:<field>``: a missing id, a dict
 where text is expected, a string or a float with a fraction where a count is expected, tags that are not a list of
@@ -44,7 +44,7 @@ from urllib.parse import quote, urljoin
 from requests.utils import parse_header_links
 
 from pipeline.config import FeedSite
-from pipeline.scrape.fieldpath import MISSING, FieldPath
+from pipeline.scrape.feeds.fieldpath import MISSING, FieldPath
 
 DEMO_FIELDS = {
     "items": "posts",
@@ -208,7 +208,7 @@ class FeedAdapter:
         return self.site.page_url.format(base_url=base, hashtag=hashtag, page=page, cursor=quote(cursor, safe=""))
 
     def fetch(self, client: Any, url: str) -> Any:
-        """GET one feed page with ``client`` (:class:`~pipeline.scrape.http.HttpClient`): a ``FetchResult``."""
+        """GET one feed page with ``client`` (:class:`~pipeline.scrape.net.http.HttpClient`): a ``FetchResult``."""
         return client.fetch_page(url)
 
     def parse(
@@ -229,7 +229,7 @@ class JsonFeedAdapter(FeedAdapter):
         self.paths = {k: FieldPath(v) for k, v in self.fields.items() if v is not None}
         self.lookup = None
         if site.followers_lookup is not None:
-            from pipeline.scrape.followers import FollowersLookupClient
+            from pipeline.scrape.feeds.followers import FollowersLookupClient
 
             self.lookup = FollowersLookupClient(site)
 
@@ -326,7 +326,7 @@ def adapter_for(site: FeedSite, share: int = 1) -> FeedAdapter:
     """The adapter instance for a configured feed site; ``share``: how many worker processes split its request
     budget (the Mastodon paging limit)."""
     if site.adapter == "mastodon":
-        from pipeline.scrape.mastodon import MastodonAdapter  # registers itself in ADAPTERS
+        from pipeline.scrape.feeds.mastodon import MastodonAdapter  # registers itself in ADAPTERS
 
         return MastodonAdapter(site, share)
     return ADAPTERS[site.adapter](site)

@@ -1,7 +1,7 @@
 """``python -m pipeline scrape check-site --config FILE --site NAME [--html DIR]``: try one staff site config.
 
 Renders the site's first listing page (and the first profile page a person needs) exactly as the crawl would
-(:class:`~pipeline.scrape.staff_site.StaffScraper`: same HTTP client checks, same render choice, same parser), and
+(:class:`~pipeline.scrape.staff.site.StaffScraper`: same HTTP client checks, same render choice, same parser), and
 prints the render mode used, the HTTP status, the page outcome, the next-page link and one line per person: name,
 role, photo URL, whether the photo URL already says placeholder, whether the role counts as academic. Nothing is
 written to the data root and no image is fetched (a shared placeholder shows up only in the crawl). ``--html DIR``
@@ -68,10 +68,10 @@ def check(cfg: Config, site: StaffSite, html_dir: str | None = None, out=None) -
     """Scrape the first page of ``site`` and print the report to ``out``; returns the exit code."""
     from contextlib import nullcontext
 
-    from pipeline.scrape.egress import policy_for
-    from pipeline.scrape.http import HttpClient
-    from pipeline.scrape.staff import Browser, is_academic
-    from pipeline.scrape.staff_site import StaffScraper
+    from pipeline.scrape.net.egress import policy_for
+    from pipeline.scrape.net.http import HttpClient
+    from pipeline.scrape.staff.browser import Browser, is_academic
+    from pipeline.scrape.staff.site import StaffScraper
 
     out = out or sys.stdout
     domains = _domains(cfg)

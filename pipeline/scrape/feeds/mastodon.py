@@ -11,7 +11,7 @@
   The image is the first attachment of type ``image`` (a type ``unknown`` one through its ``remote_url``);
   ``gifv``/``video``/``audio`` only, no media, or ``sensitive`` (unless ``include_sensitive``) are skipped with
   a reason (``media_video``, ``no_image``, ``sensitive``). A wrong type is ``bad_post:<field>``.
-* A since_id page (an incremental rerun, :mod:`pipeline.scrape.cursors`) keeps only statuses newer than it and
+* A since_id page (an incremental rerun, :mod:`pipeline.scrape.feeds.cursors`) keeps only statuses newer than it and
   stops there, also when a server ignores ``since_id``.
 * Politeness (:class:`Pacer`, one per worker process): ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (at
   ``rate_reserve`` requests left, wait for the reset; below half the limit, spread what is left over the window),
@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pipeline.config import FeedSite
-from pipeline.scrape.feeds import (
+from pipeline.scrape.feeds.base import (
     ADAPTERS,
     FeedAdapter,
     FeedPage,
