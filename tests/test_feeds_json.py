@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, FeedSite, parse_config
-from pipeline.scrape.feeds.base import FeedParseError, adapter_for
+from pipeline.scrape.feeds.base import FeedParseError
 from pipeline.scrape.feeds.fieldpath import MISSING, FieldPath, PathSyntaxError, compile_path, evaluate
+from pipeline.scrape.feeds.registry import adapter_for
 from pipeline.scrape.net.http import HttpClient
 from pipeline.scrape.work import HttpWork
 

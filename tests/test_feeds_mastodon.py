@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, FeedSite, parse_config
-from pipeline.scrape.feeds.base import adapter_for
 from pipeline.scrape.feeds.mastodon import Pacer, parse_status
+from pipeline.scrape.feeds.registry import adapter_for
 from pipeline.scrape.writer import CrawlInterrupted
 from pipeline.store import POSTS, DataRoot, now, to_table
 from pipeline.testing.local_crawl import local_crawl

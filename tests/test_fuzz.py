@@ -23,7 +23,8 @@ from PIL import Image
 from helpers.http import Handler, serve
 from pipeline.config import ConfigError, FacesConfig, FeedSite, load_config
 from pipeline.imaging import ImageDecodeError, decode_image
-from pipeline.scrape.feeds.base import FeedPage, FeedParseError, adapter_for
+from pipeline.scrape.feeds.base import FeedPage, FeedParseError
+from pipeline.scrape.feeds.registry import adapter_for
 from pipeline.scrape.net.http import inspect_image
 from pipeline.store import FACES, POSTS, STAFF, now, to_table
 

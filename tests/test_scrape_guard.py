@@ -18,9 +18,10 @@ import pytest
 from helpers.http import Handler, RawServer, serve
 from helpers.images import noise_jpeg
 from pipeline.config import FeedSite, HttpConfig, RetryConfig, parse_config
-from pipeline.scrape.feeds.base import adapter_for
-from pipeline.scrape.net import http as scrape_http
-from pipeline.scrape.net.http import HttpClient, is_public_address, prepare_url
+from pipeline.scrape.feeds.registry import adapter_for
+from pipeline.scrape.net import transport
+from pipeline.scrape.net.address import is_public_address, prepare_url
+from pipeline.scrape.net.http import HttpClient
 
 JPEG = noise_jpeg(32, 24)
 
@@ -154,11 +155,11 @@ def test_watchdog_ends_a_blocked_read_on_a_tls_socket(tmp_path):
     threading.Thread(target=serve, daemon=True).start()
     client_ctx = ssl.create_default_context(cafile=str(cert))
     raw = socket.create_connection(listener.getsockname(), timeout=10)
-    hop = scrape_http._Hop(1.0, guard=False, max_interim=8)
+    hop = transport.Hop(1.0, guard=False, max_interim=8)
     hop.watch(raw)  # as _new_conn does, before TLS
     tls = client_ctx.wrap_socket(raw, server_hostname="localhost")
     assert raw.fileno() == -1  # detached: shutting down `raw` itself could no longer reach the connection
-    scrape_http._WATCHDOG.add(hop)
+    transport.WATCHDOG.add(hop)
     t0 = time.monotonic()
     try:
         got = tls.recv(1)  # read timeout 10 s; the server never sends

@@ -21,7 +21,8 @@ from helpers.http import Handler, serve
 from helpers.images import solid_jpeg
 from pipeline.config import parse_config
 from pipeline.scrape.net.egress import EgressPolicy, EgressProxy, Refused, policy_for
-from pipeline.scrape.staff.browser import Browser, normal_name, person_id, sandbox_flags
+from pipeline.scrape.staff.browser import Browser, sandbox_flags
+from pipeline.scrape.staff.people import normal_name, person_id
 from pipeline.store import DataRoot
 
 

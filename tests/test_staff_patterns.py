@@ -21,7 +21,7 @@ from PIL import Image
 from pipeline.config import StaffSite
 from pipeline.scrape.staff import htmltext as ht
 from pipeline.scrape.staff import placeholders
-from pipeline.scrape.staff.browser import is_academic
+from pipeline.scrape.staff.people import is_academic
 
 KEYWORDS = ["secretary", "administrator", "assistant to", "technician"]
 

@@ -12,7 +12,8 @@ import pytest
 from helpers.staff_fixtures import config, crawl_rows, fixture_site, no_limit, site
 from pipeline.config import ConfigError, StaffSite, load_config
 from pipeline.scrape.net.http import HttpClient
-from pipeline.scrape.staff.browser import StaffPage, person_id
+from pipeline.scrape.staff.parse import StaffPage
+from pipeline.scrape.staff.people import person_id
 from pipeline.scrape.staff.site import StaffScraper
 from pipeline.store import DataRoot
 

@@ -42,7 +42,6 @@ import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import ray
 
@@ -50,9 +49,10 @@ from pipeline.config import Config
 from pipeline.privacy import OptOut
 from pipeline.runtime import log
 from pipeline.scrape.counters import CrawlCounters
-from pipeline.scrape.feeds.base import adapter_for
 from pipeline.scrape.feeds.cursors import FeedCursors
 from pipeline.scrape.feeds.refresh import refresh_young_posts
+from pipeline.scrape.feeds.registry import adapter_for
+from pipeline.scrape.net.address import allowed_domains
 from pipeline.scrape.rows import RowBuilder
 from pipeline.scrape.work import error_result, internal_error
 from pipeline.scrape.workers import INFLIGHT_PER_ACTOR, WorkerPool, Workers, kill
@@ -61,15 +61,7 @@ from pipeline.store import DataRoot
 
 MAX_DEATHS_PER_TASK = 3
 
-__all__ = ["CrawlProgress", "allowed_domains", "crawl"]
-
-
-def allowed_domains(cfg: Config) -> list[str]:
-    """``scrape.allowed_domains`` or, when empty, the hosts of every configured feed and staff site."""
-    if cfg.scrape.allowed_domains:
-        return list(cfg.scrape.allowed_domains)
-    urls = [f.base_url for f in cfg.scrape.feeds] + [u for s in cfg.scrape.staff for u in s.start_urls]
-    return sorted({h for h in (urlsplit(u).hostname for u in urls) if h})
+__all__ = ["CrawlProgress", "crawl"]
 
 
 @dataclasses.dataclass

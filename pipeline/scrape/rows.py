@@ -29,7 +29,7 @@ from pipeline.config import Config, FeedSite, StaffSite
 from pipeline.privacy import OptOut
 from pipeline.scrape.counters import CrawlCounters
 from pipeline.scrape.feeds.cursors import FeedCursors
-from pipeline.scrape.staff.browser import is_academic
+from pipeline.scrape.staff.people import is_academic
 from pipeline.scrape.staff.placeholders import STATUS_NO_PHOTO, SharedImages
 from pipeline.scrape.writer import RowWriter
 from pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now

@@ -30,9 +30,11 @@ from urllib.parse import urlsplit
 
 from pipeline.config import Config
 from pipeline.privacy import OptOut
-from pipeline.scrape.feeds.base import FeedParseError, adapter_for
+from pipeline.scrape.feeds.base import FeedParseError
+from pipeline.scrape.feeds.registry import adapter_for
+from pipeline.scrape.net.address import resolves_public
 from pipeline.scrape.net.egress import policy_for
-from pipeline.scrape.net.http import FetchResult, HttpClient, resolves_public
+from pipeline.scrape.net.http import FetchResult, HttpClient
 from pipeline.scrape.staff.browser import Browser
 from pipeline.scrape.staff.placeholders import by_content
 from pipeline.scrape.staff.site import StaffScraper

@@ -21,9 +21,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pipeline.config import Config
 from pipeline.privacy import OptOut
 from pipeline.scrape.counters import CrawlCounters
-from pipeline.scrape.crawl import Frontier, allowed_domains
+from pipeline.scrape.crawl import Frontier
 from pipeline.scrape.feeds.cursors import FeedCursors
 from pipeline.scrape.feeds.refresh import refresh_young_posts
+from pipeline.scrape.net.address import allowed_domains
 from pipeline.scrape.rows import RowBuilder
 from pipeline.scrape.work import HttpWork
 from pipeline.scrape.writer import CrawlInterrupted, RowWriter

@@ -34,7 +34,6 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from pipeline.config import FeedSite
 from pipeline.scrape.feeds.base import (
-    ADAPTERS,
     FeedAdapter,
     FeedPage,
     FeedParseError,
@@ -46,6 +45,7 @@ from pipeline.scrape.feeds.base import (
     parse_time,
     parse_time_field,
 )
+from pipeline.scrape.feeds.registry import ADAPTERS
 
 EXPLAIN = {
     401: "http_401_auth_required",

@@ -88,8 +88,8 @@ def refresh_young_posts(cfg: Config, root: DataRoot, client: Any = None) -> int:
     sites = [s for s in cfg.scrape.feeds if s.adapter == "mastodon" and s.mastodon.refresh_max > 0]
     if not sites or not root.has("posts"):
         return 0
-    from pipeline.scrape.crawl import allowed_domains
     from pipeline.scrape.feeds.mastodon import MastodonAdapter
+    from pipeline.scrape.net.address import allowed_domains
     from pipeline.scrape.net.http import HttpClient
 
     client = client or HttpClient(cfg.scrape.http, allowed_domains(cfg))

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from pipeline.scrape.net.http import host_allowed, is_public_address
+from pipeline.scrape.net.address import host_allowed, is_public_address
 
 log = logging.getLogger("facerank")
 

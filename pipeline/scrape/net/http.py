@@ -2,32 +2,23 @@
 
 What it enforces, per request:
 
-* one URL parser: a URL is prepared once by requests (the client that sends it), its host and port must read the
-  same to urllib3's ``parse_url`` and to the stdlib's ``urlsplit`` (requests picks the connection with the latter),
-  and exactly that prepared URL is checked and fetched; a backslash or a control character is ``bad_url`` outright
-  (``http://127.0.0.1:1\\@localhost/`` reads as ``localhost`` to one parser and ``127.0.0.1`` to another);
+* one URL parser, the allowed domains and public addresses (:mod:`pipeline.scrape.net.address`): exactly the URL
+  :func:`~pipeline.scrape.net.address.prepare_url` prepared is checked and fetched; a literal non-public address is
+  ``private_address`` before any connection, and every address a host resolves to is checked by the connection
+  itself, BEFORE any connect (:mod:`pipeline.scrape.net.transport`), unless ``allow_private_addresses``; open and
+  closed internal ports look the same (``private_address``); it holds for every redirect hop;
 * retries with exponential backoff and jitter on connection errors, 429 and 5xx (urllib3 ``Retry``), honouring a
   server's ``Retry-After`` up to ``retry.max_retry_after_s``; after the last attempt the result is an error with a
   reason (``http_503``, ``timeout``, ``connection_error``);
-* a total deadline per hop (``total_timeout_s``) over the whole exchange: connect, TLS, status line, headers, body,
-  and urllib3's retries and their sleeps. A watchdog thread shuts the hop's sockets down at the deadline (through a
-  duplicate of each socket's descriptor, so it also reaches a socket that TLS has wrapped), which ends any blocked
-  read at once; each connect's timeout is cut to the time left; a retry or a sleep past the deadline is not started.
-  So a server that trickles its headers a byte at a time ends as ``timeout`` at the deadline, and at most
-  ``max_interim_responses`` interim ``100 Continue`` responses are read (``too_many_interim_responses``);
-  a read timeout per read (``read_timeout_s``) still applies inside it;
-* robots.txt (:mod:`pipeline.scrape.net.robots`) on the first URL and on every redirect hop, and its ``Crawl-delay`` as
-  the host's minimum interval between requests (up to ``max_crawl_delay_s``);
+* a total deadline per hop (``total_timeout_s``) over the whole exchange, retries and their sleeps included
+  (:mod:`pipeline.scrape.net.transport`): a server that trickles its headers a byte at a time ends as ``timeout`` at
+  the deadline, and at most ``max_interim_responses`` interim ``100 Continue`` responses are read
+  (``too_many_interim_responses``); a read timeout per read (``read_timeout_s``) still applies inside it;
+* robots.txt (:mod:`pipeline.scrape.net.robots`) on the first URL and on every redirect hop, and its ``Crawl-delay``
+  as the host's minimum interval between requests (up to ``max_crawl_delay_s``);
 * redirects followed by hand, one hop at a time, only to hosts inside the allowed domains;
-* private, loopback, link-local and otherwise non-global addresses refused unless ``allow_private_addresses``
-  (IPv6 forms that carry an IPv4 address, IPv4-mapped, IPv4-compatible, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``
-  and Teredo, are judged by that IPv4 address; the NAT64 local-use prefix ``64:ff9b:1::/48`` is never public):
-  the host is resolved once by the connection itself, BEFORE any connect, every address must pass, and the socket
-  connects to exactly a checked address (``Host`` and TLS SNI keep the name). Nothing is sent to a refused address,
-  so open and closed internal ports look the same (``private_address``), and DNS rebinding has no second lookup to
-  swap; it holds for every redirect hop;
-* per-host rate and concurrency through a limiter shared by all actors (:mod:`pipeline.scrape.net.ratelimit`); without
-  one, a :class:`~pipeline.scrape.net.ratelimit.LocalLimiter` from the config;
+* per-host rate and concurrency through a limiter shared by all actors (:mod:`pipeline.scrape.net.ratelimit`);
+  without one, a :class:`~pipeline.scrape.net.ratelimit.LocalLimiter` from the config;
 * images: ``X-Robots-Tag: noai``/``noimageai`` → skipped; content type checked; the body streamed and aborted past
   ``max_image_bytes``; Pillow verification plus a full (reduced-scale) decode to catch truncation, and a pixel-count
   guard (Pillow's ``MAX_IMAGE_PIXELS``) against decompression bombs.
@@ -46,34 +37,31 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import heapq
-import http.client
 import ipaddress
-import itertools
 import math
-import socket
-import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
 from PIL import Image
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, LocationParseError, NameResolutionError, NewConnectionError
-from urllib3.util import parse_url
-from urllib3.util.retry import Retry
 
 from pipeline import imaging
 from pipeline.config import HttpConfig
+from pipeline.scrape.net.address import BlockedAddressError, host_allowed, is_public_address, prepare_url
 from pipeline.scrape.net.robots import RobotsCache
+from pipeline.scrape.net.transport import (
+    WATCHDOG,
+    CappedRetry,
+    DeadlineExceeded,
+    GuardedAdapter,
+    Hop,
+    InterimFlood,
+    enter_hop,
+)
 from pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
 
 # We reject images above max_image_pixels ourselves, with a reason; Pillow's own warning is noise then.
@@ -84,319 +72,6 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RESPONSE_HEADERS = ("link", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after")
 NOAI_TOKENS = ("noai", "noimageai")
 CHUNK = 64 * 1024
-NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the last 32 bits are an IPv4 address
-NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use NAT64: a local network by definition
-
-
-class BlockedAddressError(Exception):
-    """The host resolves to a private/loopback/link-local address and the config does not allow that.
-
-    Deliberately not an ``OSError``: urllib3 must not retry it or wrap it, requests must not swallow it.
-    """
-
-
-class DeadlineExceeded(Exception):
-    """The hop's total deadline passed (not an ``OSError``: urllib3 does not retry it, requests does not wrap it)."""
-
-
-class InterimFlood(Exception):
-    """More interim ``100 Continue`` responses than ``max_interim_responses`` before the real one."""
-
-
-def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64, Teredo client, IPv4-compatible), if any."""
-    if addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    if addr.sixtofour is not None:
-        return addr.sixtofour
-    if addr.teredo is not None:
-        return addr.teredo[1]
-    if addr in NAT64 or int(addr) >> 32 == 0:  # 64:ff9b::a.b.c.d, ::a.b.c.d (and :: and ::1, not public either)
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-    return None
-
-
-def is_public_address(ip: str) -> bool:
-    """True for a globally routable unicast address; an IPv6 address carrying an IPv4 one is judged by the IPv4."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr in NAT64_LOCAL:
-            return False
-        v4 = _embedded_ipv4(addr)
-        if v4 is not None:
-            addr = v4
-    return addr.is_global and not addr.is_multicast
-
-
-# ---------------------------------------------------------------------------------------------- the hop deadline
-class _Hop:
-    """One hop's exchange: its deadline, the address guard, and the sockets to shut down when the deadline passes.
-
-    The watchdog holds a duplicate descriptor of every socket the hop uses (``socket.fromfd``): ``shutdown`` on it
-    ends the TCP connection under whatever object reads it (a plain socket, an ``SSLSocket``, http.client's reader),
-    and closing the duplicate afterwards leaves the original alone.
-    """
-
-    def __init__(self, timeout_s: float, guard: bool, max_interim: int):
-        self.deadline = time.monotonic() + timeout_s
-        self.guard = guard
-        self.max_interim = max_interim
-        self.requests = 0
-        self.fired = False
-        self._done = False
-        self._dups: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def check(self) -> float:
-        """The seconds left; raises :class:`DeadlineExceeded` when none are."""
-        left = self.remaining()
-        if self.fired or left <= 0:
-            raise DeadlineExceeded("total deadline passed")
-        return left
-
-    def watch(self, sock: socket.socket) -> None:
-        try:
-            dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
-        except OSError:
-            return
-        with self._lock:
-            if not self._done and not self.fired:
-                self._dups.append(dup)
-                return
-            if self.fired:
-                _shutdown(dup)
-        dup.close()
-
-    def fire(self) -> None:
-        """Called by the watchdog at the deadline: every blocked read of this hop returns at once."""
-        with self._lock:
-            if self._done:
-                return
-            self.fired = True
-            for dup in self._dups:
-                _shutdown(dup)
-
-    def finish(self) -> None:
-        with self._lock:
-            self._done = True
-            dups, self._dups = self._dups, []
-        for dup in dups:
-            dup.close()
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-
-def _shutdown(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-
-
-class _Watchdog:
-    """One daemon thread per process that fires each hop at its deadline (a heap ordered by deadline)."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Hop]] = []
-        self._cond = threading.Condition()
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def add(self, hop: _Hop) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (hop.deadline, next(self._seq), hop))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="http-deadline", daemon=True)
-                self._thread.start()
-            if self._heap[0][2] is hop:  # the earliest deadline now; a later one needs no wake-up (one per request)
-                self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                deadline, _, hop = self._heap[0]
-                wait = deadline - time.monotonic()
-                if not hop.done and wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-            if not hop.done:
-                hop.fire()
-
-
-_WATCHDOG = _Watchdog()
-_HOP = threading.local()  # the calling thread's current hop: requests and urllib3 run in the caller's thread
-
-
-def _current_hop() -> _Hop | None:
-    return getattr(_HOP, "hop", None)
-
-
-class _InterimCappedResponse(http.client.HTTPResponse):
-    """http.client skips ``100 Continue`` responses in an unbounded loop; this counts them against the hop's cap."""
-
-    def _read_status(self) -> tuple[str, int, str]:
-        version, status, reason = super()._read_status()  # type: ignore[misc]
-        if status == http.client.CONTINUE:
-            self._interims = getattr(self, "_interims", 0) + 1
-            hop = _current_hop()
-            if self._interims > (hop.max_interim if hop is not None else 8):
-                raise InterimFlood(f"more than {self._interims - 1} interim responses")
-        return version, status, reason
-
-
-class _GuardMixin:
-    """Connects only to addresses it resolved and checked itself, within the hop's deadline, watched by the watchdog."""
-
-    response_class = _InterimCappedResponse
-    _watched_by: _Hop | None = None
-
-    def _new_conn(self) -> socket.socket:  # type: ignore[override]
-        hop = _current_hop()
-        guard = hop.guard if hop is not None else True
-        if hop is not None:
-            hop.check()
-        addrs = self._resolve_checked(guard)
-        sock = self._connect_any(addrs, hop)
-        sys.audit("http.client.connect", self, self.host, self.port)  # type: ignore[attr-defined]
-        if hop is not None:
-            hop.watch(sock)
-            self._watched_by = hop
-        return sock
-
-    def _resolve_checked(self, guard: bool) -> list[tuple[int, Any]]:
-        host = self._dns_host  # type: ignore[attr-defined]
-        try:
-            infos = socket.getaddrinfo(host, self.port, 0, socket.SOCK_STREAM)  # type: ignore[attr-defined]
-        except socket.gaierror as e:
-            raise NameResolutionError(self.host, self, e) from e  # type: ignore[attr-defined,arg-type]
-        addrs = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
-        if guard:
-            bad = [str(sockaddr[0]) for _, sockaddr in addrs if not is_public_address(str(sockaddr[0]))]
-            if bad or not addrs:
-                raise BlockedAddressError(f"{host} resolves to non-public address {', '.join(bad)}")
-        return addrs
-
-    def _connect_any(self, addrs: list[tuple[int, Any]], hop: _Hop | None) -> socket.socket:
-        err: Exception = NewConnectionError(self, "no address")  # type: ignore[arg-type]
-        for family, sockaddr in addrs:
-            timeout = self.timeout if isinstance(self.timeout, int | float) else None  # type: ignore[attr-defined]
-            if hop is not None:
-                left = hop.check()
-                timeout = left if timeout is None else min(timeout, left)
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                for opt in self.socket_options or ():  # type: ignore[attr-defined]
-                    sock.setsockopt(*opt)
-                if self.source_address:  # type: ignore[attr-defined]
-                    sock.bind(self.source_address)  # type: ignore[attr-defined]
-                sock.settimeout(timeout)
-                sock.connect(sockaddr)  # exactly the checked address: no second resolution to race
-                return sock
-            except TimeoutError:
-                sock.close()
-                err = ConnectTimeoutError(self, f"Connection to {self.host} timed out")  # type: ignore[attr-defined]
-            except OSError as e:
-                sock.close()
-                err = NewConnectionError(self, f"Failed to establish a new connection: {e}")  # type: ignore[arg-type]
-        raise err
-
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        hop = _current_hop()
-        if hop is not None:
-            hop.check()
-            hop.requests += 1
-            sock = getattr(self, "sock", None)
-            if sock is not None and self._watched_by is not hop:  # a kept-alive connection from an earlier hop
-                hop.watch(sock)
-                self._watched_by = hop
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
-
-class _GuardedHTTPConnection(_GuardMixin, HTTPConnection):
-    pass
-
-
-class _GuardedHTTPSConnection(_GuardMixin, HTTPSConnection):
-    pass
-
-
-class _GuardedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
-
-
-class _GuardedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
-
-
-class _Adapter(HTTPAdapter):
-    """requests adapter whose connections resolve, check and connect themselves (see :class:`_GuardMixin`)."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
-
-
-class CappedRetry(Retry):
-    """urllib3 ``Retry`` that honours ``Retry-After`` but never sleeps longer than ``retry_after_cap`` seconds,
-    and starts no retry and no sleep past the current hop's deadline."""
-
-    def __init__(self, *args: Any, retry_after_cap: float = 60.0, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.retry_after_cap = retry_after_cap
-
-    def new(self, **kw: Any) -> CappedRetry:  # type: ignore[override]
-        r = super().new(**kw)
-        r.retry_after_cap = self.retry_after_cap
-        return r
-
-    def parse_retry_after(self, retry_after: str) -> float:
-        return min(super().parse_retry_after(retry_after), self.retry_after_cap)
-
-    def increment(self, *args: Any, **kwargs: Any) -> CappedRetry:  # type: ignore[override]
-        hop = _current_hop()
-        if hop is not None:
-            hop.check()
-        return super().increment(*args, **kwargs)  # type: ignore[return-value]
-
-    def sleep(self, response: Any = None) -> None:
-        hop = _current_hop()
-        if hop is not None:
-            wait = self.get_retry_after(response) if response is not None and self.respect_retry_after_header else None
-            if wait is None:
-                wait = self.get_backoff_time()
-            if wait >= hop.check():
-                raise DeadlineExceeded("the retry would start after the deadline")
-        super().sleep(response)
-
-
-def prepare_url(url: str) -> str:
-    """``url`` exactly as the client will send it (prepared by requests); ``ValueError("bad_url")`` when it cannot be
-    fetched: not http(s), no host, a backslash or control character, or parsers that disagree on host or port."""
-    if "\\" in url or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        raise ValueError("bad_url")
-    try:
-        prep = requests.models.PreparedRequest()
-        prep.prepare_url(url, None)
-        target = str(prep.url)
-        p = parse_url(target)
-        s = urlsplit(target)
-        same = (s.hostname or "") == (p.host or "").strip("[]").lower() and s.port == p.port
-    except (ValueError, LocationParseError, requests.exceptions.RequestException):
-        raise ValueError("bad_url") from None
-    if p.scheme not in ("http", "https") or not p.host or not same or "\\" in target:
-        raise ValueError("bad_url")
-    return target
 
 
 @dataclasses.dataclass
@@ -465,25 +140,6 @@ _INSPECT_REASONS = {
 }
 
 
-def resolves_public(host: str, port: int = 80) -> bool:
-    """True when every address ``host`` resolves to is public (used before handing a URL to a browser)."""
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return False
-    return bool(infos) and all(is_public_address(str(info[4][0])) for info in infos)
-
-
-def host_allowed(host: str | None, domains: list[str]) -> bool:
-    """``host`` equals one of ``domains`` or is a subdomain of one (an empty list allows every host)."""
-    if not host:
-        return False
-    if not domains:
-        return True
-    host = host.lower().rstrip(".")
-    return any(host == d or host.endswith("." + d) for d in (d.lower().rstrip(".") for d in domains))
-
-
 class HttpClient:
     """Fetches pages and images politely; thread-safe (one requests session per thread).
 
@@ -535,7 +191,7 @@ class HttpClient:
             s = requests.Session()
             s.trust_env = False  # no proxies or netrc from the environment
             s.headers["User-Agent"] = self.cfg.user_agent
-            adapter = _Adapter(max_retries=retry, pool_maxsize=4)
+            adapter = GuardedAdapter(max_retries=retry, pool_maxsize=4)
             s.mount("http://", adapter)
             s.mount("https://", adapter)
             self._local.session = s
@@ -641,9 +297,9 @@ class HttpClient:
     ) -> str | None:
         """One request (with urllib3's retries) under one deadline. Fills ``res``; returns the URL a redirect names."""
         cfg = self.cfg
-        hop = _Hop(cfg.total_timeout_s, not cfg.allow_private_addresses, cfg.max_interim_responses)
-        outer, _HOP.hop = _current_hop(), hop
-        _WATCHDOG.add(hop)
+        hop = Hop(cfg.total_timeout_s, not cfg.allow_private_addresses, cfg.max_interim_responses)
+        outer = enter_hop(hop)
+        WATCHDOG.add(hop)
         try:
             resp = self._send(url, kind, res, hop, headers)
             if resp is None:
@@ -652,10 +308,10 @@ class HttpClient:
                 return self._response(resp, url, kind, max_bytes, res, hop)
         finally:
             hop.finish()
-            _HOP.hop = outer
+            enter_hop(outer)
 
     def _send(
-        self, url: str, kind: str, res: FetchResult, hop: _Hop, headers: dict[str, str] | None = None
+        self, url: str, kind: str, res: FetchResult, hop: Hop, headers: dict[str, str] | None = None
     ) -> requests.Response | None:
         """The response with its headers read, or None with ``res`` holding why there is none."""
         cfg = self.cfg
@@ -693,7 +349,7 @@ class HttpClient:
         return None
 
     def _response(
-        self, resp: requests.Response, url: str, kind: str, max_bytes: int, res: FetchResult, hop: _Hop
+        self, resp: requests.Response, url: str, kind: str, max_bytes: int, res: FetchResult, hop: Hop
     ) -> str | None:
         cfg = self.cfg
         history = getattr(getattr(resp.raw, "retries", None), "history", None) or ()
@@ -732,7 +388,7 @@ class HttpClient:
         return None
 
     @staticmethod
-    def _read_body(resp: requests.Response, max_bytes: int, hop: _Hop) -> tuple[bytes | None, str | None]:
+    def _read_body(resp: requests.Response, max_bytes: int, hop: Hop) -> tuple[bytes | None, str | None]:
         """(body, None) or (None, reason). A read that the watchdog ended at the deadline is a timeout, also when it
         looks like a clean end of a body without Content-Length."""
         buf = bytearray()

@@ -70,7 +70,8 @@ def check(cfg: Config, site: StaffSite, html_dir: str | None = None, out=None) -
 
     from pipeline.scrape.net.egress import policy_for
     from pipeline.scrape.net.http import HttpClient
-    from pipeline.scrape.staff.browser import Browser, is_academic
+    from pipeline.scrape.staff.browser import Browser
+    from pipeline.scrape.staff.people import is_academic
     from pipeline.scrape.staff.site import StaffScraper
 
     out = out or sys.stdout

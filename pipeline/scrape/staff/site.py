@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 from pipeline.config import StaffSite
 from pipeline.scrape.net.http import FetchResult, HttpClient
-from pipeline.scrape.staff.browser import Browser, StaffPage, outcome, paginate
-from pipeline.scrape.staff.parse import parse_page, parse_profile
+from pipeline.scrape.staff.browser import Browser
+from pipeline.scrape.staff.parse import StaffPage, outcome, paginate, parse_page, parse_profile
 from pipeline.store import STATUS_ERROR, now
 
 CHALLENGE_STATUSES = (403, 429, 503)  # statuses bot challenges are served with
