@@ -21,12 +21,13 @@ over under it gets :class:`LockLostError` when it ends.
 
 Re-entrant within one thread: the CLI takes the stage's lock before Ray starts, and the stage's ``run`` (wrapped by
 :func:`pipeline.runtime.stage_entry`, so a ``run(cfg)`` called from Python is protected too) enters it again
-silently. The store cleans the stage's own temporaries right after the lock is first taken
-(:meth:`DataRoot.stage_lock`).
+silently. Right after the lock is first taken (not when re-entered), the stage's own temporaries are removed
+(:meth:`DataRoot.clean_stage_tmp`): every holder, a stage's run or ``forget`` under every stage's lock, takes the
+same path (:func:`hold`). This module sits above the store: the store knows nothing of locks.
 
 Example::
 
-    with DataRoot("data").stage_lock("faces", ttl_s=300, heartbeat_s=30):
+    with hold(DataRoot("data"), "faces", ttl_s=300, heartbeat_s=30):
         ...  # no other run of the faces stage writes under data/ meanwhile
 """
 
@@ -44,15 +45,16 @@ import posixpath
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow.fs as pafs
 
+from pipeline.store import DataRoot
+
 if TYPE_CHECKING:
     from pipeline.config import Config
-    from pipeline.store import DataRoot
 
 log = logging.getLogger("facerank.locks")
 
@@ -454,10 +456,9 @@ _held: dict[tuple[str, str, int], Lease] = {}  # (filesystem, lock path, thread)
 
 
 @contextmanager
-def hold(
-    root: DataRoot, stage: str, *, ttl_s: float, heartbeat_s: float, on_acquire: Callable[[], Any] | None = None
-) -> Iterator[Lease]:
-    """Hold ``stage``'s lock on ``root`` for the block (re-entrant in one thread); see the module docstring."""
+def hold(root: DataRoot, stage: str, *, ttl_s: float, heartbeat_s: float) -> Iterator[Lease]:
+    """Hold ``stage``'s lock on ``root`` for the block (re-entrant in one thread), its temporaries removed once
+    taken; see the module docstring. Raises :class:`StageLockedError` (one line) when another live run holds it."""
     key = (type(root.fs).__name__, root.lock_path(stage), threading.get_ident())
     if key in _held:
         yield _held[key]
@@ -467,8 +468,7 @@ def hold(
     _held[key] = lease
     finished = False
     try:
-        if on_acquire is not None:
-            on_acquire()
+        root.clean_stage_tmp(stage)  # a dead run's _tmp/ leftovers: safe to remove now that the lock is ours
         yield lease
         finished = True
     finally:
@@ -482,6 +482,4 @@ def hold(
 
 def stage_lock(cfg: Config, stage: str):
     """The lock of ``stage`` on ``cfg.data_root`` with the configured ttl and heartbeat (a context manager)."""
-    from pipeline.store import DataRoot
-
-    return DataRoot(cfg.data_root).stage_lock(stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s)
+    return hold(DataRoot(cfg.data_root), stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s)

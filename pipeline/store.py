@@ -24,8 +24,9 @@ Writes are atomic: a part file is written under ``<dataset>/_tmp/`` and then mov
 leaves no half-written Parquet file where readers look (pyarrow ignores names starting with ``_`` or ``.``). On a
 local folder the file is fsynced before the rename and its folder after it, so a crash cannot leave a renamed but
 empty or torn part. Reruns resume by key: :meth:`DataRoot.done_keys` reads only the key columns of what is already
-there. A stage runs only while holding its lock (:meth:`DataRoot.stage_lock`), which first removes the ``_tmp/``
-leftovers of that stage's own datasets (:data:`STAGE_TEMPS`); it never touches another stage's.
+there. A stage runs only while holding its lock (:mod:`pipeline.locks`, which sits above this module), which first
+removes the ``_tmp/`` leftovers of that stage's own datasets (:meth:`DataRoot.clean_stage_tmp`, :data:`STAGE_TEMPS`);
+it never touches another stage's.
 
 Readers skip a part file that cannot be read: locally each part's footer is checked once per process (cheap; a
 torn or empty file fails it), and a read that still fails on corrupt data checks every part; an unreadable part is
@@ -56,8 +57,6 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-
-from pipeline import locks
 
 log = logging.getLogger("facerank.store")
 
@@ -598,7 +597,8 @@ class DataRoot:
     def clean_stage_tmp(self, stage: str) -> int:
         """Remove the ``_tmp/`` leftovers of ``stage``'s own datasets (:data:`STAGE_TEMPS`); returns how many files.
 
-        Call it only while holding the stage's lock (:meth:`stage_lock` does), or it may delete a live run's part.
+        Call it only while holding the stage's lock (:func:`pipeline.locks.hold` does), or it may delete a live run's
+        part.
         """
         n = 0
         for ds in STAGE_TEMPS.get(stage, ()):
@@ -609,16 +609,6 @@ class DataRoot:
         if n:
             log.info("stage %s: removed %d leftover temporary files of a run that did not finish", stage, n)
         return n
-
-    def stage_lock(self, stage: str, *, ttl_s: float, heartbeat_s: float):
-        """Hold ``stage``'s exclusive lock on this data root for a ``with`` block (see :mod:`pipeline.locks`).
-
-        Raises :class:`~pipeline.locks.StageLockedError` (one line) when another live run holds it. Once taken (not
-        when re-entered by the same thread), the stage's own temporaries are cleaned (:meth:`clean_stage_tmp`).
-        """
-        return locks.hold(
-            self, stage, ttl_s=ttl_s, heartbeat_s=heartbeat_s, on_acquire=lambda: self.clean_stage_tmp(stage)
-        )
 
     def list_dir(self, *parts: str) -> list[str]:
         d = self.path(*parts)

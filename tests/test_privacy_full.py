@@ -408,7 +408,7 @@ def test_scrape_applies_retention_and_a_user_forgotten_on_one_site_is_skipped_th
 
 def test_forget_waits_for_no_stage_it_fails_while_one_runs_and_erases_nothing(tmp_path):
     """Two writers on one root: forget takes every stage's lock, so a running stage makes it exit 4 untouched."""
-    from pipeline.locks import StageLockedError
+    from pipeline.locks import StageLockedError, hold
 
     root = DataRoot(str(tmp_path / "data"))
     root.write_part("posts", [_post(root, "demo", "p1", "u1", 1)])
@@ -416,7 +416,7 @@ def test_forget_waits_for_no_stage_it_fails_while_one_runs_and_erases_nothing(tm
     taken, release = threading.Event(), threading.Event()
 
     def running_stage():
-        with root.stage_lock("faces", ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s):
+        with hold(root, "faces", ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s):
             taken.set()
             release.wait(30)
 

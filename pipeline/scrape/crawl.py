@@ -133,7 +133,7 @@ class _Crawl:
 
     # ---------------------------------------------------------------- setup
     def prepare(self) -> None:
-        root = self.root  # the stage's lock cleaned posts/staff/fetches _tmp/ before (DataRoot.stage_lock)
+        root = self.root  # the stage's lock cleaned posts/staff/fetches _tmp/ before (locks.hold)
         if self.sc.retry_errors:
             self.n.retried_error_rows = sum(drop_error_rows(root, ds) for ds in ("posts", "staff"))
             drop_error_rows(root, "fetches")
