@@ -59,16 +59,15 @@ def test_bad_paths_are_one_config_error_line(bad):
     with pytest.raises(PathSyntaxError):
         compile_path(bad)
     with pytest.raises(ConfigError, match="fields.tags"):
-        parse_config(
-            {"scrape": {"feeds": [{"name": "j", "adapter": "json", "base_url": "x", "fields": {"tags": bad}}]}}
-        )
+        feed = {"name": "j", "adapter": "json", "base_url": "x", "json": {"fields": {"tags": bad}}}
+        parse_config({"scrape": {"feeds": [feed]}})
 
 
 def _site(**kw) -> FeedSite:
     fields = {"items": "", "next": "next", "id": "id", "image_url": "img", "user_id": "user.id",
               "followers": "user.followers", "likes": "likes", "tags": "tags", "posted_at": "at"}  # fmt: skip
     fields.update(kw.pop("fields", {}))
-    return FeedSite(name="j", adapter="json", base_url="http://127.0.0.1:1", fields=fields, **kw)
+    return FeedSite(name="j", adapter="json", base_url="http://127.0.0.1:1", json={"fields": fields, **kw})
 
 
 POST = {"id": "p1", "img": "/i.jpg", "user": {"id": "u1", "followers": 5}, "likes": 3, "tags": ["a"],
@@ -179,10 +178,10 @@ BSKY_FIELDS = {"items": "feed", "next": "cursor", "id": "post.uri", "image_url":
 
 def test_followers_lookup_batched_once_per_user(profiles_server, tmp_path):
     cfg = parse_config({"data_root": str(tmp_path), "scrape": {"http": {"allow_private_addresses": True},
-        "feeds": [{"name": "bsky", "adapter": "json", "base_url": profiles_server, "page_url": "{base_url}/feed",
-                   "fields": BSKY_FIELDS, "followers_lookup": {
+        "feeds": [{"name": "bsky", "adapter": "json", "base_url": profiles_server, "json": {
+                   "page_url": "{base_url}/feed", "fields": BSKY_FIELDS, "followers_lookup": {
                        "url": "{base_url}/xrpc/app.bsky.actor.getProfiles?{ids}", "batch": 25, "id_param": "actors",
-                       "items": "profiles", "id": "did", "count": "followersCount"}}]}})  # fmt: skip
+                       "items": "profiles", "id": "did", "count": "followersCount"}}}]}})  # fmt: skip
     work = HttpWork(cfg, [])
     task = {"kind": "page", "site": "bsky", "hashtag": "t", "page": 1, "url": f"{profiles_server}/feed"}
     (r,), _ = work.run([task])
@@ -200,8 +199,10 @@ def test_followers_lookup_one_user_a_request(profiles_server):
         name="ig",
         adapter="json",
         base_url=profiles_server,
-        fields={"followers": "owner.nope"},
-        followers_lookup={"url": "{base_url}/users/{id}", "count": "data.user.edge_followed_by.count"},
+        json={
+            "fields": {"followers": "owner.nope"},
+            "followers_lookup": {"url": "{base_url}/users/{id}", "count": "data.user.edge_followed_by.count"},
+        },
     )
     posts = [{"item_id": "a", "user_id": "u1", "followers": None, "lookup_followers": True},
              {"item_id": "b", "user_id": "u1", "followers": None, "lookup_followers": True}]  # fmt: skip
@@ -212,8 +213,8 @@ def test_followers_lookup_one_user_a_request(profiles_server):
 
 def test_items_path_that_matches_nothing_is_a_page_error_with_reason(profiles_server, tmp_path):
     cfg = parse_config({"data_root": str(tmp_path), "scrape": {"http": {"allow_private_addresses": True},
-        "feeds": [{"name": "j", "adapter": "json", "base_url": profiles_server, "page_url": "{base_url}/feed",
-                   "fields": {**BSKY_FIELDS, "items": "data.feed"}}]}})  # fmt: skip
+        "feeds": [{"name": "j", "adapter": "json", "base_url": profiles_server, "json": {
+                   "page_url": "{base_url}/feed", "fields": {**BSKY_FIELDS, "items": "data.feed"}}}]}})  # fmt: skip
     (r,), _ = HttpWork(cfg, []).run([{"kind": "page", "site": "j", "hashtag": "t", "page": 1,
                                       "url": f"{profiles_server}/feed"}])  # fmt: skip
     assert (r["status"], r["reason"], r["posts"]) == ("error", "parse_error:items_not_found", [])

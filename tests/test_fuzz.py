@@ -192,7 +192,9 @@ PAGE = st.one_of(
 )
 SITES = [
     FeedSite(name="demo", adapter="demo", base_url="http://127.0.0.1:1"),
-    FeedSite(name="j", adapter="json", base_url="http://127.0.0.1:1/x", fields={"items": "data.0", "id": "pk"}),
+    FeedSite(
+        name="j", adapter="json", base_url="http://127.0.0.1:1/x", json={"fields": {"items": "data.0", "id": "pk"}}
+    ),
 ]
 
 

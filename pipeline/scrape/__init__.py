@@ -8,6 +8,16 @@ the rerun policy is documented there), :mod:`.work` (what a worker does, no Ray)
 and pools), :mod:`.rows` (rows, claims, image dedupe), :mod:`.writer` (batched atomic writes), :mod:`.counters`.
 """
 
-from pipeline.scrape.stage import run
+from typing import Any
 
 __all__ = ["run"]
+
+
+def __getattr__(name: str) -> Any:
+    """``run``, imported when first asked for: the package's rooms (``feeds.registry`` for the config's checks) must
+    not pull in the stage, and with it Ray."""
+    if name == "run":
+        from pipeline.scrape.stage import run
+
+        return run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,9 +30,10 @@ Shape::
   fetch has its own deadline) is abandoned: its tasks become error rows ``batch_timeout``, its actor is killed and
   replaced. Nothing ends the stage early.
 * People on the opt-out list (``optout``: kind user/person/image) are skipped without writing any row about them.
-* Feeds with ordered ids (Mastodon): walks resume from their last safe cursor and reruns stop at the newest stored
-  status (:mod:`pipeline.scrape.feeds.cursors`); posts too young last time are refreshed first
-  (:mod:`pipeline.scrape.feeds.refresh`).
+* Feeds whose adapter is incremental (ordered ids): walks resume from their last safe cursor and reruns stop at the
+  newest stored post (:mod:`pipeline.scrape.feeds.cursors`); posts too young last time are refreshed first where
+  the adapter reads counts again (:mod:`pipeline.scrape.feeds.refresh`). Both through the adapter's optional hooks
+  (:class:`~pipeline.scrape.feeds.base.FeedAdapter`): this module names no adapter.
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ class Frontier:
     staff: collections.deque = dataclasses.field(default_factory=collections.deque)
 
     @classmethod
-    def seed(cls, cfg: Config, cursors: FeedCursors | None = None) -> Frontier:
+    def seed(cls, cfg: Config, cursors: FeedCursors | None = None, adapters: dict | None = None) -> Frontier:
         """Every feed's first page per hashtag (or, with ``cursors``, where its walks resume), and every staff
-        site."""
+        site. ``adapters``: the feeds' adapters by site name, built from the config when not given."""
         f = cls()
         for site in cfg.scrape.feeds:
-            ad = adapter_for(site)
+            ad = adapters[site.name] if adapters is not None else adapter_for(site)
             for tag in site.hashtags:
                 if cursors is not None:
                     f.pages.extend(cursors.seed(site.name, tag, ad.first_url(tag)))
@@ -141,11 +142,12 @@ class _Crawl:
         done |= {("staff", s, i) for s, i in root.done_keys("staff")}
         fetch_done = set(root.done_keys("fetches"))
         self.optout = OptOut(root, self.cfg.privacy)
-        self.n.refreshed = refresh_young_posts(self.cfg, root)  # Mastodon posts too young last time (refresh.py)
+        adapters = {s.name: adapter_for(s) for s in self.sc.feeds}
+        self.n.refreshed = refresh_young_posts(self.cfg, root, adapters=adapters)  # posts too young last time
         self.writer = RowWriter(root, self.sc.batch_rows, self.n, fetch_done, self.stop_after_flushes)
-        self.cursors = FeedCursors(self.cfg, root, self.optout)  # incremental / resumable feed walks
+        self.cursors = FeedCursors(self.cfg, root, self.optout, adapters=adapters)  # incremental / resumable walks
         self.rows = RowBuilder(self.cfg, self.n, self.writer, done, self.optout, self.cursors)
-        self.frontier = Frontier.seed(self.cfg, self.cursors)
+        self.frontier = Frontier.seed(self.cfg, self.cursors, adapters)
 
     def start(self) -> None:
         self.workers = Workers.start(self.cfg, allowed_domains(self.cfg), self.optout)

@@ -1,8 +1,10 @@
 """The feed adapter contract, and the readers of a post's fields that every adapter shares.
 
 An adapter is one small class per site kind (:class:`FeedAdapter`): ``first_url(hashtag)`` and
-``parse(body, page_url, hashtag, page)`` → :class:`FeedPage` (normalised posts plus the next page's URL). The
-adapters by name: :mod:`pipeline.scrape.feeds.registry`.
+``parse(body, page_url, hashtag, page)`` → :class:`FeedPage` (normalised posts plus the next page's URL), its own
+options model, and optional hooks for pacing, follower lookups, incremental reruns and count refresh. The adapters
+by name: :mod:`pipeline.scrape.feeds.registry`. Adding a site kind is one module with its adapter class and one line
+in the registry; adding a site of a known kind is a YAML entry.
 
 A post that cannot be parsed becomes a post dict with ``error`` set (``bad_post:<field>``: a missing id, a dict
 where text is expected, a string or a float with a fraction where a count is expected, tags that are not a list of
@@ -22,13 +24,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from typing import Any
-from urllib.parse import quote, urljoin
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urljoin
 
+from pydantic import BaseModel, ConfigDict
 from requests.utils import parse_header_links
 
-from pipeline.config import FeedSite
 from pipeline.scrape.feeds.fieldpath import MISSING, FieldPath
+
+if TYPE_CHECKING:
+    from pipeline.config import FeedSite
 
 INT64_MAX = 2**63 - 1
 MAX_INT_DIGITS = 19  # as many as INT64_MAX has: a longer integer literal is out of range whatever its digits
@@ -165,27 +170,76 @@ def load_json(body: bytes) -> Any:
         raise FeedParseError("not_json", "nested too deeply") from None
 
 
+class NoOptions(BaseModel):
+    """The options section of an adapter that has none: it must be empty."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class FeedAdapter:
-    """Base class: one subclass per site kind."""
+    """The contract of a feed adapter: one subclass per site kind, in its own module, named in the registry.
 
-    def __init__(self, site: FeedSite):
+    Required: :meth:`first_url` and :meth:`parse`. ``Options``: the pydantic model of the adapter's own config section
+    (the feed entry's key named like the adapter: ``mastodon: {...}``; validated when the config is loaded, then
+    ``self.opts``). Optional hooks, each with a default that does nothing, so that no module outside an adapter names
+    one:
+
+    * :meth:`fetch` (headers, pacing) and :meth:`enrich` (more requests per page: follower lookups);
+    * incremental reruns and resume cursors: :attr:`incremental` true and :meth:`incremental_since` (a feed whose ids
+      are ordered by :meth:`id_key` and whose parser stops at a ``since`` id): its walks are recorded, resumed after
+      a kill, and a rerun walks down to the newest stored post only (:mod:`pipeline.scrape.feeds.cursors`);
+    * count refresh: :attr:`refresh_max` > 0 and :meth:`refresh_counts` (posts too young when scraped get their
+      counts read again once old enough, :mod:`pipeline.scrape.feeds.refresh`).
+
+    ``share``: how many worker processes split the adapter's request budget (one adapter instance per process).
+    """
+
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, site: FeedSite, share: int = 1):
         self.site = site
+        self.share = share
+        opts = site.options
+        self.opts: Any = opts if isinstance(opts, self.Options) else self.Options.model_validate(opts or {})
 
-    def first_url(self, hashtag: str) -> str:
-        return self.page_url(hashtag, 1)
-
-    def page_url(self, hashtag: str, page: int, cursor: str = "") -> str:
-        base = self.site.base_url.rstrip("/")
-        return self.site.page_url.format(base_url=base, hashtag=hashtag, page=page, cursor=quote(cursor, safe=""))
-
-    def fetch(self, client: Any, url: str) -> Any:
-        """GET one feed page with ``client`` (:class:`~pipeline.scrape.net.http.HttpClient`): a ``FetchResult``."""
-        return client.fetch_page(url)
+    # ---------------------------------------------------------------- required
+    def first_url(self, hashtag: str) -> str:  # pragma: no cover
+        """The URL of ``hashtag``'s first (newest) page."""
+        raise NotImplementedError
 
     def parse(
         self, body: bytes, page_url: str, hashtag: str, page: int, headers: dict | None = None
     ) -> FeedPage:  # pragma: no cover
+        """One fetched page (its body and the kept response headers) → :class:`FeedPage`; :class:`FeedParseError`
+        when the page is not what the adapter expects."""
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- optional hooks
+    def fetch(self, client: Any, url: str) -> Any:
+        """GET one feed page with ``client`` (:class:`~pipeline.scrape.net.http.HttpClient`): a ``FetchResult``."""
+        return client.fetch_page(url)
 
     def enrich(self, client: Any, posts: list[dict]) -> None:
         """Complete parsed posts with what needs more requests (follower lookups); nothing by default."""
+
+    incremental: bool = False  # walks recorded, resumed and stopped at the newest stored post (needs the two below)
+
+    def id_key(self, item_id: str) -> tuple[int, str]:
+        """The order of the feed's ids, newest largest: numeric text by length then digits (Mastodon's snowflakes);
+        other text as it sorts (Bluesky's TIDs, Misskey's aids)."""
+        return (len(item_id), item_id) if item_id.isdigit() else (0, item_id)
+
+    def incremental_since(self, url: str, since_id: str) -> str:  # pragma: no cover
+        """``url`` (a walk's first page) made into a walk that stops at ``since_id``: the parser keeps only newer
+        posts and gives no next page once it reaches it. Used only when :attr:`incremental`."""
+        raise NotImplementedError
+
+    @property
+    def refresh_max(self) -> int:
+        """How many matured young posts :meth:`refresh_counts` may read again a run (0, the default: none)."""
+        return 0
+
+    def refresh_counts(self, client: Any, ids: list[str]) -> dict[str, dict]:  # pragma: no cover
+        """Fresh counts (``likes``, ``followers``, ``reblogs``, ``counts_from``) by item id for the posts ``ids`` that
+        could be read again; the others are left out. Used only when :attr:`refresh_max` > 0."""
+        raise NotImplementedError

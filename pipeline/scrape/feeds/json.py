@@ -1,18 +1,21 @@
 """``adapter: json`` and ``adapter: demo``: a generic JSON feed, configured by field paths in YAML.
 
-* ``json``: the fields are named by field paths (``FeedSite.fields``, the path syntax of
+Options (:class:`JsonFeedOptions`, the feed entry's ``json:`` section, or ``demo:`` for ``adapter: demo``):
+
+* ``json``: the fields are named by field paths (``fields``, the path syntax of
   :mod:`pipeline.scrape.feeds.fieldpath`: ``tags[].name``, ``media_attachments[type=image].0.url``, lists of
   alternatives)::
 
       fields: {items: posts, next: next_page, id: id, image_url: image_url, user_id: user.id,
                followers: user.followers, likes: likes, tags: tags, posted_at: posted_at}
 
-  ``items`` may be ``""`` (or ``.``): the page is the list itself. The next page (``FeedSite.next_from``): ``body``:
+  ``items`` may be ``""`` (or ``.``): the page is the list itself. The next page (``next_from``): ``body``:
   the ``next`` field holds a page number (filled into ``page_url``), an absolute or relative URL, or null (last
   page); ``link``: the ``Link`` header's ``rel="next"``; ``cursor``: the ``next`` field is a token filled into
   ``page_url``'s ``{cursor}``. Posts that carry only an author id get their follower counts from
   ``followers_lookup`` (:mod:`pipeline.scrape.feeds.followers`).
-* ``demo``: the bundled demo feed (docs/demo-sites.md) — the JSON adapter with the demo's field paths.
+* ``demo``: the bundled demo feed (docs/demo-sites.md) — the JSON adapter; a field it does not name has the demo's
+  path (:data:`DEMO_FIELDS`), as for ``json``.
 
 A post whose image path matches nothing (no image) gets ``skip: no_image`` (a ``skipped`` row). A page that is not
 JSON, whose ``items`` path matches nothing or is not a list, raises
@@ -21,8 +24,10 @@ JSON, whose ``items`` path matches nothing or is not a list, raises
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urljoin
+from typing import Any, Literal
+from urllib.parse import quote, urljoin
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from pipeline.config import FeedSite
 from pipeline.scrape.feeds.base import (
@@ -38,7 +43,8 @@ from pipeline.scrape.feeds.base import (
     parse_text,
     parse_time_field,
 )
-from pipeline.scrape.feeds.fieldpath import MISSING, FieldPath
+from pipeline.scrape.feeds.fieldpath import MISSING, FieldPath, PathSyntaxError, compile_path
+from pipeline.scrape.feeds.followers import FollowersLookup, FollowersLookupClient
 
 DEMO_FIELDS = {
     "items": "posts",
@@ -53,18 +59,55 @@ DEMO_FIELDS = {
 }
 
 
-class JsonFeedAdapter(FeedAdapter):
-    """A JSON feed whose fields are named by field paths (``FeedSite.fields``; missing keys → demo paths)."""
+class JsonFeedOptions(BaseModel):
+    """The ``json:`` (or ``demo:``) section of a feed entry (docs/feeds.md)."""
 
-    def __init__(self, site: FeedSite):
-        super().__init__(site)
-        self.fields = {**DEMO_FIELDS, **site.fields}
+    model_config = ConfigDict(extra="forbid")
+
+    # a URL template ({base_url}, {hashtag}, {page}, {cursor}) and field paths into each post / page: one path, or a
+    # list of alternatives tried in order
+    page_url: str = "{base_url}/api/feed?tag={hashtag}&page={page}"
+    fields: dict[str, str | list[str]] = {}
+    # where the next page comes from: the body's `next` field (a page number or URL), the Link header's rel="next",
+    # or the body's `next` field as a cursor token filled into page_url's {cursor} (empty on the first page)
+    next_from: Literal["body", "link", "cursor"] = "body"
+    followers_lookup: FollowersLookup | None = None
+
+    @model_validator(mode="after")
+    def _paths_compile(self) -> JsonFeedOptions:
+        specs = [(f"fields.{k}", v) for k, v in self.fields.items()]
+        if self.followers_lookup is not None:
+            fl = self.followers_lookup
+            specs += [("followers_lookup.items", fl.items), ("followers_lookup.id", fl.id)]
+            specs += [("followers_lookup.count", fl.count)]
+        for key, spec in specs:
+            for p in [spec] if isinstance(spec, str) else spec:
+                try:
+                    compile_path(p)
+                except PathSyntaxError as e:
+                    raise ValueError(f"{key}: {e}") from None
+        return self
+
+
+class JsonFeedAdapter(FeedAdapter):
+    """A JSON feed whose fields are named by field paths (``fields``; missing keys → demo paths)."""
+
+    Options = JsonFeedOptions
+
+    def __init__(self, site: FeedSite, share: int = 1):
+        super().__init__(site, share)
+        self.fields = {**DEMO_FIELDS, **self.opts.fields}
         self.paths = {k: FieldPath(v) for k, v in self.fields.items() if v is not None}
         self.lookup = None
-        if site.followers_lookup is not None:
-            from pipeline.scrape.feeds.followers import FollowersLookupClient
+        if self.opts.followers_lookup is not None:
+            self.lookup = FollowersLookupClient(site.base_url, self.opts.followers_lookup)
 
-            self.lookup = FollowersLookupClient(site)
+    def first_url(self, hashtag: str) -> str:
+        return self.page_url(hashtag, 1)
+
+    def page_url(self, hashtag: str, page: int, cursor: str = "") -> str:
+        base = self.site.base_url.rstrip("/")
+        return self.opts.page_url.format(base_url=base, hashtag=hashtag, page=page, cursor=quote(cursor, safe=""))
 
     def _get(self, obj: Any, key: str) -> Any:
         path = self.paths.get(key)
@@ -81,7 +124,7 @@ class JsonFeedAdapter(FeedAdapter):
         return FeedPage(posts=posts, next_url=self._next(doc, headers, page_url, hashtag, page) if posts else None)
 
     def _next(self, doc: Any, headers: dict | None, page_url: str, hashtag: str, page: int) -> str | None:
-        how = self.site.next_from
+        how = self.opts.next_from
         if how == "link":
             return link_next(headers, page_url)
         nxt = self._get(doc, "next") if self.fields.get("next") else None
@@ -145,8 +188,4 @@ def _none(v: Any) -> Any:
 
 
 class DemoAdapter(JsonFeedAdapter):
-    """The bundled demo feed: ``/api/feed?tag=T&page=N``, fields as in docs/demo-sites.md."""
-
-    def __init__(self, site: FeedSite):
-        site = site.model_copy(update={"fields": {**DEMO_FIELDS, **site.fields}})
-        super().__init__(site)
+    """The bundled demo feed: ``/api/feed?tag=T&page=N``, fields as in docs/demo-sites.md (the defaults)."""
