@@ -394,3 +394,32 @@ def test_driver_abandons_a_batch_past_its_bound(ray_session, tmp_path):
     ]
     assert s["errors_by_reason"] == {"batch_timeout": 3} and s["workers_replaced"] == 1
     assert took < 6, took  # the driver did not wait for the 6 s images
+
+
+def test_thread_pool_abandons_a_batch_past_its_bound(tmp_path):
+    """The same bound on the thread pool (no Ray): a thread cannot be killed, so each overdue call is abandoned, its
+    task an error row ``batch_timeout``, its worker replaced, and the crawl ends without waiting for it."""
+    from pipeline.scrape.crawl import crawl
+    from pipeline.store import DataRoot
+
+    http = {"allow_private_addresses": True, "total_timeout_s": 10, "read_timeout_s": 10, "retry": {"attempts": 1}}
+    with serve(_SlowImages) as srv:
+        cfg = parse_config(
+            {
+                "data_root": str(tmp_path / "d"),
+                "scrape": {
+                    "num_actors": 1, "threads_per_actor": 4, "batch_rows": 10, "batch_timeout_s": 2.0, "http": http,
+                    "feeds": [{"name": "f", "adapter": "json", "base_url": srv.base, "hashtags": ["selfie"]}],
+                },
+            },
+            "test",
+        )  # fmt: skip
+        t0 = time.monotonic()
+        s = crawl(cfg, pool="threads")
+        took = time.monotonic() - t0
+    rows = DataRoot(cfg.data_root).read("posts").to_pylist()
+    assert sorted((r["item_id"], r["status"], r["reason"]) for r in rows) == [
+        (f"p{i}", "error", "batch_timeout") for i in range(3)
+    ]
+    assert s["errors_by_reason"] == {"batch_timeout": 3} and s["workers_replaced"] >= 1
+    assert took < 6, took  # the driver did not wait for the 6 s images

@@ -1,8 +1,8 @@
 """Staff directories as real sites build them (issue 16), read by the static path: HTTP client + parsel, no Ray.
 
 Each fixture under tests/fixtures/staff reproduces one pattern of saved university directories; the tests assert
-person by person what the scraper reads (:class:`~pipeline.scrape.staff.site.StaffScraper`) and, through the crawl's
-own work units and row builder, which rows come out (:func:`helpers.staff_fixtures.crawl_rows`).
+person by person what the scraper reads (:class:`~pipeline.scrape.staff.site.StaffScraper`) and, through the crawl
+driver on its thread pool, which rows come out (:func:`helpers.staff_fixtures.crawl_rows`).
 """
 
 from __future__ import annotations

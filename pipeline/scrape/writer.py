@@ -8,6 +8,7 @@ runs): two entries that share a page URL get a page row each.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.compute as pc
@@ -40,7 +41,8 @@ class RowWriter:
     """Buffers rows per dataset and writes them every ``batch_rows`` item rows (and at :meth:`flush`).
 
     ``fetch_done``: the (site, URL) pairs with a ``fetches`` row already; ``bar``: an optional progress bar (one
-    tick per item row); ``stop_after_flushes``: raise :class:`CrawlInterrupted` after that many writes, buffers
+    tick per item row); ``on_flush``: called after each write (the driver saves the feed cursors then, so that they
+    describe what is stored); ``stop_after_flushes``: raise :class:`CrawlInterrupted` after that many writes, buffers
     dropped, as a kill would.
     """
 
@@ -60,6 +62,7 @@ class RowWriter:
         self.bufs: dict[str, list[dict]] = {ds: [] for ds in DATASETS}
         self.flushes = 0
         self.bar: Any = None
+        self.on_flush: Callable[[], None] | None = None
 
     def fetch(self, row: dict | None) -> None:
         """Buffer a ``fetches`` row unless its (site, URL) has one (None: the result had no fetch)."""
@@ -88,5 +91,7 @@ class RowWriter:
                 elif ds == "staff":
                     self.n.staff_written += len(rows)
         self.flushes += 1
+        if self.on_flush is not None:
+            self.on_flush()
         if self.stop_after_flushes is not None and self.flushes >= self.stop_after_flushes:
             raise CrawlInterrupted(f"stopped after {self.flushes} flushes (fault injection)")

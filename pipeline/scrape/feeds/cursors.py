@@ -5,7 +5,8 @@ a walk that stops at a ``since`` id; Mastodon's unless ``mastodon.incremental`` 
 per (site, hashtag) under ``<data_root>/feed_cursors/`` records the walks of the timeline:
 ``{"watermark": newest id of the last finished walk, "walks": [{"id", "start", "since_id", "top", "done",
 "pages": [{"url", "next", "ids"}]}]}``. The driver's row builder reports every feed page it handles
-(:meth:`FeedCursors.page_done`); the state is written at most every ``save_every_s`` and at the end of a run.
+(:meth:`FeedCursors.page_done`); the state is written at most every ``save_every_s``, whenever the crawl writes a
+batch of rows, and at the end of a run.
 
 At the start of a run (:meth:`FeedCursors.seed`) each recorded walk is checked against the ``posts`` rows that are
 actually stored (written rows are durable; a kill drops only unwritten ones):
