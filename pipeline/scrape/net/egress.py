@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 
 from pipeline.scrape.net.address import host_allowed, is_public_address
 
-log = logging.getLogger("facerank")
+log = logging.getLogger("facerank.scrape")
 
 MAX_HEAD = 16 * 1024
 CHUNK = 64 * 1024

@@ -34,7 +34,7 @@ from pipeline.config import SeleniumConfig, StaffSite
 from pipeline.scrape.net.egress import EgressPolicy, EgressProxy
 from pipeline.scrape.staff.parse import StaffPage, challenge, outcome, paginate, parse_page
 
-log = logging.getLogger("facerank")
+log = logging.getLogger("facerank.scrape")
 
 NO_SANDBOX_ENV = "FACERANK_CHROMIUM_NO_SANDBOX"
 

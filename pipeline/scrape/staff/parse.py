@@ -37,7 +37,7 @@ from pipeline.scrape.staff import htmltext as ht
 from pipeline.scrape.staff import placeholders
 from pipeline.scrape.staff.people import person_id
 
-log = logging.getLogger("facerank")
+log = logging.getLogger("facerank.scrape")
 
 IMAGE_TYPES = ("", "image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif")
 _ALT_PREFIX = re.compile(r"^(?:(?:a\s+)?(?:photo|picture|portrait|headshot|image|profile\s+photo)\s+(?:of|for)\s+)",
