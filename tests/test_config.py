@@ -139,3 +139,16 @@ def test_fuzzed_config_trees_never_crash(tree):
         parse_config(tree)
     except ConfigError as err:
         assert "\n" not in str(err)
+
+
+def test_every_command_is_dispatched_through_the_handlers_table(monkeypatch):
+    """scheduler and scrape check-site too: dispatch is one table look-up, no command is special-cased."""
+    import argparse
+
+    from pipeline import cli
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(cli.HANDLERS)
+    calls = []
+    monkeypatch.setitem(cli.HANDLERS, "scheduler", lambda args: calls.append(args.options) or 0)
+    assert cli.main(["scheduler", "--once"]) == 0 and calls == [["--once"]]
