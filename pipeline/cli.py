@@ -359,14 +359,16 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def _data_root_of_run(run: str) -> str:
     """``<root>/models/<run_id>`` → ``<root>``; anything else is one clear line (exit 2), never another root."""
+    from pipeline.store import MODELS_DS
+
     if "://" in run:
         head, _, rest = run.partition("://")
         parts = rest.rstrip("/").split("/")
-        if len(parts) >= 3 and parts[-2] == "models":
+        if len(parts) >= 3 and parts[-2] == MODELS_DS:
             return f"{head}://" + "/".join(parts[:-2])
     else:
         path = Path(run).resolve()
-        if path.parent.name == "models":
+        if path.parent.name == MODELS_DS:
             return str(path.parent.parent)
     raise ConfigError(f"report --run {run}: not a <data root>/models/<run_id> folder; give --config or --data-root")
 

@@ -60,7 +60,7 @@ from pipeline.scrape.rows import RowBuilder
 from pipeline.scrape.work import error_result, internal_error
 from pipeline.scrape.workers import WorkerDied, WorkerPool, Workers, start_workers
 from pipeline.scrape.writer import RowWriter, drop_error_rows
-from pipeline.store import DataRoot
+from pipeline.store import FETCHES_DS, POSTS_DS, STAFF_DS, DataRoot
 
 log = logging.getLogger("facerank.scrape")
 
@@ -141,11 +141,11 @@ class _Crawl:
     def prepare(self) -> None:
         root = self.root  # the stage's lock cleaned posts/staff/fetches _tmp/ before (locks.hold)
         if self.sc.retry_errors:
-            self.n.retried_error_rows = sum(drop_error_rows(root, ds) for ds in ("posts", "staff"))
-            drop_error_rows(root, "fetches")
-        done = {("posts", s, i) for s, i in root.done_keys("posts")}
-        done |= {("staff", s, i) for s, i in root.done_keys("staff")}
-        fetch_done = set(root.done_keys("fetches"))
+            self.n.retried_error_rows = sum(drop_error_rows(root, ds) for ds in (POSTS_DS, STAFF_DS))
+            drop_error_rows(root, FETCHES_DS)
+        done = {(POSTS_DS, s, i) for s, i in root.done_keys(POSTS_DS)}
+        done |= {(STAFF_DS, s, i) for s, i in root.done_keys(STAFF_DS)}
+        fetch_done = set(root.done_keys(FETCHES_DS))
         self.optout = OptOut(root, self.cfg.privacy)
         adapters = {s.name: adapter_for(s) for s in self.sc.feeds}
         self.n.refreshed = refresh_young_posts(self.cfg, root, adapters=adapters)  # posts too young last time

@@ -38,7 +38,7 @@ from pipeline.scrape.net.http import FetchResult, HttpClient
 from pipeline.scrape.staff.browser import Browser
 from pipeline.scrape.staff.placeholders import by_content
 from pipeline.scrape.staff.site import StaffScraper
-from pipeline.store import STATUS_ERROR, STATUS_SKIPPED, DataRoot, sha256_bytes
+from pipeline.store import STAFF_DS, STATUS_ERROR, STATUS_SKIPPED, DataRoot, sha256_bytes
 
 
 def error_result(task: dict, reason: str) -> dict:
@@ -158,7 +158,7 @@ class BrowserWork:
 
     def _done_people(self, site: str) -> set[str]:
         """The item ids of ``site`` with a staff row already (their profile pages are not fetched again)."""
-        return {i for s, i in DataRoot(self.cfg.data_root).done_keys("staff") if s == site}
+        return {i for s, i in DataRoot(self.cfg.data_root).done_keys(STAFF_DS) if s == site}
 
     def shutdown(self) -> bool:
         """Quit Chromium (and its egress proxy)."""

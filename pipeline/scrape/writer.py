@@ -15,9 +15,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.scrape.counters import CrawlCounters
-from pipeline.store import STATUS_ERROR, DataRoot
+from pipeline.store import FETCHES_DS, POSTS_DS, STAFF_DS, STATUS_ERROR, DataRoot
 
-DATASETS = ("fetches", "posts", "staff")  # the write order of one flush
+DATASETS = (FETCHES_DS, POSTS_DS, STAFF_DS)  # the write order of one flush
 
 
 class CrawlInterrupted(RuntimeError):
@@ -68,14 +68,14 @@ class RowWriter:
         """Buffer a ``fetches`` row unless its (site, URL) has one (None: the result had no fetch)."""
         if row and (key := (row["site"], row["url"])) not in self.fetch_done:
             self.fetch_done.add(key)
-            self.bufs["fetches"].append(row)
+            self.bufs[FETCHES_DS].append(row)
 
     def add(self, ds: str, row: dict) -> None:
         """Buffer a finished ``posts``/``staff`` row; writes the batch when it is full."""
         self.bufs[ds].append(row)
         if self.bar is not None:
             self.bar.update(1)
-        if len(self.bufs["posts"]) + len(self.bufs["staff"]) >= self.batch_rows:
+        if len(self.bufs[POSTS_DS]) + len(self.bufs[STAFF_DS]) >= self.batch_rows:
             self.flush()
 
     def flush(self) -> None:
@@ -86,9 +86,9 @@ class RowWriter:
             rows, self.bufs[ds] = self.bufs[ds], []
             if rows:
                 self.root.write_part(ds, rows)
-                if ds == "posts":
+                if ds == POSTS_DS:
                     self.n.posts_written += len(rows)
-                elif ds == "staff":
+                elif ds == STAFF_DS:
                     self.n.staff_written += len(rows)
         self.flushes += 1
         if self.on_flush is not None:

@@ -39,7 +39,7 @@ from pyarrow.fs import FileType
 from pipeline.config import Config
 from pipeline.scrape.feeds.base import FeedAdapter
 from pipeline.scrape.feeds.registry import adapter_for
-from pipeline.store import DataRoot
+from pipeline.store import POSTS_DS, DataRoot
 
 log = logging.getLogger("facerank.scrape")
 
@@ -82,8 +82,8 @@ class FeedCursors:
         """The item ids of ``site`` with a ``posts`` row (any status: rows are final)."""
         if site not in self._done_ids:
             ids: set[str] = set()
-            if self.root.has("posts"):
-                t = self.root.read("posts", columns=["site", "item_id"], filter=pc.field("site") == site)
+            if self.root.has(POSTS_DS):
+                t = self.root.read(POSTS_DS, columns=["site", "item_id"], filter=pc.field("site") == site)
                 ids = {i for i in t.column("item_id").to_pylist() if i}
             self._done_ids[site] = ids
         return self._done_ids[site]
