@@ -14,7 +14,7 @@ same politeness: API pages one at a time (limit=40, only_media=true), images ``-
 Figures: posts/s (statuses listed / s) and images/s for each, their ratios (ours / peer), and each process's peak
 RSS. ``--large M`` runs ours once more at M statuses: its peak RSS at N and M shows whether memory grows with the
 crawl. The server's rate limits are set high (``--rate-limit``) so that neither side waits for them; the tests
-check the pacing itself (tests/test_feeds_mastodon.py::test_rate_limit_headers_paging_throttle_and_429).
+check the pacing itself (tests/test_scrape_feeds_mastodon.py::test_rate_limit_headers_paging_throttle_and_429).
 
     .venv/bin/python benchmarks/bench_feeds.py [--n 2000] [--threads 16] [--large 20000]
 

@@ -50,7 +50,7 @@ SETS = [
     "train.image_size=32",
     "train.epochs=3",
     # Staff pages (Selenium) are left out of the killed scrape run: its rerun is compared with the reference by
-    # its posts; the staff crawl's kill-and-rerun is covered at crawl level by tests/test_scrape_staff.py and
+    # its posts; the staff crawl's kill-and-rerun is covered at crawl level by tests/test_scrape_crawl_staff.py and
     # tests/test_scrape_crawl.py.
     "scrape.staff=[]",
 ]
