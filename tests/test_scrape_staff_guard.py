@@ -1,4 +1,4 @@
-"""The staff browser's egress guard (issue 19 item 8) and page-independent staff ids.
+"""The staff browser's egress guard and page-independent staff ids.
 
 A staff page on an allowed host must not make Chromium reach anything else: its subresources, iframes and ``fetch()`` go
 through :class:`~pipeline.scrape.net.egress.EgressProxy`, which applies the HTTP client's host and address rules.

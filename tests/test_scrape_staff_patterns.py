@@ -1,4 +1,4 @@
-"""The text normaliser, the srcset and CSS readers, placeholders and the academic rule (issue 16), plus Chromium.
+"""The text normaliser, the srcset and CSS readers, placeholders and the academic rule, plus Chromium.
 
 Unit tests and hypothesis properties of :mod:`pipeline.scrape.staff.htmltext` and
 :mod:`pipeline.scrape.staff.placeholders`; one Chromium test renders several fixture pages through one

@@ -1,4 +1,4 @@
-"""Staff directories as real sites build them (issue 16), read by the static path: HTTP client + parsel, no Ray.
+"""Staff directories as real sites build them, read by the static path: HTTP client + parsel, no Ray.
 
 Each fixture under tests/fixtures/staff reproduces one pattern of saved university directories; the tests assert
 person by person what the scraper reads (:class:`~pipeline.scrape.staff.site.StaffScraper`) and, through the crawl
