@@ -110,8 +110,8 @@ class HttpConfig(_Section):
 
 
 class FeedSite(_Section):
-    """A hashtag feed. ``adapter`` names its adapter (``demo``, ``json``, ``mastodon``: the registry,
-    pipeline/scrape/feeds/registry.py); that adapter's own options are the entry's section of the same name
+    """A hashtag feed. ``adapter`` names its adapter (a name in the registry, pipeline/scrape/feeds/registry.py:
+    ``demo``, ``json``, ``mastodon``, ...); that adapter's own options are the entry's section of the same name
     (``mastodon: {limit: 40}``, ``json: {fields: ...}``), checked by the adapter's options model when the config is
     loaded and kept as ``options``."""
 
