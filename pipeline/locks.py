@@ -21,13 +21,14 @@ over under it gets :class:`LockLostError` when it ends.
 
 Re-entrant within one thread: the CLI takes the stage's lock before Ray starts, and the stage's ``run`` (wrapped by
 :func:`pipeline.runtime.stage_entry`, so a ``run(cfg)`` called from Python is protected too) enters it again
-silently. Right after the lock is first taken (not when re-entered), the stage's own temporaries are removed
-(:meth:`DataRoot.clean_stage_tmp`): every holder, a stage's run or ``forget`` under every stage's lock, takes the
-same path (:func:`hold`). This module sits above the store: the store knows nothing of locks.
+silently. Every holder takes the lock through :func:`hold`; a stage's run (:func:`stage_lock`) also has the stage's own
+temporaries removed right after the lock is first taken (``clean_temporaries``, :meth:`DataRoot.clean_stage_tmp`),
+while ``forget``, under every stage's lock, reads them to remove exactly the forgotten person's rows
+(:mod:`pipeline.privacy`). This module sits above the store: the store knows nothing of locks.
 
 Example::
 
-    with hold(DataRoot("data"), "faces", ttl_s=300, heartbeat_s=30):
+    with hold(DataRoot("data"), "faces", ttl_s=300, heartbeat_s=30, clean_temporaries=True):
         ...  # no other run of the faces stage writes under data/ meanwhile
 """
 
@@ -456,9 +457,12 @@ _held: dict[tuple[str, str, int], Lease] = {}  # (filesystem, lock path, thread)
 
 
 @contextmanager
-def hold(root: DataRoot, stage: str, *, ttl_s: float, heartbeat_s: float) -> Iterator[Lease]:
-    """Hold ``stage``'s lock on ``root`` for the block (re-entrant in one thread), its temporaries removed once
-    taken; see the module docstring. Raises :class:`StageLockedError` (one line) when another live run holds it."""
+def hold(
+    root: DataRoot, stage: str, *, ttl_s: float, heartbeat_s: float, clean_temporaries: bool = False
+) -> Iterator[Lease]:
+    """Hold ``stage``'s lock on ``root`` for the block (re-entrant in one thread); with ``clean_temporaries`` the
+    stage's own ``_tmp/`` leftovers are removed once it is taken (a stage's run: :func:`stage_lock`). See the module
+    docstring. Raises :class:`StageLockedError` (one line) when another live run holds it."""
     key = (type(root.fs).__name__, root.lock_path(stage), threading.get_ident())
     if key in _held:
         yield _held[key]
@@ -468,7 +472,8 @@ def hold(root: DataRoot, stage: str, *, ttl_s: float, heartbeat_s: float) -> Ite
     _held[key] = lease
     finished = False
     try:
-        root.clean_stage_tmp(stage)  # a dead run's _tmp/ leftovers: safe to remove now that the lock is ours
+        if clean_temporaries:
+            root.clean_stage_tmp(stage)  # a dead run's _tmp/ leftovers: safe to remove now that the lock is ours
         yield lease
         finished = True
     finally:
@@ -482,4 +487,6 @@ def hold(root: DataRoot, stage: str, *, ttl_s: float, heartbeat_s: float) -> Ite
 
 def stage_lock(cfg: Config, stage: str):
     """The lock of ``stage`` on ``cfg.data_root`` with the configured ttl and heartbeat (a context manager)."""
-    return hold(DataRoot(cfg.data_root), stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s)
+    return hold(
+        DataRoot(cfg.data_root), stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s, clean_temporaries=True
+    )

@@ -25,8 +25,8 @@ leaves no half-written Parquet file where readers look (pyarrow ignores names st
 local folder the file is fsynced before the rename and its folder after it, so a crash cannot leave a renamed but
 empty or torn part. Reruns resume by key: :meth:`DataRoot.done_keys` reads only the key columns of what is already
 there. A stage runs only while holding its lock (:mod:`pipeline.locks`, which sits above this module), which first
-removes the ``_tmp/`` leftovers of that stage's own datasets (:meth:`DataRoot.clean_stage_tmp`, :data:`STAGE_TEMPS`);
-it never touches another stage's.
+has the ``_tmp/`` leftovers of that stage's own datasets removed (:meth:`DataRoot.clean_stage_tmp`,
+:data:`STAGE_TEMPS`); it never touches another stage's.
 
 Readers skip a part file that cannot be read: locally each part's footer is checked once per process (cheap; a
 torn or empty file fails it), and a read that still fails on corrupt data checks every part; an unreadable part is
