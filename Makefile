@@ -1,5 +1,5 @@
 # facerank: `make demo` runs the whole pipeline on the bundled demo sites; `make test` runs the test suite (what CI
-# runs: all but the two-node cluster tests, `make test-cluster`); `make test-fast` all but the tests marked slow.
+# runs: all but the two-node cluster tests, `make test-cluster`); `make test-fast` all but the slow ones and those on Ray.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -51,9 +51,10 @@ test: install browser lint
 test-cluster: install
 	$(VENV)/bin/pytest -m cluster $(PYTEST_ARGS)
 
-# The fast loop: no Ray heads, whole pipelines, Ray Train runs or Chromium crawls (pytest -m slow: those).
-test-fast: install browser lint
-	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+# The fast loop: no Ray session (pytest -m ray: the tests that use one), no Ray heads, whole pipelines, Ray Train runs
+# or Chromium crawls (pytest -m slow: those). No apt step: a Chromium test it still selects is skipped without one.
+test-fast: install lint
+	$(VENV)/bin/pytest -m "not slow and not ray" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_labels.py

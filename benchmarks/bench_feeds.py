@@ -4,9 +4,9 @@ The local replay server (pipeline/testing/mastodon_replay.py, in its own process
 (3 of 4 with an image, 1 of 4 a video; local and remote accounts). Both sides run in their own process, with the
 same politeness: API pages one at a time (limit=40, only_media=true), images ``--threads`` at a time to one host.
 
-* ours: the scrape work unit, row builder, writer and feed cursors in one process
-  (:func:`pipeline.testing.local_crawl.local_crawl`: robots.txt, the rate limiter, the Mastodon pacer, image
-  verification, the sha256 store and Parquet rows included), ``threads_per_actor = --threads``;
+* ours: the crawl driver on its thread pool in one process (``crawl(cfg, pool="threads")``: the stage's driver, work
+  unit, row builder, writer and feed cursors; robots.txt, the rate limiter, the Mastodon pacer, image verification,
+  the sha256 store and Parquet rows included), ``threads_per_actor = --threads``;
 * peer: ``Mastodon.timeline_hashtag`` + ``fetch_remaining`` (Mastodon.py, ``ratelimit_method="wait"``), then the
   first image attachment of each status downloaded with a ``ThreadPoolExecutor(--threads)`` and written to disk by
   sha256 (Mastodon.py: ``pip install -e '.[bench]'``; without it ``"peer": null``).
@@ -14,7 +14,7 @@ same politeness: API pages one at a time (limit=40, only_media=true), images ``-
 Figures: posts/s (statuses listed / s) and images/s for each, their ratios (ours / peer), and each process's peak
 RSS. ``--large M`` runs ours once more at M statuses: its peak RSS at N and M shows whether memory grows with the
 crawl. The server's rate limits are set high (``--rate-limit``) so that neither side waits for them; the tests
-check the pacing itself (tests/test_feeds_mastodon.py::test_rate_limit_headers_paging_throttle_and_429).
+check the pacing itself (tests/test_scrape_feeds_mastodon.py::test_rate_limit_headers_paging_throttle_and_429).
 
     .venv/bin/python benchmarks/bench_feeds.py [--n 2000] [--threads 16] [--large 20000]
 
@@ -45,7 +45,7 @@ def _rss_mb() -> float:
 def child_ours(url: str, n: int, threads: int, out: str) -> dict:
     os.environ.setdefault("FACERANK_OPTOUT_KEY", "facerank-bench-only-not-a-secret-0123456789")
     from pipeline.config import parse_config
-    from pipeline.testing.local_crawl import local_crawl
+    from pipeline.scrape.crawl import crawl
 
     cfg = parse_config({
         "data_root": out,
@@ -59,7 +59,7 @@ def child_ours(url: str, n: int, threads: int, out: str) -> dict:
         },
     })  # fmt: skip
     t = time.perf_counter()
-    s = local_crawl(cfg)
+    s = crawl(cfg, pool="threads")
     sec = time.perf_counter() - t
     return {"seconds": round(sec, 2), "posts": s["posts_written"], "images": s["images_fetched"],
             "posts_per_s": round(s["posts_written"] / sec, 1), "images_per_s": round(s["images_fetched"] / sec, 1),

@@ -130,7 +130,7 @@ def run_ours(base: str, n: int, threads: int, out: str) -> dict:
                         "base_url": base,
                         "hashtags": ["x"],
                         "max_pages": 10**6,
-                        "page_url": "{base_url}/feed?n=" + str(n) + "&page={page}",
+                        "json": {"page_url": "{base_url}/feed?n=" + str(n) + "&page={page}"},
                     }
                 ],
             },

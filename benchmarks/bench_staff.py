@@ -6,10 +6,10 @@ Drupal-style cards with ``srcset`` photos, the role after a ``<br>``), served by
 127.0.0.1. Both read every page with the same :class:`~pipeline.config.StaffSite` selectors and must find the same
 people (checked).
 
-* ours: ``render: static``: :class:`~pipeline.scrape.staff_site.StaffScraper` with the polite HTTP client, pages in
+* ours: ``render: static``: :class:`~pipeline.scrape.staff.site.StaffScraper` with the polite HTTP client, pages in
   sequence (as one staff task runs them);
-* peer: ``render: browser``: the same scraper with one headless Chromium (:class:`~pipeline.scrape.staff.Browser`,
-  started before the clock), pages in sequence.
+* peer: ``render: browser``: the same scraper with one headless Chromium
+  (:class:`~pipeline.scrape.staff.browser.Browser`, started before the clock), pages in sequence.
 
 Timed: wall-clock pages/s and CPU seconds per page of the whole process tree (this process plus chromedriver and
 every Chromium process, from psutil), rate limits off. Prints a table, then one JSON line with ratio = ours / peer
@@ -104,10 +104,10 @@ def main() -> int:
 
     from contextlib import nullcontext
 
-    from pipeline.scrape.egress import policy_for
-    from pipeline.scrape.http import HttpClient
-    from pipeline.scrape.staff import Browser
-    from pipeline.scrape.staff_site import StaffScraper
+    from pipeline.scrape.net.egress import policy_for
+    from pipeline.scrape.net.http import HttpClient
+    from pipeline.scrape.staff.browser import Browser
+    from pipeline.scrape.staff.site import StaffScraper
 
     pages = _pages(args.pages, args.people)
     with _serve(pages) as base:

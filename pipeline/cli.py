@@ -31,6 +31,7 @@ for an I/O error or unreadable Parquet data).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -336,50 +337,77 @@ def _retention(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
-    "stage": _stage,
-    "all": _all,
-    "demo": _demo,
-    "faces": _faces,
-    "labels": _labels,
-    "rate": _rate,
-    "best-crop": _best_crop,
-    "report": _report,
-    "forget": _forget,
-    "privacy": _privacy,
-    "retention": _retention,
+def _configured(handler: Callable[[argparse.Namespace, Config], int]) -> Callable[[argparse.Namespace], int]:
+    """``handler`` given the validated config (a bad one exits 2 here, before any work), with logging set up."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        cfg = load(args)
+        from pipeline.runtime import setup_logging
+
+        setup_logging()
+        return handler(args, cfg)
+
+    return run
+
+
+def _report_of_run(args: argparse.Namespace) -> int:
+    """``report --run <root>/models/<run_id>`` without --config or --data-root: the data root is the run's."""
+    if not (args.config or args.data_root):
+        args.data_root = _data_root_of_run(args.run)
+    return _configured(_report)(args)
+
+
+def _scheduler(args: argparse.Namespace) -> int:
+    """``scheduler``: its own options and config (pipeline/score/scheduler.py), one tick or a loop of jobs."""
+    from pipeline.score.scheduler import main as scheduler_main
+
+    return scheduler_main(args.options)
+
+
+def _scrape(args: argparse.Namespace) -> int:
+    """``scrape check-site``: its --config may be a site file (pipeline/scrape/staff/check.py), read there."""
+    from pipeline.scrape.staff.check import main as check_site_main
+
+    return check_site_main(args)
+
+
+# Every command's handler. Most take the validated config (_configured); scheduler and scrape check-site read their
+# own (a scheduler's options, a site file).
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "stage": _configured(_stage),
+    "all": _configured(_all),
+    "demo": _configured(_demo),
+    "faces": _configured(_faces),
+    "labels": _configured(_labels),
+    "rate": _configured(_rate),
+    "best-crop": _configured(_best_crop),
+    "report": _report_of_run,
+    "forget": _configured(_forget),
+    "privacy": _configured(_privacy),
+    "retention": _configured(_retention),
+    "scheduler": _scheduler,
+    "scrape": _scrape,
 }
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    """Validate the config (a bad one exits 2 here, before any work), then run the command's handler."""
-    if args.cmd == "scheduler":
-        from pipeline.score.scheduler import main as scheduler_main
-
-        return scheduler_main(args.options)  # its own options and config: one tick or a loop of submitted jobs
-    if args.cmd == "scrape":  # its --config may be a site file (pipeline/scrape/check_site.py)
-        from pipeline.scrape.check_site import main as check_site_main
-
-        return check_site_main(args)
-    if args.cmd == "report" and not (args.config or args.data_root):
-        args.data_root = _data_root_of_run(args.run)
-    cfg = load(args)
-    from pipeline.runtime import setup_logging
-
-    setup_logging()
-    return HANDLERS[args.cmd](args, cfg)
+    """Run the command's handler (:data:`HANDLERS`)."""
+    return HANDLERS[args.cmd](args)
 
 
 def _data_root_of_run(run: str) -> str:
     """``<root>/models/<run_id>`` → ``<root>``; anything else is one clear line (exit 2), never another root."""
+    from pipeline.store import MODELS_DS
+
     if "://" in run:
         head, _, rest = run.partition("://")
         parts = rest.rstrip("/").split("/")
-        if len(parts) >= 3 and parts[-2] == "models":
+        if len(parts) >= 3 and parts[-2] == MODELS_DS:
             return f"{head}://" + "/".join(parts[:-2])
     else:
         path = Path(run).resolve()
-        if path.parent.name == "models":
+        if path.parent.name == MODELS_DS:
             return str(path.parent.parent)
     raise ConfigError(f"report --run {run}: not a <data root>/models/<run_id> folder; give --config or --data-root")
 

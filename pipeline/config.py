@@ -1,4 +1,8 @@
-"""Typed settings for every stage, loaded from YAML: the only place defaults live.
+"""Typed settings for every stage, loaded from YAML: the only place defaults live, but for the feed adapters' options.
+
+A feed adapter's options are its own pydantic model in its own module (``pipeline/scrape/feeds/``); a feed entry's
+section named like its adapter is checked with that model when the config is loaded (:class:`FeedSite`), found
+through the adapter registry, which imports nothing until asked.
 
 A config file is YAML read with ``yaml.safe_load``. ``${VAR}`` and ``${VAR:-default}`` in any string of the main config
 are replaced from the environment before validation, so one file serves a laptop and a cluster (``data_root:
@@ -25,7 +29,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -109,84 +122,61 @@ class HttpConfig(_Section):
     retry: RetryConfig = RetryConfig()
 
 
-class FollowersLookup(_Section):
-    """Where a JSON feed whose posts carry only an author id finds the author's follower count (docs/feeds.md).
-
-    ``url``: a template with ``{base_url}`` and ``{id}`` (one id a request) or ``{ids}`` (``batch`` ids a request,
-    each as ``id_param=<id>`` joined by ``&``, as ``app.bsky.actor.getProfiles?actors=...&actors=...`` wants).
-    ``items``: the path to the list of profiles in a batched answer, ``id``: the path to a profile's id in it;
-    ``count``: the path to the follower count (in the answer, or in each profile when batched)."""
-
-    url: str
-    batch: int = Field(1, ge=1, le=100)
-    id_param: str = "id"
-    items: str = ""
-    id: str = "id"
-    count: str
-
-
-class MastodonFeed(_Section):
-    """Options of ``adapter: mastodon`` (GET /api/v1/timelines/tag/:hashtag; docs/feeds.md)."""
-
-    # the NAME of an environment variable holding a bearer token (never the token): FACERANK_…TOKEN or MASTODON_…TOKEN
-    access_token_env: str | None = Field(None, pattern=r"^(FACERANK|MASTODON)_[A-Z0-9_]*TOKEN$")
-    limit: int = Field(40, ge=1, le=40)
-    only_media: bool = True
-    local: bool | None = None
-    remote: bool | None = None
-    any: list[str] = []
-    all: list[str] = []
-    none: list[str] = []
-    include_sensitive: bool = False  # statuses whose media is marked sensitive are skipped unless True
-    incremental: bool = True  # a rerun walks from the newest stored status down to it (since_id), not every page
-    # the undocumented paging limit (300 paging requests per 15 min per IP or user), shared by the crawl's actors
-    paging_requests: int = Field(300, ge=1)
-    paging_window_s: float = Field(900.0, gt=0)
-    # pace by X-RateLimit-Remaining/Reset: keep this many requests of the window in reserve
-    rate_reserve: int = Field(5, ge=0)
-    # young posts refreshed on a later run: GET /api/v1/statuses/:id (1) or GET /api/v1/statuses?id[]= (Mastodon
-    # 4.3+, up to 20 ids a request); at most refresh_max statuses a run
-    refresh_batch: int = Field(1, ge=1, le=20)
-    refresh_max: int = Field(10_000, ge=0)
-
-
 class FeedSite(_Section):
-    """A hashtag feed. ``adapter`` picks the parser (``demo``, ``json`` or ``mastodon``)."""
+    """A hashtag feed. ``adapter`` names its adapter (a name in the registry, pipeline/scrape/feeds/registry.py:
+    ``demo``, ``json``, ``mastodon``, ...); that adapter's own options are the entry's section of the same name
+    (``mastodon: {limit: 40}``, ``json: {fields: ...}``), checked by the adapter's options model when the config is
+    loaded and kept as ``options``."""
 
     name: str
-    adapter: Literal["demo", "json", "mastodon"] = "demo"
+    adapter: str = "demo"
     base_url: str
     hashtags: list[str] = ["selfie"]
     max_pages: int = Field(100, ge=1)
-    # For the generic JSON adapter: a URL template and field paths into each post / page (docs/feeds.md): one path,
-    # or a list of alternatives tried in order.
-    page_url: str = "{base_url}/api/feed?tag={hashtag}&page={page}"
-    fields: dict[str, str | list[str]] = {}
-    # where the next page comes from: the body's `next` field (a page number or URL), the Link header's rel="next",
-    # or the body's `next` field as a cursor token filled into page_url's {cursor} (empty on the first page)
-    next_from: Literal["body", "link", "cursor"] = "body"
-    followers_lookup: FollowersLookup | None = None
-    mastodon: MastodonFeed = MastodonFeed()
+    options: Any = Field(None, exclude=True)  # the adapter's options model, from its section
 
-    @model_validator(mode="after")
-    def _paths_compile(self) -> FeedSite:
-        from pipeline.scrape.fieldpath import PathSyntaxError, compile_path  # no import cycle at module load
+    @model_validator(mode="before")
+    @classmethod
+    def _adapter_section(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        from pipeline.scrape.feeds.registry import ADAPTERS, options_model  # imports nothing until asked
 
-        specs = [(k, v) for k, v in self.fields.items()]
-        if self.followers_lookup is not None:
-            fl = self.followers_lookup
-            specs += [("followers_lookup.items", fl.items), ("followers_lookup.id", fl.id)]
-            specs += [("followers_lookup.count", fl.count)]
-        for key, spec in specs:
-            for p in [spec] if isinstance(spec, str) else spec:
-                try:
-                    compile_path(p)
-                except PathSyntaxError as e:
-                    raise ValueError(f"fields.{key}: {e}") from None
-        return self
+        raw = dict(raw)
+        adapter = raw.get("adapter", "demo")
+        if not isinstance(adapter, str) or adapter not in ADAPTERS:
+            raise ValueError(f"adapter: {adapter!r} is not a feed adapter (one of: {', '.join(sorted(ADAPTERS))})")
+        if "options" in raw:
+            raise ValueError(f"options: unknown key (the adapter's options go under `{adapter}:`)")
+        model = options_model(adapter)
+        own = set(cls.model_fields)
+        for key in raw:
+            if key in own or key == adapter:
+                continue
+            if key in model.model_fields:
+                raise ValueError(f"{key}: an option of adapter {adapter!r}: put it under `{adapter}:`")
+            if key in ADAPTERS:
+                raise ValueError(f"{key}: the options of adapter {key!r}, but this feed's adapter is {adapter!r}")
+            raise ValueError(f"{key}: unknown key")
+        try:
+            raw["options"] = model.model_validate(raw.pop(adapter, None) or {})
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in (adapter, *first["loc"]))
+            msg = "unknown key" if first["type"] == "extra_forbidden" else " ".join(str(first["msg"]).split())
+            msg = msg.removeprefix("Value error, ")
+            raise ValueError(f"{where}: {msg}") from None
+        return raw
+
+    @model_serializer(mode="wrap")
+    def _with_section(self, handler: Any) -> dict[str, Any]:
+        """Dumped as it is written: the adapter's options under the adapter's name (so a dump validates again)."""
+        out = handler(self)
+        out[self.adapter] = self.options.model_dump() if self.options is not None else {}
+        return out
 
 
-# a site's "no photo" image by its URL (pipeline/scrape/placeholders.py): defaults of placeholder_patterns
+# a site's "no photo" image by its URL (pipeline/scrape/staff/placeholders.py): defaults of placeholder_patterns
 _PLACEHOLDER_PATTERNS = (
     r"placeholder",
     r"no[-_ ]?(?:photo|image|picture|pic|avatar|headshot)",
@@ -265,7 +255,7 @@ class SeleniumConfig(_Section):
     max_clicks: int = Field(50, ge=0)
     num_browsers: int = Field(1, ge=1)  # browser actors (one headless Chromium each) for the staff pages
     no_sandbox: bool = False  # Chromium without its sandbox (a container without user namespaces); always as root
-    # Chromium's only way out: the egress proxy (pipeline/scrape/egress.py). It listens on proxy_host; a remote
+    # Chromium's only way out: the egress proxy (pipeline/scrape/net/egress.py). It listens on proxy_host; a remote
     # browser (remote_url) needs an address of the crawl actor it can reach, else its pages fail (closed, not open).
     proxy_host: str = "127.0.0.1"
     proxy_max_connections: int = Field(64, ge=1)
@@ -700,7 +690,7 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     where = ".".join(p if isinstance(p, str) and p.isidentifier() else repr(p) for p in first["loc"]) or "(top level)"
-    msg = " ".join(str(first["msg"]).split())
+    msg = " ".join(str(first["msg"]).split()).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""

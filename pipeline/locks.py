@@ -29,12 +29,14 @@ between is caught at the next write; writes made by Ray workers (other processes
 
 Re-entrant within one thread: the CLI takes the stage's lock before Ray starts, and the stage's ``run`` (wrapped by
 :func:`pipeline.runtime.stage_entry`, so a ``run(cfg)`` called from Python is protected too) enters it again
-silently. The store cleans the stage's own temporaries right after the lock is first taken
-(:meth:`DataRoot.stage_lock`).
+silently. Every holder takes the lock through :func:`hold`; a stage's run (:func:`stage_lock`) also has the stage's own
+temporaries removed right after the lock is first taken (``clean_temporaries``, :meth:`DataRoot.clean_stage_tmp`),
+while ``forget``, under every stage's lock, reads them to remove exactly the forgotten person's rows
+(:mod:`pipeline.privacy`). This module sits above the store: the store knows nothing of locks.
 
 Example::
 
-    with DataRoot("data").stage_lock("faces", ttl_s=300, heartbeat_s=30):
+    with hold(DataRoot("data"), "faces", ttl_s=300, heartbeat_s=30, clean_temporaries=True):
         ...  # no other run of the faces stage writes under data/ meanwhile
 """
 
@@ -53,15 +55,16 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow.fs as pafs
 
+from pipeline.store import DataRoot, register_fence
+
 if TYPE_CHECKING:
     from pipeline.config import Config
-    from pipeline.store import DataRoot
 
 log = logging.getLogger("facerank.locks")
 
@@ -496,11 +499,16 @@ def fence(root: DataRoot) -> None:
         lease.check()
 
 
+register_fence(fence)  # every DataRoot write checks this process's leases first
+
+
 @contextmanager
 def hold(
-    root: DataRoot, stage: str, *, ttl_s: float, heartbeat_s: float, on_acquire: Callable[[], Any] | None = None
+    root: DataRoot, stage: str, *, ttl_s: float, heartbeat_s: float, clean_temporaries: bool = False
 ) -> Iterator[Lease]:
-    """Hold ``stage``'s lock on ``root`` for the block (re-entrant in one thread); see the module docstring."""
+    """Hold ``stage``'s lock on ``root`` for the block (re-entrant in one thread); with ``clean_temporaries`` the
+    stage's own ``_tmp/`` leftovers are removed once it is taken (a stage's run: :func:`stage_lock`). See the module
+    docstring. Raises :class:`StageLockedError` (one line) when another live run holds it."""
     key = (type(root.fs).__name__, root.lock_path(stage), threading.get_ident())
     if key in _held:
         yield _held[key]
@@ -510,8 +518,8 @@ def hold(
     _held[key] = lease
     finished = False
     try:
-        if on_acquire is not None:
-            on_acquire()
+        if clean_temporaries:
+            root.clean_stage_tmp(stage)  # a dead run's _tmp/ leftovers: safe to remove now that the lock is ours
         yield lease
         finished = True
     finally:
@@ -525,6 +533,6 @@ def hold(
 
 def stage_lock(cfg: Config, stage: str):
     """The lock of ``stage`` on ``cfg.data_root`` with the configured ttl and heartbeat (a context manager)."""
-    from pipeline.store import DataRoot
-
-    return DataRoot(cfg.data_root).stage_lock(stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s)
+    return hold(
+        DataRoot(cfg.data_root), stage, ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s, clean_temporaries=True
+    )

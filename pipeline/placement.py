@@ -30,7 +30,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, Placement
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("facerank.placement")  # under the logger setup_logging configures
 
 
 class PlacementError(ConfigError):

@@ -19,15 +19,16 @@ Layout (``root`` is a local folder or an ``s3://`` URI)::
     optout/_key.json              the fingerprint of the key the opt-out list is made with (pipeline/privacy/key.py)
     audit/part-*.parquet          what was erased when (never the erased data)
     _locks/<stage>.lock           the run of a stage that holds the data root (pipeline/locks.py)
-    feed_cursors/<site>/<tag>.json  where incremental feed walks stand (pipeline/scrape/cursors.py)
+    feed_cursors/<site>/<tag>.json  where incremental feed walks stand (pipeline/scrape/feeds/cursors.py)
     <dataset>/_quarantine/        part files found unreadable (torn), moved out of the readers' way
 
 Writes are atomic: a part file is written under ``<dataset>/_tmp/`` and then moved into place, so a killed job
 leaves no half-written Parquet file where readers look (pyarrow ignores names starting with ``_`` or ``.``). On a
 local folder the file is fsynced before the rename and its folder after it, so a crash cannot leave a renamed but
 empty or torn part. Reruns resume by key: :meth:`DataRoot.done_keys` reads only the key columns of what is already
-there. A stage runs only while holding its lock (:meth:`DataRoot.stage_lock`), which first removes the ``_tmp/``
-leftovers of that stage's own datasets (:data:`STAGE_TEMPS`); it never touches another stage's.
+there. A stage runs only while holding its lock (:mod:`pipeline.locks`, which sits above this module), which first
+has the ``_tmp/`` leftovers of that stage's own datasets removed (:meth:`DataRoot.clean_stage_tmp`,
+:data:`STAGE_TEMPS`); it never touches another stage's.
 
 Readers skip a part file that cannot be read: locally each part's footer is checked once per process (cheap; a
 torn or empty file fails it), and a read that still fails on corrupt data checks every part; an unreadable part is
@@ -57,8 +58,6 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-
-from pipeline import locks
 
 log = logging.getLogger("facerank.store")
 
@@ -244,7 +243,9 @@ FETCHES_DS, POSTS_DS, STAFF_DS, FACES_DS = "fetches", "posts", "staff", "faces"
 LABELS_DS, MODELS_DS, SCORES_DS = "labels", "models", "scores"
 OPTOUT_DS, AUDIT_DS = "optout", "audit"
 IMAGES_DIR, CROPS_DIR = "images", "crops"  # files by sha256 (raw bytes; face crops on request), not Parquet
-FEED_CURSORS_DIR = "feed_cursors"  # <site>/<hashtag>.json: the feed walks' status ids (pipeline/scrape/cursors.py)
+FEED_CURSORS_DIR = (
+    "feed_cursors"  # <site>/<hashtag>.json: the feed walks' status ids (pipeline/scrape/feeds/cursors.py)
+)
 
 
 def sub_dataset(top: str, folder: str) -> str:
@@ -336,6 +337,15 @@ def to_table(rows: Sequence[dict[str, Any]] | pa.Table, schema: pa.Schema) -> pa
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 
+_FENCES: list = []  # callables(root) that raise when a lock this process holds on the root was lost (pipeline.locks)
+
+
+def register_fence(check) -> None:
+    """Have :meth:`DataRoot.fence` call ``check(root)`` before every write (``pipeline.locks`` registers its own)."""
+    if check not in _FENCES:
+        _FENCES.append(check)
+
+
 class DataRoot:
     """A data root on a local folder or an object store; all dataset I/O goes through it."""
 
@@ -397,8 +407,11 @@ class DataRoot:
 
     def fence(self) -> None:
         """Raise :class:`~pipeline.locks.LockLostError` when a lock this process holds on this root was taken over
-        (or not renewed within its ttl): called before every write and commit, so a fenced-off run stops writing."""
-        locks.fence(self)
+        (or not renewed within its ttl): called before every write and commit, so a fenced-off run stops writing.
+        The checks are the ones :mod:`pipeline.locks` registers (:func:`register_fence`): locks sit above the store,
+        and a process that holds no lock has imported none."""
+        for check in _FENCES:
+            check(self)
 
     def _commit(self, tmp: str, final: str) -> None:
         """Move a written temp file into place; locally its bytes reach the disk before the rename, the rename after."""
@@ -653,7 +666,8 @@ class DataRoot:
     def clean_stage_tmp(self, stage: str) -> int:
         """Remove the ``_tmp/`` leftovers of ``stage``'s own datasets (:data:`STAGE_TEMPS`); returns how many files.
 
-        Call it only while holding the stage's lock (:meth:`stage_lock` does), or it may delete a live run's part.
+        Call it only while holding the stage's lock (:func:`pipeline.locks.hold` does), or it may delete a live run's
+        part.
         """
         n = 0
         for ds in STAGE_TEMPS.get(stage, ()):
@@ -664,16 +678,6 @@ class DataRoot:
         if n:
             log.info("stage %s: removed %d leftover temporary files of a run that did not finish", stage, n)
         return n
-
-    def stage_lock(self, stage: str, *, ttl_s: float, heartbeat_s: float):
-        """Hold ``stage``'s exclusive lock on this data root for a ``with`` block (see :mod:`pipeline.locks`).
-
-        Raises :class:`~pipeline.locks.StageLockedError` (one line) when another live run holds it. Once taken (not
-        when re-entered by the same thread), the stage's own temporaries are cleaned (:meth:`clean_stage_tmp`).
-        """
-        return locks.hold(
-            self, stage, ttl_s=ttl_s, heartbeat_s=heartbeat_s, on_acquire=lambda: self.clean_stage_tmp(stage)
-        )
 
     def list_dir(self, *parts: str) -> list[str]:
         d = self.path(*parts)

@@ -26,6 +26,35 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("FACERANK_OPTOUT_KEY", "facerank-tests-only-not-a-secret-0123456789")
 
 
+RAY_FIXTURES = ("ray_session", "cluster_head")
+
+
+def pytest_itemcollected(item):
+    """Mark ``ray`` every test that uses a Ray session (the fixtures below) or a cluster, as it is collected (before
+    ``-m`` deselects): ``make test-fast`` (``-m "not slow and not ray"``) leaves them out, and there
+    :func:`_no_ray_outside_the_marker` fails a test that starts Ray in this process all the same."""
+    if any(f in getattr(item, "fixturenames", ()) for f in RAY_FIXTURES) or item.get_closest_marker("cluster"):
+        item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_ray_outside_the_marker(request):
+    """With ``-m`` leaving the ``ray`` tests out, starting Ray in this process is an error that names the fix."""
+    if "not ray" not in (request.config.getoption("markexpr") or ""):
+        yield
+        return
+    import ray
+
+    real = ray.init
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("this test starts Ray but is not marked `ray`: use the ray_session fixture")
+
+    ray.init = refuse
+    yield
+    ray.init = real
+
+
 @pytest.hookimpl(trylast=True)  # after -m / -k deselection
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs /usr/bin/chromium and /usr/bin/chromedriver (make test installs them)")

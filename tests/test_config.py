@@ -40,6 +40,18 @@ def test_env_default_and_override(monkeypatch):
         ("labels:\n  split: {train: 0.9, val: 0.2, test: 0.1}\n", "sum to 1"),
         ("train: [1, 2\n", "not valid YAML"),
         ("- a\n- b\n", "must be a mapping"),
+        # a feed adapter's options are its own section, named like it (pipeline/scrape/feeds/registry.py)
+        ("scrape:\n  feeds:\n    - {name: j, adapter: json, base_url: x, fields: {id: pk}}\n", "put it under `json:`"),
+        (
+            "scrape:\n  feeds:\n    - {name: m, adapter: mastodon, base_url: x, mastodon: {limit: 80}}\n",
+            "mastodon.limit",
+        ),
+        (
+            "scrape:\n  feeds:\n    - {name: m, adapter: mastodon, base_url: x, mastodon: {lmit: 8}}\n",
+            "lmit: unknown key",
+        ),
+        ("scrape:\n  feeds:\n    - {name: f, adapter: nope, base_url: x}\n", "'nope' is not a feed adapter"),
+        ("scrape:\n  feeds:\n    - {name: m, adapter: mastodon, base_url: x, json: {}}\n", "adapter is 'mastodon'"),
     ],
 )
 def test_bad_configs_raise_one_line(tmp_path, text, needle):
@@ -48,6 +60,22 @@ def test_bad_configs_raise_one_line(tmp_path, text, needle):
     with pytest.raises(ConfigError) as err:
         load_config(p)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_feed_options_come_from_the_adapters_own_models_without_importing_ray():
+    """The config checks each feed's section with its adapter's model, found by name in the registry, which imports
+    only that adapter's module (no stage, no Ray); a dumped feed entry validates again to the same options."""
+    code = (
+        "import sys\n"
+        "from pipeline.config import FeedSite, load_config\n"
+        "cfg = load_config('configs/demo.yaml')\n"
+        "print(sorted(type(f.options).__name__ for f in cfg.scrape.feeds), 'ray' in sys.modules)\n"
+        "f = cfg.scrape.feeds[1]\n"
+        "print(FeedSite.model_validate(f.model_dump()).options == f.options, f.options.fields['id'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["['JsonFeedOptions', 'JsonFeedOptions', 'MastodonOptions'] False", "True id"]
 
 
 def test_missing_file():
@@ -143,7 +171,7 @@ def test_a_site_file_reads_only_facerank_variables_and_names_only_token_variable
             load_config(path)
     for name in ("MASTODON_TOKEN", "FACERANK_SOCIAL_TOKEN"):
         path = _site_config(tmp_path, MASTODON_SITE.format(tag="a", extra=f", mastodon: {{access_token_env: {name}}}"))
-        assert load_config(path).scrape.feeds[0].mastodon.access_token_env == name
+        assert load_config(path).scrape.feeds[0].options.access_token_env == name
     # the main config still reads any variable
     monkeypatch.setenv("DEMO_BASE_URL", "http://127.0.0.1:9999")
     assert load_config(REPO / "configs" / "demo.yaml").scrape.feeds[0].base_url == "http://127.0.0.1:9999"
@@ -164,3 +192,16 @@ def test_an_unset_variable_without_a_default_is_refused_naming_it(tmp_path, monk
     assert cfg.data_root == "d1" and cfg.scrape.http.user_agent == "x"
     monkeypatch.setenv("FACERANK_UNSET_ROOT", "d2")
     assert load_config(path).data_root == "d2"
+
+
+def test_every_command_is_dispatched_through_the_handlers_table(monkeypatch):
+    """scheduler and scrape check-site too: dispatch is one table look-up, no command is special-cased."""
+    import argparse
+
+    from pipeline import cli
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(cli.HANDLERS)
+    calls = []
+    monkeypatch.setitem(cli.HANDLERS, "scheduler", lambda args: calls.append(args.options) or 0)
+    assert cli.main(["scheduler", "--once"]) == 0 and calls == [["--once"]]

@@ -23,7 +23,7 @@ from pipeline.demo import DemoServer, truth
 from pipeline.demo import images as im
 from pipeline.demo.content import build_content
 from pipeline.demo.server import DemoSite
-from pipeline.scrape.staff import SCROLL_PENDING_JS
+from pipeline.scrape.staff.browser import SCROLL_PENDING_JS
 
 N_POSTS, STAFF = 240, 12
 TIMEOUT = 10
@@ -317,7 +317,7 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from pipeline.scrape.staff import chrome_options
+    from pipeline.scrape.staff.browser import chrome_options
 
     opts = chrome_options("--window-size=1000,800", binary="/usr/bin/chromium")
     with tempfile.TemporaryDirectory(prefix="demo-chromium-") as profile:
@@ -371,7 +371,7 @@ def test_cards_layout_lazy_images_and_load_more(site, http, browser):
     def scrolled_and_loaded(d) -> bool:
         # Scrolling brings every lazy photo in. A card scrolled past before its IntersectionObserver callback
         # ran stays without a src (seen on a loaded CI machine), so each check scrolls the first card still
-        # lacking one into view again, as the staff scraper does (pipeline.scrape.staff.SCROLL_PENDING_JS).
+        # lacking one into view again, as the staff scraper does (pipeline.scrape.staff.browser.SCROLL_PENDING_JS).
         d.execute_script(SCROLL_PENDING_JS, "#people .person", "img.photo")
         return _images_loaded(d, "img.photo")
 

@@ -78,3 +78,19 @@ def test_architecture_lists_every_module():
     missing = sorted(m for m in modules - listed if not m.endswith("/__init__.py") or m == "pipeline/__init__.py")
     assert not missing, f"docs/architecture.md does not list {missing}"
     assert not listed - modules, f"docs/architecture.md lists modules that do not exist: {sorted(listed - modules)}"
+
+
+def test_feed_examples_in_the_docs_are_valid_configs():
+    """Every YAML example of docs/feeds.md (a config, or a list of feed entries) loads with the config's checks."""
+    import re
+
+    import yaml
+
+    from pipeline.config import parse_config
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "docs" / "feeds.md").read_text(), flags=re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        tree = yaml.safe_load(block)
+        cfg = parse_config(tree if isinstance(tree, dict) else {"scrape": {"feeds": tree}}, "docs/feeds.md")
+        assert cfg.scrape.feeds

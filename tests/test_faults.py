@@ -50,7 +50,7 @@ SETS = [
     "train.image_size=32",
     "train.epochs=3",
     # Staff pages (Selenium) are left out of the killed scrape run: its rerun is compared with the reference by
-    # its posts; the staff crawl's kill-and-rerun is covered at crawl level by tests/test_scrape_staff.py and
+    # its posts; the staff crawl's kill-and-rerun is covered at crawl level by tests/test_scrape_crawl_staff.py and
     # tests/test_scrape_crawl.py.
     "scrape.staff=[]",
 ]
@@ -314,7 +314,7 @@ def _http_cfg(**kw):
 def test_reset_and_trickling_hosts_time_out_with_reasons(bad_hosts):
     """The client: a reset is a connection_error after its retries; a byte-by-byte body (each byte inside the read
     timeout, the whole slower than total_timeout_s) is a timeout once total_timeout_s is spent."""
-    from pipeline.scrape.http import HttpClient
+    from pipeline.scrape.net.http import HttpClient
 
     client = HttpClient(_http_cfg(), ["127.0.0.1"])
     t0 = time.monotonic()

@@ -23,8 +23,9 @@ from PIL import Image
 from helpers.http import Handler, serve
 from pipeline.config import ConfigError, FacesConfig, FeedSite, load_config
 from pipeline.imaging import ImageDecodeError, decode_image
-from pipeline.scrape.feeds import FeedPage, FeedParseError, adapter_for
-from pipeline.scrape.http import inspect_image
+from pipeline.scrape.feeds.base import FeedPage, FeedParseError
+from pipeline.scrape.feeds.registry import adapter_for
+from pipeline.scrape.net.http import inspect_image
 from pipeline.store import FACES, POSTS, STAFF, now, to_table
 
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -191,7 +192,9 @@ PAGE = st.one_of(
 )
 SITES = [
     FeedSite(name="demo", adapter="demo", base_url="http://127.0.0.1:1"),
-    FeedSite(name="j", adapter="json", base_url="http://127.0.0.1:1/x", fields={"items": "data.0", "id": "pk"}),
+    FeedSite(
+        name="j", adapter="json", base_url="http://127.0.0.1:1/x", json={"fields": {"items": "data.0", "id": "pk"}}
+    ),
 ]
 
 
@@ -361,7 +364,7 @@ class _Pages(Handler):
 @pytest.fixture(scope="module")
 def browser_and_server():
     from pipeline.config import SeleniumConfig
-    from pipeline.scrape.staff import Browser
+    from pipeline.scrape.staff.browser import Browser
 
     with serve(_Pages) as srv:
         b = Browser(SeleniumConfig(page_load_timeout_s=5, wait_timeout_s=1.0), "facerank-test")

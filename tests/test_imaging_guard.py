@@ -1,4 +1,4 @@
-"""Untrusted image bytes (issue 19): bounded decode memory, allowed decoders only, truncation refused, and
+"""Untrusted image bytes: bounded decode memory, allowed decoders only, truncation refused, and
 ``labels import-scores`` never reading outside ``--images``."""
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.locks import LockLostError, StageLockedError, _machine
+from pipeline.locks import LockLostError, StageLockedError, _machine, hold
 from pipeline.store import DataRoot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +23,9 @@ FAST = {"ttl_s": 30.0, "heartbeat_s": 0.1}
 
 HOLDER = """
 import sys
+from pipeline.locks import hold
 from pipeline.store import DataRoot
-with DataRoot(sys.argv[1]).stage_lock(sys.argv[2], ttl_s=30, heartbeat_s=0.2):
+with hold(DataRoot(sys.argv[1]), sys.argv[2], ttl_s=30, heartbeat_s=0.2):
     print("held", flush=True)
     if sys.argv[3] == "die":
         import os
@@ -50,7 +52,7 @@ def _in_other_thread(root: DataRoot, stage: str) -> str:
 
     def take():
         try:
-            with root.stage_lock(stage, **FAST):
+            with hold(root, stage, **FAST):
                 out.append("acquired")
         except StageLockedError as err:
             out.append(str(err))
@@ -107,21 +109,21 @@ def test_second_run_of_a_stage_exits_4_with_one_line_before_any_work(tmp_path):
 
 def test_lock_is_exclusive_reentrant_and_released(tmp_path):
     root = DataRoot(str(tmp_path))
-    with root.stage_lock("fakestage", **FAST) as lease:
+    with hold(root, "fakestage", **FAST) as lease:
         rec = _record(root, "fakestage")
         assert rec["pid"] == os.getpid() and rec["stage"] == "fakestage" and rec["host"] == _machine()["host"]
         assert {"owner", "started", "heartbeat", "ttl_s", "token"} <= set(rec)
-        with root.stage_lock("fakestage", **FAST) as inner:  # the CLI, then the stage's own run: same thread
+        with hold(root, "fakestage", **FAST) as inner:  # the CLI, then the stage's own run: same thread
             assert inner is lease
         err = _in_other_thread(DataRoot(str(tmp_path)), "fakestage")
         assert "already running" in err and "\n" not in err
         first_beat = rec["heartbeat"]
         time.sleep(0.5)
         assert _record(root, "fakestage")["heartbeat"] > first_beat  # the background thread refreshes it
-        with root.stage_lock("otherstage", **FAST):  # another stage on the same root is independent
+        with hold(root, "otherstage", **FAST):  # another stage on the same root is independent
             pass
     assert not Path(root.lock_path("fakestage")).exists()
-    with root.stage_lock("fakestage", **FAST):  # free again
+    with hold(root, "fakestage", **FAST):  # free again
         pass
 
 
@@ -131,7 +133,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     assert dead.wait(timeout=30) == 0
     assert _record(root, "fakestage")["pid"] == dead.pid  # left behind by the killed run
     with caplog.at_level(logging.WARNING, logger="facerank"):
-        with root.stage_lock("fakestage", **FAST) as lease:
+        with hold(root, "fakestage", **FAST) as lease:
             assert _record(root, "fakestage")["pid"] == os.getpid()
     assert lease.took_over and f"process {dead.pid}" in lease.took_over
     assert any("took over the stale lock" in r.getMessage() and str(dead.pid) in r.getMessage() for r in caplog.records)
@@ -150,11 +152,11 @@ def test_other_hosts_lock_counts_until_its_heartbeat_is_older_than_the_ttl(tmp_p
     root = DataRoot(str(tmp_path))
     _write_record(root, "fakestage", host="elsewhere", pid=1)
     with pytest.raises(StageLockedError, match="someone@elsewhere pid 1"):
-        with root.stage_lock("fakestage", **FAST):
+        with hold(root, "fakestage", **FAST):
             pass
     old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
     _write_record(root, "fakestage", host="elsewhere", pid=1, heartbeat=old)
-    with root.stage_lock("fakestage", **FAST) as lease:
+    with hold(root, "fakestage", **FAST) as lease:
         assert "heartbeat is 3600s old" in lease.took_over
 
 
@@ -166,7 +168,7 @@ def test_live_holder_on_this_machine_is_never_taken_over(tmp_path):
     old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
     _write_record(root, "fakestage", heartbeat=old, pid_started=psutil.Process().create_time())
     with pytest.raises(StageLockedError, match="already running"):
-        with root.stage_lock("fakestage", **FAST):
+        with hold(root, "fakestage", **FAST):
             pass
 
 
@@ -210,7 +212,7 @@ def test_a_run_whose_lock_was_taken_over_is_fenced_off_at_its_next_write(tmp_pat
 def test_a_run_whose_lock_was_taken_over_fails_when_it_ends(tmp_path):
     root = DataRoot(str(tmp_path))
     with pytest.raises(LockLostError, match="took over the lock"):
-        with root.stage_lock("fakestage", **FAST):
+        with hold(root, "fakestage", **FAST):
             _write_record(root, "fakestage", host="elsewhere", token="theirs")  # another run's takeover
             time.sleep(0.5)
     assert _record(root, "fakestage")["token"] == "theirs"  # ours did not remove theirs
@@ -221,7 +223,7 @@ def test_s3_lease_is_a_conditional_create(s3_server, caplog):
 
     uri = s3_server("locks-bucket")
     a, b = DataRoot(uri), DataRoot(uri)
-    with a.stage_lock("fakestage", **FAST) as lease:
+    with hold(a, "fakestage", **FAST) as lease:
         assert isinstance(lease.backend, _S3Backend)
         first = lease.backend.read()
         assert "already running" in _in_other_thread(b, "fakestage")  # another run (same thread would re-enter)
@@ -229,7 +231,7 @@ def test_s3_lease_is_a_conditional_create(s3_server, caplog):
         time.sleep(0.5)
         assert lease.backend.read().version != first.version  # heartbeats rewrote it (If-Match on our ETag)
     assert lease.backend.read() is None  # released
-    with b.stage_lock("fakestage", **FAST):
+    with hold(b, "fakestage", **FAST):
         pass
 
     # a lease from another host whose heartbeat stopped an hour ago is taken over
@@ -237,6 +239,7 @@ def test_s3_lease_is_a_conditional_create(s3_server, caplog):
     rec = {"stage": "fakestage", "owner": "x", "host": "elsewhere", "pid": 1, "heartbeat": old, "token": "t"}
     assert lease.backend.create(json.dumps(rec).encode())
     with caplog.at_level(logging.WARNING, logger="facerank"):
-        with b.stage_lock("fakestage", **FAST) as taken:
-            assert "heartbeat is 3600s old" in taken.took_over
+        with hold(b, "fakestage", **FAST) as taken:
+            assert re.fullmatch(r"its heartbeat is 360\ds old \(ttl 30s\)", taken.took_over)  # an hour, and a loaded
+            # machine's seconds between writing the record and taking it over
     assert any("took over the stale lock" in r.getMessage() for r in caplog.records)

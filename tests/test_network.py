@@ -192,7 +192,7 @@ def test_a_browser_without_the_egress_proxy_reaches_loopback_only(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    from pipeline.scrape.staff import chrome_options
+    from pipeline.scrape.staff.browser import chrome_options
 
     page = tmp_path / "index.html"
     page.write_text("<html><body><h1 id=t>local</h1><img src='http://example.com/x.png'></body></html>")

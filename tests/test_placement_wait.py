@@ -23,10 +23,10 @@ def _cfg(tmp_path, stage: str):
 
 
 def test_scrape_fails_before_starting_its_actors(ray_session, tmp_path):
-    from pipeline.scrape.workers import Workers
+    from pipeline.scrape.workers import RayWorkers
 
     with pytest.raises(PlacementError, match=r"^stage scrape: no alive node offers ray\.placement\.scrape \("):
-        Workers.start(_cfg(tmp_path, "scrape"), [], None)  # before the limiter or any crawl actor exists
+        RayWorkers.start(_cfg(tmp_path, "scrape"), [], None)  # before the limiter or any crawl actor exists
 
 
 def test_train_fails_before_ray_train_starts(ray_session, tmp_path):

@@ -28,7 +28,7 @@ from pipeline.cli import build_parser, main
 from pipeline.config import ConfigError, load_config, parse_config
 from pipeline.privacy import KEY_ENV, OptOut, forget, load_key, plain_hash, subject_hash
 from pipeline.report.html import write_report
-from pipeline.scrape.staff import person_id
+from pipeline.scrape.staff.people import person_id
 from pipeline.store import DataRoot, now
 
 RECIPE = model_recipe_json()  # the crops of the models write_model makes are made this way
@@ -501,7 +501,7 @@ def test_scrape_applies_retention_and_a_user_forgotten_on_one_site_is_skipped_th
 
 def test_forget_waits_for_no_stage_it_fails_while_one_runs_and_erases_nothing(tmp_path):
     """Two writers on one root: forget takes every stage's lock, so a running stage makes it exit 4 untouched."""
-    from pipeline.locks import StageLockedError
+    from pipeline.locks import StageLockedError, hold
 
     root = DataRoot(str(tmp_path / "data"))
     root.write_part("posts", [_post(root, "demo", "p1", "u1", 1)])
@@ -509,7 +509,7 @@ def test_forget_waits_for_no_stage_it_fails_while_one_runs_and_erases_nothing(tm
     taken, release = threading.Event(), threading.Event()
 
     def running_stage():
-        with root.stage_lock("faces", ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s):
+        with hold(root, "faces", ttl_s=cfg.locks.ttl_s, heartbeat_s=cfg.locks.heartbeat_s):
             taken.set()
             release.wait(30)
 
@@ -531,7 +531,7 @@ def test_forget_waits_for_no_stage_it_fails_while_one_runs_and_erases_nothing(tm
 def _mastodon_root(tmp_path: Path):
     """alice@social.example as account 109 on social.example and 777 on fosstodon.example, bob on both; the walk
     state of each (site, hashtag) as the crawl writes it (pipeline/scrape/cursors.py)."""
-    from pipeline.scrape.cursors import FeedCursors
+    from pipeline.scrape.feeds.cursors import FeedCursors
 
     feeds = [{"name": n, "adapter": "mastodon", "base_url": f"https://{n}.example", "hashtags": ["selfie", "cats"]}
              for n in ("social", "fosstodon")]  # fmt: skip
@@ -580,7 +580,7 @@ def test_forget_an_account_erases_and_opts_it_out_on_every_server(tmp_path, caps
 def test_forget_erases_the_status_ids_in_the_feed_walk_state(tmp_path):
     """feed_cursors/<site>/<tag>.json lists the status ids of each walk: a state naming one of the person's statuses
     is deleted (the next crawl walks that timeline again), the others stay."""
-    from pipeline.scrape.cursors import STATE_DIR
+    from pipeline.scrape.feeds.cursors import STATE_DIR
     from pipeline.store import FEED_CURSORS_DIR
 
     assert STATE_DIR == FEED_CURSORS_DIR

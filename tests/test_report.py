@@ -96,7 +96,7 @@ def test_report_renders_in_chromium(report_cfg, tmp_path):
         assert title in page, title
     assert "src='http" not in page and 'src="http' not in page  # self-contained
 
-    from pipeline.scrape.staff import chrome_options
+    from pipeline.scrape.staff.browser import chrome_options
 
     profile = tempfile.mkdtemp(prefix="chr", dir=str(tmp_path))
     opts = chrome_options("--window-size=1200,2000", f"--user-data-dir={profile}", binary="/usr/bin/chromium")

@@ -210,7 +210,7 @@ def test_demo_staff_pages(ray_session, request):
 
 
 def test_host_limiter_rate_concurrency_and_dead_owner(ray_session):
-    from pipeline.scrape.ratelimit import HostLimiter
+    from pipeline.scrape.net.ratelimit import HostLimiter
 
     lim = HostLimiter.remote(20.0, 2, 600.0)
     t0 = time.monotonic()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.locks import hold
 from pipeline.store import FACES, DataRoot, MissingDatasetError, sha256_bytes, to_table
 
 
@@ -162,12 +163,14 @@ def test_each_stage_cleans_only_its_own_temporaries_when_it_takes_its_lock(tmp_p
     for p in left.values():
         p.parent.mkdir(parents=True)
         p.write_bytes(b"PAR1 half of a part with a face in it")
-    with root.stage_lock("faces", ttl_s=30, heartbeat_s=5):
+    with hold(root, "faces", ttl_s=30, heartbeat_s=5, clean_temporaries=True):
         assert not left["faces"].exists()
         assert all(p.exists() for ds, p in left.items() if ds != "faces")
-    with root.stage_lock("labels", ttl_s=30, heartbeat_s=5):
+    with hold(root, "labels", ttl_s=30, heartbeat_s=5, clean_temporaries=True):
         assert not left["labels/selfie"].exists() and not left["labels/department"].exists()
-    with root.stage_lock("score", ttl_s=30, heartbeat_s=5):
+    with hold(root, "score", ttl_s=30, heartbeat_s=5):  # forget's way: it reads the temporaries itself
+        assert left["scores/dt=2026-01-02"].exists()
+    with hold(root, "score", ttl_s=30, heartbeat_s=5, clean_temporaries=True):
         assert not left["scores/dt=2026-01-02"].exists()
     assert left["posts"].exists()  # the scrape stage's, never started here
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, FacesConfig
+from pipeline.faces.cropper import cropper
 from pipeline.faces.detector import FaceDetector, reason_code
-from pipeline.faces.recipe import CropRecipe, cropper
+from pipeline.faces.recipe import CropRecipe
 
 LOG_NAME = "no_face.csv"
 

@@ -15,21 +15,20 @@ made by older code never count as the same recipe.
 Every ``faces`` row records its recipe (the ``recipe`` column, canonical JSON: :meth:`CropRecipe.to_json`); the
 train stage refuses crops made by several recipes and writes the one it trained on into ``model.json``
 (``inputs.crop``); the score stage, ``rate``, ``best-crop`` and the report make crops with the model's recipe
-(:func:`cropper`), and reuse ``faces`` rows only when they carry the same one.
+(:func:`pipeline.faces.cropper.cropper`), and reuse ``faces`` rows only when they carry the same one.
 
 Example::
 
     r = CropRecipe.of(cfg.faces, detect=False)
     r.describe()                      # 'the image as given: its centre square at 224 px'
     CropRecipe.from_json(r.to_json()) == r
-    rows = cropper(r, cfg.faces).process([open("face.jpg", "rb").read()])
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pipeline.config import FacesConfig
 
@@ -131,25 +130,3 @@ class CropRecipe:
 
 def _freeze(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else value
-
-
-class Cropper(Protocol):
-    """What makes FACES rows from image bytes (:class:`~pipeline.faces.detector.FaceDetector`, or
-    :class:`~pipeline.faces.given.AsGiven`)."""
-
-    recipe: CropRecipe
-
-    def process(self, images: Any) -> list[dict[str, Any]]: ...
-
-
-def cropper(recipe: CropRecipe, base: FacesConfig, **kwargs: Any) -> Cropper:
-    """The object that makes crops by ``recipe`` (``base`` gives the settings that are not part of it);
-    ``kwargs`` go to :class:`~pipeline.faces.detector.FaceDetector` (``device``, ``num_threads``)."""
-    fc = recipe.faces_config(base)
-    if recipe.mode == "as_given":
-        from pipeline.faces.given import AsGiven
-
-        return AsGiven(fc)
-    from pipeline.faces.detector import FaceDetector
-
-    return FaceDetector(fc, **kwargs)

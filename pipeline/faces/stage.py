@@ -31,8 +31,9 @@ import pyarrow.compute as pc
 import ray
 
 from pipeline.config import Config, FacesConfig, Placement
+from pipeline.faces.cropper import cropper
 from pipeline.faces.detector import empty_row, reason_code
-from pipeline.faces.recipe import CropRecipe, cropper
+from pipeline.faces.recipe import CropRecipe
 from pipeline.placement import remote_args, require_node
 from pipeline.progress import Progress
 from pipeline.runtime import ACTOR_ARGS_NOTE, log, stage_entry

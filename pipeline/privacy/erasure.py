@@ -196,7 +196,7 @@ class _Subject:
     def _profile_pages(self, root: DataRoot, files: list[str]) -> set[str]:
         """The site's page fetches whose URL is this person's profile page: the URL the crawl keyed them by (a
         person without a site-given id is ``person_id(site, profile_url=URL)``)."""
-        from pipeline.scrape.staff import person_id
+        from pipeline.scrape.staff.people import person_id
 
         found: set[str] = set()
         for path in files:

@@ -4,7 +4,7 @@
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
 
 Both make the crop the way the model's training crops were made (its ``model.json``'s recipe,
-:func:`pipeline.faces.recipe.cropper`: the face stage's detector with the recorded settings, or the image as given)
+:func:`pipeline.faces.cropper.cropper`: the face stage's detector with the recorded settings, or the image as given)
 and score it with the exported model (:class:`pipeline.model.loaded.LoadedModel`, scores and percentiles from its
 :meth:`~LoadedModel.score`, as the score stage's); the crop maker and the model are loaded once per process and
 kept (:func:`load_rater`), so a second photo costs only detection and one forward pass.
@@ -32,7 +32,7 @@ from pipeline.store import DataRoot
 
 @dataclass
 class Rater:
-    """The model's crop maker (:func:`pipeline.faces.recipe.cropper`) and the model, loaded once."""
+    """The model's crop maker (:func:`pipeline.faces.cropper.cropper`) and the model, loaded once."""
 
     detector: Any
     model: Any
@@ -52,7 +52,7 @@ _RATERS: dict[tuple[str, str], Rater] = {}
 
 def load_rater(cfg: Config, model_dir: str | None = None) -> Rater:
     """The (cached) detector + model for ``model_dir`` (default ``score.model`` under the data root)."""
-    from pipeline.faces.recipe import cropper
+    from pipeline.faces.cropper import cropper
     from pipeline.model.loaded import LoadedModel
     from pipeline.model.meta import model_meta, model_recipe, resolve_model_dir
 

@@ -33,7 +33,9 @@ class CrawlCounters:
     page_errors_by_reason: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     workers_replaced: int = 0
     retried_error_rows: int = 0
-    refreshed: int = 0  # posts too young on an earlier run whose counts were read again (pipeline/scrape/refresh.py)
+    refreshed: int = (
+        0  # posts too young on an earlier run whose counts were read again (pipeline/scrape/feeds/refresh.py)
+    )
 
     def page_failed(self, reason: str | None) -> None:
         """A feed or staff page (or a whole staff-site task) that gave no items."""

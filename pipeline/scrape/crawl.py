@@ -1,12 +1,16 @@
-"""The crawl driver: the frontier, handing batches to the worker pools, and the bound on a batch.
+"""The crawl driver, the one there is: the frontier, handing batches to the worker pools, and the bound on a batch.
 
 Shape::
 
-    driver: Frontier ──batches──▶ Workers (workers.py): HttpWorker × num_actors   (pages + images, threads)
-                                                        BrowserWorker × num_browsers (staff pages, Chromium)
+    driver: Frontier ──batches──▶ Workers (workers.py): HTTP workers × num_actors   (pages + images, threads)
+                                                        browsers × num_browsers (staff pages, Chromium)
             results ──▶ RowBuilder (rows.py) ──rows──▶ RowWriter (writer.py); follow-up tasks back to the Frontier
             counts in one CrawlCounters (counters.py): the stage summary
-                          all workers share one HostLimiter actor (per-host rate + concurrency)
+                          all workers share one per-host limiter (rate + concurrency)
+
+The pool is pluggable (``crawl(cfg, pool=...)``, :mod:`pipeline.scrape.workers`): ``ray``, the stage's, runs the
+workers as Ray actors across the cluster behind one ``HostLimiter`` actor; ``threads`` runs the same work units in
+this process (tests and benchmarks, no Ray session). Everything else below is the same for both.
 
 * The frontier starts from every feed's first page and every staff site. A feed page's result adds its next page and
   one image task per post not already done; a staff site's result adds one image task per academic person. Each
@@ -24,52 +28,45 @@ Shape::
   every ``error`` row from ``posts``, ``staff`` and ``fetches`` (one atomic rewrite per part file) and fetches those
   items again. Feed/staff pages that failed leave only a ``fetches`` row (there is no item to key), and are always
   fetched again on the next run.
-* A worker actor that dies (``ray.kill``, OOM, a crash) is replaced; its in-flight tasks go back to the frontier; a
-  task that kills three workers becomes an error row ``worker_died``. An unexpected exception inside a task becomes
-  an error row ``internal:<Type>``. An HTTP batch still running after ``scrape.batch_timeout()`` (a backstop: every
-  fetch has its own deadline) is abandoned: its tasks become error rows ``batch_timeout``, its actor is killed and
+* A worker actor that dies (``ray.kill``, OOM, a crash; Ray pool) is replaced; its in-flight tasks go back to the
+  frontier; a task that kills three workers becomes an error row ``worker_died``. An unexpected exception inside a task
+  becomes an error row ``internal:<Type>``. An HTTP batch still running after ``scrape.batch_timeout()`` (a backstop:
+  every fetch has its own deadline) is abandoned: its tasks become error rows ``batch_timeout``, its actor is killed and
   replaced. Nothing ends the stage early.
 * People on the opt-out list (``optout``: kind user/person/image) are skipped without writing any row about them.
-* Feeds with ordered ids (Mastodon): walks resume from their last safe cursor and reruns stop at the newest stored
-  status (:mod:`pipeline.scrape.cursors`); posts too young last time are refreshed first
-  (:mod:`pipeline.scrape.refresh`).
+* Feeds whose adapter is incremental (ordered ids): walks resume from their last safe cursor and reruns stop at the
+  newest stored post (:mod:`pipeline.scrape.feeds.cursors`); posts too young last time are refreshed first where
+  the adapter reads counts again (:mod:`pipeline.scrape.feeds.refresh`). Both through the adapter's optional hooks
+  (:class:`~pipeline.scrape.feeds.base.FeedAdapter`): this module names no adapter.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
-
-import ray
 
 from pipeline.config import Config
 from pipeline.privacy import OptOut
-from pipeline.runtime import log
 from pipeline.scrape.counters import CrawlCounters
-from pipeline.scrape.cursors import FeedCursors
-from pipeline.scrape.feeds import adapter_for
-from pipeline.scrape.refresh import refresh_young_posts
+from pipeline.scrape.feeds.cursors import FeedCursors
+from pipeline.scrape.feeds.refresh import refresh_young_posts
+from pipeline.scrape.feeds.registry import adapter_for
+from pipeline.scrape.net.address import allowed_domains
 from pipeline.scrape.rows import RowBuilder
 from pipeline.scrape.work import error_result, internal_error
-from pipeline.scrape.workers import INFLIGHT_PER_ACTOR, WorkerPool, Workers, kill
+from pipeline.scrape.workers import WorkerDied, WorkerPool, Workers, start_workers
 from pipeline.scrape.writer import RowWriter, drop_error_rows
-from pipeline.store import DataRoot
+from pipeline.store import FETCHES_DS, POSTS_DS, STAFF_DS, DataRoot
+
+log = logging.getLogger("facerank.scrape")
 
 MAX_DEATHS_PER_TASK = 3
 
-__all__ = ["CrawlProgress", "allowed_domains", "crawl"]
-
-
-def allowed_domains(cfg: Config) -> list[str]:
-    """``scrape.allowed_domains`` or, when empty, the hosts of every configured feed and staff site."""
-    if cfg.scrape.allowed_domains:
-        return list(cfg.scrape.allowed_domains)
-    urls = [f.base_url for f in cfg.scrape.feeds] + [u for s in cfg.scrape.staff for u in s.start_urls]
-    return sorted({h for h in (urlsplit(u).hostname for u in urls) if h})
+__all__ = ["CrawlProgress", "crawl"]
 
 
 @dataclasses.dataclass
@@ -92,12 +89,12 @@ class Frontier:
     staff: collections.deque = dataclasses.field(default_factory=collections.deque)
 
     @classmethod
-    def seed(cls, cfg: Config, cursors: FeedCursors | None = None) -> Frontier:
+    def seed(cls, cfg: Config, cursors: FeedCursors | None = None, adapters: dict | None = None) -> Frontier:
         """Every feed's first page per hashtag (or, with ``cursors``, where its walks resume), and every staff
-        site."""
+        site. ``adapters``: the feeds' adapters by site name, built from the config when not given."""
         f = cls()
         for site in cfg.scrape.feeds:
-            ad = adapter_for(site)
+            ad = adapters[site.name] if adapters is not None else adapter_for(site)
             for tag in site.hashtags:
                 if cursors is not None:
                     f.pages.extend(cursors.seed(site.name, tag, ad.first_url(tag)))
@@ -127,8 +124,9 @@ class Frontier:
 class _Crawl:
     """One crawl: prepare the resume state, run the dispatch loop over the worker pools, summarise."""
 
-    def __init__(self, cfg: Config, stop_after_flushes: int | None, on_progress: Callable | None):
+    def __init__(self, cfg: Config, stop_after_flushes: int | None, on_progress: Callable | None, pool: str = "ray"):
         self.cfg = cfg
+        self.pool = pool
         self.sc = cfg.scrape
         self.root = DataRoot(cfg.data_root)
         self.stop_after_flushes = stop_after_flushes
@@ -141,22 +139,24 @@ class _Crawl:
 
     # ---------------------------------------------------------------- setup
     def prepare(self) -> None:
-        root = self.root  # the stage's lock cleaned posts/staff/fetches _tmp/ before (DataRoot.stage_lock)
+        root = self.root  # the stage's lock cleaned posts/staff/fetches _tmp/ before (locks.hold)
         if self.sc.retry_errors:
-            self.n.retried_error_rows = sum(drop_error_rows(root, ds) for ds in ("posts", "staff"))
-            drop_error_rows(root, "fetches")
-        done = {("posts", s, i) for s, i in root.done_keys("posts")}
-        done |= {("staff", s, i) for s, i in root.done_keys("staff")}
-        fetch_done = set(root.done_keys("fetches"))
+            self.n.retried_error_rows = sum(drop_error_rows(root, ds) for ds in (POSTS_DS, STAFF_DS))
+            drop_error_rows(root, FETCHES_DS)
+        done = {(POSTS_DS, s, i) for s, i in root.done_keys(POSTS_DS)}
+        done |= {(STAFF_DS, s, i) for s, i in root.done_keys(STAFF_DS)}
+        fetch_done = set(root.done_keys(FETCHES_DS))
         self.optout = OptOut(root, self.cfg.privacy)
-        self.n.refreshed = refresh_young_posts(self.cfg, root)  # Mastodon posts too young last time (refresh.py)
+        adapters = {s.name: adapter_for(s) for s in self.sc.feeds}
+        self.n.refreshed = refresh_young_posts(self.cfg, root, adapters=adapters)  # posts too young last time
         self.writer = RowWriter(root, self.sc.batch_rows, self.n, fetch_done, self.stop_after_flushes)
-        self.cursors = FeedCursors(self.cfg, root, self.optout)  # incremental / resumable feed walks
+        self.cursors = FeedCursors(self.cfg, root, self.optout, adapters=adapters)  # incremental / resumable walks
+        self.writer.on_flush = self.cursors.save  # the walks' state written with the rows it describes
         self.rows = RowBuilder(self.cfg, self.n, self.writer, done, self.optout, self.cursors)
-        self.frontier = Frontier.seed(self.cfg, self.cursors)
+        self.frontier = Frontier.seed(self.cfg, self.cursors, adapters)
 
     def start(self) -> None:
-        self.workers = Workers.start(self.cfg, allowed_domains(self.cfg), self.optout)
+        self.workers: Workers = start_workers(self.cfg, allowed_domains(self.cfg), self.optout, self.pool)
 
     # ---------------------------------------------------------------- loop
     def loop(self) -> None:
@@ -174,7 +174,7 @@ class _Crawl:
         self._dispatch()
         if not self.inflight:
             return self._without_workers()
-        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+        ready = self.workers.wait(list(self.inflight), timeout=1.0)
         self._abandon_overdue(set(ready))
         for ref in ready:
             self._collect(ref)
@@ -192,16 +192,17 @@ class _Crawl:
         return True
 
     def _dispatch(self) -> None:
-        http, browsers, f = self.workers.http, self.workers.browsers, self.frontier
+        w, f = self.workers, self.frontier
+        http, browsers = w.http, w.browsers
         for actor in list(http.actors):
-            while http.inflight[actor] < INFLIGHT_PER_ACTOR and f.has_http():
-                self._submit(http, actor, f.http_batch(self.sc.tasks_per_call))
+            while http.inflight[actor] < w.inflight_per_actor and f.has_http():
+                self._submit(http, actor, f.http_batch(w.batch_size))
         for actor in list(browsers.actors):
             while browsers.inflight[actor] < 1 and f.staff:
                 self._submit(browsers, actor, [f.staff.popleft()])
 
     def _submit(self, pool: WorkerPool, actor: Any, batch: list[dict]) -> None:
-        ref = actor.run.remote(batch)
+        ref = self.workers.submit(actor, batch)
         self.inflight[ref] = (pool, actor, batch)
         self.submitted_at[ref] = time.monotonic()
         pool.inflight[actor] += 1
@@ -212,8 +213,8 @@ class _Crawl:
         self.submitted_at.pop(ref, None)
         pool.inflight[actor] -= 1
         try:
-            results, robots = ray.get(ref)
-        except ray.exceptions.RayActorError:
+            results, robots = self.workers.result(ref)
+        except WorkerDied:
             self._replace(pool, actor)
             self._requeue(batch)
             return
@@ -237,7 +238,7 @@ class _Crawl:
 
     # ---------------------------------------------------------------- faults
     def _replace(self, pool: WorkerPool, actor: Any) -> None:
-        if pool.replace(actor, self.workers.limiter):
+        if self.workers.replace(pool, actor):
             self.n.workers_replaced += 1
 
     def _requeue(self, batch: list[dict]) -> None:
@@ -260,7 +261,7 @@ class _Crawl:
             del self.inflight[ref], self.submitted_at[ref]
             log.warning("scrape: an http batch ran past %.0f s; its %d tasks fail, its worker is replaced", bound,
                         len(batch))  # fmt: skip
-            kill(actor)
+            self.workers.kill(actor)
             self._replace(pool, actor)
             for task in batch:
                 self._handle(error_result(task, "batch_timeout"))
@@ -277,17 +278,19 @@ class _Crawl:
 def crawl(
     cfg: Config,
     *,
+    pool: str = "ray",
     stop_after_flushes: int | None = None,
     on_progress: Callable[[CrawlProgress], None] | None = None,
 ) -> dict:
     """Crawl every configured feed and staff site into the data root; returns the summary dict.
 
-    ``stop_after_flushes`` stops abruptly (buffers dropped, actors killed,
+    ``pool``: ``ray`` (Ray actors; Ray must be initialised) or ``threads`` (this process, no Ray session):
+    :mod:`pipeline.scrape.workers`. ``stop_after_flushes`` stops abruptly (buffers dropped, workers stopped,
     :class:`~pipeline.scrape.writer.CrawlInterrupted` raised) after that many batch writes, as a kill would;
-    ``on_progress`` is called after every finished actor call. Both exist for fault-injection tests. Ray must be
-    initialised.
+    ``on_progress`` is called after every finished worker call (an exception it raises ends the crawl as a kill
+    would). Both exist for fault-injection tests.
     """
-    c = _Crawl(cfg, stop_after_flushes, on_progress)
+    c = _Crawl(cfg, stop_after_flushes, on_progress, pool)
     c.prepare()
     c.start()
     try:

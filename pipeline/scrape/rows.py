@@ -8,12 +8,12 @@ driver's frontier. It owns the per-run decisions:
   this run, not if its person is on the opt-out list (``opted_out``, and no row at all);
 * non-academic staff get a ``skipped: non_academic`` row and no image fetch; academic staff without a photo an
   ``error: no_photo`` row;
-* placeholders (:mod:`pipeline.scrape.placeholders`): a person whose photo URL is a placeholder (pattern, SVG) or
+* placeholders (:mod:`pipeline.scrape.staff.placeholders`): a person whose photo URL is a placeholder (pattern, SVG) or
   whose fetched photo is one (tiny, blank, SVG) gets ``no_photo: placeholder``; the rows of a staff site with a
   fetched photo wait until every photo of the site is fetched, then an image shared by ``placeholder_min_people``
   or more of its people is ``no_photo: placeholder`` for all of them (they keep ``image_sha256``);
 * posts the adapter marks ``skip`` (a Mastodon video, no image, sensitive media) get a ``skipped`` row with that
-  reason and no fetch; with ``cursors`` (:mod:`pipeline.scrape.cursors`) each feed page handled is recorded there;
+  reason and no fetch; with ``cursors`` (:mod:`pipeline.scrape.feeds.cursors`) each feed page handled is recorded there;
 * image dedupe: each image URL is fetched once per run; rows sharing a URL wait for its one fetch and count as
   duplicates; identical bytes from different URLs are stored once by the worker, and are decided per sha256 here
   (workers may race on the same bytes).
@@ -28,11 +28,11 @@ from urllib.parse import urlsplit
 from pipeline.config import Config, FeedSite, StaffSite
 from pipeline.privacy import OptOut
 from pipeline.scrape.counters import CrawlCounters
-from pipeline.scrape.cursors import FeedCursors
-from pipeline.scrape.placeholders import STATUS_NO_PHOTO, SharedImages
-from pipeline.scrape.staff import is_academic
+from pipeline.scrape.feeds.cursors import FeedCursors
+from pipeline.scrape.staff.people import is_academic
+from pipeline.scrape.staff.placeholders import STATUS_NO_PHOTO, SharedImages
 from pipeline.scrape.writer import RowWriter
-from pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
+from pipeline.store import POSTS_DS, STAFF_DS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
 
 _IMAGE_KEYS = ("status", "reason", "sha", "width", "height", "placeholder")
 
@@ -107,7 +107,7 @@ class RowBuilder:
         cursors: FeedCursors | None = None,
     ):
         self.sc = cfg.scrape
-        self.cursors = cursors  # FeedCursors (pipeline/scrape/cursors.py): feed walks that resume and stop
+        self.cursors = cursors  # FeedCursors (pipeline/scrape/feeds/cursors.py): feed walks that resume and stop
         self.n = counters
         self.writer = writer
         self.done = done
@@ -155,16 +155,16 @@ class RowBuilder:
         if not item:
             self.n.page_errors_by_reason[p.get("error") or "bad_post"] += 1
             return []
-        if not self._claim(("posts", site.name, item), "user", p.get("user_id")):
+        if not self._claim((POSTS_DS, site.name, item), "user", p.get("user_id")):
             return []
         row = post_row(site.name, hashtag, p, scraped, self.sc.min_post_age_days * 86400)
         if p.get("error"):
-            self._emit("posts", row, STATUS_ERROR, p["error"])
+            self._emit(POSTS_DS, row, STATUS_ERROR, p["error"])
             return []
         if p.get("skip"):  # no image to fetch (a video, no media, sensitive): a skipped row with the reason
-            self._emit("posts", row, STATUS_SKIPPED, p["skip"])
+            self._emit(POSTS_DS, row, STATUS_SKIPPED, p["skip"])
             return []
-        return self._want_image("posts", row)
+        return self._want_image(POSTS_DS, row)
 
     # ---------------------------------------------------------------- staff
     def _staff(self, r: dict) -> list[dict]:
@@ -192,23 +192,23 @@ class RowBuilder:
         return tasks
 
     def _person(self, site: StaffSite, p: dict, scraped: dt.datetime, extra: dict | None = None) -> list[dict]:
-        if not self._claim(("staff", site.name, p["item_id"]), "person", p["item_id"]):
+        if not self._claim((STAFF_DS, site.name, p["item_id"]), "person", p["item_id"]):
             return []
         academic = is_academic(p.get("role"), self.sc.non_academic_roles)
         row = staff_row(site, p, academic, scraped)
         if not academic:
             self.n.non_academic += 1
             row["image_url"] = None  # not fetched: we keep no photo of non-academic staff
-            self._emit("staff", row, STATUS_SKIPPED, "non_academic")
+            self._emit(STAFF_DS, row, STATUS_SKIPPED, "non_academic")
             return []
         if not p.get("image_url"):
-            self._emit("staff", row, STATUS_ERROR, "no_photo")
+            self._emit(STAFF_DS, row, STATUS_ERROR, "no_photo")
             return []
         if (extra or {}).get("placeholder"):  # the URL says so: not fetched
-            self._emit("staff", row, STATUS_NO_PHOTO, "placeholder")
+            self._emit(STAFF_DS, row, STATUS_NO_PHOTO, "placeholder")
             return []
         self.site_pending[site.name] = self.site_pending.get(site.name, 0) + 1
-        return self._want_image("staff", row)
+        return self._want_image(STAFF_DS, row)
 
     def _claim(self, key: tuple[str, str, str], optout_kind: str, person: str | None) -> bool:
         """True when an item is new: not written before, not seen in this run, its person not opted out."""
@@ -236,7 +236,7 @@ class RowBuilder:
             return []
         self.waiting[url] = [(ds, row)]
         task = {"kind": "image", "url": url, "site": row["site"]}
-        if ds == "staff":
+        if ds == STAFF_DS:
             task["staff"] = True
         return [task]
 
@@ -270,7 +270,7 @@ class RowBuilder:
             self.n.duplicates += 1
 
     def _complete(self, ds: str, row: dict, res: dict) -> None:
-        if ds == "staff":
+        if ds == STAFF_DS:
             self._complete_staff(row, res)
             return
         if res["reason"] == "opted_out":
@@ -289,9 +289,9 @@ class RowBuilder:
         elif res.get("placeholder"):
             if res["status"] == STATUS_OK:
                 row.update(image_sha256=res["sha"], width=res["width"], height=res["height"])
-            self._emit("staff", row, STATUS_NO_PHOTO, "placeholder")
+            self._emit(STAFF_DS, row, STATUS_NO_PHOTO, "placeholder")
         elif res["status"] != STATUS_OK:
-            self._emit("staff", row, res["status"], res["reason"])
+            self._emit(STAFF_DS, row, res["status"], res["reason"])
         else:
             row.update(image_sha256=res["sha"], width=res["width"], height=res["height"])
             self.shared.add(site, res["sha"])
@@ -306,9 +306,9 @@ class RowBuilder:
         min_people = cfg.placeholder_min_people if cfg is not None else 0
         for row in self.site_held.pop(site, []):
             if self.shared.placeholder(site, row["image_sha256"], min_people):
-                self._emit("staff", row, STATUS_NO_PHOTO, "placeholder")
+                self._emit(STAFF_DS, row, STATUS_NO_PHOTO, "placeholder")
             else:
-                self._emit("staff", row, STATUS_OK, None)
+                self._emit(STAFF_DS, row, STATUS_OK, None)
 
     def _emit(self, ds: str, row: dict, status: str, reason: str | None) -> None:
         row["status"], row["reason"] = status, reason
@@ -319,6 +319,6 @@ class RowBuilder:
         elif status == STATUS_ERROR:
             self.n.errors += 1
             self.n.errors_by_reason[reason or "unknown"] += 1
-        if ds == "posts" and row.get("too_young"):
+        if ds == POSTS_DS and row.get("too_young"):
             self.n.too_young += 1
         self.writer.add(ds, row)

@@ -7,10 +7,13 @@ under the data root (:func:`pipeline.scrape.crawl.crawl`; ``opts`` are its keywo
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.runtime import log, stage_entry
+from pipeline.runtime import stage_entry
+
+log = logging.getLogger("facerank.scrape")
 
 
 @stage_entry("scrape")  # its lock, its log lines, Ray: pipeline/runtime.py

@@ -9,15 +9,15 @@ Tasks and results are plain dicts (they cross process boundaries):
 * ``{"kind": "image", "site", "url"}`` → fetches, checks and stores one image (``DataRoot.put_image``, by sha256):
   ``{"task", "status", "reason", "sha", "width", "height", "new", "fetch"}``;
 * ``{"kind": "image", "site", "url", "staff": true}``: a staff photo, also checked for being a placeholder
-  (:func:`~pipeline.scrape.placeholders.by_content`: ``"placeholder"`` in the result);
+  (:func:`~pipeline.scrape.staff.placeholders.by_content`: ``"placeholder"`` in the result);
 * ``{"kind": "staff", "index"}`` → :meth:`BrowserWork.run` scrapes one staff site
-  (:class:`~pipeline.scrape.staff_site.StaffScraper`: static pages by HTTP, Chromium only when needed, every browser
+  (:class:`~pipeline.scrape.staff.site.StaffScraper`: static pages by HTTP, Chromium only when needed, every browser
   connection through the egress proxy; profile pages): ``{"task", "pages": [StaffPage as dict], "fetches"}``.
 
 ``fetch`` is the URL's ``fetches`` row. A task that fails unexpectedly becomes :func:`error_result`
 (``internal:<Type>``); the crawl driver uses the same shape for ``worker_died``, ``batch_timeout``, ``no_workers``.
 Both ``run`` methods also return the robots.txt fetch rows gathered meanwhile. ``slot(host)`` is the per-host
-limiter (:mod:`pipeline.scrape.ratelimit`); without one, the HTTP client's local limiter from the config.
+limiter (:mod:`pipeline.scrape.net.ratelimit`); without one, the HTTP client's local limiter from the config.
 """
 
 from __future__ import annotations
@@ -30,13 +30,15 @@ from urllib.parse import urlsplit
 
 from pipeline.config import Config
 from pipeline.privacy import OptOut
-from pipeline.scrape.egress import policy_for
-from pipeline.scrape.feeds import FeedParseError, adapter_for
-from pipeline.scrape.http import FetchResult, HttpClient, resolves_public
-from pipeline.scrape.placeholders import by_content
-from pipeline.scrape.staff import Browser
-from pipeline.scrape.staff_site import StaffScraper
-from pipeline.store import STATUS_ERROR, STATUS_SKIPPED, DataRoot, sha256_bytes
+from pipeline.scrape.feeds.base import FeedParseError
+from pipeline.scrape.feeds.registry import adapter_for
+from pipeline.scrape.net.address import resolves_public
+from pipeline.scrape.net.egress import policy_for
+from pipeline.scrape.net.http import FetchResult, HttpClient
+from pipeline.scrape.staff.browser import Browser
+from pipeline.scrape.staff.placeholders import by_content
+from pipeline.scrape.staff.site import StaffScraper
+from pipeline.store import STAFF_DS, STATUS_ERROR, STATUS_SKIPPED, DataRoot, sha256_bytes
 
 
 def error_result(task: dict, reason: str) -> dict:
@@ -156,7 +158,7 @@ class BrowserWork:
 
     def _done_people(self, site: str) -> set[str]:
         """The item ids of ``site`` with a staff row already (their profile pages are not fetched again)."""
-        return {i for s, i in DataRoot(self.cfg.data_root).done_keys("staff") if s == site}
+        return {i for s, i in DataRoot(self.cfg.data_root).done_keys(STAFF_DS) if s == site}
 
     def shutdown(self) -> bool:
         """Quit Chromium (and its egress proxy)."""

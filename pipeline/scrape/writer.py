@@ -8,15 +8,16 @@ runs): two entries that share a page URL get a page row each.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.scrape.counters import CrawlCounters
-from pipeline.store import STATUS_ERROR, DataRoot
+from pipeline.store import FETCHES_DS, POSTS_DS, STAFF_DS, STATUS_ERROR, DataRoot
 
-DATASETS = ("fetches", "posts", "staff")  # the write order of one flush
+DATASETS = (FETCHES_DS, POSTS_DS, STAFF_DS)  # the write order of one flush
 
 
 class CrawlInterrupted(RuntimeError):
@@ -40,7 +41,8 @@ class RowWriter:
     """Buffers rows per dataset and writes them every ``batch_rows`` item rows (and at :meth:`flush`).
 
     ``fetch_done``: the (site, URL) pairs with a ``fetches`` row already; ``bar``: an optional progress bar (one
-    tick per item row); ``stop_after_flushes``: raise :class:`CrawlInterrupted` after that many writes, buffers
+    tick per item row); ``on_flush``: called after each write (the driver saves the feed cursors then, so that they
+    describe what is stored); ``stop_after_flushes``: raise :class:`CrawlInterrupted` after that many writes, buffers
     dropped, as a kill would.
     """
 
@@ -60,19 +62,20 @@ class RowWriter:
         self.bufs: dict[str, list[dict]] = {ds: [] for ds in DATASETS}
         self.flushes = 0
         self.bar: Any = None
+        self.on_flush: Callable[[], None] | None = None
 
     def fetch(self, row: dict | None) -> None:
         """Buffer a ``fetches`` row unless its (site, URL) has one (None: the result had no fetch)."""
         if row and (key := (row["site"], row["url"])) not in self.fetch_done:
             self.fetch_done.add(key)
-            self.bufs["fetches"].append(row)
+            self.bufs[FETCHES_DS].append(row)
 
     def add(self, ds: str, row: dict) -> None:
         """Buffer a finished ``posts``/``staff`` row; writes the batch when it is full."""
         self.bufs[ds].append(row)
         if self.bar is not None:
             self.bar.update(1)
-        if len(self.bufs["posts"]) + len(self.bufs["staff"]) >= self.batch_rows:
+        if len(self.bufs[POSTS_DS]) + len(self.bufs[STAFF_DS]) >= self.batch_rows:
             self.flush()
 
     def flush(self) -> None:
@@ -83,10 +86,12 @@ class RowWriter:
             rows, self.bufs[ds] = self.bufs[ds], []
             if rows:
                 self.root.write_part(ds, rows)
-                if ds == "posts":
+                if ds == POSTS_DS:
                     self.n.posts_written += len(rows)
-                elif ds == "staff":
+                elif ds == STAFF_DS:
                     self.n.staff_written += len(rows)
         self.flushes += 1
+        if self.on_flush is not None:
+            self.on_flush()
         if self.stop_after_flushes is not None and self.flushes >= self.stop_after_flushes:
             raise CrawlInterrupted(f"stopped after {self.flushes} flushes (fault injection)")

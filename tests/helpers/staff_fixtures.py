@@ -2,8 +2,8 @@
 
 :func:`fixture_site` serves every fixture page and the images they name (real-looking photos, a silhouette shared
 under three URLs, a 1x1 GIF, a flat square, SVGs); :func:`site` builds the :class:`~pipeline.config.StaffSite` of one
-fixture; :func:`crawl_rows` runs the crawl's own work units and row builder (:mod:`pipeline.scrape.work`,
-:mod:`pipeline.scrape.rows`) without Ray and returns the ``staff`` and ``fetches`` rows.
+fixture; :func:`crawl_rows` runs the crawl driver on its thread pool (:func:`pipeline.scrape.crawl.crawl`, no Ray) and
+returns the stored ``staff`` and ``fetches`` rows.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def config(tmp_path, sites: list, **scrape):
     raw = {
         "data_root": str(tmp_path / "data"),
         "scrape": {
-            "http": {"allow_private_addresses": True, "retry": {"attempts": 1}},
+            "http": {"allow_private_addresses": True, "retry": {"attempts": 1}, "requests_per_second_per_host": 1000},
             "staff": [s.model_dump() for s in sites],
             **scrape,
         },
@@ -212,33 +212,12 @@ def no_limit(host: str, delay: float = 0.0):
 
 
 def crawl_rows(cfg) -> tuple[dict, list[dict]]:
-    """Every staff site of ``cfg`` through BrowserWork, HttpWork and RowBuilder, no Ray: (staff rows by name,
-    fetches rows)."""
-    from pipeline.privacy import OptOut
-    from pipeline.scrape.counters import CrawlCounters
-    from pipeline.scrape.rows import RowBuilder
-    from pipeline.scrape.work import BrowserWork, HttpWork
-    from pipeline.scrape.writer import RowWriter
-    from pipeline.store import DataRoot
+    """Every staff site of ``cfg`` through the crawl driver on its thread pool (no Ray): (staff rows by name,
+    fetches rows), as stored."""
+    from pipeline.scrape.crawl import crawl
+    from pipeline.store import FETCHES_DS, STAFF_DS, DataRoot
 
+    crawl(cfg, pool="threads")
     root = DataRoot(cfg.data_root)
-    n = CrawlCounters()
-    writer = RowWriter(root, 1000, n, set())
-    rows = RowBuilder(cfg, n, writer, set(), OptOut(root, key=b"k" * 32))
-    domains = ["127.0.0.1"]
-    browser = BrowserWork(cfg, domains, no_limit)
-    http = HttpWork(cfg, domains, no_limit)
-    try:
-        tasks = [{"kind": "staff", "index": i} for i in range(len(cfg.scrape.staff))]
-        while tasks:
-            staff = [t for t in tasks if t["kind"] == "staff"]
-            other = [t for t in tasks if t["kind"] != "staff"]
-            results = browser.run(staff)[0] if staff else []
-            results += http.run(other)[0] if other else []
-            tasks = [t for r in results for t in rows.handle(r)]
-        staff_rows = list(writer.bufs["staff"])
-        fetches = list(writer.bufs["fetches"])
-    finally:
-        browser.shutdown()
-        http.pool.shutdown()
-    return {r["name"]: r for r in staff_rows}, fetches
+    staff_rows = root.read(STAFF_DS).to_pylist() if root.has(STAFF_DS) else []
+    return {r["name"]: r for r in staff_rows}, root.read(FETCHES_DS).to_pylist()

@@ -5,7 +5,7 @@ HTML of one listing page and returns a :class:`ParsedPage`: one dict per person 
 ``image_url``, ``profile_url``, ``placeholder``, ``page_url``), the next-page link, whether the page has scripts and
 whether it is a bot challenge (:func:`challenge`). :func:`parse_profile` reads a person's own page.
 
-* Names and roles are read as a person sees them (:mod:`pipeline.scrape.htmltext`): ``<br>`` and block elements
+* Names and roles are read as a person sees them (:mod:`pipeline.scrape.staff.htmltext`): ``<br>`` and block elements
   separate lines, whitespace collapses; a line that is an e-mail address, URL or phone number is never a name or a
   role; the role drops the name's line and joins the rest with ``"; "``. ``name_attr`` reads the name from the
   photo's ``alt``/``title`` when the name selector finds none; ``role_after_name`` takes the card's text after the
@@ -15,21 +15,29 @@ whether it is a bot challenge (:func:`challenge`). :func:`parse_profile` reads a
   computed ``background-image`` the browser copies into ``data-facerank-bg``). ``data:`` URIs never count. A card
   whose photo selector finds nothing falls back to the first element with a CSS background image. URLs resolve
   against ``<base href>`` and the page URL (protocol-relative ones too); only http(s) URLs are kept.
-* :func:`~pipeline.scrape.placeholders.by_url` marks a placeholder photo by its URL before any fetch.
+* :func:`~pipeline.scrape.staff.placeholders.by_url` marks a placeholder photo by its URL before any fetch.
+
+A page's outcome is a :class:`StaffPage` (:func:`outcome`: its people, or the error that explains an empty page);
+:func:`paginate` follows next-page links over any renderer (the static one of :mod:`pipeline.scrape.staff.site`, or
+Chromium's, :mod:`pipeline.scrape.staff.browser`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+from collections.abc import Callable
 from urllib.parse import urljoin, urlsplit
 
 from parsel import Selector
 
 from pipeline.config import StaffSite
-from pipeline.scrape import htmltext as ht
-from pipeline.scrape import placeholders
-from pipeline.scrape.staff import person_id
+from pipeline.scrape.staff import htmltext as ht
+from pipeline.scrape.staff import placeholders
+from pipeline.scrape.staff.people import person_id
+
+log = logging.getLogger("facerank.scrape")
 
 IMAGE_TYPES = ("", "image/jpeg", "image/jpg", "image/png", "image/webp", "image/gif")
 _ALT_PREFIX = re.compile(r"^(?:(?:a\s+)?(?:photo|picture|portrait|headshot|image|profile\s+photo)\s+(?:of|for)\s+)",
@@ -296,3 +304,68 @@ def parse_profile(html: str | bytes, page_url: str, site: StaffSite) -> dict:
     role = _role_lines(_lines(select(sel, site.profile_role_selector)), None) if site.profile_role_selector else None
     patterns = placeholders.compile_patterns(site.placeholder_patterns)
     return {"image_url": image, "role": role, "placeholder": placeholders.by_url(image, patterns)}
+
+
+@dataclasses.dataclass
+class StaffPage:
+    """One rendered page: the people on it, or an error; ``render`` says how (static | browser)."""
+
+    url: str
+    people: list[dict]
+    status: str = "ok"
+    reason: str | None = None
+    clicks: int = 0
+    http_status: int | None = None
+    render: str = "browser"
+    bytes: int | None = None
+    attempts: int = 1
+    next_url: str | None = None
+    html: str | None = None  # only when asked for (check-site --html): never sent back by the crawl's workers
+    # item_id -> what the rows need beyond the person's staff columns: placeholder (by URL), profile_url
+    extras: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+
+EXTRA_KEYS = ("placeholder", "profile_url")
+
+
+def paginate(
+    site: StaffSite,
+    may_fetch: Callable[[str], tuple[str, str] | None],
+    render: Callable[[str], StaffPage],
+) -> list[StaffPage]:
+    """Every page of ``site``: each start URL, then its next-page links (``max_pages`` per start URL in all).
+
+    ``may_fetch(url)`` returns (status, reason) when a URL must be skipped; ``render(url)`` gives the page, with
+    ``next_url`` set when it links to another."""
+    pages: list[StaffPage] = []
+    queue = list(site.start_urls)
+    seen: set[str] = set()
+    while queue and len(pages) < site.max_pages * max(1, len(site.start_urls)):
+        url = queue.pop(0)
+        if url in seen:
+            continue
+        seen.add(url)
+        refused = may_fetch(url)
+        if refused:
+            pages.append(StaffPage(url, [], refused[0], refused[1], render="none"))
+            continue
+        page = render(url)
+        if page.url != url and may_fetch(page.url):  # redirected somewhere we may not go
+            page = StaffPage(url, [], "error", "redirect_outside_allowed_domains", render=page.render)
+        pages.append(page)
+        if page.next_url and page.next_url not in seen:
+            queue.insert(0, page.next_url)
+    return pages
+
+
+def outcome(page: StaffPage, parsed) -> StaffPage:
+    """``page`` with its people and next link from ``parsed``, or the error that explains an empty page."""
+    page.people = [{k: v for k, v in p.items() if k not in EXTRA_KEYS} for p in parsed.people]
+    page.extras = {p["item_id"]: {k: p.get(k) for k in EXTRA_KEYS} for p in parsed.people}
+    page.next_url = parsed.next_url
+    if not parsed.people:
+        page.status = "error"
+        page.reason = "blocked" if parsed.challenge else "no_people_found"
+        if parsed.challenge:
+            log.warning("staff page %s is a bot challenge (%s): not scraped", page.url, parsed.challenge)
+    return page

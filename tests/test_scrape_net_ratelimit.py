@@ -1,4 +1,4 @@
-"""The shared host limiter's leases as the crawl actors use them (:class:`pipeline.scrape.ratelimit.RayLimiter`):
+"""The shared host limiter's leases as the crawl actors use them (:class:`pipeline.scrape.net.ratelimit.RayLimiter`):
 the cap and the spacing hold across processes' leases, a busy process asks the limiter once per book of starts (not
 twice per request), idle leases are handed back, and unused starts return to the host."""
 
@@ -73,7 +73,7 @@ def _settled(ray, lim) -> dict:
 
 def test_leases_keep_cap_and_spacing_across_processes_with_few_round_trips(ray_session):
     ray = ray_session
-    from pipeline.scrape.ratelimit import LATE_S, HostLimiter, RayLimiter
+    from pipeline.scrape.net.ratelimit import LATE_S, HostLimiter, RayLimiter
 
     # a polite host: 50 requests/s, 3 at once; two "actors" of 4 threads each
     lim = HostLimiter.remote(50.0, 3, 600.0)
@@ -102,7 +102,7 @@ def test_leases_keep_cap_and_spacing_across_processes_with_few_round_trips(ray_s
 
 def test_unused_starts_go_back_to_the_host(ray_session):
     ray = ray_session
-    from pipeline.scrape.ratelimit import HostLimiter, RayLimiter
+    from pipeline.scrape.net.ratelimit import HostLimiter, RayLimiter
 
     lim = HostLimiter.remote(5.0, 4, 600.0)  # 0.2 s apart: a lease books two starts
     a, b = RayLimiter(lim, "a", want_slots=4), RayLimiter(lim, "b", want_slots=4)

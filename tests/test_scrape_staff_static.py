@@ -1,8 +1,8 @@
-"""Staff directories as real sites build them (issue 16), read by the static path: HTTP client + parsel, no Ray.
+"""Staff directories as real sites build them, read by the static path: HTTP client + parsel, no Ray.
 
 Each fixture under tests/fixtures/staff reproduces one pattern of saved university directories; the tests assert
-person by person what the scraper reads (:class:`~pipeline.scrape.staff_site.StaffScraper`) and, through the crawl's
-own work units and row builder, which rows come out (:func:`helpers.staff_fixtures.crawl_rows`).
+person by person what the scraper reads (:class:`~pipeline.scrape.staff.site.StaffScraper`) and, through the crawl
+driver on its thread pool, which rows come out (:func:`helpers.staff_fixtures.crawl_rows`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pytest
 
 from helpers.staff_fixtures import config, crawl_rows, fixture_site, no_limit, site
 from pipeline.config import ConfigError, StaffSite, load_config
-from pipeline.scrape.http import HttpClient
-from pipeline.scrape.staff import StaffPage, person_id
-from pipeline.scrape.staff_site import StaffScraper
+from pipeline.scrape.net.http import HttpClient
+from pipeline.scrape.staff.parse import StaffPage
+from pipeline.scrape.staff.people import person_id
+from pipeline.scrape.staff.site import StaffScraper
 from pipeline.store import DataRoot
 
 
@@ -213,7 +214,7 @@ def test_site_config_defaults_and_site_files(tmp_path):
     (tmp_path / "main.yaml").write_text("sites: [sites/*.yaml]\nscrape: {staff: []}\n")
     cfg = load_config(tmp_path / "main.yaml")
     assert [(s.name, s.render) for s in cfg.scrape.staff] == [("maths", "static")]
-    from pipeline.scrape.check_site import load_site
+    from pipeline.scrape.staff.check import load_site
 
     for f, name in [("drupal-views", "maths-example"), ("wordpress-table", "history-example"),
                     ("profile-table", "physics-example")]:  # fmt: skip

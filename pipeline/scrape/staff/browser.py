@@ -2,35 +2,27 @@
 
 :class:`Browser` owns one WebDriver (local headless Chromium, or a remote one when ``SELENIUM_REMOTE_URL`` or
 ``selenium.remote_url`` is set), restarts it when it dies, and sets a page-load timeout; downloads and pop-ups are
-disabled. :meth:`Browser.render_page` renders one page of a configured :class:`~pipeline.config.StaffSite`: wait for
-the person list (``wait_for``, by default the ``person`` selector), click "load more" until it disappears, bring each
-card whose photo has no URL yet into view (each at most twice: an element that never gets one costs no timeout),
-copy each photo's computed CSS ``background-image`` into ``data-facerank-bg``, then hand the rendered DOM to the
-same parser as static pages (:mod:`pipeline.scrape.staff_parse`). The page's HTTP status (the navigation timing
-entry's ``responseStatus``) makes ``http_<code>`` errors, a bot challenge ``blocked``, an empty list
-``no_people_found``. :func:`paginate` follows next-page links over any renderer (this one, or the static one of
-:mod:`pipeline.scrape.staff_site`); :meth:`Browser.scrape_site` is the two together. Everything a site needs is YAML
+disabled. :meth:`Browser.render_page` renders one page of a configured :class:`~pipeline.config.StaffSite`: wait for the
+person list (``wait_for``, by default the ``person`` selector), click "load more" until it disappears, bring each card
+whose photo has no URL yet into view (each at most twice: an element that never gets one costs no timeout), copy each
+photo's computed CSS ``background-image`` into ``data-facerank-bg``, then hand the rendered DOM to the same parser as
+static pages (:mod:`pipeline.scrape.staff.parse`). The page's HTTP status (the navigation timing entry's
+``responseStatus``) makes ``http_<code>`` errors, a bot challenge ``blocked``, an empty list ``no_people_found``.
+:func:`~pipeline.scrape.staff.parse.paginate` follows next-page links over any renderer (this one, or the static one of
+:mod:`pipeline.scrape.staff.site`); :meth:`Browser.scrape_site` is the two together. Everything a site needs is YAML
 (selectors, paging); no site-specific code.
 
-Everything Chromium sends goes through the egress proxy (:mod:`pipeline.scrape.egress`) when the browser gets an
-:class:`~pipeline.scrape.egress.EgressPolicy` (the crawl always gives one): ``--proxy-server`` points at it,
+Everything Chromium sends goes through the egress proxy (:mod:`pipeline.scrape.net.egress`) when the browser gets an
+:class:`~pipeline.scrape.net.egress.EgressPolicy` (the crawl always gives one): ``--proxy-server`` points at it,
 ``--proxy-bypass-list=<-loopback>`` removes Chromium's implicit loopback bypass, and ``--host-resolver-rules`` make
 every name Chromium itself would resolve fail (the proxy resolves and checks; Chromium never needs DNS), so pages,
 subresources, iframes, ``fetch()`` and websockets reach only allowed hosts on checked addresses. Chromium runs with
 its sandbox unless that cannot work: as root, or with ``selenium.no_sandbox`` / ``FACERANK_CHROMIUM_NO_SANDBOX=1`` (a
 container without user namespaces) (:func:`sandbox_flags`).
-
-A person's ``item_id`` never depends on the page that listed them (:func:`person_id`): the site's own ``data-id``,
-else a hash of the site and the person's profile URL, else of the site and the normalised name.
-
-Roles are academic when they name an academic title (:data:`ACADEMIC_TITLES`), else when they contain none of the
-``scrape.non_academic_roles`` keywords (:func:`is_academic`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import os
 import shutil
@@ -39,9 +31,10 @@ import time
 from collections.abc import Callable
 
 from pipeline.config import SeleniumConfig, StaffSite
-from pipeline.scrape.egress import EgressPolicy, EgressProxy
+from pipeline.scrape.net.egress import EgressPolicy, EgressProxy
+from pipeline.scrape.staff.parse import StaffPage, challenge, outcome, paginate, parse_page
 
-log = logging.getLogger("facerank")
+log = logging.getLogger("facerank.scrape")
 
 NO_SANDBOX_ENV = "FACERANK_CHROMIUM_NO_SANDBOX"
 
@@ -118,14 +111,6 @@ return pending;
 """
 
 
-# an academic title anywhere in a role makes it academic before the non-academic keywords are looked at
-# ("Professor Emeritus; Special Assistant to the Provost" is academic)
-ACADEMIC_TITLES = (
-    "professor", "lecturer", "reader in", "fellow", "researcher", "research associate", "research scientist",
-    "postdoc", "post-doc", "scientist", "faculty", "dozent", "chair of", "phd candidate", "doctoral",
-)  # fmt: skip
-
-
 _JS_QUERY = """
 const qa = (root, s) => {
   if (!s) return [];
@@ -183,109 +168,11 @@ for (const el of qa(document, personSel)) {
 )
 
 
-def is_academic(role: str | None, keywords: list[str], titles: tuple[str, ...] = ACADEMIC_TITLES) -> bool:
-    """True when the role names an academic title; else False when it contains a non-academic keyword; else True."""
-    r = (role or "").lower()
-    if any(t in r for t in titles):
-        return True
-    return not any(k.lower() in r for k in keywords)
-
-
-def normal_name(name: str | None) -> str:
-    """``name`` case-folded with whitespace collapsed: the same person however a page spaces or capitalises them."""
-    return " ".join((name or "").split()).casefold()
-
-
-def person_id(
-    site: str, name: str | None, given: str | None, profile_url: str | None = None, photo_url: str | None = None
-) -> str:
-    """A person's key on ``site``, independent of the page that lists them.
-
-    The site's own id (``data-id``) when it gives one; else ``"h"`` + a hash of the site and the profile URL (without
-    its fragment); else of the site and :func:`normal_name`; a card without a name: of its photo URL. Never the page
-    URL: ``?page=2`` lists the same person.
-    """
-    if given:
-        return str(given)
-    if profile_url:
-        key = f"{site}\nprofile\n{profile_url.split('#', 1)[0]}"
-    elif not normal_name(name) and photo_url:
-        key = f"{site}\nphoto\n{photo_url}"
-    else:
-        key = f"{site}\nname\n{normal_name(name)}"
-    return "h" + hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
-@dataclasses.dataclass
-class StaffPage:
-    """One rendered page: the people on it, or an error; ``render`` says how (static | browser)."""
-
-    url: str
-    people: list[dict]
-    status: str = "ok"
-    reason: str | None = None
-    clicks: int = 0
-    http_status: int | None = None
-    render: str = "browser"
-    bytes: int | None = None
-    attempts: int = 1
-    next_url: str | None = None
-    html: str | None = None  # only when asked for (check-site --html): never sent back by the crawl's workers
-    # item_id -> what the rows need beyond the person's staff columns: placeholder (by URL), profile_url
-    extras: dict[str, dict] = dataclasses.field(default_factory=dict)
-
-
-EXTRA_KEYS = ("placeholder", "profile_url")
-
-
 def by(selector: str) -> tuple[str, str]:
     """A Selenium locator for a selector of the site config: CSS, or XPath after ``xpath:``."""
     from selenium.webdriver.common.by import By
 
     return (By.XPATH, selector[6:]) if selector.startswith("xpath:") else (By.CSS_SELECTOR, selector)
-
-
-def paginate(
-    site: StaffSite,
-    may_fetch: Callable[[str], tuple[str, str] | None],
-    render: Callable[[str], StaffPage],
-) -> list[StaffPage]:
-    """Every page of ``site``: each start URL, then its next-page links (``max_pages`` per start URL in all).
-
-    ``may_fetch(url)`` returns (status, reason) when a URL must be skipped; ``render(url)`` gives the page, with
-    ``next_url`` set when it links to another."""
-    pages: list[StaffPage] = []
-    queue = list(site.start_urls)
-    seen: set[str] = set()
-    while queue and len(pages) < site.max_pages * max(1, len(site.start_urls)):
-        url = queue.pop(0)
-        if url in seen:
-            continue
-        seen.add(url)
-        refused = may_fetch(url)
-        if refused:
-            pages.append(StaffPage(url, [], refused[0], refused[1], render="none"))
-            continue
-        page = render(url)
-        if page.url != url and may_fetch(page.url):  # redirected somewhere we may not go
-            page = StaffPage(url, [], "error", "redirect_outside_allowed_domains", render=page.render)
-        pages.append(page)
-        if page.next_url and page.next_url not in seen:
-            queue.insert(0, page.next_url)
-    return pages
-
-
-def outcome(page: StaffPage, parsed) -> StaffPage:
-    """``page`` with its people and next link from ``parsed``, or the error that explains an empty page."""
-    page.people = [{k: v for k, v in p.items() if k not in EXTRA_KEYS} for p in parsed.people]
-    page.extras = {p["item_id"]: {k: p.get(k) for k in EXTRA_KEYS} for p in parsed.people}
-    page.next_url = parsed.next_url
-    if not parsed.people:
-        page.status = "error"
-        page.reason = "blocked" if parsed.challenge else "no_people_found"
-        if parsed.challenge:
-            log.warning("staff page %s is a bot challenge (%s): not scraped", page.url, parsed.challenge)
-    return page
 
 
 def _displayed(driver, selector: str) -> list:
@@ -443,8 +330,6 @@ class Browser:
         from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
         from selenium.webdriver.support import expected_conditions as ec
         from selenium.webdriver.support.ui import WebDriverWait
-
-        from pipeline.scrape.staff_parse import challenge, parse_page
 
         d = self.driver
         assert d is not None

@@ -1,9 +1,9 @@
-"""The staff browser's egress guard (issue 19 item 8) and page-independent staff ids.
+"""The staff browser's egress guard and page-independent staff ids.
 
-A staff page on an allowed host must not make Chromium reach anything else: its subresources, iframes and
-``fetch()`` go through :class:`~pipeline.scrape.egress.EgressProxy`, which applies the HTTP client's host and address
-rules. Servers run on 127.0.0.1 with ``allow_private_addresses`` (as in every test), so the proxy must let exactly
-the configured origin through and keep other loopback ports closed.
+A staff page on an allowed host must not make Chromium reach anything else: its subresources, iframes and ``fetch()`` go
+through :class:`~pipeline.scrape.net.egress.EgressProxy`, which applies the HTTP client's host and address rules.
+Servers run on 127.0.0.1 with ``allow_private_addresses`` (as in every test), so the proxy must let exactly the
+configured origin through and keep other loopback ports closed.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import pytest
 from helpers.http import Handler, serve
 from helpers.images import solid_jpeg
 from pipeline.config import parse_config
-from pipeline.scrape.egress import EgressPolicy, EgressProxy, Refused, policy_for
-from pipeline.scrape.staff import Browser, normal_name, person_id, sandbox_flags
+from pipeline.scrape.net.egress import EgressPolicy, EgressProxy, Refused, policy_for
+from pipeline.scrape.staff.browser import Browser, sandbox_flags
+from pipeline.scrape.staff.people import normal_name, person_id
 from pipeline.store import DataRoot
 
 

@@ -4,18 +4,18 @@ the Link header or a cursor token, and follower lookups with batching (an in-pro
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers.http import Handler, serve
 from pipeline.config import ConfigError, FeedSite, parse_config
-from pipeline.scrape.feeds import FeedParseError, adapter_for
-from pipeline.scrape.fieldpath import MISSING, FieldPath, PathSyntaxError, compile_path, evaluate
-from pipeline.scrape.http import HttpClient
+from pipeline.scrape.feeds.base import FeedParseError
+from pipeline.scrape.feeds.fieldpath import MISSING, FieldPath, PathSyntaxError, compile_path, evaluate
+from pipeline.scrape.feeds.registry import adapter_for
+from pipeline.scrape.net.http import HttpClient
 from pipeline.scrape.work import HttpWork
 
 DOC = {
@@ -58,16 +58,15 @@ def test_bad_paths_are_one_config_error_line(bad):
     with pytest.raises(PathSyntaxError):
         compile_path(bad)
     with pytest.raises(ConfigError, match="fields.tags"):
-        parse_config(
-            {"scrape": {"feeds": [{"name": "j", "adapter": "json", "base_url": "x", "fields": {"tags": bad}}]}}
-        )
+        feed = {"name": "j", "adapter": "json", "base_url": "x", "json": {"fields": {"tags": bad}}}
+        parse_config({"scrape": {"feeds": [feed]}})
 
 
 def _site(**kw) -> FeedSite:
     fields = {"items": "", "next": "next", "id": "id", "image_url": "img", "user_id": "user.id",
               "followers": "user.followers", "likes": "likes", "tags": "tags", "posted_at": "at"}  # fmt: skip
     fields.update(kw.pop("fields", {}))
-    return FeedSite(name="j", adapter="json", base_url="http://127.0.0.1:1", fields=fields, **kw)
+    return FeedSite(name="j", adapter="json", base_url="http://127.0.0.1:1", json={"fields": fields, **kw})
 
 
 POST = {"id": "p1", "img": "/i.jpg", "user": {"id": "u1", "followers": 5}, "likes": 3, "tags": ["a"],
@@ -128,21 +127,21 @@ def test_next_page_from_body_link_header_or_cursor():
     assert _parse(cur, {"data": {"items": [POST], "cursor": None}}).next_url is None
 
 
-class _Profiles(BaseHTTPRequestHandler):
-    """A Bluesky-style getProfiles (``actors`` repeated, up to 25) and a one-user profile route; counts requests."""
+class _Profiles(Handler):
+    """A Bluesky-style getProfiles (``actors`` repeated, up to 25) and a one-user profile route; counts requests
+    (ids a request) in the server's ``hits``."""
 
     protocol_version = "HTTP/1.1"
-    hits: list[int] = []
 
     def do_GET(self):  # noqa: N802
         u = urlsplit(self.path)
         q = parse_qs(u.query)
         if u.path == "/xrpc/app.bsky.actor.getProfiles":
             actors = q.get("actors", [])
-            self.hits.append(len(actors))
+            self.server.hits.append(len(actors))
             body = {"profiles": [{"did": a, "followersCount": int(a.split(":")[-1])} for a in actors if a != "did:x:7"]}
         elif u.path.startswith("/users/"):
-            self.hits.append(1)
+            self.server.hits.append(1)
             body = {"data": {"user": {"edge_followed_by": {"count": 42}}}}
         elif u.path == "/feed":
             body = {"feed": [{"post": {"uri": f"at://{i}", "author": {"did": f"did:x:{i % 30}"}, "likeCount": i,
@@ -151,24 +150,14 @@ class _Profiles(BaseHTTPRequestHandler):
         else:
             body = {"robots": True} if u.path != "/robots.txt" else None
         data = b"User-agent: *\nAllow: /\n" if body is None else json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *a):
-        pass
+        self.send(200, data, "application/json")
 
 
 @pytest.fixture
 def profiles_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Profiles)
-    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    _Profiles.hits = []
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    """The profiles server (helpers.http.serve): ``.base`` its URL, ``.hits`` the ids of each profile request."""
+    with serve(_Profiles, hits=[]) as srv:
+        yield srv
 
 
 BSKY_FIELDS = {"items": "feed", "next": "cursor", "id": "post.uri", "image_url": "post.embed.images.0.fullsize",
@@ -178,43 +167,45 @@ BSKY_FIELDS = {"items": "feed", "next": "cursor", "id": "post.uri", "image_url":
 
 def test_followers_lookup_batched_once_per_user(profiles_server, tmp_path):
     cfg = parse_config({"data_root": str(tmp_path), "scrape": {"http": {"allow_private_addresses": True},
-        "feeds": [{"name": "bsky", "adapter": "json", "base_url": profiles_server, "page_url": "{base_url}/feed",
-                   "fields": BSKY_FIELDS, "followers_lookup": {
+        "feeds": [{"name": "bsky", "adapter": "json", "base_url": profiles_server.base, "json": {
+                   "page_url": "{base_url}/feed", "fields": BSKY_FIELDS, "followers_lookup": {
                        "url": "{base_url}/xrpc/app.bsky.actor.getProfiles?{ids}", "batch": 25, "id_param": "actors",
-                       "items": "profiles", "id": "did", "count": "followersCount"}}]}})  # fmt: skip
+                       "items": "profiles", "id": "did", "count": "followersCount"}}}]}})  # fmt: skip
     work = HttpWork(cfg, [])
-    task = {"kind": "page", "site": "bsky", "hashtag": "t", "page": 1, "url": f"{profiles_server}/feed"}
+    task = {"kind": "page", "site": "bsky", "hashtag": "t", "page": 1, "url": f"{profiles_server.base}/feed"}
     (r,), _ = work.run([task])
     assert r["status"] == "ok" and len(r["posts"]) == 60
-    assert sorted(_Profiles.hits) == [5, 25]  # 30 users, 25 a request
+    assert sorted(profiles_server.hits) == [5, 25]  # 30 users, 25 a request
     by = {p["item_id"]: p for p in r["posts"]}
     assert by["at://31"]["followers"] == 1 and by["at://29"]["followers"] == 29
     assert by["at://7"]["error"] == "followers_lookup:not_found"  # the answer left that user out
     (r2,), _ = work.run([task])
-    assert sorted(_Profiles.hits) == [5, 25] and r2["posts"][1]["followers"] == 1  # cached: no second lookup
+    assert sorted(profiles_server.hits) == [5, 25] and r2["posts"][1]["followers"] == 1  # cached: no second lookup
 
 
 def test_followers_lookup_one_user_a_request(profiles_server):
     site = FeedSite(
         name="ig",
         adapter="json",
-        base_url=profiles_server,
-        fields={"followers": "owner.nope"},
-        followers_lookup={"url": "{base_url}/users/{id}", "count": "data.user.edge_followed_by.count"},
+        base_url=profiles_server.base,
+        json={
+            "fields": {"followers": "owner.nope"},
+            "followers_lookup": {"url": "{base_url}/users/{id}", "count": "data.user.edge_followed_by.count"},
+        },
     )
     posts = [{"item_id": "a", "user_id": "u1", "followers": None, "lookup_followers": True},
              {"item_id": "b", "user_id": "u1", "followers": None, "lookup_followers": True}]  # fmt: skip
     client = HttpClient(parse_config({"scrape": {"http": {"allow_private_addresses": True}}}).scrape.http)
     adapter_for(site).enrich(client, posts)
-    assert [p["followers"] for p in posts] == [42, 42] and _Profiles.hits == [1]
+    assert [p["followers"] for p in posts] == [42, 42] and profiles_server.hits == [1]
 
 
 def test_items_path_that_matches_nothing_is_a_page_error_with_reason(profiles_server, tmp_path):
     cfg = parse_config({"data_root": str(tmp_path), "scrape": {"http": {"allow_private_addresses": True},
-        "feeds": [{"name": "j", "adapter": "json", "base_url": profiles_server, "page_url": "{base_url}/feed",
-                   "fields": {**BSKY_FIELDS, "items": "data.feed"}}]}})  # fmt: skip
+        "feeds": [{"name": "j", "adapter": "json", "base_url": profiles_server.base, "json": {
+                   "page_url": "{base_url}/feed", "fields": {**BSKY_FIELDS, "items": "data.feed"}}}]}})  # fmt: skip
     (r,), _ = HttpWork(cfg, []).run([{"kind": "page", "site": "j", "hashtag": "t", "page": 1,
-                                      "url": f"{profiles_server}/feed"}])  # fmt: skip
+                                      "url": f"{profiles_server.base}/feed"}])  # fmt: skip
     assert (r["status"], r["reason"], r["posts"]) == ("error", "parse_error:items_not_found", [])
 
 

@@ -1,4 +1,4 @@
-"""Follower counts for JSON feeds whose posts carry only an author id (``FeedSite.followers_lookup``).
+"""Follower counts for JSON feeds whose posts carry only an author id (the ``json`` options' ``followers_lookup``).
 
 An Instagram-style post has ``owner.id``, a Bluesky post ``author.did``; the follower count lives in a profile
 answer. :class:`FollowersLookupClient` fetches it once per user per worker process (a cache; a user another thread
@@ -15,17 +15,36 @@ import threading
 from typing import Any
 from urllib.parse import quote
 
-from pipeline.config import FeedSite
-from pipeline.scrape.fieldpath import MISSING, FieldPath
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.scrape.feeds.base import FeedParseError, load_json, parse_count, parse_text
+from pipeline.scrape.feeds.fieldpath import MISSING, FieldPath
+
+
+class FollowersLookup(BaseModel):
+    """Where a JSON feed whose posts carry only an author id finds the author's follower count (docs/feeds.md).
+
+    ``url``: a template with ``{base_url}`` and ``{id}`` (one id a request) or ``{ids}`` (``batch`` ids a request,
+    each as ``id_param=<id>`` joined by ``&``, as ``app.bsky.actor.getProfiles?actors=...&actors=...`` wants).
+    ``items``: the path to the list of profiles in a batched answer, ``id``: the path to a profile's id in it;
+    ``count``: the path to the follower count (in the answer, or in each profile when batched)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    batch: int = Field(1, ge=1, le=100)
+    id_param: str = "id"
+    items: str = ""
+    id: str = "id"
+    count: str
 
 
 class FollowersLookupClient:
-    """Lookups of one feed site (module docstring). Thread-safe."""
+    """Lookups of one feed site (module docstring), its ``base_url`` and ``followers_lookup`` options. Thread-safe."""
 
-    def __init__(self, site: FeedSite):
-        assert site.followers_lookup is not None
-        self.site = site
-        self.cfg = site.followers_lookup
+    def __init__(self, base_url: str, cfg: FollowersLookup):
+        self.base_url = base_url
+        self.cfg = cfg
         self.batched = "{ids}" in self.cfg.url
         self.items = FieldPath(self.cfg.items)
         self.id = FieldPath(self.cfg.id)
@@ -36,7 +55,7 @@ class FollowersLookupClient:
         self.requests = 0
 
     def url(self, ids: list[str]) -> str:
-        base = self.site.base_url.rstrip("/")
+        base = self.base_url.rstrip("/")
         joined = "&".join(f"{self.cfg.id_param}={quote(i, safe='')}" for i in ids)
         return self.cfg.url.format(base_url=base, id=quote(ids[0], safe=""), ids=joined)
 
@@ -70,8 +89,6 @@ class FollowersLookupClient:
                 p["followers"] = v
 
     def _fetch(self, client: Any, ids: list[str]) -> None:
-        from pipeline.scrape.feeds import FeedParseError, load_json, parse_count, parse_text
-
         got: dict[str, int | str] = {}
         self.requests += 1
         res = client.fetch_page(self.url(ids))

@@ -4,9 +4,9 @@ Chromium does its own DNS and loads whatever a page asks for (subresources, ifra
 check of the start URL in Python guards nothing: a page on an allowed host could make the browser ``POST`` to a
 loopback service, and a rebinding name could resolve differently for Chromium. :class:`EgressProxy` listens on
 127.0.0.1 (an ephemeral port) and Chromium is started with ``--proxy-server`` pointing at it (see
-:mod:`pipeline.scrape.staff`). For every plain HTTP request and every ``CONNECT`` tunnel it applies
-:meth:`EgressPolicy.check`, the HTTP client's rules (the same :func:`~pipeline.scrape.http.host_allowed` and
-:func:`~pipeline.scrape.http.is_public_address`, not copies):
+:mod:`pipeline.scrape.staff.browser`). For every plain HTTP request and every ``CONNECT`` tunnel it applies
+:meth:`EgressPolicy.check`, the HTTP client's rules (the same :func:`~pipeline.scrape.net.http.host_allowed` and
+:func:`~pipeline.scrape.net.http.is_public_address`, not copies):
 
 * the host must be inside the allowed domains and the port one of the configured sites' ports (or 80/443);
 * the host is resolved once, here; every address must be public unless ``allow_private_addresses``, and even then a
@@ -35,9 +35,9 @@ import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from pipeline.scrape.http import host_allowed, is_public_address
+from pipeline.scrape.net.address import host_allowed, is_public_address
 
-log = logging.getLogger("facerank")
+log = logging.getLogger("facerank.scrape")
 
 MAX_HEAD = 16 * 1024
 CHUNK = 64 * 1024

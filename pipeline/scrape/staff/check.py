@@ -1,7 +1,7 @@
 """``python -m pipeline scrape check-site --config FILE --site NAME [--html DIR]``: try one staff site config.
 
 Renders the site's first listing page (and the first profile page a person needs) exactly as the crawl would
-(:class:`~pipeline.scrape.staff_site.StaffScraper`: same HTTP client checks, same render choice, same parser), and
+(:class:`~pipeline.scrape.staff.site.StaffScraper`: same HTTP client checks, same render choice, same parser), and
 prints the render mode used, the HTTP status, the page outcome, the next-page link and one line per person: name,
 role, photo URL, whether the photo URL already says placeholder, whether the role counts as academic. Nothing is
 written to the data root and no image is fetched (a shared placeholder shows up only in the crawl). ``--html DIR``
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -46,13 +45,6 @@ def load_site(path: str, name: str, overrides: dict | None = None) -> tuple[Conf
     return cfg, sites[name]
 
 
-def _domains(cfg: Config) -> list[str]:
-    if cfg.scrape.allowed_domains:
-        return list(cfg.scrape.allowed_domains)
-    urls = [f.base_url for f in cfg.scrape.feeds] + [u for s in cfg.scrape.staff for u in s.start_urls]
-    return sorted({h for h in (urlsplit(u).hostname for u in urls) if h})
-
-
 def _cut(text: str | None, n: int) -> str:
     t = "-" if text is None else str(text)
     return t if len(t) <= n else t[: n - 1] + "…"
@@ -68,13 +60,15 @@ def check(cfg: Config, site: StaffSite, html_dir: str | None = None, out=None) -
     """Scrape the first page of ``site`` and print the report to ``out``; returns the exit code."""
     from contextlib import nullcontext
 
-    from pipeline.scrape.egress import policy_for
-    from pipeline.scrape.http import HttpClient
-    from pipeline.scrape.staff import Browser, is_academic
-    from pipeline.scrape.staff_site import StaffScraper
+    from pipeline.scrape.net.address import allowed_domains
+    from pipeline.scrape.net.egress import policy_for
+    from pipeline.scrape.net.http import HttpClient
+    from pipeline.scrape.staff.browser import Browser
+    from pipeline.scrape.staff.people import is_academic
+    from pipeline.scrape.staff.site import StaffScraper
 
     out = out or sys.stdout
-    domains = _domains(cfg)
+    domains = allowed_domains(cfg)
     client = HttpClient(cfg.scrape.http, domains, lambda host, delay=0.0: nullcontext())
     browser = Browser(cfg.scrape.selenium, cfg.scrape.http.user_agent, policy_for(cfg, domains))
 

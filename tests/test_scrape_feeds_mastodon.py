@@ -1,7 +1,8 @@
 """adapter: mastodon against the local replay server (pipeline/testing/mastodon_replay.py), Ray-free.
 
-Each test runs the crawl's work unit, row builder, writer and feed cursors in-process (pipeline/testing/local_crawl)
-and checks rows, fetch rows and the requests the server saw.
+Each test runs the crawl driver itself on its thread pool (``crawl(cfg, pool="threads")``: the stage's driver, work
+units, row builder, writer and feed cursors, in this process) and checks rows, fetch rows and the requests the server
+saw.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, FeedSite, parse_config
-from pipeline.scrape.feeds import adapter_for
-from pipeline.scrape.mastodon import Pacer, parse_status
+from pipeline.scrape.crawl import crawl
+from pipeline.scrape.feeds.mastodon import Pacer, parse_status
+from pipeline.scrape.feeds.registry import adapter_for
 from pipeline.scrape.writer import CrawlInterrupted
 from pipeline.store import POSTS, DataRoot, now, to_table
-from pipeline.testing.local_crawl import local_crawl
 from pipeline.testing.mastodon_replay import MastodonReplay, MastodonSim
 
 TOKEN = "tok-3b9f0c1d2e"
@@ -38,6 +39,16 @@ def _cfg(tmp_path: Path, base_url: str, tags=("selfie",), min_age=30, **mastodon
                        "mastodon": mastodon}],
         },
     })  # fmt: skip
+
+
+def _stop_after(calls: int):
+    """An ``on_progress`` that ends the crawl as a kill would after that many worker calls (one task each here)."""
+
+    def check(progress) -> None:
+        if progress.calls_done >= calls:
+            raise CrawlInterrupted(f"stopped after {calls} results (a kill)")
+
+    return check
 
 
 def _posts(tmp_path: Path) -> list[dict]:
@@ -90,7 +101,7 @@ def test_crawl_reads_every_link_page_and_skips_with_reasons(tmp_path, monkeypatc
     with MastodonReplay(n=150, token=TOKEN) as srv:
         cfg = _cfg(tmp_path, srv.base_url, tags=("selfie", "preview", "nosuch"), access_token_env="MASTODON_TOKEN")
         with caplog.at_level(logging.DEBUG):
-            s = local_crawl(cfg)
+            s = crawl(cfg, pool="threads")
         sim = srv.sim
         truth = _truth(sim)
         rows = {r["item_id"]: r for r in _posts(tmp_path) if r["hashtag"] == "selfie"}
@@ -110,12 +121,16 @@ def test_crawl_reads_every_link_page_and_skips_with_reasons(tmp_path, monkeypatc
 
 def test_tag_needing_auth_is_one_error_row_without_token_and_opens_with_it(tmp_path, monkeypatch):
     with MastodonReplay(n=30, token=TOKEN) as srv:
-        s = local_crawl(_cfg(tmp_path / "a", srv.base_url, tags=("private",), access_token_env="MASTODON_TOKEN"))
+        s = crawl(
+            _cfg(tmp_path / "a", srv.base_url, tags=("private",), access_token_env="MASTODON_TOKEN"), pool="threads"
+        )
         fetches = DataRoot(str(tmp_path / "a" / "data")).read("fetches").to_pylist()
         assert [f["reason"] for f in fetches if "/tag/private" in f["url"]] == ["http_401_auth_required"]
         assert s["page_errors_by_reason"] == {"http_401_auth_required": 1} and s["posts_written"] == 0
         monkeypatch.setenv("MASTODON_TOKEN", TOKEN)
-        s = local_crawl(_cfg(tmp_path / "b", srv.base_url, tags=("private",), access_token_env="MASTODON_TOKEN"))
+        s = crawl(
+            _cfg(tmp_path / "b", srv.base_url, tags=("private",), access_token_env="MASTODON_TOKEN"), pool="threads"
+        )
         assert s["pages_failed"] == 0 and s["posts_written"] == len(_truth(srv.sim))
 
 
@@ -133,15 +148,15 @@ def test_config_limits_and_params_pass_through():
 def test_incremental_rerun_stops_at_newest_stored_status(tmp_path):
     with MastodonReplay(n=100) as srv:
         cfg = _cfg(tmp_path, srv.base_url)
-        local_crawl(cfg)
+        crawl(cfg, pool="threads")
         first = srv.sim.hits["timeline"]
         new = srv.sim.add(6)
-        s = local_crawl(cfg)
+        s = crawl(cfg, pool="threads")
         assert srv.sim.hits["timeline"] - first == 2  # the new statuses' page and the empty one after it
         media_new = [i for i in new if srv.sim.by_id[i].media != "none"]
         assert s["posts_written"] == len(media_new) and s["skipped_done"] == 0
         before = srv.sim.hits["timeline"]
-        assert local_crawl(cfg)["posts_written"] == 0
+        assert crawl(cfg, pool="threads")["posts_written"] == 0
         assert srv.sim.hits["timeline"] - before == 1  # nothing new: one empty page
         assert {r["item_id"] for r in _posts(tmp_path)} == set(_truth(srv.sim))
 
@@ -150,11 +165,11 @@ def test_killed_crawl_resumes_from_its_last_cursor(tmp_path):
     with MastodonReplay(n=200) as srv:
         cfg = _cfg(tmp_path, srv.base_url)
         with pytest.raises(CrawlInterrupted):
-            local_crawl(cfg, stop_after_results=90)  # pages and images handled, some rows never written
+            crawl(cfg, pool="threads", on_progress=_stop_after(90))  # pages and images handled, some rows not written
         written = {r["item_id"] for r in _posts(tmp_path)}
         assert 0 < len(written) < len(_truth(srv.sim))
         t0 = srv.sim.hits["timeline"]
-        s = local_crawl(cfg)
+        s = crawl(cfg, pool="threads")
         assert {(r["item_id"], r["status"], r["reason"]) for r in _posts(tmp_path)} == {
             (i, *v) for i, v in _truth(srv.sim).items()
         }  # exactly the rows of an uninterrupted crawl, each once
@@ -168,7 +183,7 @@ def test_rate_limit_headers_paging_throttle_and_429(tmp_path):
     with MastodonReplay(n=200, rate_limit=12, rate_window_s=1.5, paging_limit=3, paging_window_s=1.0) as srv:
         cfg = _cfg(tmp_path, srv.base_url, paging_requests=3, paging_window_s=1.0, rate_reserve=1)
         t = time.monotonic()
-        s = local_crawl(cfg)
+        s = crawl(cfg, pool="threads")
         assert s["pages_failed"] == 0 and srv.sim.hits["paging"] == 5
         assert srv.sim.hits["429_paging"] == 0  # the paging budget was kept
         assert time.monotonic() - t >= 0.9  # the 4th and 5th paging requests waited for the window
@@ -184,13 +199,13 @@ def test_rate_limit_headers_paging_throttle_and_429(tmp_path):
 
 def test_young_posts_refreshed_once_old_enough(tmp_path):
     with MastodonReplay(n=60) as srv:
-        local_crawl(_cfg(tmp_path, srv.base_url, min_age=30))
+        crawl(_cfg(tmp_path, srv.base_url, min_age=30), pool="threads")
         young = {r["item_id"]: r for r in _posts(tmp_path) if r["too_young"] and r["status"] == "ok"}
         assert young
         for i in young:
             srv.sim.set_likes(i, 999, followers=4242)
         cfg = _cfg(tmp_path, srv.base_url, min_age=1, refresh_batch=20)  # 2 days old now counts as old enough
-        s = local_crawl(cfg)
+        s = crawl(cfg, pool="threads")
         assert s["refreshed"] == len(young)
         assert srv.sim.hits["statuses"] == -(-len(young) // 20)  # batched: id[]= up to 20 a request
         rows = {r["item_id"]: r for r in _posts(tmp_path)}
@@ -198,7 +213,7 @@ def test_young_posts_refreshed_once_old_enough(tmp_path):
         for i, old in young.items():
             assert (rows[i]["likes"], rows[i]["followers"], rows[i]["too_young"]) == (999, 4242, False)
             assert rows[i]["scraped_at"] > old["scraped_at"]
-        assert local_crawl(cfg)["refreshed"] == 0  # done once
+        assert crawl(cfg, pool="threads")["refreshed"] == 0  # done once
 
 
 STATUS_TREE = st.recursive(
@@ -267,7 +282,7 @@ def test_labels_rank_only_home_counts_or_per_counting_instance():
 
 def test_replay_429_retry_after_is_waited_for():
     """The replay server's window runs out: 429 with Retry-After; the client waits for it and gets the page."""
-    from pipeline.scrape.http import HttpClient
+    from pipeline.scrape.net.http import HttpClient
 
     with MastodonReplay(n=5, rate_limit=2, rate_window_s=1.0) as srv:
         cfg = _cfg(Path("/nonexistent"), srv.base_url)

@@ -1,16 +1,15 @@
 """One staff site end to end, in either render mode: listing pages, then the profile pages people need.
 
 :class:`StaffScraper` is what the browser worker (:mod:`pipeline.scrape.work`) and ``scrape check-site``
-(:mod:`pipeline.scrape.check_site`) run for a :class:`~pipeline.config.StaffSite`:
+(:mod:`pipeline.scrape.staff.check`) run for a :class:`~pipeline.config.StaffSite`:
 
-* ``render: static`` fetches each page with the polite HTTP client (:class:`~pipeline.scrape.http.HttpClient`:
-  allowed domains, robots.txt, per-host rate, retries, size caps) and parses it (:mod:`pipeline.scrape.staff_parse`);
-  ``render: browser`` renders it in Chromium (:class:`~pipeline.scrape.staff.Browser`, started only then) and parses
-  the rendered DOM with the same parser; ``render: auto`` fetches statically and renders in Chromium only when the
-  page needs scripts: no person found and the page has scripts, or the answer is a 403/429/503 (how bot challenges
-  are served: the rendered page tells ``blocked`` from ``http_403``). A challenge page is ``blocked``; nothing
-  tries to get past it. A site with a ``load_more`` button is rendered in Chromium at once (clicking needs
-  scripts).
+* ``render: static`` fetches each page with the polite HTTP client (:class:`~pipeline.scrape.net.http.HttpClient`:
+  allowed domains, robots.txt, per-host rate, retries, size caps) and parses it (:mod:`pipeline.scrape.staff.parse`);
+  ``render: browser`` renders it in Chromium (:class:`~pipeline.scrape.staff.browser.Browser`, started only then) and
+  parses the rendered DOM with the same parser; ``render: auto`` fetches statically and renders in Chromium only when
+  the page needs scripts: no person found and the page has scripts, or the answer is a 403/429/503 (how bot challenges
+  are served: the rendered page tells ``blocked`` from ``http_403``). A challenge page is ``blocked``; nothing tries to
+  get past it. A site with a ``load_more`` button is rendered in Chromium at once (clicking needs scripts).
 * Profile pages (``profile_link`` + ``follow_profiles``): for each person with a profile URL but no photo or no role,
   fetch their page (same render as their listing page, same checks, one request per person, at most
   ``max_profiles`` per site and run) and take ``profile_photo_selector`` / ``profile_role_selector``. People in
@@ -24,9 +23,9 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from pipeline.config import StaffSite
-from pipeline.scrape.http import FetchResult, HttpClient
-from pipeline.scrape.staff import Browser, StaffPage, outcome, paginate
-from pipeline.scrape.staff_parse import parse_page, parse_profile
+from pipeline.scrape.net.http import FetchResult, HttpClient
+from pipeline.scrape.staff.browser import Browser
+from pipeline.scrape.staff.parse import StaffPage, outcome, paginate, parse_page, parse_profile
 from pipeline.store import STATUS_ERROR, now
 
 CHALLENGE_STATUSES = (403, 429, 503)  # statuses bot challenges are served with

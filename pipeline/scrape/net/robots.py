@@ -5,7 +5,7 @@ connection error means "everything disallowed" for that host during this crawl (
 with the reason ``robots_unavailable``; a body that is not text is treated as empty.
 
 ``Crawl-delay`` (protego ignores values that are not finite positive numbers) is read by
-:meth:`pipeline.scrape.http.HttpClient.crawl_delay`, which caps it and passes it to the per-host limiter as the
+:meth:`pipeline.scrape.net.http.HttpClient.crawl_delay`, which caps it and passes it to the per-host limiter as the
 host's minimum interval between requests.
 """
 
@@ -23,7 +23,7 @@ class RobotsCache:
     """Answers "may this user agent fetch this URL?"; fetches each host's robots.txt once (thread-safe).
 
     ``fetch`` takes the robots.txt URL and returns an object with ``status``, ``http_status`` and ``data``
-    (a :class:`pipeline.scrape.http.FetchResult`). Every fetched robots result is kept in ``fetched`` so the
+    (a :class:`pipeline.scrape.net.http.FetchResult`). Every fetched robots result is kept in ``fetched`` so the
     crawler can record it.
     """
 

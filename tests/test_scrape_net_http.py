@@ -10,7 +10,8 @@ import pytest
 from helpers.http import Handler, serve
 from helpers.images import noise_jpeg
 from pipeline.config import HttpConfig, RetryConfig
-from pipeline.scrape.http import HttpClient, inspect_image, is_public_address
+from pipeline.scrape.net.address import is_public_address
+from pipeline.scrape.net.http import HttpClient, inspect_image
 
 OK = noise_jpeg(64, 48, 0, quality=90)
 BIG = noise_jpeg(400, 400, 1, quality=90)  # ~150 KB of noise

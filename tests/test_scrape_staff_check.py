@@ -1,4 +1,4 @@
-"""``python -m pipeline scrape check-site`` (issue 16 item 8): the per-person table, outcome lines and exit codes."""
+"""``python -m pipeline scrape check-site``: the per-person table, outcome lines and exit codes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """``adapter: mastodon``: a hashtag timeline of a Mastodon-compatible server, built from the Mastodon API docs.
 
-* Pages: ``GET /api/v1/timelines/tag/:hashtag?limit=40&only_media=true`` (``FeedSite.mastodon``: ``limit`` ≤ 40,
+* Pages: ``GET /api/v1/timelines/tag/:hashtag?limit=40&only_media=true`` (:class:`MastodonOptions`, the feed
+  entry's ``mastodon:`` section: ``limit`` ≤ 40,
   ``only_media``, ``local``, ``remote``, ``any[]``, ``all[]``, ``none[]`` passed through), the next page from the
   ``Link`` header's ``rel="next"`` (its ``max_id``); the options and a ``since_id`` of the page are carried into
   the next page's URL when the server's link drops them. The end is an empty page (or no ``rel="next"``).
@@ -11,8 +12,12 @@
   The image is the first attachment of type ``image`` (a type ``unknown`` one through its ``remote_url``);
   ``gifv``/``video``/``audio`` only, no media, or ``sensitive`` (unless ``include_sensitive``) are skipped with
   a reason (``media_video``, ``no_image``, ``sensitive``). A wrong type is ``bad_post:<field>``.
-* A since_id page (an incremental rerun, :mod:`pipeline.scrape.cursors`) keeps only statuses newer than it and
-  stops there, also when a server ignores ``since_id``.
+* Incremental (``incremental``, the default): a since_id page (:meth:`MastodonAdapter.incremental_since`, used by
+  :mod:`pipeline.scrape.feeds.cursors` for reruns and resumed walks) keeps only statuses newer than it and stops
+  there, also when a server ignores ``since_id``.
+* Count refresh (:meth:`MastodonAdapter.refresh_counts`, up to ``refresh_max`` a run,
+  :mod:`pipeline.scrape.feeds.refresh`): ``GET /api/v1/statuses/:id``, or with ``refresh_batch`` > 1 ``GET
+  /api/v1/statuses?id[]=…`` of Mastodon 4.3+, that many ids a request, paced like the pages.
 * Politeness (:class:`Pacer`, one per worker process): ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (at
   ``rate_reserve`` requests left, wait for the reset; below half the limit, spread what is left over the window),
   the paging limit (``paging_requests`` per ``paging_window_s``, split between the crawl's actors), ``429`` and
@@ -32,9 +37,10 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from pipeline.config import FeedSite
-from pipeline.scrape.feeds import (
-    ADAPTERS,
+from pipeline.scrape.feeds.base import (
     FeedAdapter,
     FeedPage,
     FeedParseError,
@@ -56,6 +62,7 @@ EXPLAIN = {
     429: "http_429_rate_limited",
 }
 SKIP_MEDIA = ("gifv", "video", "audio")
+REFRESHED = ("likes", "followers", "reblogs", "counts_from")  # what a count refresh reads again
 PASS_KEYS = ("limit", "only_media", "local", "remote", "any[]", "all[]", "none[]", "since_id")
 
 
@@ -234,15 +241,44 @@ def query_value(url: str, key: str) -> str | None:
     return vals[-1] if vals else None
 
 
+class MastodonOptions(BaseModel):
+    """The ``mastodon:`` section of a feed entry (GET /api/v1/timelines/tag/:hashtag; docs/feeds.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # the NAME of an environment variable holding a bearer token (never the token): FACERANK_…TOKEN or MASTODON_…TOKEN
+    access_token_env: str | None = Field(None, pattern=r"^(FACERANK|MASTODON)_[A-Z0-9_]*TOKEN$")
+    limit: int = Field(40, ge=1, le=40)
+    only_media: bool = True
+    local: bool | None = None
+    remote: bool | None = None
+    any: list[str] = []
+    all: list[str] = []
+    none: list[str] = []
+    include_sensitive: bool = False  # statuses whose media is marked sensitive are skipped unless True
+    incremental: bool = True  # a rerun walks from the newest stored status down to it (since_id), not every page
+    # the undocumented paging limit (300 paging requests per 15 min per IP or user), shared by the crawl's actors
+    paging_requests: int = Field(300, ge=1)
+    paging_window_s: float = Field(900.0, gt=0)
+    # pace by X-RateLimit-Remaining/Reset: keep this many requests of the window in reserve
+    rate_reserve: int = Field(5, ge=0)
+    # young posts refreshed on a later run: GET /api/v1/statuses/:id (1) or GET /api/v1/statuses?id[]= (Mastodon
+    # 4.3+, up to 20 ids a request); at most refresh_max statuses a run
+    refresh_batch: int = Field(1, ge=1, le=20)
+    refresh_max: int = Field(10_000, ge=0)
+
+
 class MastodonAdapter(FeedAdapter):
     """The hashtag timeline API (module docstring)."""
 
+    Options = MastodonOptions
+
     def __init__(self, site: FeedSite, share: int = 1):
-        super().__init__(site)
-        m = site.mastodon
-        self.opts = m
+        super().__init__(site, share)
+        m = self.opts
         self.host = (urlsplit(site.base_url).hostname or "").lower()
         self.pacer = Pacer(m.paging_requests, m.paging_window_s, m.rate_reserve, share)
+        self.incremental = m.incremental
 
     def params(self) -> list[tuple[str, str]]:
         """The timeline's query parameters from config."""
@@ -304,12 +340,43 @@ class MastodonAdapter(FeedAdapter):
         carried = [(k, v) for k, v in parse_qsl(urlsplit(page_url).query) if k in PASS_KEYS]
         return FeedPage(posts=posts, next_url=with_params(nxt, carried))
 
+    # ---------------------------------------------------------------- incremental reruns (feeds/cursors.py)
+    def id_key(self, item_id: str) -> tuple[int, str]:
+        return id_key(item_id)
 
-def newest_id(posts: list[dict]) -> str | None:
-    """The newest status id among parsed posts."""
-    ids = [p["item_id"] for p in posts if p.get("item_id")]
-    return max(ids, key=id_key) if ids else None
+    def incremental_since(self, url: str, since_id: str) -> str:
+        """``url`` with ``since_id``: :meth:`parse` keeps only newer statuses and stops at the first older one."""
+        return with_params(url, [("since_id", since_id)], replace=True)
+
+    # ---------------------------------------------------------------- count refresh (feeds/refresh.py)
+    @property
+    def refresh_max(self) -> int:
+        return self.opts.refresh_max
+
+    def refresh_counts(self, client: Any, ids: list[str]) -> dict[str, dict]:
+        """id -> fresh counts for the statuses that could be read, ``refresh_batch`` ids a request, paced."""
+        base = self.site.base_url.rstrip("/")
+        n = self.opts.refresh_batch
+        out: dict[str, dict] = {}
+        for i in range(0, len(ids), n):
+            chunk = ids[i : i + n]
+            url = (
+                f"{base}/api/v1/statuses/{chunk[0]}"
+                if n == 1
+                else f"{base}/api/v1/statuses?" + "&".join(f"id[]={x}" for x in chunk)
+            )
+            res = self.fetch(client, url, paging=False)
+            if not res.ok:
+                continue
+            try:
+                doc = load_json(res.data or b"")
+            except FeedParseError:
+                continue
+            for st in doc if isinstance(doc, list) else [doc]:
+                p = parse_status(st, self.host, include_sensitive=True)
+                if p.get("item_id") in chunk and not p.get("error"):
+                    out[p["item_id"]] = {k: p.get(k) for k in REFRESHED}
+        return out
 
 
-__all__ = ["MastodonAdapter", "Pacer", "home_acct", "id_key", "parse_status"]
-ADAPTERS["mastodon"] = MastodonAdapter
+__all__ = ["MastodonAdapter", "MastodonOptions", "Pacer", "home_acct", "id_key", "parse_status"]

@@ -1,10 +1,12 @@
 """Feed walks that resume where a killed crawl stopped and, on a rerun, stop at what the data root already holds.
 
-For feeds whose ids are ordered (``adapter: mastodon`` with ``mastodon.incremental``), one small JSON state file
+For feeds whose adapter is incremental (:attr:`~pipeline.scrape.feeds.base.FeedAdapter.incremental`: ordered ids,
+a walk that stops at a ``since`` id; Mastodon's unless ``mastodon.incremental`` is false), one small JSON state file
 per (site, hashtag) under ``<data_root>/feed_cursors/`` records the walks of the timeline:
 ``{"watermark": newest id of the last finished walk, "walks": [{"id", "start", "since_id", "top", "done",
 "pages": [{"url", "next", "ids"}]}]}``. The driver's row builder reports every feed page it handles
-(:meth:`FeedCursors.page_done`); the state is written at most every ``save_every_s`` and at the end of a run.
+(:meth:`FeedCursors.page_done`); the state is written at most every ``save_every_s``, whenever the crawl writes a
+batch of rows, and at the end of a run.
 
 At the start of a run (:meth:`FeedCursors.seed`) each recorded walk is checked against the ``posts`` rows that are
 actually stored (written rows are durable; a kill drops only unwritten ones):
@@ -14,8 +16,9 @@ actually stored (written rows are durable; a kill drops only unwritten ones):
 * a walk whose pages all have rows but that did not reach its end (killed, or ``max_pages``) resumes from its last
   page's next URL;
 * a finished walk whose pages all have rows is dropped and its newest id becomes the ``watermark``;
-* then a new walk from the newest status down to ``since_id`` = the newest id any walk saw (the adapter keeps only
-  newer statuses and stops at the first older one, :mod:`pipeline.scrape.mastodon`): an incremental rerun fetches
+* then a new walk from the newest status down to ``since_id`` = the newest id any walk saw (the adapter's
+  :meth:`~pipeline.scrape.feeds.base.FeedAdapter.incremental_since`: its parser keeps only newer statuses and stops at
+  the first older one): an incremental rerun fetches
   the new statuses and a page or so, not every page again. Without any state: one walk of the whole timeline.
 
 A lost or unreadable state file only costs re-listing (the crawl skips items that have rows); it never loses items.
@@ -24,6 +27,7 @@ People on the opt-out list have no rows, so their statuses are not counted as mi
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -33,31 +37,42 @@ import pyarrow.compute as pc
 from pyarrow.fs import FileType
 
 from pipeline.config import Config
-from pipeline.runtime import log
-from pipeline.scrape.mastodon import id_key, newest_id, with_params
-from pipeline.store import DataRoot
+from pipeline.scrape.feeds.base import FeedAdapter
+from pipeline.scrape.feeds.registry import adapter_for
+from pipeline.store import FEED_CURSORS_DIR, POSTS_DS, DataRoot
 
-STATE_DIR = "feed_cursors"
+log = logging.getLogger("facerank.scrape")
 
-
-def _max_id(ids: list[str | None]) -> str | None:
-    ids = [i for i in ids if i]
-    return max(ids, key=id_key) if ids else None
+STATE_DIR = FEED_CURSORS_DIR  # the store names it (forget erases it too)
 
 
 class FeedCursors:
     """The walk state of every incremental feed of one crawl (module docstring)."""
 
-    def __init__(self, cfg: Config, root: DataRoot, optout: Any = None, save_every_s: float = 1.0):
+    def __init__(
+        self,
+        cfg: Config,
+        root: DataRoot,
+        optout: Any = None,
+        save_every_s: float = 1.0,
+        adapters: dict[str, FeedAdapter] | None = None,
+    ):
         self.root = root
         self.optout = optout
         self.save_every_s = save_every_s
-        self.sites = {s.name for s in cfg.scrape.feeds if s.adapter == "mastodon" and s.mastodon.incremental}
+        adapters = adapters if adapters is not None else {s.name: adapter_for(s) for s in cfg.scrape.feeds}
+        self.adapters = {name: ad for name, ad in adapters.items() if ad.incremental}
+        self.sites = set(self.adapters)
         self.state: dict[tuple[str, str], dict] = {}
         self.walks: dict[str, dict] = {}  # walk id -> the walk (inside self.state)
         self.dirty: set[tuple[str, str]] = set()
         self.last_save = time.monotonic()
         self._done_ids: dict[str, set[str]] = {}
+
+    def _max_id(self, site: str, ids: list[str | None]) -> str | None:
+        """The newest of ``ids`` in ``site``'s order of ids."""
+        ids = [i for i in ids if i]
+        return max(ids, key=self.adapters[site].id_key) if ids else None
 
     def path(self, site: str, hashtag: str) -> str:
         return self.root.path(STATE_DIR, quote(site, safe=""), quote(hashtag, safe="") + ".json")
@@ -67,8 +82,8 @@ class FeedCursors:
         """The item ids of ``site`` with a ``posts`` row (any status: rows are final)."""
         if site not in self._done_ids:
             ids: set[str] = set()
-            if self.root.has("posts"):
-                t = self.root.read("posts", columns=["site", "item_id"], filter=pc.field("site") == site)
+            if self.root.has(POSTS_DS):
+                t = self.root.read(POSTS_DS, columns=["site", "item_id"], filter=pc.field("site") == site)
                 ids = {i for i in t.column("item_id").to_pylist() if i}
             self._done_ids[site] = ids
         return self._done_ids[site]
@@ -98,14 +113,14 @@ class FeedCursors:
             resume = self._resume_url(w, done)
             if resume is None:
                 if w.get("done"):
-                    watermark = _max_id([watermark, w.get("top")])
+                    watermark = self._max_id(site, [watermark, w.get("top")])
                 continue
             walk = self._walk(resume, w.get("since_id"), w.get("top"))
             walks.append(walk)
             tasks.append({**base, "url": resume, "walk": walk["id"]})
-        newest = _max_id(tops)
+        newest = self._max_id(site, tops)
         if newest is not None or not walks:
-            start = with_params(first_url, [("since_id", newest)], replace=True) if newest else first_url
+            start = self.adapters[site].incremental_since(first_url, newest) if newest else first_url
             walk = self._walk(start, newest, None)
             walks.insert(0, walk)
             tasks.insert(0, {**base, "url": start, "walk": walk["id"]})
@@ -145,7 +160,7 @@ class FeedCursors:
                 continue  # no row will be written: not missing
             ids.append(p["item_id"])
         walk["pages"].append({"url": task["url"], "next": next_url, "ids": ids})
-        walk["top"] = _max_id([walk.get("top"), newest_id(posts)])
+        walk["top"] = self._max_id(site, [walk.get("top")] + [p["item_id"] for p in posts if p.get("item_id")])
         if next_url is None:
             walk["done"] = True
         self.dirty.add((site, task["hashtag"]))

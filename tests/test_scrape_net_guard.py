@@ -18,9 +18,10 @@ import pytest
 from helpers.http import Handler, RawServer, serve
 from helpers.images import noise_jpeg
 from pipeline.config import FeedSite, HttpConfig, RetryConfig, parse_config
-from pipeline.scrape import http as scrape_http
-from pipeline.scrape.feeds import adapter_for
-from pipeline.scrape.http import HttpClient, is_public_address, prepare_url
+from pipeline.scrape.feeds.registry import adapter_for
+from pipeline.scrape.net import transport
+from pipeline.scrape.net.address import is_public_address, prepare_url
+from pipeline.scrape.net.http import HttpClient
 
 JPEG = noise_jpeg(32, 24)
 
@@ -154,11 +155,11 @@ def test_watchdog_ends_a_blocked_read_on_a_tls_socket(tmp_path):
     threading.Thread(target=serve, daemon=True).start()
     client_ctx = ssl.create_default_context(cafile=str(cert))
     raw = socket.create_connection(listener.getsockname(), timeout=10)
-    hop = scrape_http._Hop(1.0, guard=False, max_interim=8)
+    hop = transport.Hop(1.0, guard=False, max_interim=8)
     hop.watch(raw)  # as _new_conn does, before TLS
     tls = client_ctx.wrap_socket(raw, server_hostname="localhost")
     assert raw.fileno() == -1  # detached: shutting down `raw` itself could no longer reach the connection
-    scrape_http._WATCHDOG.add(hop)
+    transport.WATCHDOG.add(hop)
     t0 = time.monotonic()
     try:
         got = tls.recv(1)  # read timeout 10 s; the server never sends
@@ -392,4 +393,33 @@ def test_driver_abandons_a_batch_past_its_bound(ray_session, tmp_path):
         (f"p{i}", "error", "batch_timeout") for i in range(3)
     ]
     assert s["errors_by_reason"] == {"batch_timeout": 3} and s["workers_replaced"] == 1
+    assert took < 6, took  # the driver did not wait for the 6 s images
+
+
+def test_thread_pool_abandons_a_batch_past_its_bound(tmp_path):
+    """The same bound on the thread pool (no Ray): a thread cannot be killed, so each overdue call is abandoned, its
+    task an error row ``batch_timeout``, its worker replaced, and the crawl ends without waiting for it."""
+    from pipeline.scrape.crawl import crawl
+    from pipeline.store import DataRoot
+
+    http = {"allow_private_addresses": True, "total_timeout_s": 10, "read_timeout_s": 10, "retry": {"attempts": 1}}
+    with serve(_SlowImages) as srv:
+        cfg = parse_config(
+            {
+                "data_root": str(tmp_path / "d"),
+                "scrape": {
+                    "num_actors": 1, "threads_per_actor": 4, "batch_rows": 10, "batch_timeout_s": 2.0, "http": http,
+                    "feeds": [{"name": "f", "adapter": "json", "base_url": srv.base, "hashtags": ["selfie"]}],
+                },
+            },
+            "test",
+        )  # fmt: skip
+        t0 = time.monotonic()
+        s = crawl(cfg, pool="threads")
+        took = time.monotonic() - t0
+    rows = DataRoot(cfg.data_root).read("posts").to_pylist()
+    assert sorted((r["item_id"], r["status"], r["reason"]) for r in rows) == [
+        (f"p{i}", "error", "batch_timeout") for i in range(3)
+    ]
+    assert s["errors_by_reason"] == {"batch_timeout": 3} and s["workers_replaced"] >= 1
     assert took < 6, took  # the driver did not wait for the 6 s images

@@ -1,9 +1,10 @@
-"""The text normaliser, the srcset and CSS readers, placeholders and the academic rule (issue 16), plus Chromium.
+"""The text normaliser, the srcset and CSS readers, placeholders and the academic rule, plus Chromium.
 
-Unit tests and hypothesis properties of :mod:`pipeline.scrape.htmltext` and :mod:`pipeline.scrape.placeholders`;
-one Chromium test renders several fixture pages through one :class:`~pipeline.scrape.staff.Browser` (the browser
-render mode: the same selectors, computed CSS backgrounds, HTTP status, challenges, ``wait_for`` defaulting to the
-person selector, lazy images that never load costing no timeout).
+Unit tests and hypothesis properties of :mod:`pipeline.scrape.staff.htmltext` and
+:mod:`pipeline.scrape.staff.placeholders`; one Chromium test renders several fixture pages through one
+:class:`~pipeline.scrape.staff.browser.Browser` (the browser render mode: the same selectors, computed CSS backgrounds,
+HTTP status, challenges, ``wait_for`` defaulting to the person selector, lazy images that never load costing no
+timeout).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from lxml import html as lxml_html
 from PIL import Image
 
 from pipeline.config import StaffSite
-from pipeline.scrape import htmltext as ht
-from pipeline.scrape import placeholders
-from pipeline.scrape.staff import is_academic
+from pipeline.scrape.staff import htmltext as ht
+from pipeline.scrape.staff import placeholders
+from pipeline.scrape.staff.people import is_academic
 
 KEYWORDS = ["secretary", "administrator", "assistant to", "technician"]
 
@@ -57,7 +58,7 @@ def test_srcset_and_css_url_readers():
 
 
 def test_name_attr_xpath_roles_and_role_after_name_on_one_line():
-    from pipeline.scrape.staff_parse import parse_page
+    from pipeline.scrape.staff.parse import parse_page
 
     page = """<base href="https://cdn.example.org/d/"><table>
       <tr class="p"><td><img src="//img.example.org/a.jpg" alt="Photo of  Ann Lee"></td><td> </td>
@@ -150,10 +151,10 @@ def test_srcset_parser_round_trips_width_candidates(cands, sep):
 def test_browser_mode_reads_fixture_pages_with_the_same_selectors(tmp_path):
     """One Chromium over six fixture pages: what the static path reads, plus computed backgrounds and statuses."""
     from helpers.staff_fixtures import config, fixture_site, no_limit, site
-    from pipeline.scrape.egress import policy_for
-    from pipeline.scrape.http import HttpClient
-    from pipeline.scrape.staff import Browser
-    from pipeline.scrape.staff_site import StaffScraper
+    from pipeline.scrape.net.egress import policy_for
+    from pipeline.scrape.net.http import HttpClient
+    from pipeline.scrape.staff.browser import Browser
+    from pipeline.scrape.staff.site import StaffScraper
 
     with fixture_site() as srv:
         names = ("bg", "lazy", "drupal", "cloudflare", "wordpress", "profiles")

@@ -2,7 +2,7 @@
 
 Three checks, each giving the reason a photo is a placeholder (rows: status ``no_photo``, reason ``placeholder``):
 
-* :func:`by_url`, before any fetch (:mod:`pipeline.scrape.staff_parse`): the URL matches one of the site's
+* :func:`by_url`, before any fetch (:mod:`pipeline.scrape.staff.parse`): the URL matches one of the site's
   ``placeholder_patterns`` (regular expressions, case-insensitive; defaults in :mod:`pipeline.config`), or names
   an SVG (``.svg``, ``data:image/svg``). The row keeps the URL; nothing is fetched.
 * :func:`by_content`, on the fetched bytes (the staff image task, :mod:`pipeline.scrape.work`): tiny (either side

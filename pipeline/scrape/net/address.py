@@ -1,0 +1,110 @@
+"""Address and URL rules of every request the crawl makes (the HTTP client's, and the browser's egress proxy's).
+
+* one URL parser (:func:`prepare_url`): a URL is prepared once by requests (the client that sends it), its host and
+  port must read the same to urllib3's ``parse_url`` and to the stdlib's ``urlsplit`` (requests picks the connection
+  with the latter), and exactly that prepared URL is checked and fetched; a backslash or a control character is
+  ``bad_url`` outright (``http://127.0.0.1:1\\@localhost/`` reads as ``localhost`` to one parser and ``127.0.0.1`` to
+  another);
+* hosts inside the allowed domains only (:func:`host_allowed`; :func:`allowed_domains`: ``scrape.allowed_domains``
+  or the hosts of the configured sites);
+* private, loopback, link-local and otherwise non-global addresses are not public (:func:`is_public_address`): IPv6
+  forms that carry an IPv4 address, IPv4-mapped, IPv4-compatible, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16`` and
+  Teredo, are judged by that IPv4 address; the NAT64 local-use prefix ``64:ff9b:1::/48`` is never public.
+  :mod:`pipeline.scrape.net.transport` applies it to every address a connection resolves, before it connects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+import requests
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
+from pipeline.config import Config
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: the last 32 bits are an IPv4 address
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use NAT64: a local network by definition
+
+
+class BlockedAddressError(Exception):
+    """The host resolves to a private/loopback/link-local address and the config does not allow that.
+
+    Deliberately not an ``OSError``: urllib3 must not retry it or wrap it, requests must not swallow it.
+    """
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64, Teredo client, IPv4-compatible), if any."""
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    if addr in NAT64 or int(addr) >> 32 == 0:  # 64:ff9b::a.b.c.d, ::a.b.c.d (and :: and ::1, not public either)
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
+def is_public_address(ip: str) -> bool:
+    """True for a globally routable unicast address; an IPv6 address carrying an IPv4 one is judged by the IPv4."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr in NAT64_LOCAL:
+            return False
+        v4 = _embedded_ipv4(addr)
+        if v4 is not None:
+            addr = v4
+    return addr.is_global and not addr.is_multicast
+
+
+def prepare_url(url: str) -> str:
+    """``url`` exactly as the client will send it (prepared by requests); ``ValueError("bad_url")`` when it cannot be
+    fetched: not http(s), no host, a backslash or control character, or parsers that disagree on host or port."""
+    if "\\" in url or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError("bad_url")
+    try:
+        prep = requests.models.PreparedRequest()
+        prep.prepare_url(url, None)
+        target = str(prep.url)
+        p = parse_url(target)
+        s = urlsplit(target)
+        same = (s.hostname or "") == (p.host or "").strip("[]").lower() and s.port == p.port
+    except (ValueError, LocationParseError, requests.exceptions.RequestException):
+        raise ValueError("bad_url") from None
+    if p.scheme not in ("http", "https") or not p.host or not same or "\\" in target:
+        raise ValueError("bad_url")
+    return target
+
+
+def resolves_public(host: str, port: int = 80) -> bool:
+    """True when every address ``host`` resolves to is public (used before handing a URL to a browser)."""
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(is_public_address(str(info[4][0])) for info in infos)
+
+
+def host_allowed(host: str | None, domains: list[str]) -> bool:
+    """``host`` equals one of ``domains`` or is a subdomain of one (an empty list allows every host)."""
+    if not host:
+        return False
+    if not domains:
+        return True
+    host = host.lower().rstrip(".")
+    return any(host == d or host.endswith("." + d) for d in (d.lower().rstrip(".") for d in domains))
+
+
+def allowed_domains(cfg: Config) -> list[str]:
+    """``scrape.allowed_domains`` or, when empty, the hosts of every configured feed and staff site."""
+    if cfg.scrape.allowed_domains:
+        return list(cfg.scrape.allowed_domains)
+    urls = [f.base_url for f in cfg.scrape.feeds] + [u for s in cfg.scrape.staff for u in s.start_urls]
+    return sorted({h for h in (urlsplit(u).hostname for u in urls) if h})

@@ -1,0 +1,408 @@
+"""A polite, defensive HTTP client for pages and images: every outcome is a :class:`FetchResult`, never an exception.
+
+What it enforces, per request:
+
+* one URL parser, the allowed domains and public addresses (:mod:`pipeline.scrape.net.address`): exactly the URL
+  :func:`~pipeline.scrape.net.address.prepare_url` prepared is checked and fetched; a literal non-public address is
+  ``private_address`` before any connection, and every address a host resolves to is checked by the connection
+  itself, BEFORE any connect (:mod:`pipeline.scrape.net.transport`), unless ``allow_private_addresses``; open and
+  closed internal ports look the same (``private_address``); it holds for every redirect hop;
+* retries with exponential backoff and jitter on connection errors, 429 and 5xx (urllib3 ``Retry``), honouring a
+  server's ``Retry-After`` up to ``retry.max_retry_after_s``; after the last attempt the result is an error with a
+  reason (``http_503``, ``timeout``, ``connection_error``);
+* a total deadline per hop (``total_timeout_s``) over the whole exchange, retries and their sleeps included
+  (:mod:`pipeline.scrape.net.transport`): a server that trickles its headers a byte at a time ends as ``timeout`` at
+  the deadline, and at most ``max_interim_responses`` interim ``100 Continue`` responses are read
+  (``too_many_interim_responses``); a read timeout per read (``read_timeout_s``) still applies inside it;
+* robots.txt (:mod:`pipeline.scrape.net.robots`) on the first URL and on every redirect hop, and its ``Crawl-delay``
+  as the host's minimum interval between requests (up to ``max_crawl_delay_s``);
+* redirects followed by hand, one hop at a time, only to hosts inside the allowed domains;
+* per-host rate and concurrency through a limiter shared by all actors (:mod:`pipeline.scrape.net.ratelimit`);
+  without one, a :class:`~pipeline.scrape.net.ratelimit.LocalLimiter` from the config;
+* images: ``X-Robots-Tag: noai``/``noimageai`` → skipped; content type checked; the body streamed and aborted past
+  ``max_image_bytes``; Pillow verification plus a full (reduced-scale) decode to catch truncation, and a pixel-count
+  guard (Pillow's ``MAX_IMAGE_PIXELS``) against decompression bombs.
+
+What it does not bound: the system resolver (``getaddrinfo`` blocks for the resolver's own timeouts, usually a few
+seconds per lookup); the crawl driver's per-batch bound (``scrape.batch_timeout_s``) is the backstop for that.
+
+Example::
+
+    client = HttpClient(cfg.scrape.http, allowed_domains=["example.org"])
+    res = client.fetch_image("https://example.org/a.jpg")
+    if res.ok:
+        sha = root.put_image(res.data)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+from PIL import Image
+
+from pipeline import imaging
+from pipeline.config import HttpConfig
+from pipeline.scrape.net.address import BlockedAddressError, host_allowed, is_public_address, prepare_url
+from pipeline.scrape.net.robots import RobotsCache
+from pipeline.scrape.net.transport import (
+    WATCHDOG,
+    CappedRetry,
+    DeadlineExceeded,
+    GuardedAdapter,
+    Hop,
+    InterimFlood,
+    enter_hop,
+)
+from pipeline.store import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
+
+# We reject images above max_image_pixels ourselves, with a reason; Pillow's own warning is noise then.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# response headers kept on a FetchResult (feed adapters read paging and rate limits from them)
+RESPONSE_HEADERS = ("link", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after")
+NOAI_TOKENS = ("noai", "noimageai")
+CHUNK = 64 * 1024
+
+
+@dataclasses.dataclass
+class FetchResult:
+    """The outcome of one URL: ``status`` ok | skipped | error, a short ``reason`` when not ok, and the body."""
+
+    url: str
+    kind: str  # page | image | robots
+    status: str
+    reason: str | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    final_url: str | None = None
+    content_type: str | None = None
+    data: bytes | None = None
+    width: int | None = None
+    height: int | None = None
+    headers: dict[str, str] | None = None  # the response headers of RESPONSE_HEADERS (lower-case names)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def fetch_row(self, site: str, image_sha256: str | None = None) -> dict:
+        """This result as a row of the ``fetches`` dataset."""
+        return {
+            "url": self.url,
+            "site": site,
+            "kind": self.kind,
+            "host": urlsplit(self.url).hostname,
+            "status": self.status,
+            "http_status": self.http_status,
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "bytes": len(self.data) if self.data is not None else None,
+            "image_sha256": image_sha256,
+            "fetched_at": now(),
+        }
+
+
+class _Reject(Exception):
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def inspect_image(data: bytes, max_pixels: int, formats: Sequence[str] = imaging.DEFAULT_FORMATS) -> tuple[int, int]:
+    """Verify that ``data`` is one whole image of an allowed format and at most ``max_pixels``; (width, height).
+
+    The check is :func:`pipeline.imaging.check_image` (bounded memory: a PNG's stream is counted piecewise, a JPEG
+    decoded at 1/8 scale, only ``formats``' decoders run). Raises :class:`ValueError` whose message is the
+    reason: ``not_an_image``, ``format_not_allowed``, ``too_many_pixels``, ``truncated`` or ``decode_error``.
+    """
+    try:
+        return imaging.check_image(data, max_pixels, formats)
+    except imaging.ImageDecodeError as e:
+        raise ValueError(_INSPECT_REASONS.get(e.code, "decode_error")) from None
+
+
+_INSPECT_REASONS = {
+    "empty": "not_an_image",
+    "not_an_image": "not_an_image",
+    "format": "format_not_allowed",
+    "too_large": "too_many_pixels",
+    "truncated": "truncated",
+}
+
+
+class HttpClient:
+    """Fetches pages and images politely; thread-safe (one requests session per thread).
+
+    ``limiter(host, min_interval)`` is a context manager held around each request to ``host`` (``min_interval``:
+    the host's robots.txt Crawl-delay, capped); by default a :class:`~pipeline.scrape.net.ratelimit.LocalLimiter` at the
+    config's per-host rate and concurrency.
+    """
+
+    def __init__(
+        self,
+        cfg: HttpConfig,
+        allowed_domains: list[str] | None = None,
+        limiter: Callable[..., AbstractContextManager] | None = None,
+        obey_robots: bool = True,
+    ):
+        self.cfg = cfg
+        self.allowed_domains = list(allowed_domains or [])
+        if limiter is None:
+            from pipeline.scrape.net.ratelimit import LocalLimiter  # imports ray: only when no limiter is given
+
+            limiter = LocalLimiter(cfg.requests_per_second_per_host, cfg.max_concurrency_per_host).slot
+        self.limiter = limiter
+        self._local = threading.local()
+        self.robots = RobotsCache(self._fetch_robots_text, cfg.user_agent) if obey_robots else None
+        Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
+
+    # ------------------------------------------------------------------ session
+    def _session(self) -> requests.Session:
+        s = getattr(self._local, "session", None)
+        if s is None:
+            r = self.cfg.retry
+            retry = CappedRetry(
+                total=r.attempts - 1,
+                connect=r.attempts - 1,
+                read=r.attempts - 1,
+                status=r.attempts - 1,
+                other=0,
+                redirect=0,
+                allowed_methods=frozenset({"GET", "HEAD"}),
+                status_forcelist=RETRY_STATUSES,
+                backoff_factor=r.backoff_s,
+                backoff_max=r.backoff_max_s,
+                backoff_jitter=r.jitter_s,
+                respect_retry_after_header=True,
+                raise_on_status=False,
+                raise_on_redirect=False,
+                retry_after_cap=r.max_retry_after_s,
+            )
+            s = requests.Session()
+            s.trust_env = False  # no proxies or netrc from the environment
+            s.headers["User-Agent"] = self.cfg.user_agent
+            adapter = GuardedAdapter(max_retries=retry, pool_maxsize=4)
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
+            self._local.session = s
+        return s
+
+    def close(self) -> None:
+        s = getattr(self._local, "session", None)
+        if s is not None:
+            s.close()
+            self._local.session = None
+
+    # ------------------------------------------------------------------ checks
+    def target(self, url: str, hop: int = 0) -> tuple[str | None, tuple[str, str] | None]:
+        """(the prepared URL to fetch, None) or (None, (status, reason) why ``url`` must not be fetched)."""
+        try:
+            prepared = prepare_url(url)
+        except ValueError:
+            return None, (STATUS_ERROR, "bad_url")
+        host = urlsplit(prepared).hostname
+        if not host_allowed(host, self.allowed_domains):
+            return None, (STATUS_SKIPPED, "redirect_outside_allowed_domains" if hop else "outside_allowed_domains")
+        if not self.cfg.allow_private_addresses:
+            try:
+                literal = ipaddress.ip_address(host or "")
+            except ValueError:
+                literal = None
+            if literal is not None and not is_public_address(str(literal)):
+                return None, (STATUS_ERROR, "private_address")
+        return prepared, None
+
+    def check_url(self, url: str, hop: int = 0) -> tuple[str, str] | None:
+        """Why ``url`` must not be fetched, as (status, reason), or None when it may be."""
+        return self.target(url, hop)[1]
+
+    def crawl_delay(self, url: str) -> float:
+        """The minimum seconds between requests to ``url``'s host that its robots.txt asks for, capped by
+        ``max_crawl_delay_s`` (0 when it asks for none, or when robots are not obeyed)."""
+        if self.robots is None or self.cfg.max_crawl_delay_s <= 0:
+            return 0.0
+        try:
+            delay = float(self.robots.crawl_delay(url) or 0.0)
+        except (TypeError, ValueError):
+            return 0.0
+        if math.isnan(delay) or delay <= 0:
+            return 0.0
+        return min(delay, self.cfg.max_crawl_delay_s)
+
+    def _fetch_robots_text(self, url: str) -> FetchResult:
+        return self._get(url, kind="robots", max_bytes=min(self.cfg.max_page_bytes, 1_000_000), check_robots=False)
+
+    # ------------------------------------------------------------------ public
+    def fetch_page(self, url: str, headers: dict[str, str] | None = None) -> FetchResult:
+        """GET a page (JSON/HTML) with all checks; ``data`` holds the body when ok. ``headers`` (an API token) are
+        sent to ``url``'s host only, never on a redirect to another host."""
+        return self._get(url, kind="page", max_bytes=self.cfg.max_page_bytes, headers=headers)
+
+    def fetch_image(self, url: str) -> FetchResult:
+        """GET an image with all checks and verification; ``data``, ``width``, ``height`` are set when ok."""
+        res = self._get(url, kind="image", max_bytes=self.cfg.max_image_bytes)
+        if res.ok:
+            try:
+                res.width, res.height = inspect_image(res.data or b"", self.cfg.max_image_pixels)
+            except ValueError as e:
+                res.status, res.reason = STATUS_ERROR, str(e)
+        return res
+
+    def robots_allowed(self, url: str) -> tuple[bool, str | None]:
+        """(allowed, reason) for ``url`` under its host's robots.txt."""
+        if self.robots is None:
+            return True, None
+        return self.robots.allowed(url)
+
+    # ------------------------------------------------------------------ core
+    def _get(
+        self, url: str, kind: str, max_bytes: int, check_robots: bool = True, headers: dict[str, str] | None = None
+    ) -> FetchResult:
+        res = FetchResult(url=url, kind=kind, status=STATUS_ERROR)
+        hop_url = url
+        first_host = urlsplit(url).hostname
+        for hop in range(self.cfg.max_redirects + 1):
+            target, bad = self.target(hop_url, hop)
+            if bad or target is None:
+                res.status, res.reason = bad or (STATUS_ERROR, "bad_url")
+                return res
+            if check_robots:
+                allowed, why = self.robots_allowed(target)
+                if not allowed:
+                    res.status, res.reason = (STATUS_SKIPPED, "robots") if why is None else (STATUS_ERROR, why)
+                    return res
+            delay = self.crawl_delay(target) if check_robots else 0.0
+            extra = headers if headers and urlsplit(target).hostname == first_host else None
+            with self.limiter(urlsplit(target).hostname or "", delay):
+                location = self._one_hop(target, kind, max_bytes, res, extra)
+            if location is None:
+                res.final_url = target
+                return res
+            hop_url = location
+        res.status, res.reason, res.data = STATUS_ERROR, "too_many_redirects", None
+        return res
+
+    def _one_hop(
+        self, url: str, kind: str, max_bytes: int, res: FetchResult, headers: dict[str, str] | None = None
+    ) -> str | None:
+        """One request (with urllib3's retries) under one deadline. Fills ``res``; returns the URL a redirect names."""
+        cfg = self.cfg
+        hop = Hop(cfg.total_timeout_s, not cfg.allow_private_addresses, cfg.max_interim_responses)
+        outer = enter_hop(hop)
+        WATCHDOG.add(hop)
+        try:
+            resp = self._send(url, kind, res, hop, headers)
+            if resp is None:
+                return None
+            with resp:
+                return self._response(resp, url, kind, max_bytes, res, hop)
+        finally:
+            hop.finish()
+            enter_hop(outer)
+
+    def _send(
+        self, url: str, kind: str, res: FetchResult, hop: Hop, headers: dict[str, str] | None = None
+    ) -> requests.Response | None:
+        """The response with its headers read, or None with ``res`` holding why there is none."""
+        cfg = self.cfg
+        session = self._session()
+        try:
+            req = session.prepare_request(
+                requests.Request(
+                    "GET", url, headers={"Accept": "image/*" if kind == "image" else "*/*", **(headers or {})}
+                )
+            )
+            if req.url != url:  # never expected: the URL was prepared by the same code
+                res.status, res.reason = STATUS_ERROR, "bad_url"
+                return None
+            timeout = (cfg.connect_timeout_s, cfg.read_timeout_s)
+            return session.send(req, stream=True, allow_redirects=False, timeout=timeout)
+        except DeadlineExceeded:
+            res.attempts += max(1, hop.requests)
+            res.status, res.reason = STATUS_ERROR, "timeout"
+        except InterimFlood:
+            res.attempts += max(1, hop.requests)
+            res.status, res.reason = STATUS_ERROR, "too_many_interim_responses"
+        except BlockedAddressError:
+            res.attempts += 1
+            res.status, res.reason = STATUS_ERROR, "private_address"
+        except requests.exceptions.RetryError:
+            res.attempts += cfg.retry.attempts
+            res.status, res.reason = STATUS_ERROR, "retries_exhausted"
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as e:
+            res.attempts += cfg.retry.attempts  # urllib3 gave up: every attempt was used
+            timeout = hop.fired or isinstance(e, requests.exceptions.Timeout) or "timed out" in str(e).lower()
+            res.status, res.reason = STATUS_ERROR, "timeout" if timeout else "connection_error"
+        except requests.exceptions.RequestException as e:
+            res.attempts += 1
+            res.status, res.reason = STATUS_ERROR, f"request_error:{type(e).__name__}"
+        return None
+
+    def _response(
+        self, resp: requests.Response, url: str, kind: str, max_bytes: int, res: FetchResult, hop: Hop
+    ) -> str | None:
+        cfg = self.cfg
+        history = getattr(getattr(resp.raw, "retries", None), "history", None) or ()
+        res.attempts += len(history) + 1
+        res.http_status = resp.status_code
+        res.headers = {k: resp.headers[k] for k in RESPONSE_HEADERS if k in resp.headers}
+        if resp.is_redirect:
+            loc = resp.headers.get("location")
+            if not loc:
+                res.status, res.reason = STATUS_ERROR, "redirect_without_location"
+                return None
+            return urljoin(url, loc)
+        if resp.status_code >= 400 or resp.status_code < 200:  # a 1xx other than 100 ends http.client's wait
+            res.status, res.reason = STATUS_ERROR, f"http_{resp.status_code}"
+            return None
+        if kind == "image":
+            tag = resp.headers.get("X-Robots-Tag", "").lower()
+            if any(tok in tag.replace(",", " ").split() for tok in NOAI_TOKENS):
+                res.status, res.reason = STATUS_SKIPPED, "noai"
+                return None
+            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            res.content_type = ctype
+            if ctype not in cfg.allowed_content_types:
+                res.status, res.reason = STATUS_ERROR, "content_type"
+                return None
+        declared = resp.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            res.status, res.reason = STATUS_ERROR, "too_large"
+            return None
+        data, why = self._read_body(resp, max_bytes, hop)
+        if why is not None:
+            res.status, res.reason = STATUS_ERROR, why
+            return None
+        res.data = data
+        res.status, res.reason = STATUS_OK, None
+        return None
+
+    @staticmethod
+    def _read_body(resp: requests.Response, max_bytes: int, hop: Hop) -> tuple[bytes | None, str | None]:
+        """(body, None) or (None, reason). A read that the watchdog ended at the deadline is a timeout, also when it
+        looks like a clean end of a body without Content-Length."""
+        buf = bytearray()
+        try:
+            # read1: returns as soon as some bytes arrive (iter_content waits for a whole CHUNK)
+            while chunk := resp.raw.read1(CHUNK, decode_content=True):
+                buf += chunk
+                if len(buf) > max_bytes:
+                    return None, "too_large"
+                if hop.fired or hop.remaining() <= 0:
+                    return None, "timeout"
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+            timeout = hop.fired or isinstance(e, requests.exceptions.Timeout) or "timed out" in str(e).lower()
+            return None, "timeout" if timeout else "truncated_body"
+        if hop.fired:
+            return None, "timeout"
+        return bytes(buf), None
