@@ -175,7 +175,7 @@ def ours_run(work: Path, seed: int, a: argparse.Namespace) -> dict:
         "seed": seed,
         "test_accuracy": test["accuracy"],
         "test_n": test["n"],
-        "test_ci": test.get("accuracy_ci"),
+        "test_ci": test.get("accuracy_ci95"),
         "scored_accuracy": right / max(len(ok), 1),
         "scored_n": len(ok),
         "not_scored": len(scores) - len(ok),
