@@ -176,8 +176,9 @@ class FeedSite(_Section):
         return out
 
 
-# a site's "no photo" image by its URL (pipeline/scrape/staff/placeholders.py): defaults of placeholder_patterns
-_PLACEHOLDER_PATTERNS = (
+# a site's "no photo" image by its URL (pipeline/scrape/staff/placeholders.py): the patterns every site has; a site's
+# own placeholder_patterns are added to them (placeholder_patterns_replace: true uses the site's alone)
+DEFAULT_PLACEHOLDER_PATTERNS = (
     r"placeholder",
     r"no[-_ ]?(?:photo|image|picture|pic|avatar|headshot)",
     r"(?:photo|image)[-_ ]?(?:not[-_ ]?)?(?:available|unavailable|coming)",
@@ -218,8 +219,10 @@ class StaffSite(_Section):
     max_profiles: int = Field(200, ge=0)  # profile pages followed per site and run
     profile_photo_selector: str = "img"
     profile_role_selector: str | None = None
-    # regular expressions (case-insensitive) on a photo URL that mark the site's "no photo" image
-    placeholder_patterns: list[str] = Field(default_factory=lambda: list(_PLACEHOLDER_PATTERNS))
+    # regular expressions (case-insensitive, on the percent-decoded photo URL) that mark the site's "no photo" image:
+    # the site's own, added to DEFAULT_PLACEHOLDER_PATTERNS; validated, the field holds both (defaults first)
+    placeholder_patterns: list[str] = Field(default_factory=list)
+    placeholder_patterns_replace: bool = False  # true: the site's placeholder_patterns alone, without the defaults
     placeholder_min_people: int = Field(3, ge=0)  # the same image bytes for this many people: a placeholder (0: off)
     load_more: str | None = None  # a button to click until it disappears
     next_page: str | None = None  # a link to follow for the next page
@@ -238,6 +241,9 @@ class StaffSite(_Section):
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> StaffSite:
+        if not self.placeholder_patterns_replace:  # defaults first, each once (a dump validates to the same list)
+            own = [p for p in self.placeholder_patterns if p not in DEFAULT_PLACEHOLDER_PATTERNS]
+            self.placeholder_patterns = [*DEFAULT_PLACEHOLDER_PATTERNS, *dict.fromkeys(own)]
         for p in self.placeholder_patterns:
             try:
                 re.compile(p)

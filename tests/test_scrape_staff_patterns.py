@@ -109,6 +109,36 @@ def test_placeholders_by_url_and_content():
     assert not shared.placeholder("u", "s1", 0)  # 0 turns it off
 
 
+def test_site_placeholder_patterns_add_to_the_defaults_and_match_the_decoded_url():
+    from pipeline.config import DEFAULT_PLACEHOLDER_PATTERNS
+    from pipeline.scrape.staff.parse import parse_page
+
+    site = StaffSite(name="a", department="d", start_urls=[], placeholder_patterns=["Blank Profile"])
+    assert site.placeholder_patterns == [*DEFAULT_PLACEHOLDER_PATTERNS, "Blank Profile"]
+    assert StaffSite.model_validate(site.model_dump()).placeholder_patterns == site.placeholder_patterns  # idempotent
+    pats = placeholders.compile_patterns(site.placeholder_patterns)
+    for url in ["https://x.edu/i/Blank%20Profile.jpg", "https://x.edu/i/Blank Profile.jpg", "/p/blank%20profile.png"]:
+        assert placeholders.by_url(url, pats) == "pattern", url  # the site's own, percent-encoded or not
+    assert placeholders.by_url("/img/no%20photo.jpg", pats) == "pattern"  # a default still applies
+    # replace: the site's patterns alone
+    only = StaffSite(name="a", department="d", start_urls=[], placeholder_patterns=["Blank Profile"],
+                     placeholder_patterns_replace=True)  # fmt: skip
+    assert only.placeholder_patterns == ["Blank Profile"]
+    assert placeholders.by_url("/img/no-photo.jpg", placeholders.compile_patterns(only.placeholder_patterns)) is None
+    # what the parser marks on a page: both kinds, never a real photo
+    html = """<div class=person><img src="/i/Blank%20Profile.jpg"><span class=name>A B</span></div>
+              <div class=person><img src="/i/placeholder.png"><span class=name>C D</span></div>
+              <div class=person><img src="/i/c-d.jpg"><span class=name>E F</span></div>"""
+    people = parse_page(html, "https://x.edu/people", site).people
+    assert [p["placeholder"] for p in people] == ["pattern", "pattern", None]
+    # docs/sites.md lists the defaults as they are
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "sites.md").read_text()
+    listed = doc.split("(`pipeline.config.DEFAULT_PLACEHOLDER_PATTERNS`):")[1].split("```")[1].strip().splitlines()
+    assert listed == list(DEFAULT_PLACEHOLDER_PATTERNS)
+
+
 # ---------------------------------------------------------------------------------------------------- hypothesis
 words = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=12)
 
