@@ -683,14 +683,55 @@ def _expand(value: Any, source: str, allowed: re.Pattern | None = None) -> Any:
     return value
 
 
+_OVERRIDE_PART = re.compile(r"\.?([^.\[\]]+)|\[([^\[\]]+)\]")
+
+
+def _override_keys(dotted: str) -> list[str | tuple[str]]:
+    """``scrape.staff[maths].person`` -> ``["scrape", "staff", ("maths",), "person"]`` (a 1-tuple: a list item)."""
+    keys: list[str | tuple[str]] = []
+    pos = 0
+    while pos < len(dotted):
+        m = _OVERRIDE_PART.match(dotted, pos)
+        if not m or (m.group(0).startswith(".") and not keys):
+            raise ConfigError(f"override {dotted!r}: expected dotted keys, a list item as [name] or [index]")
+        keys.append(m.group(1) if m.group(1) is not None else (m.group(2),))
+        pos = m.end()
+    if not keys or isinstance(keys[0], tuple):
+        raise ConfigError(f"override {dotted!r}: expected dotted keys, a list item as [name] or [index]")
+    return keys
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
+    """``tree`` with ``dotted`` set to ``value``; ``[name]`` picks the list item with that ``name`` (a staff site, a
+    feed), ``[0]`` by position: ``scrape.staff[maths].person=.card``."""
+    keys = _override_keys(dotted)
+    node: Any = tree
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(k, tuple):
+            if not isinstance(node, list):
+                raise ConfigError(f"override {dotted!r}: [{k[0]}] needs a list")
+            names = [x.get("name") for x in node if isinstance(x, dict)]
+            if k[0].isdigit() and int(k[0]) < len(node):
+                at = int(k[0])
+            elif k[0] in names:
+                at = next(j for j, x in enumerate(node) if isinstance(x, dict) and x.get("name") == k[0])
+            else:
+                known = ", ".join(str(n) for n in names if n is not None) or "none"
+                raise ConfigError(f"override {dotted!r}: no item [{k[0]}] (names: {known})")
+            if last:
+                node[at] = value
+            else:
+                node = node[at]
+            continue
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
-    node[keys[-1]] = value
+            raise ConfigError(f"override {dotted!r}: {k!r} is not in a section")
+        if last:
+            node[k] = value
+        else:
+            node = node.setdefault(k, [] if isinstance(keys[i + 1], tuple) else {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
 
 
 def _one_line(err: ValidationError, source: str) -> str:
