@@ -207,6 +207,8 @@ class StaffSite(_Section):
     name_attr: str | None = None  # the photo's attribute holding the name (alt, title) when name_selector has none
     role_selector: str | None = ".role"
     role_after_name: bool = False  # the role is the text after the name inside the card (bare text nodes)
+    role_lines: Literal["all", "first"] = "all"  # all: the role's lines joined by "; "; first: its first line only
+    role_exclude: str | None = None  # elements inside the role (or card) whose text is never part of the role
     photo_selector: str = "img"
     # photo attributes tried in order (srcset: its largest candidate, with <picture><source>; style: CSS url())
     photo_attrs: list[str] = [

@@ -226,3 +226,27 @@ def test_browser_mode_reads_fixture_pages_with_the_same_selectors(tmp_path):
     assert prof["Leo Ortiz"]["role"] == "Senior Lecturer; Director of Studies"
     # photos that never get a URL: each card scrolled at most twice, far under wait_timeout_s per page
     assert slow.status == "ok" and all(p["image_url"] is None for p in slow.people) and lazy_s < 2.5
+
+
+def test_role_lines_first_and_role_exclude():
+    from pipeline.scrape.staff.parse import parse_page, parse_profile
+
+    html = """<div class=person><span class=name>Ann Lee</span><div class=role>Professor of History<br>
+              <span class=dept>School of Humanities</span><br>Director of Graduate Studies</div></div>
+              <div class=person><strong>Bo Chen</strong><br>Lecturer<br><em class=dept>Classics</em><br>Advisor</div>"""
+    base = dict(name="a", department="d", start_urls=[], person=".person")
+
+    def roles(**over):
+        return [p["role"] for p in parse_page(html, "https://x.edu/", StaffSite(**base, **over)).people]
+
+    assert roles() == ["Professor of History; School of Humanities; Director of Graduate Studies", None]
+    assert roles(role_lines="first") == ["Professor of History", None]
+    assert roles(role_exclude=".dept") == ["Professor of History; Director of Graduate Studies", None]
+    # the bare-text role after the name, and a profile page's role: the same two settings
+    after = dict(name_selector="strong", role_selector=None, role_after_name=True, role_exclude=".dept")
+    assert roles(**after)[1] == "Lecturer; Advisor"
+    assert roles(**after, role_lines="first")[1] == "Lecturer"
+    prof = StaffSite(**base, profile_role_selector=".role", role_exclude="span", role_lines="first")
+    assert parse_profile(html, "https://x.edu/p", prof)["role"] == "Professor of History"
+    with pytest.raises(ValueError, match="role_lines"):
+        StaffSite(**base, role_lines="some")
