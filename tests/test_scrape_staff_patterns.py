@@ -109,6 +109,36 @@ def test_placeholders_by_url_and_content():
     assert not shared.placeholder("u", "s1", 0)  # 0 turns it off
 
 
+def test_site_placeholder_patterns_add_to_the_defaults_and_match_the_decoded_url():
+    from pipeline.config import DEFAULT_PLACEHOLDER_PATTERNS
+    from pipeline.scrape.staff.parse import parse_page
+
+    site = StaffSite(name="a", department="d", start_urls=[], placeholder_patterns=["Blank Profile"])
+    assert site.placeholder_patterns == [*DEFAULT_PLACEHOLDER_PATTERNS, "Blank Profile"]
+    assert StaffSite.model_validate(site.model_dump()).placeholder_patterns == site.placeholder_patterns  # idempotent
+    pats = placeholders.compile_patterns(site.placeholder_patterns)
+    for url in ["https://x.edu/i/Blank%20Profile.jpg", "https://x.edu/i/Blank Profile.jpg", "/p/blank%20profile.png"]:
+        assert placeholders.by_url(url, pats) == "pattern", url  # the site's own, percent-encoded or not
+    assert placeholders.by_url("/img/no%20photo.jpg", pats) == "pattern"  # a default still applies
+    # replace: the site's patterns alone
+    only = StaffSite(name="a", department="d", start_urls=[], placeholder_patterns=["Blank Profile"],
+                     placeholder_patterns_replace=True)  # fmt: skip
+    assert only.placeholder_patterns == ["Blank Profile"]
+    assert placeholders.by_url("/img/no-photo.jpg", placeholders.compile_patterns(only.placeholder_patterns)) is None
+    # what the parser marks on a page: both kinds, never a real photo
+    html = """<div class=person><img src="/i/Blank%20Profile.jpg"><span class=name>A B</span></div>
+              <div class=person><img src="/i/placeholder.png"><span class=name>C D</span></div>
+              <div class=person><img src="/i/c-d.jpg"><span class=name>E F</span></div>"""
+    people = parse_page(html, "https://x.edu/people", site).people
+    assert [p["placeholder"] for p in people] == ["pattern", "pattern", None]
+    # docs/sites.md lists the defaults as they are
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "sites.md").read_text()
+    listed = doc.split("(`pipeline.config.DEFAULT_PLACEHOLDER_PATTERNS`):")[1].split("```")[1].strip().splitlines()
+    assert listed == list(DEFAULT_PLACEHOLDER_PATTERNS)
+
+
 # ---------------------------------------------------------------------------------------------------- hypothesis
 words = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=12)
 
@@ -196,3 +226,27 @@ def test_browser_mode_reads_fixture_pages_with_the_same_selectors(tmp_path):
     assert prof["Leo Ortiz"]["role"] == "Senior Lecturer; Director of Studies"
     # photos that never get a URL: each card scrolled at most twice, far under wait_timeout_s per page
     assert slow.status == "ok" and all(p["image_url"] is None for p in slow.people) and lazy_s < 2.5
+
+
+def test_role_lines_first_and_role_exclude():
+    from pipeline.scrape.staff.parse import parse_page, parse_profile
+
+    html = """<div class=person><span class=name>Ann Lee</span><div class=role>Professor of History<br>
+              <span class=dept>School of Humanities</span><br>Director of Graduate Studies</div></div>
+              <div class=person><strong>Bo Chen</strong><br>Lecturer<br><em class=dept>Classics</em><br>Advisor</div>"""
+    base = dict(name="a", department="d", start_urls=[], person=".person")
+
+    def roles(**over):
+        return [p["role"] for p in parse_page(html, "https://x.edu/", StaffSite(**base, **over)).people]
+
+    assert roles() == ["Professor of History; School of Humanities; Director of Graduate Studies", None]
+    assert roles(role_lines="first") == ["Professor of History", None]
+    assert roles(role_exclude=".dept") == ["Professor of History; Director of Graduate Studies", None]
+    # the bare-text role after the name, and a profile page's role: the same two settings
+    after = dict(name_selector="strong", role_selector=None, role_after_name=True, role_exclude=".dept")
+    assert roles(**after)[1] == "Lecturer; Advisor"
+    assert roles(**after, role_lines="first")[1] == "Lecturer"
+    prof = StaffSite(**base, profile_role_selector=".role", role_exclude="span", role_lines="first")
+    assert parse_profile(html, "https://x.edu/p", prof)["role"] == "Professor of History"
+    with pytest.raises(ValueError, match="role_lines"):
+        StaffSite(**base, role_lines="some")

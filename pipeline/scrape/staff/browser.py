@@ -19,6 +19,10 @@ every name Chromium itself would resolve fail (the proxy resolves and checks; Ch
 subresources, iframes, ``fetch()`` and websockets reach only allowed hosts on checked addresses. Chromium runs with
 its sandbox unless that cannot work: as root, or with ``selenium.no_sandbox`` / ``FACERANK_CHROMIUM_NO_SANDBOX=1`` (a
 container without user namespaces) (:func:`sandbox_flags`).
+
+A local Chromium or chromedriver that is not there (:func:`missing`) is one line naming the path tried, its setting
+and the Debian packages (:data:`APT_PACKAGES`): :class:`BrowserMissing` from :meth:`Browser.start`, and the page's
+reason ``no_chromium``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,27 @@ from pipeline.scrape.staff.parse import StaffPage, challenge, outcome, paginate,
 log = logging.getLogger("facerank.scrape")
 
 NO_SANDBOX_ENV = "FACERANK_CHROMIUM_NO_SANDBOX"
+APT_PACKAGES = "chromium chromium-driver"  # what installs both on Debian/Ubuntu
+
+
+class BrowserMissing(RuntimeError):
+    """No local Chromium or chromedriver at the configured path (the message says which, and how to install)."""
+
+
+def missing(cfg: SeleniumConfig) -> str | None:
+    """Why a local headless Chromium cannot start (a path that is no executable file), else None (a remote browser:
+    never checked here)."""
+    if os.environ.get("SELENIUM_REMOTE_URL") or cfg.remote_url:
+        return None
+    for what, key in (("Chromium", "chromium_path"), ("chromedriver", "chromedriver_path")):
+        path = getattr(cfg, key)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            return (
+                f"{what} not found at {path} (scrape.selenium.{key}): install it with "
+                f"`apt-get install {APT_PACKAGES}`, or set scrape.selenium.{key}"
+            )
+    return None
+
 
 # How every headless Chromium of this project starts (the scraper's, and the tests' that look at pages).
 CHROMIUM_FLAGS = (
@@ -247,6 +272,10 @@ class Browser:
         else:
             from selenium.webdriver.chrome.service import Service
 
+            why = missing(self.cfg)
+            if why:
+                self.quit()  # the egress proxy started above
+                raise BrowserMissing(why)
             self._profile = tempfile.mkdtemp(prefix="facerank-chromium-")
             opts.add_argument(f"--user-data-dir={self._profile}")
             opts.binary_location = self.cfg.chromium_path
@@ -297,6 +326,9 @@ class Browser:
             try:
                 self.ensure()
                 return self._render(site, url, keep_html)
+            except BrowserMissing as e:
+                log.error("staff browser: %s", e)
+                return StaffPage(url, [], "error", "no_chromium")
             except WebDriverException as e:
                 if attempt == 0 and not self.alive():
                     continue  # the browser died: restart it once and try the page again

@@ -7,7 +7,8 @@ whether it is a bot challenge (:func:`challenge`). :func:`parse_profile` reads a
 
 * Names and roles are read as a person sees them (:mod:`pipeline.scrape.staff.htmltext`): ``<br>`` and block elements
   separate lines, whitespace collapses; a line that is an e-mail address, URL or phone number is never a name or a
-  role; the role drops the name's line and joins the rest with ``"; "``. ``name_attr`` reads the name from the
+  role; the role drops the name's line and joins the rest with ``"; "`` (``role_lines: first``: the first only),
+  without the text of the elements ``role_exclude`` selects. ``name_attr`` reads the name from the
   photo's ``alt``/``title`` when the name selector finds none; ``role_after_name`` takes the card's text after the
   name (bare text nodes), and XPath selectors reach any text node.
 * The photo is the first of ``photo_attrs`` with a usable value on the photo element: lazy attributes first,
@@ -24,6 +25,7 @@ Chromium's, :mod:`pipeline.scrape.staff.browser`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import re
@@ -197,25 +199,43 @@ def _name(card: Selector, site: StaffSite, photo_el: Selector | None) -> str | N
     return None
 
 
-def _role_lines(lines: list[str], name: str | None) -> str | None:
+def _role_lines(lines: list[str], name: str | None, first: bool = False) -> str | None:
     n = (name or "").casefold()
     lines = [ht.without_emails(x) for x in lines]
     keep = [x for x in lines if x and x.casefold() != n and not ht.is_contact(x) and not _LABEL.match(x)]
-    return "; ".join(keep) or None
+    return "; ".join(keep[:1] if first else keep) or None
+
+
+def _without(sels: list[Selector], exclude: str | None) -> list[Selector]:
+    """Copies of the matched elements without what ``exclude`` selects inside them (``role_exclude``)."""
+    if not exclude:
+        return sels
+    out = []
+    for s in sels:
+        if hasattr(s.root, "tag"):
+            s = Selector(root=copy.deepcopy(s.root))
+            for e in select(s, exclude):
+                if hasattr(e.root, "drop_tree") and e.root is not s.root:
+                    e.root.drop_tree()
+        out.append(s)
+    return out
 
 
 def _role(card: Selector, site: StaffSite, name: str | None) -> str | None:
-    role = _role_lines(_lines(select(card, site.role_selector)), name) if site.role_selector else None
+    first = site.role_lines == "first"
+    role = None
+    if site.role_selector:
+        role = _role_lines(_lines(_without(select(card, site.role_selector), site.role_exclude)), name, first)
     if role or not site.role_after_name or not name:
         return role
-    lines = _lines([card])
+    lines = _lines(_without([card], site.role_exclude))
     key = name.casefold()
     for i, line in enumerate(lines):
         if line.casefold() == key or line.casefold().startswith(key):
             rest = lines[i + 1 :]
             if line.casefold() != key:  # "Jane Doe, Professor of …" on one line
                 rest = [line[len(name) :].lstrip(" ,;:-–—")] + rest
-            return _role_lines([r for r in rest if r], name)
+            return _role_lines([r for r in rest if r], name, first)
     return None
 
 
@@ -301,7 +321,10 @@ def parse_profile(html: str | bytes, page_url: str, site: StaffSite) -> dict:
         image = photo_url(el, site.photo_attrs, base)
         if image:
             break
-    role = _role_lines(_lines(select(sel, site.profile_role_selector)), None) if site.profile_role_selector else None
+    role = None
+    if site.profile_role_selector:
+        found = _without(select(sel, site.profile_role_selector), site.role_exclude)
+        role = _role_lines(_lines(found), None, site.role_lines == "first")
     patterns = placeholders.compile_patterns(site.placeholder_patterns)
     return {"image_url": image, "role": role, "placeholder": placeholders.by_url(image, patterns)}
 

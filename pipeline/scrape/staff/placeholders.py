@@ -3,8 +3,10 @@
 Three checks, each giving the reason a photo is a placeholder (rows: status ``no_photo``, reason ``placeholder``):
 
 * :func:`by_url`, before any fetch (:mod:`pipeline.scrape.staff.parse`): the URL matches one of the site's
-  ``placeholder_patterns`` (regular expressions, case-insensitive; defaults in :mod:`pipeline.config`), or names
-  an SVG (``.svg``, ``data:image/svg``). The row keeps the URL; nothing is fetched.
+  ``placeholder_patterns`` (regular expressions, case-insensitive, searched in the URL as written and
+  percent-decoded: ``Blank%20Profile`` matches ``Blank Profile``; the site's own are added to
+  :data:`~pipeline.config.DEFAULT_PLACEHOLDER_PATTERNS`), or names an SVG (``.svg``, ``data:image/svg``). The
+  row keeps the URL; nothing is fetched.
 * :func:`by_content`, on the fetched bytes (the staff image task, :mod:`pipeline.scrape.work`): tiny (either side
   under :data:`MIN_SIDE` pixels: a 1x1 GIF) or blank (one flat grey, white or black: a flat saturated colour is left
   to the shared-bytes check) images, and an SVG answer (``image/svg+xml``: not a ``content_type`` error).
@@ -20,6 +22,7 @@ from __future__ import annotations
 import collections
 import io
 import re
+from urllib.parse import unquote
 
 STATUS_NO_PHOTO = "no_photo"  # a staff row whose photo is the site's placeholder (reason ``placeholder``)
 
@@ -42,7 +45,8 @@ def by_url(url: str | None, patterns: list[re.Pattern]) -> str | None:
     path = low.split("?", 1)[0].split("#", 1)[0]
     if path.endswith(".svg") or path.endswith(".svgz") or low.startswith("data:image/svg"):
         return "svg"
-    if any(p.search(url) for p in patterns):
+    decoded = unquote(url)
+    if any(p.search(url) or p.search(decoded) for p in patterns):
         return "pattern"
     return None
 
