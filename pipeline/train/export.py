@@ -52,7 +52,7 @@ from pipeline.train import metrics as M
 from pipeline.train.card import CARD_FILE, card_facts, card_markdown
 from pipeline.train.data import LabelSet
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("facerank.train")
 TEST_PREDICTIONS = "test_predictions.parquet"  # the test pass, one row per image (see test_predictions)
 
 

@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import posixpath
 
@@ -29,9 +30,10 @@ import pyarrow.fs as pafs
 
 from pipeline.config import Config
 from pipeline.model.meta import is_file
-from pipeline.runtime import log
 from pipeline.store import DataRoot
 from pipeline.train.data import LabelSet, TrainInputError, label_folds, load_labels
+
+log = logging.getLogger("facerank.train")
 
 SCALARS = ("accuracy", "roc_auc", "pearson", "mae", "rmse")
 

@@ -45,6 +45,7 @@ once: it creates the marker file first and never exits while the file exists.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -60,10 +61,11 @@ from pipeline.model.backbones import backbone
 from pipeline.model.network import build_model
 from pipeline.model.pixels import decode_batch
 from pipeline.placement import train_scaling
-from pipeline.runtime import log
 from pipeline.store import DataRoot
 from pipeline.train.data import LabelSet, TrainInputError, make_datasets
 from pipeline.train.metrics import evaluate, selection_score
+
+log = logging.getLogger("facerank.train")
 
 CHECKPOINTS = "checkpoints"
 FAULT_ENV = "FACERANK_TRAIN_FAULT"
