@@ -20,6 +20,7 @@ ADAPTERS: dict[str, str] = {
     "demo": "pipeline.scrape.feeds.json:DemoAdapter",
     "json": "pipeline.scrape.feeds.json:JsonFeedAdapter",
     "mastodon": "pipeline.scrape.feeds.mastodon:MastodonAdapter",
+    "misskey": "pipeline.scrape.feeds.misskey:MisskeyAdapter",
 }
 
 
