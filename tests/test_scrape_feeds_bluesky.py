@@ -185,3 +185,24 @@ def test_deleted_post_between_pages_and_options_checked(tmp_path, monkeypatch):
     url = adapter_for(parse_config(base).scrape.feeds[0]).first_url("#Selfie")
     assert url.startswith("https://bsky.social/xrpc/app.bsky.feed.searchPosts?q=%23Selfie&tag=Selfie&sort=latest")
     assert "limit=100" in url and "since=2026-01-01" in url and "lang=en" in url
+
+
+def test_young_posts_refreshed_by_get_posts_once_old_enough(tmp_path, monkeypatch):
+    _login(monkeypatch)
+    with BlueskyReplay(n=60, password=PASSWORD) as srv:
+        crawl(_cfg(tmp_path, srv.base_url, min_age=30, **ENV), pool="threads")
+        young = {r["item_id"]: r for r in _rows(tmp_path) if r["too_young"] and r["status"] == "ok"}
+        assert len(young) >= 5
+        gone = next(iter(young))
+        for uri in young:
+            srv.sim.set_counts(uri, 999, followers=4242)
+        srv.sim.delete(gone)  # deleted since: its row stays as it was
+        s = crawl(_cfg(tmp_path, srv.base_url, min_age=1, **ENV), pool="threads")
+        assert s["refreshed"] == len(young) - 1 and srv.sim.hits["get_posts"] == -(-len(young) // 25)
+        rows = {r["item_id"]: r for r in _rows(tmp_path)}
+        for uri, old in young.items():
+            r = rows[uri]
+            if uri == gone:
+                assert (r["likes"], r["too_young"]) == (old["likes"], True)
+            else:
+                assert (r["likes"], r["followers"], r["too_young"]) == (999, 4242, False)

@@ -154,3 +154,21 @@ def test_options_checked_and_first_url():
     base["scrape"]["feeds"][0]["misskey"] = {"renote": False}
     url = adapter_for(parse_config(base).scrape.feeds[0]).first_url("#selfie")
     assert url == "https://misskey.example/api/notes/search-by-tag?tag=selfie&limit=100&withFiles=true&renote=false"
+
+
+def test_young_notes_refreshed_by_notes_show_once_old_enough(tmp_path):
+    with MisskeyReplay(n=40) as srv:
+        crawl(_cfg(tmp_path, srv.base_url, min_age=30), pool="threads")
+        young = {r["item_id"]: r for r in _rows(tmp_path) if r["too_young"] and r["status"] == "ok"}
+        assert len(young) >= 3
+        by_id = {nt.id: nt for nt in srv.sim.notes}
+        for i in young:
+            srv.sim.reactions_of[by_id[i].n] = {"👍": 500, ":party:": 20}
+        gone = next(iter(young))
+        srv.sim.delete(gone)
+        s = crawl(_cfg(tmp_path, srv.base_url, min_age=1), pool="threads")
+        assert s["refreshed"] == len(young) - 1 and srv.sim.hits["note"] == len(young)
+        rows = {r["item_id"]: r for r in _rows(tmp_path)}
+        for i, old in young.items():
+            want = (old["likes"], True) if i == gone else (520, False)
+            assert (rows[i]["likes"], rows[i]["too_young"]) == want

@@ -12,6 +12,7 @@ What it does, as the lexicons and docs describe the services (one host plays the
   AND), ``sort`` (latest: newest first), ``limit`` 1..100 (default 25; 400 above), ``cursor`` (opaque), ``since`` /
   ``until``; ``require_auth``: 401 ``AuthMissing`` without a valid access token; the result set is cut at
   ``max_hits`` (the cursor "may not necessarily allow scrolling through entire result set"): no ``cursor`` after it;
+* ``GET /xrpc/app.bsky.feed.getPosts?uris=…`` (at most 25; deleted posts left out);
 * ``GET /xrpc/app.bsky.actor.getProfiles?actors=…`` (at most 25; 400 above): ``profileViewDetailed`` with
   ``followersCount``; deleted accounts are left out of the answer;
 * ``RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` (epoch seconds) / ``-Policy`` on every XRPC answer, 429 once
@@ -110,6 +111,7 @@ class BlueskySim:
         self.deleted = {f"did:plc:user{a:02d}" for a in deleted_authors}
         self.base_url = "http://127.0.0.1"
         self.posts: list[Post] = []
+        self.followers_of: dict[int, int] = {}
         self.hits: collections.Counter = collections.Counter()
         self.queries: list[dict] = []  # the searchPosts parameters seen
         self.auth_seen: list[str] = []
@@ -143,12 +145,18 @@ class BlueskySim:
                 out.append(p.uri)
         return out
 
+    def set_counts(self, uri: str, likes: int, followers: int | None = None) -> None:
+        p = next(p for p in self.posts if p.uri == uri)
+        p.likes = likes
+        if followers is not None:
+            self.followers_of[p.author] = followers
+
     def delete(self, uri: str) -> None:
         with self.lock:
             self.posts = [p for p in self.posts if p.uri != uri]
 
     def followers(self, author: int) -> int:
-        return 100 + author * 53
+        return self.followers_of.get(author, 100 + author * 53)
 
     def image_url(self, p: Post) -> str:
         return f"{self.base_url}/img/{p.n}.jpg"
@@ -282,6 +290,14 @@ class BlueskySim:
             return self._search(q, rl)
         if path == "/xrpc/app.bsky.actor.getProfiles":
             return self._profiles(q, rl)
+        if path == "/xrpc/app.bsky.feed.getPosts":
+            self.hits["get_posts"] += 1
+            uris = q.get("uris", [])
+            if not 1 <= len(uris) <= 25:
+                return _err(400, "InvalidRequest", "uris: 1..25", rl)
+            with self.lock:
+                by_uri = {p.uri: p for p in self.posts}
+            return _ok({"posts": [self.post_view(by_uri[u]) for u in uris if u in by_uri]}, rl)
         return _err(501, "MethodNotImplemented", headers=rl)
 
     def _create_session(self, body: bytes) -> tuple[int, dict, bytes]:

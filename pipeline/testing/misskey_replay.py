@@ -6,6 +6,7 @@
   "sinceId", "withFiles", "reply", "renote", "poll"}``: notes newest first (with ``sinceId`` only: the oldest newer
   ones first, as Misskey does); tag ``members`` needs a token (``Authorization: Bearer`` or ``i`` in the body:
   401 CREDENTIAL_REQUIRED otherwise);
+* ``POST /api/notes/show`` ``{"noteId"}`` (400 NO_SUCH_NOTE when deleted);
 * ``POST /api/users/show`` ``{"userId"}`` (400 NO_SUCH_USER when unknown) or ``{"userIds": [...]}`` (an array; the
   unknown left out): ``UserDetailed`` with ``followersCount``;
 * rate limit: ``rate_limit`` calls a window, then 429 RATE_LIMIT_EXCEEDED with ``Retry-After``;
@@ -93,6 +94,7 @@ class MisskeySim:
         self.young_every, self.sensitive_every, self.remote_every = young_every, sensitive_every, remote_every
         self.base_url = "http://127.0.0.1"
         self.notes: list[Note] = []
+        self.reactions_of: dict[int, dict[str, int]] = {}
         self.hits: collections.Counter = collections.Counter()
         self.bodies: list[dict] = []
         self.auth_seen: list[str] = []
@@ -135,6 +137,8 @@ class MisskeySim:
         return sum(self.reactions(nt).values())
 
     def reactions(self, nt: Note) -> dict[str, int]:
+        if nt.n in self.reactions_of:
+            return self.reactions_of[nt.n]
         return {"👍": nt.n % 9, ":heart@.:": (nt.n * 7) % 13, ":blobcat@remote0.example:": nt.n % 2}
 
     def file_url(self, nt: Note) -> str:
@@ -226,6 +230,11 @@ class MisskeySim:
             return self._search(doc, tok)
         if path == "/api/users/show":
             return self._users(doc)
+        if path == "/api/notes/show":
+            self.hits["note"] += 1
+            with self.lock:
+                nt = next((x for x in self.notes if x.id == doc.get("noteId")), None)
+            return _ok(self.note_json(nt)) if nt else _err(400, "NO_SUCH_NOTE")
         return _err(404, "NO_SUCH_ENDPOINT")
 
     def _search(self, doc: dict, tok: str | None) -> tuple[int, dict, bytes]:

@@ -33,6 +33,8 @@
 * Incremental reruns (``incremental``): ids are ordered by their record key, a TID (time-based); a rerun searches
   with ``since`` = the newest stored post's TID time less ``incremental_overlap_s`` (already stored posts are skipped
   by the crawl).
+* Count refresh (``refresh_max`` a run, :mod:`pipeline.scrape.feeds.refresh`): posts too young when scraped are
+  read again with ``app.bsky.feed.getPosts`` (25 a request) once old enough; a deleted post keeps its row.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ SENSITIVE_LABELS = frozenset({"porn", "sexual", "nudity", "graphic-media", "gore
 TID_CHARS = "234567abcdefghijklmnopqrstuvwxyz"  # base32-sortable
 SEARCH = "/xrpc/app.bsky.feed.searchPosts"
 PROFILES = "/xrpc/app.bsky.actor.getProfiles"
+GET_POSTS = "/xrpc/app.bsky.feed.getPosts"  # up to 25 uris a request
+REFRESHED = ("likes", "followers", "reblogs", "counts_from")
 MAX_POSTS_PAGE = 100  # the lexicon's limit: a longer page is cut there
 
 
@@ -199,6 +203,8 @@ class BlueskyOptions(BaseModel):
     incremental_overlap_s: float = Field(3600.0, ge=0)
     rate_reserve: int = Field(5, ge=0)  # pace by RateLimit-Remaining/Reset, keeping this many requests in reserve
     max_wait_s: float = Field(120.0, ge=0)  # a longer rate-limit wait is not waited: the hashtag ends rate_limited
+    # young posts refreshed on a later run (app.bsky.feed.getPosts, 25 a request): at most refresh_max a run
+    refresh_max: int = Field(10_000, ge=0)
 
 
 class _Session:
@@ -375,6 +381,32 @@ class BlueskyAdapter(FeedAdapter):
             return False
         p.wait(False)
         return True
+
+    # ---------------------------------------------------------------- count refresh (feeds/refresh.py)
+    @property
+    def refresh_max(self) -> int:
+        return self.opts.refresh_max
+
+    def refresh_counts(self, client: Any, ids: list[str]) -> dict[str, dict]:
+        """uri -> fresh counts (getPosts, 25 a request; followers by getProfiles) for the posts still there."""
+        out: dict[str, dict] = {}
+        for i in range(0, len(ids), 25):
+            chunk = ids[i : i + 25]
+            res = self.fetch(client, with_params(f"{self.base}{GET_POSTS}", [("uris", u) for u in chunk]))
+            if not res.ok:
+                continue
+            try:
+                doc = load_json(res.data or b"")
+            except FeedParseError:
+                continue
+            views = doc.get("posts") if isinstance(doc, dict) else None
+            posts = [
+                parse_post(pv, self.host, include_sensitive=True) for pv in (views if isinstance(views, list) else [])
+            ]
+            posts = [p for p in posts if p.get("item_id") in chunk and not p.get("error")]
+            self.enrich(client, posts)
+            out.update({p["item_id"]: {k: p.get(k) for k in REFRESHED} for p in posts if not p.get("error")})
+        return out
 
     # ---------------------------------------------------------------- incremental reruns (feeds/cursors.py)
     def id_key(self, item_id: str) -> tuple[int, str]:

@@ -18,6 +18,8 @@
   row ``followers_lookup:not_found``.
 * Incremental (``incremental``): note ids (aid, aidx, meid, ulid) sort by time as text; a rerun walks from the newest
   note down to the newest stored one and stops there (not ``sinceId``, which Misskey answers oldest first).
+* Count refresh (``refresh_max`` a run, :mod:`pipeline.scrape.feeds.refresh`): notes too young when scraped are read
+  again with ``POST /api/notes/show`` once old enough; a deleted note keeps its row.
 * Politeness: ``X-RateLimit-*`` headers and ``Retry-After`` as Mastodon's (:class:`~pipeline.scrape.feeds.mastodon
   .Pacer`); a 429 (POSTs are not retried by the HTTP client) is waited for and tried again when its ``Retry-After``
   is within ``max_wait_s``, else the hashtag ends with a row ``http_429_rate_limited`` (``rate_limited`` when the
@@ -61,6 +63,8 @@ EXPLAIN = {
 }
 SEARCH = "/api/notes/search-by-tag"
 USERS = "/api/users/show"
+NOTE = "/api/notes/show"
+REFRESHED = ("likes", "followers", "reblogs", "counts_from")
 SINCE = "_since"  # the walk's stop id: kept in the page URL, never sent
 BOOL_KEYS = ("withFiles", "reply", "renote", "poll")
 INT_KEYS = ("limit",)
@@ -164,6 +168,7 @@ class MisskeyOptions(BaseModel):
     users_batch: int = Field(100, ge=1, le=100)  # users/show userIds a request
     rate_reserve: int = Field(5, ge=0)
     max_wait_s: float = Field(120.0, ge=0)  # a longer rate-limit wait is not waited: the hashtag ends with a row
+    refresh_max: int = Field(10_000, ge=0)  # young notes read again on a later run (notes/show), at most this many
 
 
 class _Posting:
@@ -262,6 +267,28 @@ class MisskeyAdapter(FeedAdapter):
             return False
         p.wait(False)
         return True
+
+    # ---------------------------------------------------------------- count refresh (feeds/refresh.py)
+    @property
+    def refresh_max(self) -> int:
+        return self.opts.refresh_max
+
+    def refresh_counts(self, client: Any, ids: list[str]) -> dict[str, dict]:
+        """id -> fresh counts (``POST /api/notes/show``, one note a request; followers by users/show) for the notes
+        still there."""
+        posts = []
+        for note_id in ids:
+            res = self.fetch(client, with_params(f"{self.base}{NOTE}", [("noteId", note_id)]))
+            if not res.ok:
+                continue  # deleted (400 NO_SUCH_NOTE) or unreadable: the row stays as it was
+            try:
+                p = parse_note(load_json(res.data or b""), self.host, include_sensitive=True)
+            except FeedParseError:
+                continue
+            if p.get("item_id") == note_id and not p.get("error"):
+                posts.append(p)
+        self.enrich(client, posts)
+        return {p["item_id"]: {k: p.get(k) for k in REFRESHED} for p in posts if not p.get("error")}
 
     # ---------------------------------------------------------------- incremental reruns (feeds/cursors.py)
     def incremental_since(self, url: str, since_id: str) -> str:
