@@ -3,17 +3,22 @@ driver on its thread pool (``crawl(cfg, pool="threads")``), as tests/test_scrape
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.scrape.crawl import crawl
-from pipeline.scrape.feeds.bluesky import parse_post, tid_time
+from pipeline.scrape.feeds.bluesky import jwt_expired, parse_post, tid_time
 from pipeline.scrape.feeds.registry import adapter_for
-from pipeline.store import DataRoot
+from pipeline.store import POSTS, DataRoot, now, to_table
 from pipeline.testing.bluesky_replay import BlueskyReplay, BlueskySim, make_tid
 
 PASSWORD = "app-pass-8c1d"
@@ -206,3 +211,40 @@ def test_young_posts_refreshed_by_get_posts_once_old_enough(tmp_path, monkeypatc
                 assert (r["likes"], r["too_young"]) == (old["likes"], True)
             else:
                 assert (r["likes"], r["followers"], r["too_young"]) == (999, 4242, False)
+
+
+def test_label_negation_and_jwt_expiry():
+    sim = BlueskySim(n=9)
+    pv = sim.post_view(sim.posts[8])
+    pv["labels"].append({**pv["labels"][0], "neg": True})  # the labeller took it back
+    assert "skip" not in parse_post(pv, "h")
+
+    def jwt(exp: float) -> str:
+        claims = base64.urlsafe_b64encode(json.dumps({"exp": exp}).encode()).decode().rstrip("=")
+        return f"eyJhbGciOiJIUzI1NiJ9.{claims}.sig"
+
+    assert jwt_expired(jwt(time.time() - 5)) and not jwt_expired(jwt(time.time() + 3600))
+    assert jwt_expired("opaque") and jwt_expired(None)
+
+
+TREE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+    max_leaves=10,
+)
+FIELDS = ["uri", "author", "record", "embed", "likeCount", "repostCount", "labels", "indexedAt"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(0, 8), changes=st.dictionaries(st.sampled_from(FIELDS), TREE, max_size=3))
+def test_post_parser_random_fields_never_crash_and_rows_fit(n, changes):
+    sim = BlueskySim(n=9)
+    p = parse_post({**sim.post_view(sim.posts[n]), **changes}, "h")
+    if p.get("item_id") is None:
+        assert p["error"] == "bad_post:id"
+        return
+    assert "error" in p or p.get("skip") or isinstance(p.get("image_url"), str)
+    if "error" not in p:
+        row = {k: p.get(k) for k in ("user_id", "likes", "tags", "posted_at", "image_url", "user_acct", "reblogs",
+                                     "post_url", "counts_from")}  # fmt: skip
+        to_table([{"site": "b", "item_id": p["item_id"], "scraped_at": now(), **row}], POSTS)

@@ -7,12 +7,14 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.scrape.crawl import crawl
 from pipeline.scrape.feeds.misskey import body_of, parse_note
 from pipeline.scrape.feeds.registry import adapter_for
-from pipeline.store import DataRoot
+from pipeline.store import POSTS, DataRoot, now, to_table
 from pipeline.testing.misskey_replay import MisskeyReplay, MisskeySim
 
 TOKEN = "mk-4f1e2d"
@@ -78,6 +80,7 @@ def test_note_parser_files_users_reactions_and_wrong_types():
     for field, change in bad.items():
         assert parse_note({**j, **change}, "h")["error"] == f"bad_post:{field}", field
     assert parse_note({**j, "id": 7}, "h") == {"item_id": None, "error": "bad_post:id"}
+    assert parse_note({**j, "reactions": {"a": 2**62, "b": 2**62}}, "h")["error"] == "bad_post:likes"  # over int64
     assert body_of("http://h/api/notes/search-by-tag?tag=a&limit=100&withFiles=true&untilId=x&_since=y") == {
         "tag": "a", "limit": 100, "withFiles": True, "untilId": "x"}  # fmt: skip
 
@@ -172,3 +175,26 @@ def test_young_notes_refreshed_by_notes_show_once_old_enough(tmp_path):
         for i, old in young.items():
             want = (old["likes"], True) if i == gone else (520, False)
             assert (rows[i]["likes"], rows[i]["too_young"]) == want
+
+
+TREE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+    max_leaves=10,
+)
+FIELDS = ["id", "user", "reactions", "renoteCount", "tags", "createdAt", "files", "url", "uri"]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(0, 6), changes=st.dictionaries(st.sampled_from(FIELDS), TREE, max_size=3))
+def test_note_parser_random_fields_never_crash_and_rows_fit(n, changes):
+    sim = MisskeySim(n=7)
+    p = parse_note({**sim.note_json(sim.notes[n]), **changes}, "h")
+    if p.get("item_id") is None:
+        assert p["error"] == "bad_post:id"
+        return
+    assert "error" in p or p.get("skip") or isinstance(p.get("image_url"), str)
+    if "error" not in p:
+        row = {k: p.get(k) for k in ("user_id", "likes", "tags", "posted_at", "image_url", "user_acct", "reblogs",
+                                     "post_url", "counts_from")}  # fmt: skip
+        to_table([{"site": "k", "item_id": p["item_id"], "scraped_at": now(), **row}], POSTS)

@@ -39,6 +39,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -105,11 +106,23 @@ def id_key(uri: str) -> tuple[int, str]:
 
 
 def _labels(obj: Any) -> set[str]:
-    vals = set()
+    """The label values in force (a label with ``neg: true`` takes its value back)."""
+    vals, negated = set(), set()
     for lab in obj if isinstance(obj, list) else []:
         if isinstance(lab, dict) and isinstance(lab.get("val"), str):
-            vals.add(lab["val"])
-    return vals
+            (negated if lab.get("neg") is True else vals).add(lab["val"])
+    return vals - negated
+
+
+def jwt_expired(token: str | None, margin_s: float = 30.0) -> bool:
+    """Whether an access JWT's ``exp`` is past (within ``margin_s``); True when it cannot be read (an opaque token):
+    then a 400/401 is taken as expiry. Read only to tell expiry from another 400, never verified or logged."""
+    try:
+        payload = (token or "").split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"]) <= time.time() + margin_s
+    except (IndexError, ValueError, KeyError, TypeError):
+        return True
 
 
 def _facet_tags(facets: Any) -> list[str]:
@@ -360,7 +373,8 @@ class BlueskyAdapter(FeedAdapter):
             same_host = (urlsplit(url).hostname or "").lower() == self.host
             res = client.fetch_page(url, headers=headers if same_host else None)
             self.pacer.observe(_xrpc_headers(res.headers), res.http_status)
-            if headers and res.http_status in (400, 401) and attempt == 0:
+            expired = res.http_status == 401 or jwt_expired(self.session.access)  # a 400 of a live token: no
+            if headers and res.http_status in (400, 401) and expired and attempt == 0:
                 creds = self._credentials()
                 if creds:
                     self._renew(client, creds, gen)

@@ -129,7 +129,7 @@ def parse_note(note: Any, host: str, include_sensitive: bool = False) -> dict:
         reactions = note.get("reactions") or {}
         if not isinstance(reactions, dict):
             raise ValueError("likes: reactions not an object")
-        out["likes"] = sum(parse_count(v, "likes") for v in reactions.values())
+        out["likes"] = parse_count(sum(parse_count(v, "likes") for v in reactions.values()), "likes")  # ≤ int64
         out["reblogs"] = parse_count(note.get("renoteCount", 0), "reblogs")
         out["tags"] = parse_tags(note.get("tags"))
         out["posted_at"] = parse_time_field(note.get("createdAt"))
