@@ -174,7 +174,7 @@ def test_incremental_rerun_searches_since_newest_stored(tmp_path, monkeypatch):
         assert set(new) <= {r["item_id"] for r in _rows(tmp_path)}
 
 
-def test_deleted_post_between_pages_and_options_checked(tmp_path, monkeypatch):
+def test_deleted_post_and_options_checked(tmp_path, monkeypatch):
     _login(monkeypatch)
     with BlueskyReplay(n=30, password=PASSWORD) as srv:
         srv.sim.delete(srv.sim.posts[-1].uri)  # the newest post is gone before the crawl
