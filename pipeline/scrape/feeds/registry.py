@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from pipeline.scrape.feeds.base import FeedAdapter
 
 ADAPTERS: dict[str, str] = {
+    "bluesky": "pipeline.scrape.feeds.bluesky:BlueskyAdapter",
     "demo": "pipeline.scrape.feeds.json:DemoAdapter",
     "json": "pipeline.scrape.feeds.json:JsonFeedAdapter",
     "mastodon": "pipeline.scrape.feeds.mastodon:MastodonAdapter",
+    "misskey": "pipeline.scrape.feeds.misskey:MisskeyAdapter",
 }
 
 

@@ -69,7 +69,8 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # response headers kept on a FetchResult (feed adapters read paging and rate limits from them)
-RESPONSE_HEADERS = ("link", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after")
+RESPONSE_HEADERS = ("link", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after",
+                    "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")  # fmt: skip  # ratelimit-*: XRPC
 NOAI_TOKENS = ("noai", "noimageai")
 CHUNK = 64 * 1024
 
@@ -243,10 +244,13 @@ class HttpClient:
         return self._get(url, kind="robots", max_bytes=min(self.cfg.max_page_bytes, 1_000_000), check_robots=False)
 
     # ------------------------------------------------------------------ public
-    def fetch_page(self, url: str, headers: dict[str, str] | None = None) -> FetchResult:
+    def fetch_page(
+        self, url: str, headers: dict[str, str] | None = None, json_body: bytes | None = None
+    ) -> FetchResult:
         """GET a page (JSON/HTML) with all checks; ``data`` holds the body when ok. ``headers`` (an API token) are
-        sent to ``url``'s host only, never on a redirect to another host."""
-        return self._get(url, kind="page", max_bytes=self.cfg.max_page_bytes, headers=headers)
+        sent to ``url``'s host only, never on a redirect to another host. ``json_body``: POST it as
+        ``application/json`` instead (an API call such as Misskey's or a login; not retried, no redirect followed)."""
+        return self._get(url, kind="page", max_bytes=self.cfg.max_page_bytes, headers=headers, body=json_body)
 
     def fetch_image(self, url: str) -> FetchResult:
         """GET an image with all checks and verification; ``data``, ``width``, ``height`` are set when ok."""
@@ -266,7 +270,13 @@ class HttpClient:
 
     # ------------------------------------------------------------------ core
     def _get(
-        self, url: str, kind: str, max_bytes: int, check_robots: bool = True, headers: dict[str, str] | None = None
+        self,
+        url: str,
+        kind: str,
+        max_bytes: int,
+        check_robots: bool = True,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
     ) -> FetchResult:
         res = FetchResult(url=url, kind=kind, status=STATUS_ERROR)
         hop_url = url
@@ -284,7 +294,10 @@ class HttpClient:
             delay = self.crawl_delay(target) if check_robots else 0.0
             extra = headers if headers and urlsplit(target).hostname == first_host else None
             with self.limiter(urlsplit(target).hostname or "", delay):
-                location = self._one_hop(target, kind, max_bytes, res, extra)
+                location = self._one_hop(target, kind, max_bytes, res, extra, body)
+            if location is not None and body is not None:  # a POST is never sent on to another URL
+                res.status, res.reason, res.data = STATUS_ERROR, "redirect_on_post", None
+                return res
             if location is None:
                 res.final_url = target
                 return res
@@ -293,7 +306,13 @@ class HttpClient:
         return res
 
     def _one_hop(
-        self, url: str, kind: str, max_bytes: int, res: FetchResult, headers: dict[str, str] | None = None
+        self,
+        url: str,
+        kind: str,
+        max_bytes: int,
+        res: FetchResult,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
     ) -> str | None:
         """One request (with urllib3's retries) under one deadline. Fills ``res``; returns the URL a redirect names."""
         cfg = self.cfg
@@ -301,7 +320,7 @@ class HttpClient:
         outer = enter_hop(hop)
         WATCHDOG.add(hop)
         try:
-            resp = self._send(url, kind, res, hop, headers)
+            resp = self._send(url, kind, res, hop, headers, body)
             if resp is None:
                 return None
             with resp:
@@ -311,16 +330,23 @@ class HttpClient:
             enter_hop(outer)
 
     def _send(
-        self, url: str, kind: str, res: FetchResult, hop: Hop, headers: dict[str, str] | None = None
+        self,
+        url: str,
+        kind: str,
+        res: FetchResult,
+        hop: Hop,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
     ) -> requests.Response | None:
         """The response with its headers read, or None with ``res`` holding why there is none."""
         cfg = self.cfg
         session = self._session()
         try:
+            h = {"Accept": "image/*" if kind == "image" else "*/*", **(headers or {})}
+            if body:  # an empty body (a procedure without input) is sent without a type
+                h["Content-Type"] = "application/json"
             req = session.prepare_request(
-                requests.Request(
-                    "GET", url, headers={"Accept": "image/*" if kind == "image" else "*/*", **(headers or {})}
-                )
+                requests.Request("GET" if body is None else "POST", url, headers=h, data=body)
             )
             if req.url != url:  # never expected: the URL was prepared by the same code
                 res.status, res.reason = STATUS_ERROR, "bad_url"
