@@ -222,7 +222,7 @@ def test_every_logger_is_under_the_facerank_logger():
     """``setup_logging`` configures the ``facerank`` logger: a module logging elsewhere (``__name__`` is
     ``pipeline.…``) has its INFO lines dropped in the driver."""
     wrong = []
-    for name, path in _modules().items():
+    for path in _modules().values():
         for line, logger in _logger_names(ast.parse(path.read_text())):
             if not (logger == "facerank" or str(logger).startswith("facerank.")):
                 wrong.append(f"{path.relative_to(REPO)}:{line}: {logger}")
