@@ -110,7 +110,7 @@ def _score_as_files(cfg, root: DataRoot, model_dir: str, tmp_path: Path) -> Data
 
     shas = pq.read_table(f"{model_dir}/test_predictions.parquet")["image_sha256"].to_pylist()
     d = tmp_path / "test-images"
-    d.mkdir()
+    d.mkdir(parents=True)
     for sha in shas:
         (d / f"{sha}.jpg").write_bytes(root.get_image(sha))
     fresh = cfg.model_copy(update={"data_root": str(tmp_path / "scored")})
