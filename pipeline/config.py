@@ -274,6 +274,8 @@ class ScrapeConfig(_Section):
     batch_rows: int = Field(200, ge=1)  # rows per atomically written Parquet part
     retry_errors: bool = False  # rerun: drop earlier status=error rows and fetch those items again
     min_post_age_days: int = Field(30, ge=0)
+    # the count refresh of young posts (in the driver, before the workers start) starts no request after this long
+    refresh_timeout_s: float = Field(600.0, gt=0)
     allowed_domains: list[str] = []  # empty: the hosts of the configured sites
     http: HttpConfig = HttpConfig()
     selenium: SeleniumConfig = SeleniumConfig()

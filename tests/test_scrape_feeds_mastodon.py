@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, FeedSite, parse_config
 from pipeline.scrape.crawl import crawl
-from pipeline.scrape.feeds.mastodon import Pacer, parse_status
+from pipeline.scrape.feeds.mastodon import Pacer, RateLimited, parse_status
 from pipeline.scrape.feeds.registry import adapter_for
 from pipeline.scrape.writer import CrawlInterrupted
 from pipeline.store import POSTS, DataRoot, now, to_table
@@ -291,3 +291,64 @@ def test_replay_429_retry_after_is_waited_for():
         got = [client.fetch_page(ad.first_url("selfie")) for _ in range(3)]  # no pacer: the 3rd is over the limit
         assert [r.ok for r in got] == [True, True, True] and srv.sim.hits["429"] >= 1
         assert got[2].attempts >= 2 and int(got[2].headers["x-ratelimit-remaining"]) >= 0
+
+
+def test_rate_limit_waits_are_capped_and_end_the_hashtag_as_rate_limited(tmp_path):
+    """T3: a reset or Retry-After years away is never slept for: the request is not sent, the hashtag ends with a
+    ``rate_limited`` fetches row, the driver's count refresh stops at once; epoch-millisecond resets are read."""
+    far = "2099-01-01T00:00:00.000Z"
+    for headers, code in (
+        ({"x-ratelimit-limit": "300", "x-ratelimit-remaining": "0", "x-ratelimit-reset": far}, 200),
+        ({"x-ratelimit-limit": "300", "x-ratelimit-remaining": "6", "x-ratelimit-reset": far}, 200),  # spread
+        ({"retry-after": "999999999"}, 429),
+    ):
+        p = Pacer(300, 900, reserve=5, max_wait_s=5)
+        p.observe(headers, code)
+        t = time.monotonic()
+        with pytest.raises(RateLimited):
+            p.wait(paging=False)
+            p.wait(paging=False)  # the spread applies from the second request on
+        assert time.monotonic() - t < 0.5
+    p = Pacer(300, 900, reserve=5)
+    ms = int((time.time() + 0.4) * 1000)  # a reset in epoch milliseconds (some compatible servers)
+    p.observe({"x-ratelimit-limit": "300", "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(ms)}, 200)
+    assert 0.2 < p.wait(paging=False) <= 0.5
+    p.observe({"x-ratelimit-limit": "300", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "1"}, 200)  # delta
+    assert 0.8 < p.wait(paging=False) <= 1.1
+
+    # two requests a window of 30 years: the first page's answer says "wait until 2056"
+    with MastodonReplay(n=120, rate_limit=2, rate_window_s=1e9) as srv:
+        cfg = _cfg(tmp_path, srv.base_url, max_wait_s=2)
+        t = time.monotonic()
+        s = crawl(cfg, pool="threads")
+        assert time.monotonic() - t < 30
+        fetches = DataRoot(str(tmp_path / "data")).read("fetches").to_pylist()
+        limited = [f for f in fetches if f["reason"] == "rate_limited"]
+        assert len(limited) == 1 and limited[0]["status"] == "error" and limited[0]["kind"] == "page"  # tag ended
+        assert s["pages_failed"] == 1 and srv.sim.hits["timeline"] == 1  # nothing sent past the cap
+        assert sum(1 for r in _posts(tmp_path) if r["too_young"] and r["status"] == "ok") >= 2
+        before = dict(srv.sim.hits)
+        t = time.monotonic()
+        s = crawl(_cfg(tmp_path, srv.base_url, min_age=1, max_wait_s=2), pool="threads")  # refresh in the driver
+        assert time.monotonic() - t < 30 and s["refreshed"] <= 1
+        assert srv.sim.hits["statuses"] - before.get("statuses", 0) <= 1  # it stopped at the first far reset
+
+
+def test_count_refresh_has_a_total_deadline(tmp_path):
+    """T3: the driver-side refresh starts no request after ``scrape.refresh_timeout_s``."""
+    from pipeline.scrape.feeds.refresh import refresh_young_posts
+
+    with MastodonReplay(n=60) as srv:
+        crawl(_cfg(tmp_path, srv.base_url), pool="threads")
+        young = [r for r in _posts(tmp_path) if r["too_young"] and r["status"] == "ok"]
+        assert len(young) >= 5
+        cfg = _cfg(tmp_path, srv.base_url, min_age=1)
+        cfg.scrape.refresh_timeout_s = 0.6
+        ad = adapter_for(cfg.scrape.feeds[0])
+        ad.pacer.spread_s = 0.5  # every request 0.5 s after the last (the server's headers not read)
+        ad.pacer.observe = lambda headers, status: None
+        before = srv.sim.hits["statuses"]
+        t = time.monotonic()
+        n = refresh_young_posts(cfg, DataRoot(cfg.data_root), adapters={"m": ad})
+        assert time.monotonic() - t < 5
+        assert 1 <= srv.sim.hits["statuses"] - before <= 2 and n == srv.sim.hits["statuses"] - before

@@ -239,7 +239,10 @@ class FeedAdapter:
         """How many matured young posts :meth:`refresh_counts` may read again a run (0, the default: none)."""
         return 0
 
-    def refresh_counts(self, client: Any, ids: list[str]) -> dict[str, dict]:  # pragma: no cover
+    def refresh_counts(
+        self, client: Any, ids: list[str], deadline: float | None = None
+    ) -> dict[str, dict]:  # pragma: no cover
         """Fresh counts (``likes``, ``followers``, ``reblogs``, ``counts_from``) by item id for the posts ``ids`` that
-        could be read again; the others are left out. Used only when :attr:`refresh_max` > 0."""
+        could be read again; the others are left out. No request may start after ``deadline`` (``time.monotonic()``;
+        the crawl driver runs this before its workers start). Used only when :attr:`refresh_max` > 0."""
         raise NotImplementedError
