@@ -352,3 +352,53 @@ def test_count_refresh_has_a_total_deadline(tmp_path):
         n = refresh_young_posts(cfg, DataRoot(cfg.data_root), adapters={"m": ad})
         assert time.monotonic() - t < 5
         assert 1 <= srv.sim.hits["statuses"] - before <= 2 and n == srv.sim.hits["statuses"] - before
+
+
+def test_token_goes_to_the_sites_origin_only_not_another_port_or_plain_http(monkeypatch):
+    """T10: a ``Link`` next page or a redirect to another port of the same host gets no token; a redirect from https
+    to plain http is refused (``redirect_downgrade``) before anything is sent there."""
+    from helpers.http import Reply, serve
+    from pipeline.scrape.net.address import same_origin
+    from pipeline.scrape.net.http import HttpClient
+
+    robots = Reply(b"User-agent: *\nAllow: /\n")
+    seen: list[str | None] = []
+
+    def other(h) -> Reply:
+        seen.append(h.headers.get("Authorization"))
+        return Reply(b"[]", "application/json")
+
+    monkeypatch.setenv("MASTODON_TOKEN", TOKEN)
+    with serve({"/robots.txt": robots, "/api/v1/timelines/tag/selfie": other, "/x": other}) as b:
+        nxt = f'<{b.base}/api/v1/timelines/tag/selfie?max_id=5>; rel="next"'
+        status = {"id": "9", "account": {"id": "1", "acct": "a", "followers_count": 1}, "favourites_count": 1}
+        with serve({
+            "/robots.txt": robots,
+            "/api/v1/timelines/tag/selfie": lambda h: Reply(
+                json.dumps([status]).encode() if h.headers.get("Authorization") == f"Bearer {TOKEN}" else b"{}",
+                "application/json", headers={"Link": nxt}),
+            "/redirect": Reply(b"", code=302, headers={"Location": f"{b.base}/x"}),
+        }) as a:  # fmt: skip
+            cfg = _cfg(Path("/nonexistent"), a.base, access_token_env="MASTODON_TOKEN")
+            ad = adapter_for(cfg.scrape.feeds[0])
+            client = HttpClient(cfg.scrape.http, ["127.0.0.1"])
+            first = ad.first_url("selfie")
+            res = ad.fetch(client, first)
+            page = ad.parse(res.data, first, "selfie", 0, res.headers)
+            assert res.ok and len(page.posts) == 1 and page.next_url.startswith(b.base)  # the token opened it
+            assert ad.fetch(client, page.next_url).ok and ad.fetch(client, f"{a.base}/redirect").ok
+    assert seen == [None, None]  # the other port got neither the Link page's nor the redirect's token
+    assert same_origin("https://m.example/a", "https://M.example:443/b")
+    assert not same_origin("https://m.example/a", "http://m.example/a")
+    assert not same_origin("https://m.example/a", "https://m.example:8443/a")
+
+    # https -> http: the hop is refused before it is fetched (the first hop's answer stands in for a TLS server)
+    client = HttpClient(cfg.scrape.http, ["m.example"])
+    hops: list[str] = []
+    monkeypatch.setattr(client, "target", lambda url, hop: (url, None))
+    monkeypatch.setattr(client, "robots_allowed", lambda url: (True, None))
+    monkeypatch.setattr(client, "_one_hop", lambda url, *a: hops.append(url) or "http://m.example/next")
+    res = client.fetch_page("https://m.example/start", headers={"Authorization": "Bearer x"})
+    assert (res.status, res.reason) == ("error", "redirect_downgrade")
+    assert [h for h in hops if not h.endswith("/robots.txt")] == ["https://m.example/start"]
+    assert not any(h.startswith("http:") for h in hops)  # not even its robots.txt

@@ -28,7 +28,8 @@
   401/403/404/422 end that hashtag with one ``fetches`` error row whose reason says why
   (``http_401_auth_required``, ...); the run goes on.
 * The access token: ``mastodon.access_token_env`` names an environment variable; its value is sent as
-  ``Authorization: Bearer`` to the site's host only and is never stored or logged.
+  ``Authorization: Bearer`` to the site's origin only (scheme, host and port of ``base_url``; a ``Link`` or redirect
+  to another port or to plain http gets no token) and is never stored or logged.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from pipeline.scrape.feeds.base import (
     parse_time,
     parse_time_field,
 )
+from pipeline.scrape.net.address import same_origin
 from pipeline.scrape.net.http import FetchResult
 from pipeline.store import STATUS_ERROR
 
@@ -328,10 +330,11 @@ class MastodonAdapter(FeedAdapter):
         return self.first_url(hashtag) if not cursor else with_params(self.first_url(hashtag), [("max_id", cursor)])
 
     def auth_headers(self, url: str) -> dict[str, str]:
-        """``Authorization: Bearer`` from the configured environment variable, for this site's host only."""
+        """``Authorization: Bearer`` from the configured environment variable, for this site's origin only (its
+        ``base_url``'s scheme, host and port: not plain http or another port of the same host)."""
         name = self.opts.access_token_env
         token = os.environ.get(name, "") if name else ""
-        if not token or (urlsplit(url).hostname or "").lower() != self.host:
+        if not token or not same_origin(url, self.site.base_url):  # scheme, host and port: not another service
             return {}
         return {"Authorization": f"Bearer {token}"}
 
