@@ -353,3 +353,53 @@ def test_proxy_forwards_one_request_per_connection_and_rewrites_every_head():
     assert len(site.heads) == 4 and site.got[:3] == [b"", b"", b""]  # nothing after the one request reached it
     assert site.heads[2].startswith(b"POST /form ") and b"Connection: close" in site.heads[2]
     site.sock.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+@pytest.mark.chromium
+def test_chromedriver_and_chromium_get_a_minimal_environment(site, monkeypatch, tmp_path):
+    """M4: chromedriver and every Chromium process run without the worker's S3 keys, tokens or opt-out key."""
+    from pipeline.scrape.staff.browser import browser_env
+
+    secrets = {"AWS_SECRET_ACCESS_KEY": "s3-secret-1", "FACERANK_OPTOUT_KEY": "k" * 64, "MASTODON_TOKEN": "tok-2"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    env = browser_env()
+    assert not set(secrets) & set(env) and env["LC_ALL"] == "C.UTF-8" and env["PATH"] == os.environ["PATH"]
+    assert browser_env({})["PATH"]  # never empty (selenium would fall back to the whole environment)
+    cfg = _config(site, str(tmp_path))
+    browser = Browser(cfg.scrape.selenium, "facerank-test", policy_for(cfg, ["127.0.0.1"]))
+    try:
+        browser.start()
+        pids = _descendants(browser.driver.service.process.pid)
+        assert len(pids) >= 2  # chromedriver and Chromium's processes
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    seen = f.read()
+            except OSError:
+                continue
+            names = {e.split(b"=", 1)[0].decode() for e in seen.split(b"\0") if e}
+            assert not names & set(secrets), (pid, names)
+            assert all(v.encode() not in seen for v in secrets.values())
+    finally:
+        browser.quit()
