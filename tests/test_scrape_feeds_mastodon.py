@@ -402,3 +402,24 @@ def test_token_goes_to_the_sites_origin_only_not_another_port_or_plain_http(monk
     assert (res.status, res.reason) == ("error", "redirect_downgrade")
     assert [h for h in hops if not h.endswith("/robots.txt")] == ["https://m.example/start"]
     assert not any(h.startswith("http:") for h in hops)  # not even its robots.txt
+
+
+def test_an_opted_out_account_is_skipped_on_every_server_and_not_missing_from_the_walk(tmp_path):
+    """T8: ``forget --acct`` before any crawl lists only the account (no user id is known yet): its statuses get no
+    row (counted ``opted_out``), and the walk state does not list them as statuses still to be stored."""
+    from pipeline.privacy import forget
+
+    with MastodonReplay(n=60) as srv:
+        remote = [s for s in srv.sim.statuses if "@" in s.acct and s.media == "image" and not s.sensitive]
+        acct = remote[0].acct
+        theirs = {s.id for s in srv.sim.statuses if s.acct == acct}
+        cfg = _cfg(tmp_path, srv.base_url)
+        forget(cfg, "acct", "@" + acct.upper())  # leading @ and case do not matter
+        s = crawl(cfg, pool="threads")
+    rows = _posts(tmp_path)
+    assert rows and not {r["item_id"] for r in rows} & theirs
+    assert all((r["user_acct"] or "").lower() != acct for r in rows)
+    assert s["opted_out"] >= len(theirs & set(_truth(srv.sim)))
+    state = json.loads((tmp_path / "data" / "feed_cursors" / "m" / "selfie.json").read_text())
+    listed = {i for w in state["walks"] for p in w["pages"] for i in p["ids"]}
+    assert listed and not listed & theirs  # a blocked status is not one the walk waits for

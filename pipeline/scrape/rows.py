@@ -5,7 +5,8 @@ them (:mod:`pipeline.scrape.counters`) and returns the follow-up tasks (a feed's
 driver's frontier. It owns the per-run decisions:
 
 * an item (site, item_id) is claimed once: not if it has a row from an earlier run (``skipped_done``), not twice in
-  this run, not if its person is on the opt-out list (``opted_out``, and no row at all);
+  this run, not if its person is on the opt-out list (``opted_out``, and no row at all), for a post also not if its
+  account (``user_acct``, ``kind=acct``: the same person through any server) is;
 * non-academic staff get a ``skipped: non_academic`` row and no image fetch; academic staff without a photo an
   ``error: no_photo`` row;
 * placeholders (:mod:`pipeline.scrape.staff.placeholders`): a person whose photo URL is a placeholder (pattern, SVG) or
@@ -156,6 +157,9 @@ class RowBuilder:
             self.n.page_errors_by_reason[p.get("error") or "bad_post"] += 1
             return []
         if not self._claim((POSTS_DS, site.name, item), "user", p.get("user_id")):
+            return []
+        if self.optout.blocks("acct", p.get("user_acct")):  # the account, on whichever server it was seen
+            self.n.opted_out += 1
             return []
         row = post_row(site.name, hashtag, p, scraped, self.sc.min_post_age_days * 86400)
         if p.get("error"):
