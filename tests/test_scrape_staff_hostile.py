@@ -111,3 +111,37 @@ def test_driver_abandons_a_staff_site_past_its_bound(tmp_path):
     per_page = max(se.page_load_timeout_s + se.wait_timeout_s, (h.max_redirects + 2) * h.total_timeout_s)
     per_page += h.max_crawl_delay_s + sc.staff_parse_budget_s
     assert sc.staff_batch_timeout(sc.staff[0]) == sc.staff[0].max_pages * per_page + 60
+
+
+def test_check_site_prints_page_text_escaped(tmp_path):
+    """T16: ``check-site`` prints names and roles as stored (control characters dropped) and writes any control
+    character of what it prints (next-page link, reasons) escaped: a page cannot drive the terminal."""
+    import io
+
+    from pipeline.scrape.staff.check import Escaped, check
+
+    evil = "Ann\x1b]0;pwned\x07 Lee\x1b[2J"
+    page = f"<html><body>{_card(evil)}<a class='next' href='/p2?\x1b[31m'>n</a></body></html>".encode()
+
+    class _Page(Handler):
+        def do_GET(self):  # noqa: N802
+            if self.path == "/robots.txt":
+                return self.send(200, b"User-agent: *\nAllow: /\n", "text/plain")
+            self.send(200, page, "text/html")
+
+    with serve(_Page) as srv:
+        staff = {"name": "uni", "department": "cs", "render": "static", "start_urls": [f"{srv.base}/staff"],
+                 "photo_selector": "img.photo", "next_page": "a.next"}  # fmt: skip
+        cfg = parse_config(
+            {"data_root": str(tmp_path / "d"),
+             "scrape": {"http": {"allow_private_addresses": True}, "staff": [staff]}},
+            "test",
+        )  # fmt: skip
+        out = io.StringIO()
+        assert check(cfg, cfg.scrape.staff[0], out=out) == 0
+    text = out.getvalue()
+    assert "Ann]0;pwned Lee[2J" in text
+    assert not any(not c.isprintable() and c != "\n" for c in text), repr(text)
+    buf = io.StringIO()
+    Escaped(buf).write("a\x1b[2Jb\x07\x9b1m\u202e ok\n")
+    assert buf.getvalue() == "a\\x1b[2Jb\\x07\\x9b1m\\u202e ok\n"

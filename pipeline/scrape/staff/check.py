@@ -9,7 +9,7 @@ saves what the scraper saw (the HTTP body, or Chromium's rendered DOM) as ``DIR/
 
 ``FILE`` is a whole config, or a site file (``staff:`` list, as under ``configs/sites/``), read with the defaults.
 Exit code 0 when the page gave at least one person, 1 when it gave none (or failed), 2 for a bad config or an
-unknown site.
+unknown site. Control characters in what is printed (it comes from the page) are written escaped (``\\x1b``).
 """
 
 from __future__ import annotations
@@ -56,6 +56,20 @@ def _tail(text: str | None, n: int) -> str:
     return t if len(t) <= n else "…" + t[-(n - 1) :]
 
 
+class Escaped:
+    """A text stream that writes control characters (ESC, BEL, C1…; not the line break) escaped as ``\\x1b``: what a
+    page says never drives the terminal."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+
+    def write(self, text: str) -> int:
+        return self.out.write("".join(c if c == "\n" or c.isprintable() else ascii(c)[1:-1] for c in text))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def check(cfg: Config, site: StaffSite, html_dir: str | None = None, out=None) -> int:
     """Scrape the first page of ``site`` and print the report to ``out``; returns the exit code."""
     from contextlib import nullcontext
@@ -67,7 +81,7 @@ def check(cfg: Config, site: StaffSite, html_dir: str | None = None, out=None) -
     from pipeline.scrape.staff.people import is_academic
     from pipeline.scrape.staff.site import StaffScraper
 
-    out = out or sys.stdout
+    out = Escaped(out or sys.stdout)  # names, roles, URLs and reasons come from the page
     domains = allowed_domains(cfg)
     client = HttpClient(cfg.scrape.http, domains, lambda host, delay=0.0: nullcontext())
     browser = Browser(cfg.scrape.selenium, cfg.scrape.http.user_agent, policy_for(cfg, domains))
