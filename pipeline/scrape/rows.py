@@ -62,8 +62,11 @@ def post_row(site: str, hashtag: str, p: dict, scraped: dt.datetime, min_age_s: 
     return row
 
 
-def staff_row(site: StaffSite, p: dict, academic: bool, scraped: dt.datetime) -> dict[str, Any]:
-    """A ``staff`` row (without status/reason and image columns) for person ``p`` of a staff page."""
+def staff_row(
+    site: StaffSite, p: dict, academic: bool, scraped: dt.datetime, profile_url: str | None = None
+) -> dict[str, Any]:
+    """A ``staff`` row (without status/reason and image columns) for person ``p`` of a staff page; ``profile_url``:
+    their own page, when the listing links one."""
     return {
         "site": site.name,
         "item_id": p["item_id"],
@@ -72,6 +75,7 @@ def staff_row(site: StaffSite, p: dict, academic: bool, scraped: dt.datetime) ->
         "role": p.get("role"),
         "is_academic": academic,
         "page_url": p.get("page_url"),
+        "profile_url": profile_url,
         "image_url": p.get("image_url"),
         "scraped_at": scraped,
     }
@@ -199,7 +203,7 @@ class RowBuilder:
         if not self._claim((STAFF_DS, site.name, p["item_id"]), "person", p["item_id"]):
             return []
         academic = is_academic(p.get("role"), self.sc.non_academic_roles)
-        row = staff_row(site, p, academic, scraped)
+        row = staff_row(site, p, academic, scraped, (extra or {}).get("profile_url"))
         if not academic:
             self.n.non_academic += 1
             row["image_url"] = None  # not fetched: we keep no photo of non-academic staff
