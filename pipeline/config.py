@@ -110,7 +110,9 @@ class HttpConfig(_Section):
     max_interim_responses: int = Field(8, ge=0)  # `100 Continue` responses read before the real one
     max_image_bytes: int = Field(10_000_000, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)  # Pillow's decompression-bomb guard
-    max_page_bytes: int = Field(20_000_000, gt=0)  # feed pages (JSON/HTML) and robots.txt
+    max_page_bytes: int = Field(20_000_000, gt=0)  # staff pages (HTML) and robots.txt
+    # feed API pages (JSON): well under the image cap, as a parsed JSON page costs many times its size in memory
+    max_feed_page_bytes: int = Field(2_000_000, gt=0)
     max_redirects: int = Field(5, ge=0)
     requests_per_second_per_host: float = Field(20.0, gt=0)
     max_concurrency_per_host: int = Field(4, ge=1)

@@ -147,6 +147,8 @@ class RowBuilder:
         self.n.pages += 1
         site, scraped = self._site(task["site"]), now()
         tasks = []
+        for reason, n in (r.get("bad_posts") or {}).items():  # posts without an id: no row, a count
+            self.n.page_errors_by_reason[reason] += n
         for p in r["posts"]:
             tasks += self._post(site, task["hashtag"], p, scraped)
         if r.get("next_url") and task["page"] < site.max_pages:

@@ -51,6 +51,7 @@ from pipeline.scrape.feeds.base import (
     FeedParseError,
     link_next,
     load_json,
+    page_posts,
     parse_count,
     parse_tags,
     parse_text,
@@ -346,7 +347,7 @@ class MastodonAdapter(FeedAdapter):
             self.pacer.wait(query_value(url, "max_id") is not None if paging is None else paging, deadline)
         except RateLimited:
             return FetchResult(url=url, kind="page", status=STATUS_ERROR, reason="rate_limited")
-        res = client.fetch_page(url, headers=self.auth_headers(url))
+        res = client.fetch_feed_page(url, headers=self.auth_headers(url))
         self.pacer.observe(res.headers, res.http_status)
         if res.http_status in EXPLAIN and not res.ok:
             res.reason = EXPLAIN[res.http_status]
@@ -358,20 +359,20 @@ class MastodonAdapter(FeedAdapter):
             raise FeedParseError("api_error", str(doc.get("error"))[:80])
         if not isinstance(doc, list):
             raise FeedParseError("items_not_a_list", f"the timeline is a {type(doc).__name__}, not a list")
-        posts = [parse_status(st, self.host, self.opts.include_sensitive) for st in doc]
+        posts, bad = page_posts(doc, lambda st: parse_status(st, self.host, self.opts.include_sensitive))
         since = query_value(page_url, "since_id")
         stop = False
         if since:
-            newer = [p for p in posts if p.get("item_id") is None or id_key(p["item_id"]) > id_key(since)]
+            newer = [p for p in posts if id_key(p["item_id"]) > id_key(since)]
             stop = len(newer) < len(posts)  # reached what an earlier run has: stop here
             posts = newer
         if not doc or stop:
-            return FeedPage(posts=posts, next_url=None)
+            return FeedPage(posts=posts, next_url=None, bad_posts=bad)
         nxt = link_next(headers, page_url)
         if nxt is None:
-            return FeedPage(posts=posts, next_url=None)
+            return FeedPage(posts=posts, next_url=None, bad_posts=bad)
         carried = [(k, v) for k, v in parse_qsl(urlsplit(page_url).query) if k in PASS_KEYS]
-        return FeedPage(posts=posts, next_url=with_params(nxt, carried))
+        return FeedPage(posts=posts, next_url=with_params(nxt, carried), bad_posts=bad)
 
     # ---------------------------------------------------------------- incremental reruns (feeds/cursors.py)
     def id_key(self, item_id: str) -> tuple[int, str]:

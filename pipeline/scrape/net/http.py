@@ -255,6 +255,11 @@ class HttpClient:
         sent to ``url``'s origin only (scheme, host and port), never on a redirect to another origin."""
         return self._get(url, kind="page", max_bytes=self.cfg.max_page_bytes, headers=headers)
 
+    def fetch_feed_page(self, url: str, headers: dict[str, str] | None = None) -> FetchResult:
+        """:meth:`fetch_page` for a feed API page (JSON): at most ``max_feed_page_bytes`` (and ``max_page_bytes``)."""
+        cap = min(self.cfg.max_feed_page_bytes, self.cfg.max_page_bytes)
+        return self._get(url, kind="page", max_bytes=cap, headers=headers)
+
     def fetch_image(self, url: str) -> FetchResult:
         """GET an image with all checks and verification; ``data``, ``width``, ``height`` are set when ok."""
         res = self._get(url, kind="image", max_bytes=self.cfg.max_image_bytes)
