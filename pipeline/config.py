@@ -110,7 +110,9 @@ class HttpConfig(_Section):
     max_interim_responses: int = Field(8, ge=0)  # `100 Continue` responses read before the real one
     max_image_bytes: int = Field(10_000_000, gt=0)
     max_image_pixels: int = Field(40_000_000, gt=0)  # Pillow's decompression-bomb guard
-    max_page_bytes: int = Field(20_000_000, gt=0)  # feed pages (JSON/HTML) and robots.txt
+    max_page_bytes: int = Field(20_000_000, gt=0)  # staff pages (HTML) and robots.txt
+    # feed API pages (JSON): well under the image cap, as a parsed JSON page costs many times its size in memory
+    max_feed_page_bytes: int = Field(2_000_000, gt=0)
     max_redirects: int = Field(5, ge=0)
     requests_per_second_per_host: float = Field(20.0, gt=0)
     max_concurrency_per_host: int = Field(4, ge=1)
@@ -279,9 +281,15 @@ class ScrapeConfig(_Section):
     # the driver abandons an HTTP batch still running after this long: its tasks become error rows `batch_timeout`
     # and its actor is killed and replaced. None: derived from the http deadlines (ScrapeConfig.batch_timeout)
     batch_timeout_s: float | None = Field(None, gt=0)
+    # the same for a browser batch (one staff site); None: derived from the site's pages and the timeouts
+    # (ScrapeConfig.staff_batch_timeout), with staff_parse_budget_s per page for reading it
+    staff_batch_timeout_s: float | None = Field(None, gt=0)
+    staff_parse_budget_s: float = Field(10.0, gt=0)
     batch_rows: int = Field(200, ge=1)  # rows per atomically written Parquet part
     retry_errors: bool = False  # rerun: drop earlier status=error rows and fetch those items again
     min_post_age_days: int = Field(30, ge=0)
+    # the count refresh of young posts (in the driver, before the workers start) starts no request after this long
+    refresh_timeout_s: float = Field(600.0, gt=0)
     allowed_domains: list[str] = []  # empty: the hosts of the configured sites
     http: HttpConfig = HttpConfig()
     selenium: SeleniumConfig = SeleniumConfig()
@@ -306,6 +314,20 @@ class ScrapeConfig(_Section):
         h = self.http
         rounds = math.ceil(self.tasks_per_call / self.threads_per_actor)
         return rounds * (h.max_redirects + 2) * (h.total_timeout_s + h.max_crawl_delay_s) + 60.0
+
+    def staff_batch_timeout(self, site: StaffSite) -> float:
+        """``staff_batch_timeout_s``, or the worst case of a healthy staff site: its listing pages (``max_pages`` per
+        start URL) and profile pages (``max_profiles``), each page a load (the longer of Chromium's page-load
+        timeout with its wait and ``load_more`` clicks, and a static fetch's hops) plus a crawl delay and
+        ``staff_parse_budget_s``, and a minute of slack."""
+        if self.staff_batch_timeout_s is not None:
+            return self.staff_batch_timeout_s
+        h, s = self.http, self.selenium
+        listing = site.max_pages * max(1, len(site.start_urls))
+        profiles = site.max_profiles if site.profile_link and site.follow_profiles else 0
+        clicks = s.max_clicks * s.wait_timeout_s if site.load_more else 0.0
+        load = max(s.page_load_timeout_s + s.wait_timeout_s + clicks, (h.max_redirects + 2) * h.total_timeout_s)
+        return (listing + profiles) * (load + h.max_crawl_delay_s + self.staff_parse_budget_s) + 60.0
 
 
 # ---------------------------------------------------------------- faces

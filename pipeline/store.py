@@ -128,6 +128,7 @@ STAFF = pa.schema(
         ("role", pa.string()),
         ("is_academic", pa.bool_()),
         ("page_url", pa.string()),
+        ("profile_url", pa.string()),  # the person's own page on the site (forget --person erases its fetches)
         ("image_url", pa.string()),
         ("image_sha256", pa.string()),
         ("width", pa.int32()),

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 U = "user-forget-me-4711"  # long enough that no compressed byte run holds it by chance
 STAFF_NAME = "Ada Lovelace-Forgetme"
 LISTING, PROFILE = "http://uni.example/staff.html", "http://uni.example/people/ada-lovelace-forgetme"
+PROFILE_S1 = "http://uni.example/people/grace-hopper-forgetme"
 OLD = now() - dt.timedelta(days=60)
 
 
@@ -95,6 +97,7 @@ def _full_root(tmp_path: Path):
         staff[-1].update(is_academic=True, image_sha256=sha, image_url=f"http://uni.example/{i}.jpg", status="ok")
     # the first is keyed by their profile page, as the crawl keys a person the site gives no id (staff.person_id)
     staff[0].update(item_id=person_id("uni", None, None, PROFILE), name=STAFF_NAME, page_url=LISTING)
+    staff[1].update(page_url=LISTING, profile_url=PROFILE_S1)  # a site-given id: the row records the profile page
     root.write_part("staff", staff)
     every = [p["image_sha256"] for p in posts + staff]
     fetches = [
@@ -104,7 +107,7 @@ def _full_root(tmp_path: Path):
     fetches.append(
         {"url": "http://fa.example/api/feed?tag=selfie&page=1", "site": "fa", "kind": "page", "status": "ok"}
     )
-    fetches += [{"url": u, "site": "uni", "kind": "page", "status": "ok"} for u in (LISTING, PROFILE)]
+    fetches += [{"url": u, "site": "uni", "kind": "page", "status": "ok"} for u in (LISTING, PROFILE, PROFILE_S1)]
     root.write_part("fetches", [{**f, "status": "ok", "fetched_at": now()} for f in fetches])
     crops = {s: _jpeg(1000 + i, 48) for i, s in enumerate(every)}
     root.write_part(
@@ -207,6 +210,14 @@ def test_forget_a_staff_person_on_a_full_root_leaves_no_name_or_url(tmp_path):
     assert scan_for(root, person) == []
     assert out["rows_removed"]["fetches"] == 2  # the profile page and the photo
     assert LISTING in root.read("fetches").column("url").to_pylist() and root.read("staff").num_rows == 3
+    # a person with an id of the site's own (T7): their staff row's profile_url finds their profile-page fetch
+    s1 = root.read("staff", filter=pc.field("item_id") == "s1").to_pylist()[0]
+    assert PROFILE_S1 in root.read("fetches").column("url").to_pylist() and s1["profile_url"] == PROFILE_S1
+    out = forget(cfg, "person", "s1", site="uni")
+    assert out["rows_removed"]["fetches"] == 2  # the profile page and the photo
+    gone = {"ids": [], "shas": {s1["image_sha256"]}, "images": [], "crops": [], "urls": [PROFILE_S1, s1["image_url"]]}
+    assert scan_for(root, gone) == []
+    assert LISTING in root.read("fetches").column("url").to_pylist() and root.read("staff").num_rows == 2
 
 
 def test_a_report_lists_every_face_it_shows(tmp_path):

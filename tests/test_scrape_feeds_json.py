@@ -227,3 +227,45 @@ def test_path_parser_random_paths_and_documents(path, doc):
         return
     v = evaluate(doc, steps)
     assert v is MISSING or v is None or isinstance(v, bool | int | str | list | dict)
+
+
+def test_feed_pages_are_bounded_in_bytes_items_and_memory(tmp_path):
+    """T9: a feed page is capped at ``http.max_feed_page_bytes`` (2 MB, well under the 10 MB image cap), more than
+    ``MAX_ITEMS_PER_PAGE`` items is a ``too_many_items`` page error, and posts without an id are counted by reason
+    instead of one dict each (a 4 MB page of ``{}`` once cost ~350 MiB)."""
+    import tracemalloc
+
+    from helpers.http import Reply, serve
+    from pipeline.config import parse_config
+    from pipeline.scrape.feeds.base import MAX_ITEMS_PER_PAGE, FeedParseError
+    from pipeline.scrape.feeds.registry import adapter_for
+    from pipeline.scrape.net.http import HttpClient
+
+    cfg = parse_config({"scrape": {"http": {"allow_private_addresses": True}, "feeds": [
+        {"name": "m", "adapter": "mastodon", "base_url": "https://m.example", "hashtags": ["t"]},
+        {"name": "j", "adapter": "json", "base_url": "https://j.example", "hashtags": ["t"],
+         "json": {"fields": {"items": ""}}},
+    ]}}, "test")  # fmt: skip
+    assert cfg.scrape.http.max_feed_page_bytes * 5 <= cfg.scrape.http.max_image_bytes
+    for site in cfg.scrape.feeds:
+        ad = adapter_for(site)
+        n = MAX_ITEMS_PER_PAGE
+        page = ad.parse(b"[" + b"{}," * (n - 1) + b"{}]", site.base_url, "t", 1, {})
+        assert page.posts == [] and page.bad_posts == {"bad_post:id": n}
+        with pytest.raises(FeedParseError) as e:
+            ad.parse(b"[" + b"{}," * n + b"{}]", site.base_url, "t", 1, {})
+        assert e.value.code == "too_many_items"
+        body = b"[" + b"{}," * (2_000_000 // 3 - 1) + b"{}]"  # just under the feed page cap
+        tracemalloc.start()
+        with pytest.raises(FeedParseError):
+            ad.parse(body, site.base_url, "t", 1, {})
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 120 * 2**20, peak  # what json.loads itself holds; no post dicts on top
+
+    big = b"[" + b"{}," * 1_000_000 + b"{}]"  # 3 MB: over the feed page cap, under the general page cap
+    with serve({"/robots.txt": Reply(b"User-agent: *\nAllow: /\n"), "/feed": Reply(big, "application/json")}) as srv:
+        client = HttpClient(cfg.scrape.http, ["127.0.0.1"])
+        assert client.fetch_page(f"{srv.base}/feed").ok
+        res = adapter_for(cfg.scrape.feeds[1]).fetch(client, f"{srv.base}/feed")
+        assert res.status == "error" and res.data is None and res.reason.startswith("too_large")

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from pipeline.config import ConfigError, FeedSite, parse_config
 from pipeline.scrape.crawl import crawl
-from pipeline.scrape.feeds.mastodon import Pacer, parse_status
+from pipeline.scrape.feeds.mastodon import Pacer, RateLimited, parse_status
 from pipeline.scrape.feeds.registry import adapter_for
 from pipeline.scrape.writer import CrawlInterrupted
 from pipeline.store import POSTS, DataRoot, now, to_table
@@ -291,3 +291,135 @@ def test_replay_429_retry_after_is_waited_for():
         got = [client.fetch_page(ad.first_url("selfie")) for _ in range(3)]  # no pacer: the 3rd is over the limit
         assert [r.ok for r in got] == [True, True, True] and srv.sim.hits["429"] >= 1
         assert got[2].attempts >= 2 and int(got[2].headers["x-ratelimit-remaining"]) >= 0
+
+
+def test_rate_limit_waits_are_capped_and_end_the_hashtag_as_rate_limited(tmp_path):
+    """T3: a reset or Retry-After years away is never slept for: the request is not sent, the hashtag ends with a
+    ``rate_limited`` fetches row, the driver's count refresh stops at once; epoch-millisecond resets are read."""
+    far = "2099-01-01T00:00:00.000Z"
+    for headers, code in (
+        ({"x-ratelimit-limit": "300", "x-ratelimit-remaining": "0", "x-ratelimit-reset": far}, 200),
+        ({"x-ratelimit-limit": "300", "x-ratelimit-remaining": "6", "x-ratelimit-reset": far}, 200),  # spread
+        ({"retry-after": "999999999"}, 429),
+    ):
+        p = Pacer(300, 900, reserve=5, max_wait_s=5)
+        p.observe(headers, code)
+        t = time.monotonic()
+        with pytest.raises(RateLimited):
+            p.wait(paging=False)
+            p.wait(paging=False)  # the spread applies from the second request on
+        assert time.monotonic() - t < 0.5
+    p = Pacer(300, 900, reserve=5)
+    ms = int((time.time() + 0.4) * 1000)  # a reset in epoch milliseconds (some compatible servers)
+    p.observe({"x-ratelimit-limit": "300", "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(ms)}, 200)
+    assert 0.2 < p.wait(paging=False) <= 0.5
+    p.observe({"x-ratelimit-limit": "300", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "1"}, 200)  # delta
+    assert 0.8 < p.wait(paging=False) <= 1.1
+
+    # two requests a window of 30 years: the first page's answer says "wait until 2056"
+    with MastodonReplay(n=120, rate_limit=2, rate_window_s=1e9) as srv:
+        cfg = _cfg(tmp_path, srv.base_url, max_wait_s=2)
+        t = time.monotonic()
+        s = crawl(cfg, pool="threads")
+        assert time.monotonic() - t < 30
+        fetches = DataRoot(str(tmp_path / "data")).read("fetches").to_pylist()
+        limited = [f for f in fetches if f["reason"] == "rate_limited"]
+        assert len(limited) == 1 and limited[0]["status"] == "error" and limited[0]["kind"] == "page"  # tag ended
+        assert s["pages_failed"] == 1 and srv.sim.hits["timeline"] == 1  # nothing sent past the cap
+        assert sum(1 for r in _posts(tmp_path) if r["too_young"] and r["status"] == "ok") >= 2
+        before = dict(srv.sim.hits)
+        t = time.monotonic()
+        s = crawl(_cfg(tmp_path, srv.base_url, min_age=1, max_wait_s=2), pool="threads")  # refresh in the driver
+        assert time.monotonic() - t < 30 and s["refreshed"] <= 1
+        assert srv.sim.hits["statuses"] - before.get("statuses", 0) <= 1  # it stopped at the first far reset
+
+
+def test_count_refresh_has_a_total_deadline(tmp_path):
+    """T3: the driver-side refresh starts no request after ``scrape.refresh_timeout_s``."""
+    from pipeline.scrape.feeds.refresh import refresh_young_posts
+
+    with MastodonReplay(n=60) as srv:
+        crawl(_cfg(tmp_path, srv.base_url), pool="threads")
+        young = [r for r in _posts(tmp_path) if r["too_young"] and r["status"] == "ok"]
+        assert len(young) >= 5
+        cfg = _cfg(tmp_path, srv.base_url, min_age=1)
+        cfg.scrape.refresh_timeout_s = 0.6
+        ad = adapter_for(cfg.scrape.feeds[0])
+        ad.pacer.spread_s = 0.5  # every request 0.5 s after the last (the server's headers not read)
+        ad.pacer.observe = lambda headers, status: None
+        before = srv.sim.hits["statuses"]
+        t = time.monotonic()
+        n = refresh_young_posts(cfg, DataRoot(cfg.data_root), adapters={"m": ad})
+        assert time.monotonic() - t < 5
+        assert 1 <= srv.sim.hits["statuses"] - before <= 2 and n == srv.sim.hits["statuses"] - before
+
+
+def test_token_goes_to_the_sites_origin_only_not_another_port_or_plain_http(monkeypatch):
+    """T10: a ``Link`` next page or a redirect to another port of the same host gets no token; a redirect from https
+    to plain http is refused (``redirect_downgrade``) before anything is sent there."""
+    from helpers.http import Reply, serve
+    from pipeline.scrape.net.address import same_origin
+    from pipeline.scrape.net.http import HttpClient
+
+    robots = Reply(b"User-agent: *\nAllow: /\n")
+    seen: list[str | None] = []
+
+    def other(h) -> Reply:
+        seen.append(h.headers.get("Authorization"))
+        return Reply(b"[]", "application/json")
+
+    monkeypatch.setenv("MASTODON_TOKEN", TOKEN)
+    with serve({"/robots.txt": robots, "/api/v1/timelines/tag/selfie": other, "/x": other}) as b:
+        nxt = f'<{b.base}/api/v1/timelines/tag/selfie?max_id=5>; rel="next"'
+        status = {"id": "9", "account": {"id": "1", "acct": "a", "followers_count": 1}, "favourites_count": 1}
+        with serve({
+            "/robots.txt": robots,
+            "/api/v1/timelines/tag/selfie": lambda h: Reply(
+                json.dumps([status]).encode() if h.headers.get("Authorization") == f"Bearer {TOKEN}" else b"{}",
+                "application/json", headers={"Link": nxt}),
+            "/redirect": Reply(b"", code=302, headers={"Location": f"{b.base}/x"}),
+        }) as a:  # fmt: skip
+            cfg = _cfg(Path("/nonexistent"), a.base, access_token_env="MASTODON_TOKEN")
+            ad = adapter_for(cfg.scrape.feeds[0])
+            client = HttpClient(cfg.scrape.http, ["127.0.0.1"])
+            first = ad.first_url("selfie")
+            res = ad.fetch(client, first)
+            page = ad.parse(res.data, first, "selfie", 0, res.headers)
+            assert res.ok and len(page.posts) == 1 and page.next_url.startswith(b.base)  # the token opened it
+            assert ad.fetch(client, page.next_url).ok and ad.fetch(client, f"{a.base}/redirect").ok
+    assert seen == [None, None]  # the other port got neither the Link page's nor the redirect's token
+    assert same_origin("https://m.example/a", "https://M.example:443/b")
+    assert not same_origin("https://m.example/a", "http://m.example/a")
+    assert not same_origin("https://m.example/a", "https://m.example:8443/a")
+
+    # https -> http: the hop is refused before it is fetched (the first hop's answer stands in for a TLS server)
+    client = HttpClient(cfg.scrape.http, ["m.example"])
+    hops: list[str] = []
+    monkeypatch.setattr(client, "target", lambda url, hop: (url, None))
+    monkeypatch.setattr(client, "robots_allowed", lambda url: (True, None))
+    monkeypatch.setattr(client, "_one_hop", lambda url, *a: hops.append(url) or "http://m.example/next")
+    res = client.fetch_page("https://m.example/start", headers={"Authorization": "Bearer x"})
+    assert (res.status, res.reason) == ("error", "redirect_downgrade")
+    assert [h for h in hops if not h.endswith("/robots.txt")] == ["https://m.example/start"]
+    assert not any(h.startswith("http:") for h in hops)  # not even its robots.txt
+
+
+def test_an_opted_out_account_is_skipped_on_every_server_and_not_missing_from_the_walk(tmp_path):
+    """T8: ``forget --acct`` before any crawl lists only the account (no user id is known yet): its statuses get no
+    row (counted ``opted_out``), and the walk state does not list them as statuses still to be stored."""
+    from pipeline.privacy import forget
+
+    with MastodonReplay(n=60) as srv:
+        remote = [s for s in srv.sim.statuses if "@" in s.acct and s.media == "image" and not s.sensitive]
+        acct = remote[0].acct
+        theirs = {s.id for s in srv.sim.statuses if s.acct == acct}
+        cfg = _cfg(tmp_path, srv.base_url)
+        forget(cfg, "acct", "@" + acct.upper())  # leading @ and case do not matter
+        s = crawl(cfg, pool="threads")
+    rows = _posts(tmp_path)
+    assert rows and not {r["item_id"] for r in rows} & theirs
+    assert all((r["user_acct"] or "").lower() != acct for r in rows)
+    assert s["opted_out"] >= len(theirs & set(_truth(srv.sim)))
+    state = json.loads((tmp_path / "data" / "feed_cursors" / "m" / "selfie.json").read_text())
+    listed = {i for w in state["walks"] for p in w["pages"] for i in p["ids"]}
+    assert listed and not listed & theirs  # a blocked status is not one the walk waits for

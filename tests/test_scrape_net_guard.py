@@ -308,7 +308,8 @@ def test_counts_are_bounded_json_integers_and_errors_are_per_post():
     for name in ("str", "frac", "bool", "null", "neg", "big", "huge_likes", "inf"):
         assert got[name][0] == "bad_post:likes", name
     assert got["huge_followers"][0] == "bad_post:followers"
-    assert [p.get("error") for p in page.posts if p["item_id"] is None] == ["bad_post:id"]
+    assert page.bad_posts == {"bad_post:id": 1}  # the post without a usable id: counted (no dict kept for it)
+    assert all(p["item_id"] is not None for p in page.posts)
     assert page.next_url is None  # a next page number of 5000 digits is no next page
 
 

@@ -265,3 +265,141 @@ def test_same_person_on_page_one_and_two_has_one_item_id(site, tmp_path):
     assert one == two and len(set(one)) == 2
     assert one[0] == person_id("uni", None, None, f"{site}/people/ada")  # Ada by her profile URL
     assert one[1] == person_id("uni", "alan turing", None)  # Alan by his normalised name
+
+
+class _KeepAliveSite:
+    """A site that answers keep-alive (``mode``: plain, a 103 first, or a head over 16 KiB) and records every byte it
+    gets after the first request's head and body: a proxy that forwards one request per connection sends none."""
+
+    def __init__(self) -> None:
+        self.mode, self.got, self.heads = "plain", [], []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            buf = b""
+            try:
+                while b"\r\n\r\n" not in buf:
+                    buf += conn.recv(65536)
+                head, _, rest = buf.partition(b"\r\n\r\n")
+                self.heads.append(head)
+                length = int(
+                    (
+                        [ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")]
+                        or [b"0"]
+                    )[0]
+                )
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                self.got.append(rest[length:])
+                ok = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=9\r\n\r\n"
+                ok += b"hello"
+                if self.mode == "103":
+                    conn.sendall(
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: keep-alive\r\n\r\n"
+                        + ok
+                    )
+                elif self.mode == "long":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Pad: " + b"p" * 17000)
+                    time.sleep(0.2)
+                    conn.sendall(b"\r\nConnection: keep-alive\r\n\r\nhello")
+                else:
+                    conn.sendall(ok)
+                while chunk := conn.recv(65536):  # whatever else the proxy forwards
+                    self.got[-1] += chunk
+            except OSError:
+                pass
+
+
+def test_proxy_forwards_one_request_per_connection_and_rewrites_every_head():
+    """T11: a client that pipelines (or keeps the connection alive) never gets a second request to the first
+    upstream: the proxy reads one request (head + Content-Length body) and no more; every head up to the first
+    final one says ``Connection: close``; a response head over 16 KiB ends the connection; a chunked body is 400."""
+    site = _KeepAliveSite()
+    base = f"http://127.0.0.1:{site.port}"
+    policy = EgressPolicy.for_sites([f"{base}/staff"], ["127.0.0.1"], allow_private=True)
+    second = b"GET http://127.0.0.1:1/api/jobs/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n"
+    with EgressProxy(policy, idle_timeout_s=2) as proxy:
+        for mode in ("plain", "103"):
+            site.mode = mode
+            first = f"GET {base}/staff HTTP/1.1\r\nHost: x\r\nProxy-Connection: keep-alive\r\n\r\n".encode()
+            out = _proxy_request(proxy, first + second)  # pipelined: the second request in the same write
+            heads = [h for h in out.split(b"\r\n\r\n") if h.startswith(b"HTTP/1.1 ")]
+            assert [h.split(b"\r\n")[0] for h in heads] == (
+                [b"HTTP/1.1 200 OK"] if mode == "plain" else [b"HTTP/1.1 103 Early Hints", b"HTTP/1.1 200 OK"]
+            )
+            for h in heads:
+                assert b"Connection: close" in h and b"keep-alive" not in h.lower() and b"Keep-Alive" not in h
+            assert out.endswith(b"hello")
+        post = f"POST {base}/form HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd".encode()
+        assert _proxy_request(proxy, post + second).endswith(b"hello")
+        chunked = f"POST {base}/form HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n".encode()
+        assert _proxy_request(proxy, chunked).startswith(b"HTTP/1.1 400")
+        site.mode = "long"
+        long = _proxy_request(proxy, f"GET {base}/staff HTTP/1.1\r\n\r\n".encode())
+        assert b"hello" not in long and b"keep-alive" not in long  # never passed on untouched
+    time.sleep(0.3)
+    assert len(site.heads) == 4 and site.got[:3] == [b"", b"", b""]  # nothing after the one request reached it
+    assert site.heads[2].startswith(b"POST /form ") and b"Connection: close" in site.heads[2]
+    site.sock.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+@pytest.mark.chromium
+def test_chromedriver_and_chromium_get_a_minimal_environment(site, monkeypatch, tmp_path):
+    """M4: chromedriver and every Chromium process run without the worker's S3 keys, tokens or opt-out key."""
+    from pipeline.scrape.staff.browser import browser_env
+
+    secrets = {"AWS_SECRET_ACCESS_KEY": "s3-secret-1", "FACERANK_OPTOUT_KEY": "k" * 64, "MASTODON_TOKEN": "tok-2"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    env = browser_env()
+    assert not set(secrets) & set(env) and env["LC_ALL"] == "C.UTF-8" and env["PATH"] == os.environ["PATH"]
+    assert browser_env({})["PATH"]  # never empty (selenium would fall back to the whole environment)
+    cfg = _config(site, str(tmp_path))
+    browser = Browser(cfg.scrape.selenium, "facerank-test", policy_for(cfg, ["127.0.0.1"]))
+    try:
+        browser.start()
+        pids = _descendants(browser.driver.service.process.pid)
+        assert len(pids) >= 2  # chromedriver and Chromium's processes
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    seen = f.read()
+            except OSError:
+                continue
+            names = {e.split(b"=", 1)[0].decode() for e in seen.split(b"\0") if e}
+            assert not names & set(secrets), (pid, names)
+            assert all(v.encode() not in seen for v in secrets.values())
+    finally:
+        browser.quit()

@@ -184,6 +184,9 @@ def test_crawl_rows_placeholders_academic_order_and_page_rows(srv, tmp_path):
     pages = {f["url"].removeprefix(srv.base): f for f in fetches if f["kind"] == "page"}
     assert pages["/ph/people.html"]["http_status"] == 200 and pages["/ph/people.html"]["bytes"] > 1000
     assert pages["/dir/profile.php?id=19"]["reason"] == "http_404"
+    # each profile page followed is the profile_url of its person's row (T7: forget --person finds its fetch)
+    profiles = {f["url"] for f in fetches if "/dir/profile.php" in f["url"]}
+    assert profiles and profiles <= {r["profile_url"] for r in rows.values()}
     images = {f["url"].removeprefix(srv.base) for f in fetches if f["kind"] == "image"}
     assert "/images/NoPhotoAvailable.jpg" not in images and "/images/avatar.svg" not in images
 

@@ -17,8 +17,8 @@ without one, that user id is erased on every site. Trained models are not retrai
 that means.
 
 Beyond rows: a person's profile-page fetch (a person the site gives no id is keyed by that URL, so the URL is found
-from the id), and every feed walk state (``feed_cursors/``) that names one of their status ids: deleted whole, the
-next crawl walks that timeline again.
+from the id; for one with a site-given id it is their staff row's ``profile_url``), and every feed walk state
+(``feed_cursors/``) that names one of their status ids: deleted whole, the next crawl walks that timeline again.
 
 Example::
 
@@ -137,7 +137,9 @@ def walk_files(root: DataRoot, top: str) -> list[pafs.FileInfo]:
 
 
 # ---------------------------------------------------------------------------------------------------- matching
-MATCH_COLUMNS = ["user_id", "user_acct", "item_id", "person_id", "site", "image_sha256", "url", "image_url"]
+MATCH_COLUMNS = [
+    "user_id", "user_acct", "item_id", "person_id", "site", "image_sha256", "url", "image_url", "profile_url"
+]  # fmt: skip
 
 
 class _Subject:
@@ -178,6 +180,8 @@ class _Subject:
             if t is not None and "image_sha256" in t.column_names:
                 mine = t.filter(self.id_mask(t, ds))
                 self.shas |= {s for s in mine.column("image_sha256").to_pylist() if s}
+                if ds == STAFF_DS and "profile_url" in mine.column_names:  # their own page: its fetches row
+                    self.urls |= {u for u in mine.column("profile_url").to_pylist() if u}
                 if ds == POSTS_DS and {"site", "item_id", "user_id"} <= set(mine.column_names):
                     sites, items = mine.column("site").to_pylist(), mine.column("item_id").to_pylist()
                     self.posts |= {(s, i) for s, i in zip(sites, items, strict=True) if s and i}

@@ -32,7 +32,8 @@ this process (tests and benchmarks, no Ray session). Everything else below is th
   frontier; a task that kills three workers becomes an error row ``worker_died``. An unexpected exception inside a task
   becomes an error row ``internal:<Type>``. An HTTP batch still running after ``scrape.batch_timeout()`` (a backstop:
   every fetch has its own deadline) is abandoned: its tasks become error rows ``batch_timeout``, its actor is killed and
-  replaced. Nothing ends the stage early.
+  replaced; the same for a browser batch (a staff site) past ``scrape.staff_batch_timeout(site)``. Nothing ends the
+  stage early.
 * People on the opt-out list (``optout``: kind user/person/image) are skipped without writing any row about them.
 * Feeds whose adapter is incremental (ordered ids): walks resume from their last safe cursor and reruns stop at the
   newest stored post (:mod:`pipeline.scrape.feeds.cursors`); posts too young last time are refreshed first where
@@ -250,21 +251,30 @@ class _Crawl:
             self.frontier.add(task)
 
     def _abandon_overdue(self, ready: set) -> None:
-        """HTTP batches still running after ``scrape.batch_timeout()``: each task an error row ``batch_timeout``, the
+        """Batches still running past their bound (:meth:`_bound_of`): each task an error row ``batch_timeout``, the
         actor killed (its other batch goes back to the frontier, as for a dead actor) and replaced within the same
         budget as a dead one. A backstop: every fetch has its own deadline, so a healthy batch never gets here."""
-        bound, t = self.sc.batch_timeout(), time.monotonic()
-        for ref in [r for r, t0 in self.submitted_at.items() if t - t0 > bound and r not in ready]:
+        t = time.monotonic()
+        for ref in [r for r, t0 in self.submitted_at.items() if r not in ready and t - t0 > self._bound(r)]:
             pool, actor, batch = self.inflight[ref]
-            if pool is not self.workers.http:
-                continue  # browser batches: bounded by Selenium's page-load and wait timeouts
             del self.inflight[ref], self.submitted_at[ref]
-            log.warning("scrape: an http batch ran past %.0f s; its %d tasks fail, its worker is replaced", bound,
-                        len(batch))  # fmt: skip
+            log.warning("scrape: a %s batch ran past %.0f s; its %d tasks fail, its worker is replaced", pool.name,
+                        self._bound_of(pool, batch), len(batch))  # fmt: skip
             self.workers.kill(actor)
             self._replace(pool, actor)
             for task in batch:
                 self._handle(error_result(task, "batch_timeout"))
+
+    def _bound(self, ref: Any) -> float:
+        pool, _, batch = self.inflight[ref]
+        return self._bound_of(pool, batch)
+
+    def _bound_of(self, pool: WorkerPool, batch: list[dict]) -> float:
+        """How long a batch may run: ``scrape.batch_timeout()`` for HTTP batches; for browser batches the sum of
+        their staff sites' ``scrape.staff_batch_timeout(site)`` (pages × (load + wait + parse budget))."""
+        if pool is self.workers.http:
+            return self.sc.batch_timeout()
+        return sum(self.sc.staff_batch_timeout(self.sc.staff[t["index"]]) for t in batch)
 
     def _fail_all(self, queues: list[collections.deque], reason: str) -> None:
         for q in queues:

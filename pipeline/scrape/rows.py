@@ -5,7 +5,8 @@ them (:mod:`pipeline.scrape.counters`) and returns the follow-up tasks (a feed's
 driver's frontier. It owns the per-run decisions:
 
 * an item (site, item_id) is claimed once: not if it has a row from an earlier run (``skipped_done``), not twice in
-  this run, not if its person is on the opt-out list (``opted_out``, and no row at all);
+  this run, not if its person is on the opt-out list (``opted_out``, and no row at all), for a post also not if its
+  account (``user_acct``, ``kind=acct``: the same person through any server) is;
 * non-academic staff get a ``skipped: non_academic`` row and no image fetch; academic staff without a photo an
   ``error: no_photo`` row;
 * placeholders (:mod:`pipeline.scrape.staff.placeholders`): a person whose photo URL is a placeholder (pattern, SVG) or
@@ -61,8 +62,11 @@ def post_row(site: str, hashtag: str, p: dict, scraped: dt.datetime, min_age_s: 
     return row
 
 
-def staff_row(site: StaffSite, p: dict, academic: bool, scraped: dt.datetime) -> dict[str, Any]:
-    """A ``staff`` row (without status/reason and image columns) for person ``p`` of a staff page."""
+def staff_row(
+    site: StaffSite, p: dict, academic: bool, scraped: dt.datetime, profile_url: str | None = None
+) -> dict[str, Any]:
+    """A ``staff`` row (without status/reason and image columns) for person ``p`` of a staff page; ``profile_url``:
+    their own page, when the listing links one."""
     return {
         "site": site.name,
         "item_id": p["item_id"],
@@ -71,6 +75,7 @@ def staff_row(site: StaffSite, p: dict, academic: bool, scraped: dt.datetime) ->
         "role": p.get("role"),
         "is_academic": academic,
         "page_url": p.get("page_url"),
+        "profile_url": profile_url,
         "image_url": p.get("image_url"),
         "scraped_at": scraped,
     }
@@ -142,6 +147,8 @@ class RowBuilder:
         self.n.pages += 1
         site, scraped = self._site(task["site"]), now()
         tasks = []
+        for reason, n in (r.get("bad_posts") or {}).items():  # posts without an id: no row, a count
+            self.n.page_errors_by_reason[reason] += n
         for p in r["posts"]:
             tasks += self._post(site, task["hashtag"], p, scraped)
         if r.get("next_url") and task["page"] < site.max_pages:
@@ -156,6 +163,9 @@ class RowBuilder:
             self.n.page_errors_by_reason[p.get("error") or "bad_post"] += 1
             return []
         if not self._claim((POSTS_DS, site.name, item), "user", p.get("user_id")):
+            return []
+        if self.optout.blocks("acct", p.get("user_acct")):  # the account, on whichever server it was seen
+            self.n.opted_out += 1
             return []
         row = post_row(site.name, hashtag, p, scraped, self.sc.min_post_age_days * 86400)
         if p.get("error"):
@@ -195,7 +205,7 @@ class RowBuilder:
         if not self._claim((STAFF_DS, site.name, p["item_id"]), "person", p["item_id"]):
             return []
         academic = is_academic(p.get("role"), self.sc.non_academic_roles)
-        row = staff_row(site, p, academic, scraped)
+        row = staff_row(site, p, academic, scraped, (extra or {}).get("profile_url"))
         if not academic:
             self.n.non_academic += 1
             row["image_url"] = None  # not fetched: we keep no photo of non-academic staff

@@ -88,6 +88,7 @@ class HttpWork:
                 page = adapter.parse(res.data or b"", task["url"], task["hashtag"], task["page"], res.headers)
                 adapter.enrich(self.client, page.posts)  # follower lookups
                 out["posts"], out["next_url"] = page.posts, page.next_url
+                out["bad_posts"] = page.bad_posts  # posts without an id: counted, not one dict each
             except FeedParseError as e:  # a page error with its reason: parse_error:items_not_found, ...
                 res.status, res.reason = STATUS_ERROR, f"parse_error:{e.code}"
         out["status"], out["reason"] = res.status, res.reason

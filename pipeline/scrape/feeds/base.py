@@ -21,9 +21,11 @@ used to fail the whole page) and stays a :class:`LongInt`, which no field accept
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urljoin
 
@@ -71,6 +73,26 @@ class FeedParseError(ValueError):
 class FeedPage:
     posts: list[dict]  # item_id, image_url, user_id, followers, likes, tags, posted_at; or item_id + error / skip
     next_url: str | None
+    bad_posts: dict[str, int] = dataclasses.field(default_factory=dict)  # posts without an id: a count by reason
+
+
+MAX_ITEMS_PER_PAGE = 1000  # more items on one feed page is an error page (too_many_items): no API pages that many
+
+
+def page_posts(items: list, parse_one: Callable[[Any], dict]) -> tuple[list[dict], dict[str, int]]:
+    """``items`` parsed one by one: (posts with an id, counts by reason of those without one: no dict is kept for
+    those). More than :data:`MAX_ITEMS_PER_PAGE` items: :class:`FeedParseError` ``too_many_items``."""
+    if len(items) > MAX_ITEMS_PER_PAGE:
+        raise FeedParseError("too_many_items", f"{len(items)} items, at most {MAX_ITEMS_PER_PAGE}")
+    posts: list[dict] = []
+    bad: collections.Counter[str] = collections.Counter()
+    for item in items:
+        p = parse_one(item)
+        if p.get("item_id") is None:
+            bad[p.get("error") or "bad_post"] += 1
+        else:
+            posts.append(p)
+    return posts, dict(bad)
 
 
 def dig(obj: Any, path: str) -> Any:
@@ -216,8 +238,9 @@ class FeedAdapter:
 
     # ---------------------------------------------------------------- optional hooks
     def fetch(self, client: Any, url: str) -> Any:
-        """GET one feed page with ``client`` (:class:`~pipeline.scrape.net.http.HttpClient`): a ``FetchResult``."""
-        return client.fetch_page(url)
+        """GET one feed page with ``client`` (:class:`~pipeline.scrape.net.http.HttpClient`, its feed page byte cap):
+        a ``FetchResult``."""
+        return client.fetch_feed_page(url)
 
     def enrich(self, client: Any, posts: list[dict]) -> None:
         """Complete parsed posts with what needs more requests (follower lookups); nothing by default."""
@@ -239,7 +262,10 @@ class FeedAdapter:
         """How many matured young posts :meth:`refresh_counts` may read again a run (0, the default: none)."""
         return 0
 
-    def refresh_counts(self, client: Any, ids: list[str]) -> dict[str, dict]:  # pragma: no cover
+    def refresh_counts(
+        self, client: Any, ids: list[str], deadline: float | None = None
+    ) -> dict[str, dict]:  # pragma: no cover
         """Fresh counts (``likes``, ``followers``, ``reblogs``, ``counts_from``) by item id for the posts ``ids`` that
-        could be read again; the others are left out. Used only when :attr:`refresh_max` > 0."""
+        could be read again; the others are left out. No request may start after ``deadline`` (``time.monotonic()``;
+        the crawl driver runs this before its workers start). Used only when :attr:`refresh_max` > 0."""
         raise NotImplementedError

@@ -371,7 +371,7 @@ class BlueskyAdapter(FeedAdapter):
             if not self._pace():
                 return FetchResult(url=url, kind="page", status=STATUS_ERROR, reason="rate_limited")
             same_host = (urlsplit(url).hostname or "").lower() == self.host
-            res = client.fetch_page(url, headers=headers if same_host else None)
+            res = client.fetch_feed_page(url, headers=headers if same_host else None)
             self.pacer.observe(_xrpc_headers(res.headers), res.http_status)
             expired = res.http_status == 401 or jwt_expired(self.session.access)  # a 400 of a live token: no
             if headers and res.http_status in (400, 401) and expired and attempt == 0:
@@ -401,10 +401,13 @@ class BlueskyAdapter(FeedAdapter):
     def refresh_max(self) -> int:
         return self.opts.refresh_max
 
-    def refresh_counts(self, client: Any, ids: list[str]) -> dict[str, dict]:
-        """uri -> fresh counts (getPosts, 25 a request; followers by getProfiles) for the posts still there."""
+    def refresh_counts(self, client: Any, ids: list[str], deadline: float | None = None) -> dict[str, dict]:
+        """uri -> fresh counts (getPosts, 25 a request; followers by getProfiles) for the posts still there; no
+        request starts after ``deadline`` (``time.monotonic()``)."""
         out: dict[str, dict] = {}
         for i in range(0, len(ids), 25):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             chunk = ids[i : i + 25]
             res = self.fetch(client, with_params(f"{self.base}{GET_POSTS}", [("uris", u) for u in chunk]))
             if not res.ok:

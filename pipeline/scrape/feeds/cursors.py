@@ -156,7 +156,10 @@ class FeedCursors:
         for p in posts:
             if not p.get("item_id"):
                 continue
-            if self.optout is not None and self.optout.blocks("user", p.get("user_id"), site=site):
+            if self.optout is not None and (
+                self.optout.blocks("user", p.get("user_id"), site=site)
+                or self.optout.blocks("acct", p.get("user_acct"))
+            ):
                 continue  # no row will be written: not missing
             ids.append(p["item_id"])
         walk["pages"].append({"url": task["url"], "next": next_url, "ids": ids})

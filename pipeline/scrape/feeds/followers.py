@@ -91,7 +91,7 @@ class FollowersLookupClient:
     def _fetch(self, client: Any, ids: list[str]) -> None:
         got: dict[str, int | str] = {}
         self.requests += 1
-        res = client.fetch_page(self.url(ids))
+        res = client.fetch_feed_page(self.url(ids))
         if not res.ok:
             got = {i: f"followers_lookup:{res.reason}" for i in ids}
         else:

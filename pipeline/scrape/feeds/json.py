@@ -38,6 +38,7 @@ from pipeline.scrape.feeds.base import (
     LongInt,
     link_next,
     load_json,
+    page_posts,
     parse_count,
     parse_tags,
     parse_text,
@@ -120,8 +121,9 @@ class JsonFeedAdapter(FeedAdapter):
             raise FeedParseError("items_not_found", f"the items path {self.fields['items']!r} matches nothing")
         if not isinstance(items, list):
             raise FeedParseError("items_not_a_list", f"{self.fields['items']!r} is a {type(items).__name__}")
-        posts = [self._post(item, page_url) for item in items]
-        return FeedPage(posts=posts, next_url=self._next(doc, headers, page_url, hashtag, page) if posts else None)
+        posts, bad = page_posts(items, lambda item: self._post(item, page_url))
+        nxt = self._next(doc, headers, page_url, hashtag, page) if posts or bad else None
+        return FeedPage(posts=posts, next_url=nxt, bad_posts=bad)
 
     def _next(self, doc: Any, headers: dict | None, page_url: str, hashtag: str, page: int) -> str | None:
         how = self.opts.next_from

@@ -21,10 +21,15 @@
 * Politeness (:class:`Pacer`, one per worker process): ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset`` (at
   ``rate_reserve`` requests left, wait for the reset; below half the limit, spread what is left over the window),
   the paging limit (``paging_requests`` per ``paging_window_s``, split between the crawl's actors), ``429`` and
-  ``Retry-After`` (retried by the HTTP client; other threads wait too). 401/403/404/422 end that hashtag with one
-  ``fetches`` error row whose reason says why (``http_401_auth_required``, ...); the run goes on.
+  ``Retry-After`` (retried by the HTTP client; other threads wait too). ``X-RateLimit-Reset`` is an ISO 8601 time,
+  epoch seconds, epoch milliseconds (above 10^11) or, below 10^9, seconds from now. No wait is longer than
+  ``max_wait_s``: a request that would have to wait longer (a reset or ``Retry-After`` far away, the paging limit) is
+  not sent and ends that hashtag with one ``fetches`` error row ``rate_limited``; a count refresh stops there.
+  401/403/404/422 end that hashtag with one ``fetches`` error row whose reason says why
+  (``http_401_auth_required``, ...); the run goes on.
 * The access token: ``mastodon.access_token_env`` names an environment variable; its value is sent as
-  ``Authorization: Bearer`` to the site's host only and is never stored or logged.
+  ``Authorization: Bearer`` to the site's origin only (scheme, host and port of ``base_url``; a ``Link`` or redirect
+  to another port or to plain http gets no token) and is never stored or logged.
 """
 
 from __future__ import annotations
@@ -46,12 +51,16 @@ from pipeline.scrape.feeds.base import (
     FeedParseError,
     link_next,
     load_json,
+    page_posts,
     parse_count,
     parse_tags,
     parse_text,
     parse_time,
     parse_time_field,
 )
+from pipeline.scrape.net.address import same_origin
+from pipeline.scrape.net.http import FetchResult
+from pipeline.store import STATUS_ERROR
 
 EXPLAIN = {
     401: "http_401_auth_required",
@@ -138,10 +147,16 @@ def parse_status(st: Any, host: str, include_sensitive: bool = False) -> dict:
     return out
 
 
-class Pacer:
-    """Request pacing of one process: the paging window and the server's rate-limit headers (thread-safe)."""
+class RateLimited(Exception):
+    """A request would have to wait longer than the pacer's cap (or past a deadline): it is not sent."""
 
-    def __init__(self, paging_requests: int, window_s: float, reserve: int, share: int = 1):
+
+class Pacer:
+    """Request pacing of one process: the paging window and the server's rate-limit headers (thread-safe); no wait
+    is longer than ``max_wait_s`` (:class:`RateLimited` instead)."""
+
+    def __init__(self, paging_requests: int, window_s: float, reserve: int, share: int = 1, max_wait_s: float = 300.0):
+        self.max_wait_s = max_wait_s
         self.budget = max(1, paging_requests // max(1, share))
         self.window_s = window_s
         self.reserve = reserve
@@ -152,8 +167,9 @@ class Pacer:
         self.lock = threading.Lock()
         self.waited_s = 0.0
 
-    def wait(self, paging: bool) -> float:
-        """Block until this request may start; returns the seconds waited."""
+    def wait(self, paging: bool, deadline: float | None = None) -> float:
+        """Block until this request may start; returns the seconds waited. Raises :class:`RateLimited` (at once,
+        without waiting) when that is more than ``max_wait_s`` away or after ``deadline`` (monotonic)."""
         with self.lock:
             t = time.monotonic()
             start = max(t, self.not_before, self.last + self.spread_s)
@@ -162,6 +178,9 @@ class Pacer:
                     self.starts.popleft()
                 if len(self.starts) >= self.budget:
                     start = max(start, self.starts[-self.budget] + self.window_s)
+            if start - t > self.max_wait_s or (deadline is not None and start > deadline):
+                raise RateLimited(f"the next request may start in {start - t:.0f} s")
+            if paging:
                 self.starts.append(start)
             self.last = start
             self.waited_s += start - t
@@ -174,7 +193,7 @@ class Pacer:
         h = headers or {}
         with self.lock:
             t, wall = time.monotonic(), time.time()
-            reset = _reset_epoch(h.get("x-ratelimit-reset"))
+            reset = _reset_epoch(h.get("x-ratelimit-reset"), wall)
             remaining, limit = _int(h.get("x-ratelimit-remaining")), _int(h.get("x-ratelimit-limit"))
             if reset is not None and remaining is not None:
                 left_s = max(0.0, reset - wall)
@@ -198,15 +217,22 @@ def _int(v: Any) -> int | None:
         return None
 
 
-def _reset_epoch(v: Any) -> float | None:
-    """``X-RateLimit-Reset``: an ISO 8601 time (Mastodon) or epoch seconds."""
+def _reset_epoch(v: Any, wall: float | None = None) -> float | None:
+    """``X-RateLimit-Reset`` as epoch seconds: an ISO 8601 time (Mastodon), epoch seconds, epoch milliseconds (a
+    number above 10^11, as some compatible servers send) or a number of seconds from now (below 10^9)."""
     if not v:
         return None
     try:
         return parse_time(v).timestamp()
     except (ValueError, OverflowError, OSError):
         f = _int(v)
-        return float(f) if f is not None else None
+        if f is None:
+            return None
+        if f > 10**11:
+            return f / 1000.0
+        if f < 10**9:
+            return (time.time() if wall is None else wall) + max(f, 0)
+        return float(f)
 
 
 def _retry_after(v: Any, wall: float) -> float | None:
@@ -262,6 +288,9 @@ class MastodonOptions(BaseModel):
     paging_window_s: float = Field(900.0, gt=0)
     # pace by X-RateLimit-Remaining/Reset: keep this many requests of the window in reserve
     rate_reserve: int = Field(5, ge=0)
+    # the longest the pacer waits before a request; a longer wait (a server's reset or Retry-After far away, the
+    # paging limit) ends that hashtag with a `rate_limited` fetches row instead
+    max_wait_s: float = Field(300.0, gt=0)
     # young posts refreshed on a later run: GET /api/v1/statuses/:id (1) or GET /api/v1/statuses?id[]= (Mastodon
     # 4.3+, up to 20 ids a request); at most refresh_max statuses a run
     refresh_batch: int = Field(1, ge=1, le=20)
@@ -277,7 +306,7 @@ class MastodonAdapter(FeedAdapter):
         super().__init__(site, share)
         m = self.opts
         self.host = (urlsplit(site.base_url).hostname or "").lower()
-        self.pacer = Pacer(m.paging_requests, m.paging_window_s, m.rate_reserve, share)
+        self.pacer = Pacer(m.paging_requests, m.paging_window_s, m.rate_reserve, share, m.max_wait_s)
         self.incremental = m.incremental
 
     def params(self) -> list[tuple[str, str]]:
@@ -302,18 +331,23 @@ class MastodonAdapter(FeedAdapter):
         return self.first_url(hashtag) if not cursor else with_params(self.first_url(hashtag), [("max_id", cursor)])
 
     def auth_headers(self, url: str) -> dict[str, str]:
-        """``Authorization: Bearer`` from the configured environment variable, for this site's host only."""
+        """``Authorization: Bearer`` from the configured environment variable, for this site's origin only (its
+        ``base_url``'s scheme, host and port: not plain http or another port of the same host)."""
         name = self.opts.access_token_env
         token = os.environ.get(name, "") if name else ""
-        if not token or (urlsplit(url).hostname or "").lower() != self.host:
+        if not token or not same_origin(url, self.site.base_url):  # scheme, host and port: not another service
             return {}
         return {"Authorization": f"Bearer {token}"}
 
-    def fetch(self, client: Any, url: str, paging: bool | None = None) -> Any:
+    def fetch(self, client: Any, url: str, paging: bool | None = None, deadline: float | None = None) -> Any:
         """One API request, paced (``paging``: counted against the paging limit; by default when the URL pages
-        with ``max_id``); a 401/403/404/410/422/429 gets a reason that says what it means."""
-        self.pacer.wait(query_value(url, "max_id") is not None if paging is None else paging)
-        res = client.fetch_page(url, headers=self.auth_headers(url))
+        with ``max_id``); a 401/403/404/410/422/429 gets a reason that says what it means. A request the pacer would
+        hold past ``max_wait_s`` (or ``deadline``) is not sent: error ``rate_limited``."""
+        try:
+            self.pacer.wait(query_value(url, "max_id") is not None if paging is None else paging, deadline)
+        except RateLimited:
+            return FetchResult(url=url, kind="page", status=STATUS_ERROR, reason="rate_limited")
+        res = client.fetch_feed_page(url, headers=self.auth_headers(url))
         self.pacer.observe(res.headers, res.http_status)
         if res.http_status in EXPLAIN and not res.ok:
             res.reason = EXPLAIN[res.http_status]
@@ -325,20 +359,20 @@ class MastodonAdapter(FeedAdapter):
             raise FeedParseError("api_error", str(doc.get("error"))[:80])
         if not isinstance(doc, list):
             raise FeedParseError("items_not_a_list", f"the timeline is a {type(doc).__name__}, not a list")
-        posts = [parse_status(st, self.host, self.opts.include_sensitive) for st in doc]
+        posts, bad = page_posts(doc, lambda st: parse_status(st, self.host, self.opts.include_sensitive))
         since = query_value(page_url, "since_id")
         stop = False
         if since:
-            newer = [p for p in posts if p.get("item_id") is None or id_key(p["item_id"]) > id_key(since)]
+            newer = [p for p in posts if id_key(p["item_id"]) > id_key(since)]
             stop = len(newer) < len(posts)  # reached what an earlier run has: stop here
             posts = newer
         if not doc or stop:
-            return FeedPage(posts=posts, next_url=None)
+            return FeedPage(posts=posts, next_url=None, bad_posts=bad)
         nxt = link_next(headers, page_url)
         if nxt is None:
-            return FeedPage(posts=posts, next_url=None)
+            return FeedPage(posts=posts, next_url=None, bad_posts=bad)
         carried = [(k, v) for k, v in parse_qsl(urlsplit(page_url).query) if k in PASS_KEYS]
-        return FeedPage(posts=posts, next_url=with_params(nxt, carried))
+        return FeedPage(posts=posts, next_url=with_params(nxt, carried), bad_posts=bad)
 
     # ---------------------------------------------------------------- incremental reruns (feeds/cursors.py)
     def id_key(self, item_id: str) -> tuple[int, str]:
@@ -353,8 +387,9 @@ class MastodonAdapter(FeedAdapter):
     def refresh_max(self) -> int:
         return self.opts.refresh_max
 
-    def refresh_counts(self, client: Any, ids: list[str]) -> dict[str, dict]:
-        """id -> fresh counts for the statuses that could be read, ``refresh_batch`` ids a request, paced."""
+    def refresh_counts(self, client: Any, ids: list[str], deadline: float | None = None) -> dict[str, dict]:
+        """id -> fresh counts for the statuses that could be read, ``refresh_batch`` ids a request, paced; no
+        request starts after ``deadline`` (monotonic) and none once the server rate-limits past ``max_wait_s``."""
         base = self.site.base_url.rstrip("/")
         n = self.opts.refresh_batch
         out: dict[str, dict] = {}
@@ -365,7 +400,9 @@ class MastodonAdapter(FeedAdapter):
                 if n == 1
                 else f"{base}/api/v1/statuses?" + "&".join(f"id[]={x}" for x in chunk)
             )
-            res = self.fetch(client, url, paging=False)
+            res = self.fetch(client, url, paging=False, deadline=deadline)
+            if res.reason == "rate_limited":
+                break
             if not res.ok:
                 continue
             try:
@@ -379,4 +416,4 @@ class MastodonAdapter(FeedAdapter):
         return out
 
 
-__all__ = ["MastodonAdapter", "MastodonOptions", "Pacer", "home_acct", "id_key", "parse_status"]
+__all__ = ["MastodonAdapter", "MastodonOptions", "Pacer", "RateLimited", "home_acct", "id_key", "parse_status"]

@@ -250,7 +250,7 @@ class MisskeyAdapter(FeedAdapter):
         for _ in range(3):
             if not self._pace():
                 return FetchResult(url=url, kind="page", status=STATUS_ERROR, reason="rate_limited")
-            res = client.fetch_page(target, headers=self.auth_headers(target), json_body=body)
+            res = client.fetch_feed_page(target, headers=self.auth_headers(target), json_body=body)
             res.url = url  # the fetch row names the page (its body's fields), as the crawl's cursors do
             self.pacer.observe(res.headers, res.http_status)
             if res.http_status != 429:
@@ -273,11 +273,13 @@ class MisskeyAdapter(FeedAdapter):
     def refresh_max(self) -> int:
         return self.opts.refresh_max
 
-    def refresh_counts(self, client: Any, ids: list[str]) -> dict[str, dict]:
+    def refresh_counts(self, client: Any, ids: list[str], deadline: float | None = None) -> dict[str, dict]:
         """id -> fresh counts (``POST /api/notes/show``, one note a request; followers by users/show) for the notes
-        still there."""
+        still there; no request starts after ``deadline`` (``time.monotonic()``)."""
         posts = []
         for note_id in ids:
+            if deadline is not None and time.monotonic() > deadline:
+                break
             res = self.fetch(client, with_params(f"{self.base}{NOTE}", [("noteId", note_id)]))
             if not res.ok:
                 continue  # deleted (400 NO_SUCH_NOTE) or unreadable: the row stays as it was

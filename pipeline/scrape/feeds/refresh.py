@@ -9,12 +9,16 @@ client (the adapter's :meth:`~pipeline.scrape.feeds.base.FeedAdapter.refresh_cou
 rewrites those rows in place (each part file atomically): ``likes``, ``followers``, ``reblogs``, ``counts_from`` and
 ``scraped_at`` (now) from the answer, ``too_young`` false. A post that is gone (404) or unreadable keeps its row as
 it was (still too young, so the labels stage leaves it out). Returns how many rows were refreshed.
+
+The whole refresh (it runs in the driver, under the scrape lock) has a deadline, ``scrape.refresh_timeout_s``: no
+request starts after it, and what was read by then is written; the rest waits for the next run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -72,11 +76,12 @@ def refresh_young_posts(
 
     client = client or HttpClient(cfg.scrape.http, allowed_domains(cfg))
     total = 0
+    deadline = time.monotonic() + cfg.scrape.refresh_timeout_s  # for every site together
     for name, ad in refreshing.items():
         ids = young_ids(root, name, cfg.scrape.min_post_age_days, ad.refresh_max)
         if not ids:
             continue
-        fresh = ad.refresh_counts(client, ids)
+        fresh = ad.refresh_counts(client, ids, deadline=deadline)
         n = rewrite_rows(root, name, fresh, now()) if fresh else 0
         log.info("scrape: %s: refreshed the counts of %d of %d matured young posts", name, n, len(ids))
         total += n

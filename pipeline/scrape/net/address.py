@@ -11,6 +11,7 @@
   forms that carry an IPv4 address, IPv4-mapped, IPv4-compatible, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16`` and
   Teredo, are judged by that IPv4 address; the NAT64 local-use prefix ``64:ff9b:1::/48`` is never public.
   :mod:`pipeline.scrape.net.transport` applies it to every address a connection resolves, before it connects.
+* a URL's origin (:func:`origin`, :func:`same_origin`): scheme, host and port, where a credential may be sent.
 """
 
 from __future__ import annotations
@@ -81,6 +82,27 @@ def prepare_url(url: str) -> str:
     if p.scheme not in ("http", "https") or not p.host or not same or "\\" in target:
         raise ValueError("bad_url")
     return target
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """``url``'s origin: (scheme, host, port), lower-case, the port the scheme's default when not given; an
+    unparsable port is None (no origin matches it)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def same_origin(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` have one origin (scheme, host and port): where a credential may go."""
+    oa = origin(a)
+    return oa[2] is not None and oa[1] != "" and oa == origin(b)
 
 
 def resolves_public(host: str, port: int = 80) -> bool:

@@ -18,7 +18,10 @@ loopback service, and a rebinding name could resolve differently for Chromium. :
 Anything else is answered ``403`` (reason in an ``X-Facerank-Refused`` header, counted in :attr:`EgressProxy.refused`),
 a malformed request ``400``. Bounded: at most ``max_connections`` client connections at once (more get ``503``), a
 request head of at most 16 KiB, a connect timeout, an idle timeout and a lifetime per connection. Plain HTTP requests
-are forwarded one per connection (``Connection: close`` both ways, ``Host`` set from the checked URL).
+are forwarded one per connection: ``Connection: close`` both ways, ``Host`` set from the checked URL, exactly one
+request read from the client (its head and ``Content-Length`` bytes of body; a chunked request body is ``400``; what
+the client sends after it is never read), and every response head up to the first final (non-1xx) one rewritten; a
+response head over 16 KiB ends the connection.
 """
 
 from __future__ import annotations
@@ -171,8 +174,9 @@ def _rewrite_headers(lines: list[bytes], first: bytes, host: bytes | None) -> by
 
 
 class _ResponseHead:
-    """Rewrites the first response head that passes upstream → client to ``Connection: close`` (one request per
-    client connection, so Chromium never sends a second host's request down this upstream socket)."""
+    """Rewrites every response head that passes upstream → client, up to and including the first final (non-1xx)
+    one, to ``Connection: close`` (one request per client connection, so Chromium never sends a second host's request
+    down this upstream socket); a head longer than :data:`MAX_HEAD` ends the connection (:class:`ValueError`)."""
 
     def __init__(self) -> None:
         self.buf: bytes | None = b""
@@ -181,15 +185,40 @@ class _ResponseHead:
         if self.buf is None:
             return data
         self.buf += data
-        if b"\r\n\r\n" not in self.buf:
-            if len(self.buf) <= MAX_HEAD:
-                return b""
-            out, self.buf = self.buf, None  # not HTTP: pass it on untouched
-            return out
-        head, _, rest = self.buf.partition(b"\r\n\r\n")
-        self.buf = None
-        lines = head.split(b"\r\n")
-        return _rewrite_headers(lines[1:], lines[0], None) + rest
+        out = b""
+        while self.buf is not None and b"\r\n\r\n" in self.buf:
+            head, _, rest = self.buf.partition(b"\r\n\r\n")
+            if len(head) > MAX_HEAD:
+                raise ValueError("response head too long")
+            lines = head.split(b"\r\n")
+            out += _rewrite_headers(lines[1:], lines[0], None)
+            status = lines[0].split(b" ", 2)[1:2]
+            interim = bool(status) and len(status[0]) == 3 and status[0].startswith(b"1")
+            self.buf = rest if interim else None  # after a 1xx another head follows
+            if not interim:
+                out += rest
+        if self.buf is not None and len(self.buf) > MAX_HEAD:
+            raise ValueError("response head too long")
+        return out
+
+
+def _body_length(lines: list[bytes]) -> int:
+    """The request body's length from ``Content-Length`` (0 without one); :class:`ValueError` for a chunked or
+    otherwise framed body, or a length that is not one plain number (the proxy forwards exactly one request)."""
+    lengths = set()
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            raise ValueError("bad_request")
+        if name == b"content-length":
+            v = value.strip()
+            if not v.isdigit() or len(v) > 15:
+                raise ValueError("bad_request")
+            lengths.add(int(v))
+    if len(lengths) > 1:
+        raise ValueError("bad_request")
+    return lengths.pop() if lengths else 0
 
 
 # ---------------------------------------------------------------------------------------------------- the proxy
@@ -303,10 +332,17 @@ class EgressProxy:
             _reply(conn, 400, "Bad Request", "bad_request")
             return
         try:
+            client_left: int | None = None  # bytes still to read from the client (None: a tunnel, no limit)
             if method == "CONNECT":
                 host, port = _split_authority(target)
                 first, rewrite, reply = rest, None, b"HTTP/1.1 200 Connection Established\r\n\r\n"
             else:
+                try:
+                    body = _body_length(lines[1:])
+                except ValueError:
+                    _reply(conn, 400, "Bad Request", "bad_request")
+                    return
+                rest, client_left = rest[:body], body - len(rest[:body])  # what follows it is never forwarded
                 host, port, path = _split_absolute(target)
                 name = f"[{host}]" if ":" in host else host
                 authority = name if port == 80 else f"{name}:{port}"
@@ -332,7 +368,7 @@ class EgressProxy:
                     upstream.sendall(first)
             except OSError:
                 return
-            self._pipe(conn, upstream, rewrite, start + self.max_lifetime_s)
+            self._pipe(conn, upstream, rewrite, start + self.max_lifetime_s, client_left)
 
     def _connect(self, host: str, port: int) -> socket.socket:
         """A socket connected to a checked address of ``host:port``; raises :class:`Refused` or ``OSError``."""
@@ -359,10 +395,15 @@ class EgressProxy:
             return s
         raise last or OSError("no address")
 
-    def _pipe(self, client: socket.socket, upstream: socket.socket, rewrite, deadline: float) -> None:
-        """Copy bytes both ways until either side closes, the idle timeout passes or the lifetime ends."""
+    def _pipe(
+        self, client: socket.socket, upstream: socket.socket, rewrite, deadline: float, client_left: int | None = None
+    ) -> None:
+        """Copy bytes both ways until either side closes, the idle timeout passes or the lifetime ends; from the
+        client at most ``client_left`` more bytes (the rest of one request's body; then the client is not read).
+        A response head the rewrite refuses ends the connection."""
         sel = selectors.DefaultSelector()
-        sel.register(client, selectors.EVENT_READ, upstream)
+        if client_left is None or client_left > 0:
+            sel.register(client, selectors.EVENT_READ, upstream)
         sel.register(upstream, selectors.EVENT_READ, client)
         try:
             while time.monotonic() < deadline:
@@ -374,11 +415,15 @@ class EgressProxy:
                     data = src.recv(CHUNK)  # type: ignore[union-attr]
                     if not data:
                         return
+                    if src is client and client_left is not None:
+                        data, client_left = data[:client_left], client_left - len(data[:client_left])
+                        if client_left == 0:
+                            sel.unregister(client)  # the request is whole: nothing more is read from the client
                     if rewrite is not None and src is upstream:
                         data = rewrite.feed(data)
                     if data:
                         dst.sendall(data)
-        except OSError:
+        except (OSError, ValueError):
             return
         finally:
             sel.close()

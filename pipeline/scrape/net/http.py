@@ -16,7 +16,8 @@ What it enforces, per request:
   (``too_many_interim_responses``); a read timeout per read (``read_timeout_s``) still applies inside it;
 * robots.txt (:mod:`pipeline.scrape.net.robots`) on the first URL and on every redirect hop, and its ``Crawl-delay``
   as the host's minimum interval between requests (up to ``max_crawl_delay_s``);
-* redirects followed by hand, one hop at a time, only to hosts inside the allowed domains;
+* redirects followed by hand, one hop at a time, only to hosts inside the allowed domains, never from https to
+  plain http (``redirect_downgrade``); headers given for a request (an API token) go to its origin only;
 * per-host rate and concurrency through a limiter shared by all actors (:mod:`pipeline.scrape.net.ratelimit`);
   without one, a :class:`~pipeline.scrape.net.ratelimit.LocalLimiter` from the config;
 * images: ``X-Robots-Tag: noai``/``noimageai`` → skipped; content type checked; the body streamed and aborted past
@@ -51,7 +52,13 @@ from PIL import Image
 
 from pipeline import imaging
 from pipeline.config import HttpConfig
-from pipeline.scrape.net.address import BlockedAddressError, host_allowed, is_public_address, prepare_url
+from pipeline.scrape.net.address import (
+    BlockedAddressError,
+    host_allowed,
+    is_public_address,
+    prepare_url,
+    same_origin,
+)
 from pipeline.scrape.net.robots import RobotsCache
 from pipeline.scrape.net.transport import (
     WATCHDOG,
@@ -248,9 +255,17 @@ class HttpClient:
         self, url: str, headers: dict[str, str] | None = None, json_body: bytes | None = None
     ) -> FetchResult:
         """GET a page (JSON/HTML) with all checks; ``data`` holds the body when ok. ``headers`` (an API token) are
-        sent to ``url``'s host only, never on a redirect to another host. ``json_body``: POST it as
-        ``application/json`` instead (an API call such as Misskey's or a login; not retried, no redirect followed)."""
+        sent to ``url``'s origin only (scheme, host and port), never on a redirect to another origin. ``json_body``:
+        POST it as ``application/json`` instead (an API call such as Misskey's or a login; not retried, no redirect
+        followed)."""
         return self._get(url, kind="page", max_bytes=self.cfg.max_page_bytes, headers=headers, body=json_body)
+
+    def fetch_feed_page(
+        self, url: str, headers: dict[str, str] | None = None, json_body: bytes | None = None
+    ) -> FetchResult:
+        """:meth:`fetch_page` for a feed API page (JSON): at most ``max_feed_page_bytes`` (and ``max_page_bytes``)."""
+        cap = min(self.cfg.max_feed_page_bytes, self.cfg.max_page_bytes)
+        return self._get(url, kind="page", max_bytes=cap, headers=headers, body=json_body)
 
     def fetch_image(self, url: str) -> FetchResult:
         """GET an image with all checks and verification; ``data``, ``width``, ``height`` are set when ok."""
@@ -280,11 +295,13 @@ class HttpClient:
     ) -> FetchResult:
         res = FetchResult(url=url, kind=kind, status=STATUS_ERROR)
         hop_url = url
-        first_host = urlsplit(url).hostname
         for hop in range(self.cfg.max_redirects + 1):
             target, bad = self.target(hop_url, hop)
             if bad or target is None:
                 res.status, res.reason = bad or (STATUS_ERROR, "bad_url")
+                return res
+            if hop and urlsplit(target).scheme.lower() == "http" and urlsplit(url).scheme.lower() == "https":
+                res.status, res.reason, res.data = STATUS_ERROR, "redirect_downgrade", None  # https -> http
                 return res
             if check_robots:
                 allowed, why = self.robots_allowed(target)
@@ -292,7 +309,7 @@ class HttpClient:
                     res.status, res.reason = (STATUS_SKIPPED, "robots") if why is None else (STATUS_ERROR, why)
                     return res
             delay = self.crawl_delay(target) if check_robots else 0.0
-            extra = headers if headers and urlsplit(target).hostname == first_host else None
+            extra = headers if headers and same_origin(target, url) else None  # scheme, host and port
             with self.limiter(urlsplit(target).hostname or "", delay):
                 location = self._one_hop(target, kind, max_bytes, res, extra, body)
             if location is not None and body is not None:  # a POST is never sent on to another URL

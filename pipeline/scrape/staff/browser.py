@@ -18,7 +18,9 @@ Everything Chromium sends goes through the egress proxy (:mod:`pipeline.scrape.n
 every name Chromium itself would resolve fail (the proxy resolves and checks; Chromium never needs DNS), so pages,
 subresources, iframes, ``fetch()`` and websockets reach only allowed hosts on checked addresses. Chromium runs with
 its sandbox unless that cannot work: as root, or with ``selenium.no_sandbox`` / ``FACERANK_CHROMIUM_NO_SANDBOX=1`` (a
-container without user namespaces) (:func:`sandbox_flags`).
+container without user namespaces) (:func:`sandbox_flags`). chromedriver, and so Chromium, start with a minimal
+environment (:func:`browser_env`: ``PATH``, ``HOME``, locale, temp and font settings), never the worker's S3 keys,
+tokens or opt-out key.
 
 A local Chromium or chromedriver that is not there (:func:`missing`) is one line naming the path tried, its setting
 and the Debian packages (:data:`APT_PACKAGES`): :class:`BrowserMissing` from :meth:`Browser.start`, and the page's
@@ -32,7 +34,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pipeline.config import SeleniumConfig, StaffSite
 from pipeline.scrape.net.egress import EgressPolicy, EgressProxy
@@ -105,6 +107,22 @@ LOOPBACK_ONLY_FLAGS = (
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
     "--webrtc-ip-handling-policy=disable_non_proxied_udp",
 )
+
+
+# what chromedriver and Chromium may see of the worker's environment (no S3 keys, tokens, the opt-out key)
+BROWSER_ENV_KEEP = (
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME",
+    "FONTCONFIG_PATH", "FONTCONFIG_FILE", "CHROME_DEVEL_SANDBOX",
+)  # fmt: skip
+
+
+def browser_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The minimal environment chromedriver (and the Chromium it starts) runs with: :data:`BROWSER_ENV_KEEP` and the
+    ``LC_*`` locale variables of ``environ`` (default ``os.environ``), nothing else; ``PATH`` always set."""
+    env = os.environ if environ is None else environ
+    out = {k: v for k, v in env.items() if k in BROWSER_ENV_KEEP or k.startswith("LC_")}
+    out.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return out
 
 
 def chrome_options(*extra: str, binary: str | None = None, no_sandbox: bool = False):
@@ -279,7 +297,8 @@ class Browser:
             self._profile = tempfile.mkdtemp(prefix="facerank-chromium-")
             opts.add_argument(f"--user-data-dir={self._profile}")
             opts.binary_location = self.cfg.chromium_path
-            self.driver = webdriver.Chrome(service=Service(self.cfg.chromedriver_path), options=opts)
+            service = Service(self.cfg.chromedriver_path, env=browser_env())  # not the worker's secrets
+            self.driver = webdriver.Chrome(service=service, options=opts)
         self.driver.set_page_load_timeout(self.cfg.page_load_timeout_s)
         self.driver.set_script_timeout(self.cfg.wait_timeout_s)
 

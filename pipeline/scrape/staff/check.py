@@ -16,7 +16,8 @@ saw (the HTTP body, or Chromium's rendered DOM) as ``DIR/<site>-page<N>.html``.
 
 ``FILE`` is a whole config, or a site file (``staff:`` list, as under ``configs/sites/``), read with the defaults.
 Exit code 0 when every page read gave at least one person, 1 otherwise (the outcome line says why), 2 for a bad
-config or an unknown site, 5 when the site needs Chromium (or chromedriver) and it is not installed.
+config or an unknown site, 5 when the site needs Chromium (or chromedriver) and it is not installed. Control
+characters in what is printed (it comes from the page) are written escaped (``\\x1b``).
 """
 
 from __future__ import annotations
@@ -221,6 +222,20 @@ def print_report(rep: dict, out, width: int | None = None) -> None:
         )
 
 
+class Escaped:
+    """A text stream that writes control characters (ESC, BEL, C1…; not the line break) escaped as ``\\x1b``: what a
+    page says never drives the terminal."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+
+    def write(self, text: str) -> int:
+        return self.out.write("".join(c if c == "\n" or c.isprintable() else ascii(c)[1:-1] for c in text))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def check(
     cfg: Config,
     site: StaffSite,
@@ -242,7 +257,7 @@ def check(
     from pipeline.scrape.staff.browser import Browser, missing
     from pipeline.scrape.staff.site import StaffScraper
 
-    out = out or sys.stdout
+    out = Escaped(out or sys.stdout)  # names, roles, URLs and reasons come from the page
     if saved is not None:
         files = saved_files(saved)[:pages]
         if not as_url or urlsplit(as_url).scheme not in ("http", "https") or not urlsplit(as_url).hostname:

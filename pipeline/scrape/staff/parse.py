@@ -193,7 +193,7 @@ def _name(card: Selector, site: StaffSite, photo_el: Selector | None) -> str | N
     if site.name_attr:
         for el in ([photo_el] if photo_el is not None else []) + [card]:
             v = ht.collapse(el.attrib.get(site.name_attr))
-            v = ht.collapse(_ALT_PREFIX.sub("", v))
+            v = ht.collapse(_ALT_PREFIX.sub("", v[: ht.MAX_LINE]))
             if v and not ht.is_contact(v):
                 return v
     return None
@@ -359,7 +359,8 @@ def paginate(
     """Every page of ``site``: each start URL, then its next-page links (``max_pages`` per start URL in all).
 
     ``may_fetch(url)`` returns (status, reason) when a URL must be skipped; ``render(url)`` gives the page, with
-    ``next_url`` set when it links to another."""
+    ``next_url`` set when it links to another; a page whose ``render`` raises is an error page
+    ``internal:<Type>``, and the other pages go on."""
     pages: list[StaffPage] = []
     queue = list(site.start_urls)
     seen: set[str] = set()
@@ -372,7 +373,11 @@ def paginate(
         if refused:
             pages.append(StaffPage(url, [], refused[0], refused[1], render="none"))
             continue
-        page = render(url)
+        try:
+            page = render(url)
+        except Exception as e:  # one page that cannot be read is that page's error, never the whole site's
+            log.warning("staff page %s could not be read: %r", url, e)
+            page = StaffPage(url, [], "error", f"internal:{type(e).__name__}")
         if page.url != url and may_fetch(page.url):  # redirected somewhere we may not go
             page = StaffPage(url, [], "error", "redirect_outside_allowed_domains", render=page.render)
         pages.append(page)

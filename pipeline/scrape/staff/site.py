@@ -109,7 +109,13 @@ class StaffScraper:
                     return done
                 seen.add(url)
                 done += 1
-                found = self.profile(site, url, page.render)
+                try:
+                    found = self.profile(site, url, page.render)
+                except Exception as e:  # one profile page that cannot be read: that page's error only
+                    self.fetches.append(
+                        self._row(site, FetchResult(url, "page", STATUS_ERROR, f"internal:{type(e).__name__}"))
+                    )
+                    continue
                 if found is None:
                     continue
                 if not p.get("image_url") and found["image_url"]:
