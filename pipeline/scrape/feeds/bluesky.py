@@ -242,6 +242,8 @@ class _Authed:
     def fetch_page(self, url: str, headers: dict | None = None) -> Any:
         return self.adapter.fetch(self.client, url)
 
+    fetch_feed_page = fetch_page  # the followers lookup asks for a feed page (the feed-page cap: BlueskyAdapter.fetch)
+
 
 class BlueskyAdapter(FeedAdapter):
     """Hashtag search through app.bsky.feed.searchPosts (module docstring)."""

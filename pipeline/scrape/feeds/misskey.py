@@ -180,6 +180,8 @@ class _Posting:
     def fetch_page(self, url: str, headers: dict | None = None) -> Any:
         return self.adapter.fetch(self.client, url)
 
+    fetch_feed_page = fetch_page  # the followers lookup asks for a feed page (the feed-page cap: MisskeyAdapter.fetch)
+
 
 class MisskeyAdapter(FeedAdapter):
     """Notes by hashtag (module docstring)."""
