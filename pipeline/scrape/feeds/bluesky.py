@@ -61,7 +61,7 @@ from pipeline.scrape.feeds.base import (
     parse_text,
     parse_time_field,
 )
-from pipeline.scrape.feeds.followers import FollowersLookup, FollowersLookupClient
+from pipeline.scrape.feeds.followers import FollowersLookup, FollowersLookupClient, ThroughAdapter
 from pipeline.scrape.feeds.mastodon import Pacer, query_value, with_params
 from pipeline.store import STATUS_ERROR
 
@@ -233,18 +233,6 @@ class _Session:
         self.refreshes = 0
 
 
-class _Authed:
-    """A client for the followers lookup: every request through :meth:`BlueskyAdapter.fetch` (auth, pacing)."""
-
-    def __init__(self, adapter: BlueskyAdapter, client: Any):
-        self.adapter, self.client = adapter, client
-
-    def fetch_page(self, url: str, headers: dict | None = None) -> Any:
-        return self.adapter.fetch(self.client, url)
-
-    fetch_feed_page = fetch_page  # the followers lookup asks for a feed page (the feed-page cap: BlueskyAdapter.fetch)
-
-
 class BlueskyAdapter(FeedAdapter):
     """Hashtag search through app.bsky.feed.searchPosts (module docstring)."""
 
@@ -294,7 +282,7 @@ class BlueskyAdapter(FeedAdapter):
         return FeedPage(posts=posts, next_url=with_params(page_url, [("cursor", cursor)], replace=True))
 
     def enrich(self, client: Any, posts: list[dict]) -> None:
-        self.followers.fill(_Authed(self, client), posts)
+        self.followers.fill(ThroughAdapter(self, client), posts)
 
     # ---------------------------------------------------------------- requests
     def _credentials(self) -> tuple[str, str] | None:

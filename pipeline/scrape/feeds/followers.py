@@ -117,3 +117,16 @@ class FollowersLookupClient:
                 ev = self.pending.pop(i, None)
                 if ev is not None:
                     ev.set()
+
+
+class ThroughAdapter:
+    """A client for :meth:`FollowersLookupClient.fill` whose every request goes through an adapter's own ``fetch``
+    (its authentication, POST bodies and pacing: Bluesky's, Misskey's), under the feed-page cap that fetch applies."""
+
+    def __init__(self, adapter: Any, client: Any):
+        self.adapter, self.client = adapter, client
+
+    def fetch_feed_page(self, url: str, headers: dict | None = None) -> Any:
+        return self.adapter.fetch(self.client, url)
+
+    fetch_page = fetch_feed_page

@@ -49,7 +49,7 @@ from pipeline.scrape.feeds.base import (
     parse_text,
     parse_time_field,
 )
-from pipeline.scrape.feeds.followers import FollowersLookup, FollowersLookupClient
+from pipeline.scrape.feeds.followers import FollowersLookup, FollowersLookupClient, ThroughAdapter
 from pipeline.scrape.feeds.mastodon import Pacer, query_value, with_params
 from pipeline.store import STATUS_ERROR
 
@@ -171,18 +171,6 @@ class MisskeyOptions(BaseModel):
     refresh_max: int = Field(10_000, ge=0)  # young notes read again on a later run (notes/show), at most this many
 
 
-class _Posting:
-    """A client for the followers lookup: every request through :meth:`MisskeyAdapter.fetch` (POST, pacing)."""
-
-    def __init__(self, adapter: MisskeyAdapter, client: Any):
-        self.adapter, self.client = adapter, client
-
-    def fetch_page(self, url: str, headers: dict | None = None) -> Any:
-        return self.adapter.fetch(self.client, url)
-
-    fetch_feed_page = fetch_page  # the followers lookup asks for a feed page (the feed-page cap: MisskeyAdapter.fetch)
-
-
 class MisskeyAdapter(FeedAdapter):
     """Notes by hashtag (module docstring)."""
 
@@ -230,7 +218,7 @@ class MisskeyAdapter(FeedAdapter):
         return FeedPage(posts=posts, next_url=with_params(page_url, [("untilId", oldest)], replace=True))
 
     def enrich(self, client: Any, posts: list[dict]) -> None:
-        self.followers.fill(_Posting(self, client), posts)
+        self.followers.fill(ThroughAdapter(self, client), posts)
 
     # ---------------------------------------------------------------- requests
     def auth_headers(self, url: str) -> dict[str, str]:
