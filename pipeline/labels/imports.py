@@ -291,29 +291,16 @@ def _splits(df: pl.DataFrame, cfg: Config) -> pl.Series:
     )
 
 
-def import_classes(
+def _listing(
     cfg: Config,
     task: str,
-    *,
-    csv: str | Path | None = None,
-    images: str | Path | None = None,
-    file_column: str | None = None,
-    label_column: str | None = None,
-    person_column: str | None = None,
-    split_column: str | None = None,
-    group_column: str | None = None,
-    label_map: str | dict[str, str] | None = None,
-    folders: str | Path | None = None,
-    detect: bool | None = None,
-    root: DataRoot | None = None,
-) -> dict[str, Any]:
-    """Import a labelled image set into ``faces/`` and ``labels/<task>`` (replaced); returns the summary.
-
-    Options left None take ``labels.imported``'s (``file_column``, ``label_column``, ``person_column``,
-    ``split_column``, ``label_map``, ``detect``): a recipe file can hold them.
-
-    Raises :class:`ImportInputError` (one line) for what stops the import before it starts: both or neither of
-    ``csv`` and ``folders``, a reserved or malformed task name, a missing file, folder or column."""
+    csv: str | Path | None,
+    images: str | Path | None,
+    columns: dict[str, str | None],
+    folders: str | Path | None,
+) -> tuple[pl.DataFrame, Path, dict[str, Any]]:
+    """The import's rows (``file``, ``raw_label``, ``person``, ``given_split``, ``group``), the folder the files are
+    relative to, and the source as ``import.json`` records it; raises :class:`ImportInputError` (one line)."""
     from pipeline.config import TrainConfig
 
     if task in RESERVED_TASKS:
@@ -324,34 +311,25 @@ def import_classes(
         raise ImportInputError(f"--task {task!r}: lower-case letters, digits, '-' and '_' only") from None
     if (csv is None) == (folders is None):
         raise ImportInputError("import-classes takes --csv FILE --images DIR, or --folders DIR (exactly one)")
-    root = root or DataRoot(cfg.data_root)
-    ic = cfg.labels.imported
-    file_column, label_column = file_column or ic.file_column, label_column or ic.label_column
-    person_column, split_column = person_column or ic.person_column, split_column or ic.split_column
-    group_column = group_column or ic.group_column
-    detect = ic.detect if detect is None else detect
-    label_map = ic.label_map if label_map is None else label_map
-    lmap = (
-        parse_label_map(label_map) if isinstance(label_map, str | None) else {str(k): v for k, v in label_map.items()}
-    )
-    if csv is not None:
-        if images is None:
-            raise ImportInputError("--csv needs --images DIR (the folder its file names are relative to)")
-        base = Path(images)
-        if not base.is_dir():
-            raise ImportInputError(f"--images {base}: not a folder")
-        df = _csv_rows(Path(csv), file_column, label_column, person_column, split_column, group_column)
-        source = {"kind": "csv", "csv": str(csv), "images": str(images), "file_column": file_column,
-                  "label_column": label_column, "person_column": person_column,
-                  "split_column": split_column, "group_column": group_column}  # fmt: skip
-    else:
-        base = Path(folders)
-        df = _folder_rows(base)
-        source = {"kind": "folders", "folders": str(folders)}
-    source.update(label_map=lmap, detect=detect)
+    if csv is None:
+        return _folder_rows(Path(folders)), Path(folders), {"kind": "folders", "folders": str(folders)}
+    if images is None:
+        raise ImportInputError("--csv needs --images DIR (the folder its file names are relative to)")
+    base = Path(images)
+    if not base.is_dir():
+        raise ImportInputError(f"--images {base}: not a folder")
+    c = columns
+    df = _csv_rows(Path(csv), c["file_column"], c["label_column"], c["person_column"], c["split_column"],
+                   c["group_column"])  # fmt: skip
+    return df, base, {"kind": "csv", "csv": str(csv), "images": str(images), **c}
 
-    class_name, names = _classes(df["raw_label"], lmap)
-    df = df.with_columns(class_name, _dup=pl.col("file").is_duplicated() & ~pl.col("file").is_first_distinct())
+
+def _stored(
+    cfg: Config, task: str, root: DataRoot, df: pl.DataFrame, base: Path, detect: bool
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Each row's image stored (opted-out images and persons never: ``_opted``) and through the face step: the rows
+    with ``image_sha256``, ``_store`` (why not stored), ``_face`` (why no face), ``_dup_image``, ``person_id``; and
+    the face step's counts."""
     optout = opt_out_list(root, cfg)
     if optout is not None:  # a person forgotten by their person id (forget --person ID --site TASK): never stored
         gone = [p is not None and optout.blocks("person", p, task) for p in df["person"].to_list()]
@@ -360,7 +338,7 @@ def import_classes(
     else:
         df = df.with_columns(_opted=pl.lit(False))
     blocked = (lambda sha: optout.blocks("image", sha)) if optout is not None else None
-    shas, why = store_images(base, df["file"].to_list(), root, cfg.faces, ic.max_file_mb, blocked)
+    shas, why = store_images(base, df["file"].to_list(), root, cfg.faces, cfg.labels.imported.max_file_mb, blocked)
     df = df.with_columns(image_sha256=pl.Series(shas, dtype=pl.String), _store=pl.Series(why, dtype=pl.String))
     opted = (pl.col("_store") == "opted_out").fill_null(False)
     df = df.with_columns(_opted=pl.col("_opted") | opted, file=pl.when(opted).then(None).otherwise("file"))
@@ -373,7 +351,12 @@ def import_classes(
         & ~pl.col("image_sha256").is_first_distinct(),
         person_id=pl.coalesce("person", "image_sha256", "file"),
     )
-    reason = (
+    return df, faces
+
+
+def _reason() -> pl.Expr:
+    """Why a row cannot be used (null: it can), the first that holds in this order."""
+    return (
         pl.when(pl.col("_opted"))
         .then(pl.lit("opted_out"))
         .when(pl.col("file").is_null())
@@ -394,14 +377,18 @@ def import_classes(
         .then(pl.col("_face"))
         .otherwise(pl.lit(None, pl.String))
     )
-    df = df.with_columns(reason=reason)
+
+
+def _label_rows(cfg: Config, task: str, df: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """The ``labels/<task>`` rows (IMPORTED_LABELS columns): reason, split, fold, class index of each row."""
+    df = df.with_columns(reason=_reason())
     df = df.with_columns(split=_splits(df, cfg), fold=pl.lit(None, pl.Int32))
     if cfg.labels.split.k_folds:
         folds = assign_splits(df["person_id"], cfg.labels.split).select("person_id", "fold")
         df = df.drop("fold").join(folds, on="person_id", how="left", maintain_order="left")
     ok = pl.col("reason").is_null()
     index = {n: i for i, n in enumerate(names)}
-    out = df.with_row_index("_i").select(
+    return df.with_row_index("_i").select(
         pl.coalesce("file", pl.lit("row") + pl.col("_i").cast(pl.String)).alias("item_id"),
         pl.lit(task).alias("site"),
         "person_id",
@@ -422,23 +409,72 @@ def import_classes(
         "file",
         "raw_label",
     )
-    dataset = root.labels_dataset(task)
-    path = root.replace(dataset, to_table(out.to_arrow(), root.schema(dataset)))
-    kept = out.filter(ok)
+
+
+def _summary(task: str, out: pl.DataFrame, names: list[str], faces: dict, path: str) -> dict[str, Any]:
+    """The import's summary: rows, kept, excluded by reason, rows per split and per class and split."""
+    kept = out.filter(pl.col("reason").is_null())
     classes = {
         s: dict(kept.filter(pl.col("split") == s).group_by("class_name").len().sort("class_name").iter_rows())
         for s in SPLIT_FOLDERS
     }
-    summary = {
+    excluded = out.filter(pl.col("reason").is_not_null())
+    return {
         "task": task,
         "rows": out.height,
         "ok": kept.height,
-        "excluded": dict(out.filter(~ok).group_by("reason").len().sort("reason").iter_rows()),
+        "excluded": dict(excluded.group_by("reason").len().sort("reason").iter_rows()),
         "splits": dict(kept.group_by("split").len().sort("split").iter_rows()),
         "class_names": names,
         "classes": classes,
         "faces": faces,
         "path": path,
     }
+
+
+def import_classes(
+    cfg: Config,
+    task: str,
+    *,
+    csv: str | Path | None = None,
+    images: str | Path | None = None,
+    file_column: str | None = None,
+    label_column: str | None = None,
+    person_column: str | None = None,
+    split_column: str | None = None,
+    group_column: str | None = None,
+    label_map: str | dict[str, str] | None = None,
+    folders: str | Path | None = None,
+    detect: bool | None = None,
+    root: DataRoot | None = None,
+) -> dict[str, Any]:
+    """Import a labelled image set into ``faces/`` and ``labels/<task>`` (replaced); returns the summary.
+
+    Options left None take ``labels.imported``'s (``file_column``, ``label_column``, ``person_column``,
+    ``split_column``, ``group_column``, ``label_map``, ``detect``): a recipe file can hold them. Four steps: the
+    listing (:func:`_listing`), the images stored and through the face step (:func:`_stored`), the label rows
+    (:func:`_label_rows`), written with ``import.json``.
+
+    Raises :class:`ImportInputError` (one line) for what stops the import before it starts: both or neither of
+    ``csv`` and ``folders``, a reserved or malformed task name, a missing file, folder or column."""
+    root = root or DataRoot(cfg.data_root)
+    ic = cfg.labels.imported
+    columns = {"file_column": file_column or ic.file_column, "label_column": label_column or ic.label_column,
+               "person_column": person_column or ic.person_column, "split_column": split_column or ic.split_column,
+               "group_column": group_column or ic.group_column}  # fmt: skip
+    detect = ic.detect if detect is None else detect
+    label_map = ic.label_map if label_map is None else label_map
+    lmap = (
+        parse_label_map(label_map) if isinstance(label_map, str | None) else {str(k): v for k, v in label_map.items()}
+    )
+    df, base, source = _listing(cfg, task, csv, images, columns, folders)
+    source.update(label_map=lmap, detect=detect)
+    class_name, names = _classes(df["raw_label"], lmap)
+    df = df.with_columns(class_name, _dup=pl.col("file").is_duplicated() & ~pl.col("file").is_first_distinct())
+    df, faces = _stored(cfg, task, root, df, base, detect)
+    out = _label_rows(cfg, task, df, names)
+    dataset = root.labels_dataset(task)
+    path = root.replace(dataset, to_table(out.to_arrow(), root.schema(dataset)))
+    summary = _summary(task, out, names, faces, path)
     summary["import_json"] = write_import_info(root, dataset, cfg, source, summary)
     return summary
