@@ -178,11 +178,11 @@ def test_a_live_holder_of_this_hostname_but_another_boot_waits_for_its_ttl(tmp_p
     root = DataRoot(str(tmp_path))
     _write_record(root, "fakestage", boot_id="boot-of-another-host")  # this host's name and pid namespace, live
     with pytest.raises(StageLockedError, match="already running"):
-        with root.stage_lock("fakestage", **FAST):
+        with hold(root, "fakestage", **FAST):
             pass
     old = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
     _write_record(root, "fakestage", boot_id="boot-of-another-host", heartbeat=old)
-    with root.stage_lock("fakestage", **FAST) as lease:
+    with hold(root, "fakestage", **FAST) as lease:
         assert "old (ttl 30s)" in lease.took_over
 
 
@@ -194,17 +194,17 @@ def test_a_run_whose_lock_was_taken_over_is_fenced_off_at_its_next_write(tmp_pat
     or commit another part: the write raises LockLostError (exit 4) and leaves nothing behind."""
     root = DataRoot(str(tmp_path))
     with pytest.raises(LockLostError, match="another run took it over"):
-        with root.stage_lock("fakestage", ttl_s=30, heartbeat_s=10):
+        with hold(root, "fakestage", ttl_s=30, heartbeat_s=10):
             root.write_part("posts", ROWS)
             _write_record(root, "fakestage", host="elsewhere", token="theirs")  # another run's takeover
             root.write_part("posts", ROWS)
     assert root.read("posts").num_rows == 3 and not root.list_dir("posts", "_tmp")
     with pytest.raises(LockLostError, match="could not be written for over 30s"):
-        with root.stage_lock("fakestage2", ttl_s=30, heartbeat_s=10) as lease:
+        with hold(root, "fakestage2", ttl_s=30, heartbeat_s=10) as lease:
             lease.renewed -= 31  # its heartbeats failed for 31 s (an unreachable lock store, a paused process)
             root.write_bytes_atomic(root.image_path("ab" * 32), b"bytes")
     assert not root.has_image("ab" * 32) and root.read("posts").num_rows == 3
-    with root.stage_lock("fakestage3", **FAST):  # a lease that is still ours writes
+    with hold(root, "fakestage3", **FAST):  # a lease that is still ours writes
         root.write_part("posts", ROWS)
     assert root.read("posts").num_rows == 6
 

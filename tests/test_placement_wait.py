@@ -41,6 +41,7 @@ def test_train_fails_before_ray_train_starts(ray_session, tmp_path):
 
 
 def test_score_and_its_face_detection_fail_on_their_own_placements(ray_session, tmp_path):
+    from pipeline.faces.recipe import CropRecipe
     from pipeline.score.inference import detected_faces
     from pipeline.score.stage import build
     from pipeline.store import DataRoot
@@ -49,7 +50,8 @@ def test_score_and_its_face_detection_fail_on_their_own_placements(ray_session, 
     with pytest.raises(PlacementError, match=r"^stage score: no alive node offers ray\.placement\.score \("):
         build(_cfg(tmp_path, "score"), root, None)
     with pytest.raises(PlacementError, match=r"^stage score: no alive node offers ray\.placement\.faces \("):
-        detected_faces(_cfg(tmp_path, "faces"), root, ["0" * 64])
+        cfg = _cfg(tmp_path, "faces")
+        detected_faces(cfg, root, ["0" * 64], CropRecipe.of(cfg.faces, detect=True))
 
 
 GPU_BOX = {"NodeID": "feed0000", "Alive": True, "Resources": {"CPU": 4.0, "gpu_box": 1.0}, "Labels": {}}
