@@ -76,6 +76,16 @@ class FeedPage:
     bad_posts: dict[str, int] = dataclasses.field(default_factory=dict)  # posts without an id: a count by reason
 
 
+# An API's HTTP error as the reason of its page's row: what the JSON APIs of Bluesky and Misskey answer (an adapter
+# whose API means something else by a status keeps its own table, as Mastodon's 404 "unknown tag")
+API_ERRORS = {
+    400: "http_400_bad_request",
+    401: "http_401_auth_required",
+    403: "http_403_forbidden",
+    404: "http_404_not_found",
+    410: "http_410_gone",
+    429: "http_429_rate_limited",
+}
 MAX_ITEMS_PER_PAGE = 1000  # more items on one feed page is an error page (too_many_items): no API pages that many
 
 

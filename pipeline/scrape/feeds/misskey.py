@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import FeedSite
 from pipeline.scrape.feeds.base import (
+    API_ERRORS,
     FeedAdapter,
     FeedPage,
     FeedParseError,
@@ -53,14 +54,7 @@ from pipeline.scrape.feeds.followers import FollowersLookup, FollowersLookupClie
 from pipeline.scrape.feeds.mastodon import Pacer, query_value, with_params
 from pipeline.store import STATUS_ERROR
 
-EXPLAIN = {
-    400: "http_400_bad_request",
-    401: "http_401_auth_required",
-    403: "http_403_forbidden",
-    404: "http_404_not_found",
-    410: "http_410_gone",
-    429: "http_429_rate_limited",
-}
+EXPLAIN = API_ERRORS  # feeds/base.py
 SEARCH = "/api/notes/search-by-tag"
 USERS = "/api/users/show"
 NOTE = "/api/notes/show"
