@@ -15,9 +15,9 @@ Plain: one process, torch's default threads (every core), a ``DataLoader`` with 
 and augments the same JPEG bytes with the same code (``pipeline.model.pixels.decode_batch``), the same model,
 AdamW, learning rate, batch size and epochs; per epoch a validation pass and a checkpoint (weights, optimiser,
 best weights) saved with ``torch.save``; at the end a test pass with the best weights and the final ``model.pt``.
-The plain script runs fp32 (``--plain-precision bf16``: its forward passes under bfloat16 autocast, as ours on a
-device with native bf16, to compare at equal precision); ours runs the stage's ``train.mixed_precision`` default
-(``auto``: bf16 on a CPU with AMX-BF16 or AVX512-BF16), and the table names the precision each side ran in.
+The plain script runs fp32 (``--plain-precision bf16``: its forward passes under bfloat16 autocast, to compare
+with ours trained in bf16); ours runs the stage's ``train.mixed_precision`` default (``auto``: fp32 on CPUs, so by
+default both sides run fp32, at equal precision), and the table names the precision each side ran in.
 
     .venv/bin/python benchmarks/bench_train.py                       # 4000 crops, 112 px, resnet18, 3 epochs
     .venv/bin/python benchmarks/bench_train.py --images 400 --epochs 1 --backbone small_cnn --image-size 32

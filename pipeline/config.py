@@ -506,9 +506,9 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     cpus_per_worker: float | None = Field(None, gt=0)
     # autocast of the forward passes (weights and optimiser stay fp32; pipeline.train.loop.amp_dtype): auto is
-    # bfloat16 where the device computes it natively (CUDA GPUs with bf16, CPUs with AMX-BF16 or AVX512-BF16: ResNet-18
-    # epochs at about twice the fp32 rate on this project's 2-core AMX machine, bench_train), else fp32; no: fp32;
-    # bf16: always; fp16: GPUs only (with a grad scaler)
+    # bfloat16 on CUDA GPUs with bf16 and fp32 on CPUs (on an AMX-BF16 CPU bf16 epochs ran at about twice the fp32
+    # rate, bench_train, but cost accuracy on real faces: docs/benchmarks.md); no: fp32; bf16: always (opt-in on a
+    # CPU); fp16: GPUs only (with a grad scaler)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     class_weights: bool = False
     augment: bool = True

@@ -181,8 +181,9 @@ def test_a_cached_shard_is_shuffled_in_full_every_epoch():
     assert sum((b["y"].tolist() for b in w._batches()), []) == list(range(70))
 
 
-def test_mixed_precision_auto_follows_the_cpu_and_bf16_autocasts_on_a_cpu(monkeypatch):
-    """``auto``: bf16 on a CPU with AMX-BF16 or AVX512-BF16, fp32 without; ``fp16`` on a CPU falls back to fp32.
+def test_mixed_precision_auto_is_fp32_on_cpus_and_bf16_autocasts_on_a_cpu(monkeypatch):
+    """``auto``: fp32 on any CPU, AMX-BF16 included (bf16 cost accuracy on real faces); bf16 on a CUDA GPU that
+    computes it; ``fp16`` on a CPU falls back to fp32.
     A bf16 worker runs its convolutions in bfloat16 on the CPU (weights stay fp32) and its history records say so.
     """
     import pyarrow as pa
@@ -191,7 +192,9 @@ def test_mixed_precision_auto_follows_the_cpu_and_bf16_autocasts_on_a_cpu(monkey
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(loop, "_cpu_flags", lambda: {"avx2", "amx_bf16"})
-    assert loop.amp_dtype("auto", cpu) is torch.bfloat16
+    assert loop.amp_dtype("auto", cpu) is None and loop.native_bf16(cpu)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert loop.amp_dtype("auto", torch.device("cuda")) is torch.bfloat16
     monkeypatch.setattr(loop, "_cpu_flags", lambda: {"avx2", "avx512f"})
     assert loop.amp_dtype("auto", cpu) is None and loop.amp_dtype("no", cpu) is None
     assert loop.amp_dtype("bf16", cpu) is torch.bfloat16 and loop.amp_dtype("fp16", cpu) is None

@@ -15,9 +15,10 @@ at ``finetune_lr`` (with ``freeze_epochs == 0`` at ``lr`` from the start). Optio
 cross-entropy's) and ``mixup`` (Beta(a, a) mixes of a batch's rows, and of their losses).
 :meth:`TrainWorker.local` builds a worker without Ray Train (tests drive its phases and checkpoints directly).
 Mixed precision (:func:`amp_dtype`): ``train.mixed_precision`` ``auto`` autocasts the forward passes to bfloat16
-where the device computes it natively (a CUDA GPU with bf16, a CPU with AMX-BF16 or AVX512-BF16), else fp32;
-``bf16`` anywhere, ``fp16`` on a GPU only (with a grad scaler), ``no`` fp32. Weights and optimiser stay fp32; each
-history record names the precision its epoch ran in. On a GPU also channels_last and pinned host memory.
+on a CUDA GPU that computes it, and trains in fp32 on CPUs (bf16 on a CPU, even one with AMX-BF16, cost accuracy
+on real faces: docs/benchmarks.md, "Learning on real faces"); ``bf16`` anywhere (opt-in on a CPU), ``fp16`` on a
+GPU only (with a grad scaler), ``no`` fp32. Weights and optimiser stay fp32; each history record names the
+precision its epoch ran in. On a GPU also channels_last and pinned host memory.
 
 After each epoch that trains the backbone, its batch-norm statistics are recomputed with the epoch's final
 weights over up to ``precise_bn`` of the epoch's crops per worker ("precise BN", ``torch.optim.swa_utils.update_bn``,
@@ -237,10 +238,10 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.mixed_precision`` on ``device``, None for fp32: ``auto`` bf16 where
-    :func:`native_bf16`, else fp32; ``bf16`` always; ``fp16`` on a GPU (on a CPU: fp32, with a warning)."""
+    """The autocast dtype of ``train.mixed_precision`` on ``device``, None for fp32: ``auto`` bf16 on a CUDA GPU
+    where :func:`native_bf16`, fp32 on a CPU; ``bf16`` always; ``fp16`` on a GPU (on a CPU: fp32, with a warning)."""
     if setting == "auto":
-        return torch.bfloat16 if native_bf16(device) else None
+        return torch.bfloat16 if device.type == "cuda" and native_bf16(device) else None
     if setting == "bf16":
         return torch.bfloat16
     if setting == "fp16":
