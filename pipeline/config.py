@@ -201,7 +201,7 @@ class StaffSite(_Section):
     department: str
     start_urls: list[str]
     # auto: fetch with the HTTP client and parse; Chromium only when the page needs scripts (no person found and
-    # scripts present) or has a load_more button. static: never Chromium. browser: always Chromium.
+    # scripts present) or has a load_more or next_button button. static: never Chromium. browser: always Chromium.
     render: Literal["auto", "static", "browser"] = "auto"
     wait_for: str | None = None  # (browser) element whose presence means the list has rendered; None: `person`
     person: str = ".person"
@@ -347,14 +347,16 @@ class ScrapeConfig(_Section):
     def staff_batch_timeout(self, site: StaffSite) -> float:
         """``staff_batch_timeout_s``, or the worst case of a healthy staff site: its listing pages (``max_pages`` per
         start URL) and profile pages (``max_profiles``), each page a load (the longer of Chromium's page-load
-        timeout with its wait and ``load_more`` clicks, and a static fetch's hops) plus a crawl delay and
-        ``staff_parse_budget_s``, and a minute of slack."""
+        timeout with its wait and ``load_more`` or ``next_button`` clicks, and a static fetch's hops) plus a crawl
+        delay and ``staff_parse_budget_s``, and a minute of slack."""
         if self.staff_batch_timeout_s is not None:
             return self.staff_batch_timeout_s
         h, s = self.http, self.selenium
         listing = site.max_pages * max(1, len(site.start_urls))
         profiles = site.max_profiles if site.follows_profiles else 0
-        clicks = s.max_clicks * s.wait_timeout_s if site.clicks else 0.0
+        clicks = s.max_clicks * s.wait_timeout_s if site.load_more else 0.0
+        if site.next_button:  # each state: the list's change, its settling and its lazy photos, each one wait at most
+            clicks = min(s.max_clicks, site.max_pages - 1) * 3 * s.wait_timeout_s
         load = max(s.page_load_timeout_s + s.wait_timeout_s + clicks, (h.max_redirects + 2) * h.total_timeout_s)
         return (listing + profiles) * (load + h.max_crawl_delay_s + self.staff_parse_budget_s) + 60.0
 

@@ -227,7 +227,7 @@ def _site(path: str):
     return load_site(path, "drupal")[1]
 
 
-def test_walkthroughs_in_the_docs_run_as_shown(monkeypatch, capsys):
+def test_walkthroughs_in_the_docs_run_as_shown(monkeypatch, capsys, tmp_path):
     """docs/sites.md's walkthroughs: each site file is the one shown, each command prints the output shown."""
     import re
     import shlex
@@ -287,3 +287,16 @@ def test_walkthroughs_in_the_docs_run_as_shown(monkeypatch, capsys):
     ]
     assert main([*base, *saved]) == 2
     assert "site 'chem' follows no profile pages" in capsys.readouterr().err
+    # one photo URL for placeholder_min_people (3) people: shown as a placeholder, not fetched
+    cards = "".join(f'<div class=person><img src="{u}"><span class=name>P {i}</span></div>'
+                    for i, u in enumerate(["/logo.png", "/logo.png", "/logo.png", "/own.jpg"]))  # fmt: skip
+    (tmp_path / "p.html").write_text(f"<html><body>{cards}</body></html>")
+    site = {"name": "x", "department": "d", "start_urls": ["https://u.example/people"]}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump({"staff": [site]}))
+    argv = ["scrape", "check-site", "--config", str(tmp_path / "x.yaml"), "--site", "x", "--json"]
+    assert main([*argv, "--saved", str(tmp_path / "p.html"), "--as", "https://u.example/people"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [(p["placeholder"], p["fetch"][:16]) for p in rep["people"]] == [
+        *[("shared_url", "no: placeholder ")] * 3,
+        (None, "yes"),
+    ]

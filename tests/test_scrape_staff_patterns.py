@@ -162,6 +162,15 @@ def test_pager_states_collect_people_by_key():
         ("3", "Cy Dunn", None),
     ]
     assert States().parsed().people == []
+    # the crawl's bound for such a site: max_pages - 1 clicks, each at most three waits (change, settling, photos)
+    from pipeline.config import ScrapeConfig
+
+    sc = ScrapeConfig()
+    w = sc.selenium.wait_timeout_s
+    pager = StaffSite(name="a", department="d", start_urls=["https://u.example/p"], next_button="b")
+    plain = pager.model_copy(update={"next_button": None})
+    assert sc.staff_batch_timeout(pager) > sc.staff_batch_timeout(plain)
+    assert sc.staff_batch_timeout(pager) >= pager.max_pages * (pager.max_pages - 1) * 3 * w
 
 
 def test_site_placeholder_patterns_add_to_the_defaults_and_match_the_decoded_url():

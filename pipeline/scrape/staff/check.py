@@ -14,7 +14,8 @@ counts as academic and whether the crawl would fetch the photo (``yes``, or why 
 placeholder, a refused address); a warning when people of one
 page share a key; a hint naming the setting behind a refusal (``private_address``: ``scrape.http
 .allow_private_addresses``). ``--json`` prints all of it as one JSON document instead. Nothing is written to the data
-root and no image is fetched (a shared placeholder shows up only in the crawl). ``--html DIR`` saves what the scraper
+root and no image is fetched (one photo URL for ``placeholder_min_people`` people shows as ``shared_url``; the same
+bytes under several URLs only in the crawl). ``--html DIR`` saves what the scraper
 saw (the HTTP body, or Chromium's rendered DOM) as ``DIR/<site>-page<N>.html``.
 
 ``FILE`` is a whole config, or a site file (``staff:`` list, as under ``configs/sites/``), read with the defaults.
