@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--saved", default=None, metavar="PATH",
                     help="read a saved page (a file, or a folder of .html pages) instead of fetching it")  # fmt: skip
     cs.add_argument("--as", dest="as_url", default=None, metavar="URL", help="with --saved: the URL it was served at")
+    cs.add_argument("--saved-profile", default=None, metavar="FILE",
+                    help="with --saved: a saved profile page, read as the first one the crawl follows")  # fmt: skip
     cs.add_argument("--json", action="store_true", help="print the full rows as one JSON document")
 
     # The scheduler parses its own options (pipeline/score/scheduler.py): imported only when it runs.

@@ -201,7 +201,7 @@ class StaffSite(_Section):
     department: str
     start_urls: list[str]
     # auto: fetch with the HTTP client and parse; Chromium only when the page needs scripts (no person found and
-    # scripts present) or has a load_more button. static: never Chromium. browser: always Chromium.
+    # scripts present) or has a load_more or next_button button. static: never Chromium. browser: always Chromium.
     render: Literal["auto", "static", "browser"] = "auto"
     wait_for: str | None = None  # (browser) element whose presence means the list has rendered; None: `person`
     person: str = ".person"
@@ -219,16 +219,21 @@ class StaffSite(_Section):
     ]  # fmt: skip
     # a link in each card to the person's own page: their key, and (follow_profiles) the photo/role they lack
     profile_link: str | None = Field(None, validation_alias=AliasChoices("profile_link", "profile_selector"))
-    follow_profiles: bool = True
+    # None (default): follow when a profile selector says what to read there (follows_profiles); true without one
+    # is a config error (a bare `img` would take the site's logo for every face); false: never
+    follow_profiles: bool | None = None
     max_profiles: int = Field(200, ge=0)  # profile pages followed per site and run
-    profile_photo_selector: str = "img"
+    profile_photo_selector: str | None = None  # the photo on a person's own page (no default: never the logo)
     profile_role_selector: str | None = None
     # regular expressions (case-insensitive, on the percent-decoded photo URL) that mark the site's "no photo" image:
     # the site's own, added to DEFAULT_PLACEHOLDER_PATTERNS; validated, the field holds both (defaults first)
     placeholder_patterns: list[str] = Field(default_factory=list)
     placeholder_patterns_replace: bool = False  # true: the site's placeholder_patterns alone, without the defaults
     placeholder_min_people: int = Field(3, ge=0)  # the same image bytes for this many people: a placeholder (0: off)
-    load_more: str | None = None  # a button to click until it disappears
+    load_more: str | None = None  # a button to click until it disappears; the page is read once, after the clicks
+    # a button that replaces the list in place (a JavaScript pager): clicked while it is shown and enabled, the
+    # people of every state the list goes through collected (by key), at most max_pages states
+    next_button: str | None = None
     next_page: str | None = None  # a link to follow for the next page
     scroll_for_lazy_images: bool = True
     max_pages: int = Field(20, ge=1)
@@ -242,6 +247,30 @@ class StaffSite(_Section):
     def wait_selector(self) -> str:
         """What the browser waits for: ``wait_for``, else the ``person`` selector."""
         return self.wait_for or self.person
+
+    @property
+    def follows_profiles(self) -> bool:
+        """Whether profile pages are followed: ``follow_profiles``, a ``profile_link`` and a profile selector."""
+        wanted = self.follow_profiles is not False and self.profile_link and self.max_profiles
+        return bool(wanted and (self.profile_photo_selector or self.profile_role_selector))
+
+    @property
+    def clicks(self) -> str | None:
+        """The button the browser clicks on a listing page (``load_more`` or ``next_button``), if any."""
+        return self.load_more or self.next_button
+
+    @model_validator(mode="after")
+    def _clicks_and_profiles(self) -> StaffSite:
+        if self.load_more and self.next_button:
+            raise ValueError(
+                "load_more and next_button: give one (load_more appends to the list, next_button replaces it)"
+            )
+        if self.follow_profiles is True and not (self.profile_photo_selector or self.profile_role_selector):
+            raise ValueError(
+                "follow_profiles: true needs profile_photo_selector (the photo on a person's own page, e.g. "
+                "'.profile img'; a bare img can take the site's logo) or profile_role_selector"
+            )
+        return self
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> StaffSite:
@@ -318,14 +347,16 @@ class ScrapeConfig(_Section):
     def staff_batch_timeout(self, site: StaffSite) -> float:
         """``staff_batch_timeout_s``, or the worst case of a healthy staff site: its listing pages (``max_pages`` per
         start URL) and profile pages (``max_profiles``), each page a load (the longer of Chromium's page-load
-        timeout with its wait and ``load_more`` clicks, and a static fetch's hops) plus a crawl delay and
-        ``staff_parse_budget_s``, and a minute of slack."""
+        timeout with its wait and ``load_more`` or ``next_button`` clicks, and a static fetch's hops) plus a crawl
+        delay and ``staff_parse_budget_s``, and a minute of slack."""
         if self.staff_batch_timeout_s is not None:
             return self.staff_batch_timeout_s
         h, s = self.http, self.selenium
         listing = site.max_pages * max(1, len(site.start_urls))
-        profiles = site.max_profiles if site.profile_link and site.follow_profiles else 0
+        profiles = site.max_profiles if site.follows_profiles else 0
         clicks = s.max_clicks * s.wait_timeout_s if site.load_more else 0.0
+        if site.next_button:  # each state: the list's change, its settling and its lazy photos, each one wait at most
+            clicks = min(s.max_clicks, site.max_pages - 1) * 3 * s.wait_timeout_s
         load = max(s.page_load_timeout_s + s.wait_timeout_s + clicks, (h.max_redirects + 2) * h.total_timeout_s)
         return (listing + profiles) * (load + h.max_crawl_delay_s + self.staff_parse_budget_s) + 60.0
 

@@ -205,6 +205,10 @@ def test_check_site_errors_name_what_to_fix(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Chromium not found at /nonexistent/chromium (scrape.selenium.chromium_path)" in err
     assert "apt-get install chromium chromium-driver" in err
+    # render: auto with a button to click (next_button, like load_more) needs Chromium at once: exit 5 as well
+    cfg_pager = _site_file(tmp_path, "http://127.0.0.1:9", "drupal", next_button="button.next")
+    assert main([*argv[:3], cfg_pager, *argv[4:]]) == 5
+    assert "Chromium not found at /nonexistent/chromium" in capsys.readouterr().err
     page = Browser(SeleniumConfig(chromedriver_path="/nonexistent/chromedriver"), "ua").render_page(
         _site(cfg), "http://127.0.0.1:9/people"
     )
@@ -221,3 +225,78 @@ def _site(path: str):
     from pipeline.scrape.staff.check import load_site
 
     return load_site(path, "drupal")[1]
+
+
+def test_walkthroughs_in_the_docs_run_as_shown(monkeypatch, capsys, tmp_path):
+    """docs/sites.md's walkthroughs: each site file is the one shown, each command prints the output shown."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    doc = (repo / "docs" / "sites.md").read_text()
+    section = doc[doc.index("## Walkthroughs") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```(\w*)\n(.*?)```", section, flags=re.S)
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("COLUMNS", "100")
+    configs = [b for lang, b in blocks if lang == "yaml"]
+    assert len(configs) == 3
+    for block in configs:
+        path = block.splitlines()[0].removeprefix("# ")
+        assert yaml.safe_load(block) == yaml.safe_load((repo / path).read_text()), path
+    runs = [(b.strip(), blocks[i + 1]) for i, (lang, b) in enumerate(blocks) if b.startswith("python -m pipeline")]
+    found = {}
+    for command, (lang, shown) in runs:
+        assert lang == "text", command
+        assert main(shlex.split(command)[3:]) == 0, command
+        out = capsys.readouterr().out
+        assert out.rstrip("\n") == shown.rstrip("\n"), command
+        site = shlex.split(command)[shlex.split(command).index("--site") + 1]
+        found[site] = {p["name"]: (p["photo"], p["fetch photo"]) for p in _people(out)}
+    chem = "https://www.chem.example.edu"
+    assert found["chem"] == {
+        "Amara Okonkwo": (f"{chem}/sites/default/files/portraits/okonkwo.jpg", "yes"),  # data-src behind a data: GIF
+        "Tomas Lindqvist": (f"{chem}/sites/default/files/portraits/lindqvist.jpg", "yes"),
+        "Wen Zhao": (f"{chem}/themes/custom/chem/images/default-avatar.png", "no: placeholder (placeholder_patterns)"),
+        "Grace Mbeki": (f"{chem}/sites/default/files/portraits/mbeki.jpg", "no: non_academic"),
+    }
+    assert found["history"] == {
+        "Harriet Whitlock": ("https://www.history.example.ac.uk/media/staff/whitlock-harriet.jpg", "yes"),  # profile
+        "Olusegun Banjo": ("-", "no: no photo URL"),
+        "Marta Rossi": ("-", "no: no photo URL"),
+    }
+    up = "https://www.econ.example.edu/wp-content/uploads/2024"
+    assert found["econ"] == {
+        "Rahul Mehta": (f"{up}/02/mehta-400x400.jpg", "yes"),  # style="background-image: url('...')"
+        "Lucía Castillo": (f"{up}/02/castillo-400x400.jpg", "yes"),  # data-bg
+        "Petra Novak": (f"{up}/03/novak-400x400.jpg", "yes"),  # url(&quot;...&quot;)
+    }
+    # --saved-profile: only with --saved, for a site that follows profile pages; one line, exit 2
+    w = "tests/fixtures/staff/walkthrough"
+    base = ["scrape", "check-site", "--config", f"{w}/cards.yaml", "--site", "chem"]
+    assert main([*base, "--saved-profile", f"{w}/table-profile.html"]) == 2
+    assert "--saved-profile FILE goes with --saved PATH --as URL" in capsys.readouterr().err
+    saved = [
+        "--saved",
+        f"{w}/cards.html",
+        "--as",
+        f"{chem}/people/faculty",
+        "--saved-profile",
+        f"{w}/table-profile.html",
+    ]
+    assert main([*base, *saved]) == 2
+    assert "site 'chem' follows no profile pages" in capsys.readouterr().err
+    # one photo URL for placeholder_min_people (3) people: shown as a placeholder, not fetched
+    cards = "".join(f'<div class=person><img src="{u}"><span class=name>P {i}</span></div>'
+                    for i, u in enumerate(["/logo.png", "/logo.png", "/logo.png", "/own.jpg"]))  # fmt: skip
+    (tmp_path / "p.html").write_text(f"<html><body>{cards}</body></html>")
+    site = {"name": "x", "department": "d", "start_urls": ["https://u.example/people"]}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump({"staff": [site]}))
+    argv = ["scrape", "check-site", "--config", str(tmp_path / "x.yaml"), "--site", "x", "--json"]
+    assert main([*argv, "--saved", str(tmp_path / "p.html"), "--as", "https://u.example/people"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert [(p["placeholder"], p["fetch"][:16]) for p in rep["people"]] == [
+        *[("shared_url", "no: placeholder ")] * 3,
+        (None, "yes"),
+    ]

@@ -109,6 +109,70 @@ def test_placeholders_by_url_and_content():
     assert not shared.placeholder("u", "s1", 0)  # 0 turns it off
 
 
+def test_profile_pages_need_a_selector_and_a_photo_url_shared_by_many_is_a_placeholder():
+    from pipeline.scrape.staff.parse import StaffPage
+
+    base = dict(name="a", department="d", start_urls=[], profile_link="a.profile")
+    assert not StaffSite(**base).follows_profiles  # a profile link alone is a key: nothing to read there
+    assert StaffSite(**base, profile_photo_selector=".bio img").follows_profiles
+    assert StaffSite(**base, profile_role_selector=".bio .title").follows_profiles
+    assert not StaffSite(**base, profile_photo_selector=".bio img", follow_profiles=False).follows_profiles
+    with pytest.raises(ValueError, match="follow_profiles: true needs profile_photo_selector"):
+        StaffSite(**base, follow_profiles=True)
+    with pytest.raises(ValueError, match="load_more and next_button: give one"):
+        StaffSite(**base, load_more="button.more", next_button="button.next")
+    site = StaffSite(**base, profile_photo_selector=".bio img")
+    assert StaffSite.model_validate(site.model_dump()).follows_profiles  # a dump validates again
+
+    # one photo URL (a logo) for three people of a site: each marked, before any fetch; two people: not
+    def page(*people):
+        pg = StaffPage("https://u.example/p", [{"item_id": i, "image_url": u} for i, u in people])
+        pg.extras = {i: {"placeholder": "pattern" if u and "no-photo" in u else None} for i, u in people}
+        return pg
+
+    logo, own = "https://u.example/logo.png", "https://u.example/ann.jpg"
+    pages = [page(("p1", logo), ("p2", logo), ("p3", own)), page(("p4", logo), ("p5", None))]
+    assert placeholders.by_shared_url(pages, 3) == 3
+    marks = {i: e["placeholder"] for pg in pages for i, e in pg.extras.items()}
+    assert marks == {"p1": "shared_url", "p2": "shared_url", "p3": None, "p4": "shared_url", "p5": None}
+    pages = [page(("p1", logo), ("p2", logo), ("p3", "https://u.example/no-photo.png"))]
+    assert placeholders.by_shared_url(pages, 3) == 0 and placeholders.by_shared_url(pages, 0) == 0
+    assert placeholders.by_shared_url(pages, 2) == 2  # 0 turns it off; a pattern's mark is kept
+    assert pages[0].extras["p3"]["placeholder"] == "pattern"
+
+
+def test_pager_states_collect_people_by_key():
+    """What the browser keeps of a list a next_button replaces: every state's people, once each, by key."""
+    from pipeline.scrape.staff.parse import States, parse_page
+
+    site = StaffSite(name="a", department="d", start_urls=[], next_button="button.next")
+
+    def state(*cards):
+        return parse_page("".join(f"<div class=person data-id={i}><span class=name>{n}</span>{img}</div>"
+                                  for i, n, img in cards), "https://u.example/people", site)  # fmt: skip
+
+    states = States()
+    assert states.add(state(("1", "Ann Lee", ""), ("2", "Bo Chen", "<img src=/bo.jpg>"))) == 2
+    assert states.add(state(("3", "Cy Dunn", ""), ("1", "Ann Lee", "<img src=/ann.jpg>"))) == 1
+    assert states.add(state(("1", "Ann Lee", ""), ("2", "Bo Chen", "<img src=/other.jpg>"))) == 0  # back to page 1
+    got = states.parsed()
+    assert [(p["item_id"], p["name"], p["image_url"]) for p in got.people] == [
+        ("1", "Ann Lee", "https://u.example/ann.jpg"),  # a later state filled in what the first lacked
+        ("2", "Bo Chen", "https://u.example/bo.jpg"),  # ... and never replaced what it had
+        ("3", "Cy Dunn", None),
+    ]
+    assert States().parsed().people == []
+    # the crawl's bound for such a site: max_pages - 1 clicks, each at most three waits (change, settling, photos)
+    from pipeline.config import ScrapeConfig
+
+    sc = ScrapeConfig()
+    w = sc.selenium.wait_timeout_s
+    pager = StaffSite(name="a", department="d", start_urls=["https://u.example/p"], next_button="b")
+    plain = pager.model_copy(update={"next_button": None})
+    assert sc.staff_batch_timeout(pager) > sc.staff_batch_timeout(plain)
+    assert sc.staff_batch_timeout(pager) >= pager.max_pages * (pager.max_pages - 1) * 3 * w
+
+
 def test_site_placeholder_patterns_add_to_the_defaults_and_match_the_decoded_url():
     from pipeline.config import DEFAULT_PLACEHOLDER_PATTERNS
     from pipeline.scrape.staff.parse import parse_page
@@ -226,6 +290,71 @@ def test_browser_mode_reads_fixture_pages_with_the_same_selectors(tmp_path):
     assert prof["Leo Ortiz"]["role"] == "Senior Lecturer; Director of Studies"
     # photos that never get a URL: each card scrolled at most twice, far under wait_timeout_s per page
     assert slow.status == "ok" and all(p["image_url"] is None for p in slow.people) and lazy_s < 2.5
+
+
+PAGER_HTML = b"""<!DOCTYPE html><html><head><title>People</title></head><body>
+<ul id="people"></ul><nav><button class="next" type="button">Next</button></nav>
+<script>
+const pages = [
+  [["a1", "Ann Lee", "Professor"], ["b2", "Bo Chen", "Lecturer"], ["c3", "Cy Dunn", "Reader in Logic"]],
+  [["d4", "Di Eze", "Professor"], ["e5", "Ed Fox", "Lecturer"], ["a1", "Ann Lee", "Professor"]],
+  [["f6", "Flo Gray", "Research Fellow"]],
+];
+let n = 0;
+const ul = document.getElementById("people"), next = document.querySelector("button.next");
+function show() {
+  ul.innerHTML = pages[n].map(([id, name, role]) => `<li class="person" data-id="${id}"><img src="/photos/${id}.jpg">`
+    + `<span class="name">${name}</span><span class="role">${role}</span></li>`).join("");
+  next.disabled = n >= pages.length - 1;
+}
+next.onclick = () => { n++; location.hash = "page=" + (n + 1); ul.innerHTML = ""; setTimeout(show, 150); };
+show();
+</script></body></html>"""
+
+
+@pytest.mark.slow
+@pytest.mark.chromium
+def test_browser_next_button_collects_every_state_load_more_reads_the_last(tmp_path):
+    """A JavaScript pager that replaces the cards (#page=N, a next button, the list empty while it loads)."""
+    from helpers.http import Reply, serve
+    from helpers.staff_fixtures import config, no_limit
+    from pipeline.scrape.net.egress import policy_for
+    from pipeline.scrape.net.http import HttpClient
+    from pipeline.scrape.staff.browser import Browser
+    from pipeline.scrape.staff.site import StaffScraper
+
+    with serve({"/people": Reply(PAGER_HTML, "text/html; charset=utf-8")}) as srv:
+        common = dict(department="cs", start_urls=[f"{srv.base}/people"], render="auto", scroll_for_lazy_images=False)
+        sites = [
+            StaffSite(name="pager", next_button="button.next", **common),
+            StaffSite(name="two", next_button="button.next", max_pages=2, **common),
+            StaffSite(name="more", load_more="button.next", **common),
+        ]
+        cfg = config(tmp_path, sites)
+        cfg.scrape.selenium.wait_timeout_s = 1.0
+        browser = Browser(cfg.scrape.selenium, "facerank-test", policy_for(cfg, ["127.0.0.1"]))
+        scraper = StaffScraper(HttpClient(cfg.scrape.http, ["127.0.0.1"], no_limit), browser, lambda url: None)
+        try:
+            got = {s.name: scraper.scrape(s) for s in cfg.scrape.staff}
+        finally:
+            browser.quit()
+    [pager] = got["pager"]
+    assert (pager.status, pager.render, pager.clicks, pager.url) == ("ok", "browser", 2, f"{srv.base}/people")
+    assert [(p["item_id"], p["name"], p["role"]) for p in pager.people] == [
+        ("a1", "Ann Lee", "Professor"),
+        ("b2", "Bo Chen", "Lecturer"),
+        ("c3", "Cy Dunn", "Reader in Logic"),
+        ("d4", "Di Eze", "Professor"),
+        ("e5", "Ed Fox", "Lecturer"),
+        ("f6", "Flo Gray", "Research Fellow"),
+    ]  # fmt: skip  (Ann, on pages 1 and 2, once; the disabled button on page 3 ended it)
+    assert pager.people[5]["image_url"] == f"{srv.base}/photos/f6.jpg"
+    [two] = got["two"]
+    assert two.clicks == 1 and [p["item_id"] for p in two.people] == ["a1", "b2", "c3", "d4", "e5"]  # max_pages: 2
+    # load_more reads the page once, after its clicks: on a pager that replaces the list, only the state it ends on
+    # (the list never grew, so it stopped after one click and wait_timeout_s)
+    [more] = got["more"]
+    assert more.clicks == 1 and [p["item_id"] for p in more.people] == ["d4", "e5", "a1"]
 
 
 def test_role_lines_first_and_role_exclude():

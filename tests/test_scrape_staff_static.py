@@ -154,6 +154,19 @@ def test_text_only_table_follows_profile_pages_bounded_and_resumable(srv, tmp_pa
     assert people([page])["Mia Nash"]["image_url"] is None
 
 
+def test_a_logo_taken_from_every_profile_page_is_a_placeholder_never_fetched(srv, tmp_path):
+    """profile_photo_selector: img takes the page's logo for everyone; one URL for placeholder_min_people people."""
+    s = site("profiles", srv.base, profile_photo_selector="img", placeholder_min_people=2)
+    rows, fetches = crawl_rows(config(tmp_path, [s]))
+    logo = f"{srv.base}/img/logo.png"
+    assert {n: (r["status"], r["reason"], r["image_url"]) for n, r in rows.items()} == {
+        "Mia Nash": ("no_photo", "placeholder", logo),
+        "Leo Ortiz": ("no_photo", "placeholder", logo),
+        "Zoe Park": ("error", "no_photo", None),  # her profile page is a 404
+    }
+    assert not [f for f in fetches if f["kind"] == "image"]  # the logo was never fetched
+
+
 def test_crawl_rows_placeholders_academic_order_and_page_rows(srv, tmp_path):
     """The crawl's work units and row builder (no Ray): placeholders end as no_photo, real photos as ok."""
     sites = [site(n, srv.base) for n in ("placeholders", "wordpress", "profiles")]

@@ -3,7 +3,9 @@
 :class:`Browser` owns one WebDriver (local headless Chromium, or a remote one when ``SELENIUM_REMOTE_URL`` or
 ``selenium.remote_url`` is set), restarts it when it dies, and sets a page-load timeout; downloads and pop-ups are
 disabled. :meth:`Browser.render_page` renders one page of a configured :class:`~pipeline.config.StaffSite`: wait for the
-person list (``wait_for``, by default the ``person`` selector), click "load more" until it disappears, bring each card
+person list (``wait_for``, by default the ``person`` selector), click "load more" until it disappears (then read the
+page once), or click a ``next_button`` that replaces the list and read every state it shows (:meth:`Browser._pager`),
+bring each card
 whose photo has no URL yet into view (each at most twice: an element that never gets one costs no timeout), copy each
 photo's computed CSS ``background-image`` into ``data-facerank-bg``, then hand the rendered DOM to the same parser as
 static pages (:mod:`pipeline.scrape.staff.parse`). The page's HTTP status (the navigation timing entry's
@@ -38,7 +40,7 @@ from collections.abc import Callable, Mapping
 
 from pipeline.config import SeleniumConfig, StaffSite
 from pipeline.scrape.net.egress import EgressPolicy, EgressProxy
-from pipeline.scrape.staff.parse import StaffPage, challenge, outcome, paginate, parse_page
+from pipeline.scrape.staff.parse import StaffPage, States, challenge, outcome, paginate, parse_page
 
 log = logging.getLogger("facerank.scrape")
 
@@ -211,6 +213,19 @@ for (const el of qa(document, personSel)) {
 )
 
 
+# What the person list shows now (each card's data-id, text and first link): changes when a pager swaps the cards.
+LIST_STATE_JS = (
+    _JS_QUERY
+    + """
+const [personSel] = arguments;
+return qa(document, personSel).filter(e => e instanceof Element).map(e => {
+  const a = e.querySelector('a[href]');
+  return (e.getAttribute('data-id') || '') + '|' + e.textContent.replace(/\\s+/g, ' ').trim() + '|' + (a ? a.href : '');
+}).join('\\n');
+"""
+)
+
+
 def by(selector: str) -> tuple[str, str]:
     """A Selenium locator for a selector of the site config: CSS, or XPath after ``xpath:``."""
     from selenium.webdriver.common.by import By
@@ -230,6 +245,16 @@ def _displayed(driver, selector: str) -> list:
         except StaleElementReferenceException:  # the "load more" button is removed after the last page
             pass
     return out
+
+
+def _enabled(el) -> bool:
+    """A button that can be clicked: not ``disabled``, not ``aria-disabled="true"`` (a pager's last page)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return el.is_enabled() and (el.get_attribute("aria-disabled") or "").lower() != "true"
+    except StaleElementReferenceException:
+        return False
 
 
 class Browser:
@@ -397,6 +422,8 @@ class Browser:
             html = d.page_source
             reason = "blocked" if challenge(html) else "no_people_found"
             return StaffPage(d.current_url, [], "error", reason, http_status=code, html=html if keep_html else None)
+        if site.next_button:
+            return self._pager(site, d, code, keep_html)
         clicks = 0
         if site.load_more:
             while clicks < self.cfg.max_clicks:
@@ -419,14 +446,72 @@ class Browser:
                     )
                 except TimeoutException:
                     break
-        if site.scroll_for_lazy_images:  # bring each card without a photo URL into view, each at most twice
+        html = self._settled_html(site)
+        page = StaffPage(d.current_url, [], clicks=clicks, http_status=code, html=html if keep_html else None)
+        page.bytes = len(html.encode("utf-8", "replace"))
+        return outcome(page, parse_page(html, page.url, site))
+
+    def _settled_html(self, site: StaffSite) -> str:
+        """The DOM once lazy photos had their chance (each card without a photo URL scrolled into view at most
+        twice) and computed CSS backgrounds are copied where the parser reads them."""
+        d = self.driver
+        if site.scroll_for_lazy_images:
             deadline = time.monotonic() + self.cfg.wait_timeout_s
             while time.monotonic() < deadline:
                 if not d.execute_script(SCROLL_LAZY_JS, site.person, site.photo_selector, site.photo_attrs):
                     break
                 time.sleep(0.05)
         d.execute_script(MARK_BACKGROUNDS_JS, site.person, site.photo_selector)
-        html = d.page_source
-        page = StaffPage(d.current_url, [], clicks=clicks, http_status=code, html=html if keep_html else None)
-        page.bytes = len(html.encode("utf-8", "replace"))
-        return outcome(page, parse_page(html, page.url, site))
+        return d.page_source
+
+    def _pager(self, site: StaffSite, d, code: int | None, keep_html: bool) -> StaffPage:
+        """A list that a ``next_button`` replaces in place: read each state, click, wait for the list to change
+        (``wait_timeout_s``), until the button is gone or disabled, a state brings nobody new, the list does not
+        change, or ``min(max_clicks, max_pages - 1)`` clicks; the people of every state, by key (:class:`States`)."""
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        url = d.current_url  # the list's URL, before a pager writes #page=N into it
+        states, clicks, size = States(), 0, 0
+        limit = min(self.cfg.max_clicks, site.max_pages - 1)
+        html = self._settled_html(site)
+        size += len(html.encode("utf-8", "replace"))
+        states.add(parse_page(html, url, site))
+        for _ in range(2 * limit + 2):  # a stale button is looked up again, within bounds
+            if clicks >= limit:
+                break
+            buttons = [b for b in _displayed(d, site.next_button) if _enabled(b)]
+            if not buttons:
+                break
+            before = d.execute_script(LIST_STATE_JS, site.person)
+            try:
+                d.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", buttons[0])
+            except StaleElementReferenceException:
+                continue
+            clicks += 1
+            try:
+                WebDriverWait(d, self.cfg.wait_timeout_s, poll_frequency=0.05).until(
+                    lambda drv, before=before: drv.execute_script(LIST_STATE_JS, site.person) not in (before, "")
+                )
+            except TimeoutException:
+                log.info("staff page %s: the list did not change after click %d of %s", url, clicks, site.next_button)
+                break
+            self._until_stable(site)
+            html = self._settled_html(site)
+            size += len(html.encode("utf-8", "replace"))
+            if not states.add(parse_page(html, url, site)):
+                break  # a pager that came back to a page already read
+        page = StaffPage(url, [], clicks=clicks, http_status=code, html=html if keep_html else None)
+        page.bytes = size
+        return outcome(page, states.parsed())
+
+    def _until_stable(self, site: StaffSite, settle_s: float = 0.1, at_most_s: float = 2.0) -> None:
+        """Wait until the list is the same over ``settle_s`` (cards filled in one by one), ``at_most_s`` at most."""
+        deadline = time.monotonic() + min(at_most_s, self.cfg.wait_timeout_s)
+        last = self.driver.execute_script(LIST_STATE_JS, site.person)
+        while time.monotonic() < deadline:
+            time.sleep(settle_s)
+            now = self.driver.execute_script(LIST_STATE_JS, site.person)
+            if now == last:
+                return
+            last = now

@@ -4,14 +4,18 @@ Reads the site's listing pages (``--pages N``, default 1: the first, then its ne
 would (:class:`~pipeline.scrape.staff.site.StaffScraper`: same HTTP client checks, same render choice, same parser),
 with the first profile page a person needs, or, with ``--saved PATH --as URL``, a saved page (a file, or a folder
 whose ``.html`` files are the pages in name order) parsed by the same parser as if served at ``URL`` (page 2 at page
-1's next-page link, ...): relative photo and next-page links resolve as live, and nothing is fetched.
+1's next-page link, ...): relative photo and next-page links resolve as live, and nothing is fetched;
+``--saved-profile FILE`` is then read as the first profile page the crawl would follow (at that person's profile
+URL).
 
 It prints, per page, its URL, how it was read, the HTTP status, the outcome and the next-page link; per person the
 key (``item_id``), name, role and photo URL in full (wrapped), whether the URL says placeholder, whether the role
-counts as academic and whether the crawl would fetch the photo (``yes``, or why not); a warning when people of one
+counts as academic and whether the crawl would fetch the photo (``yes``, or why not: ``no: non_academic``, a
+placeholder, a refused address); a warning when people of one
 page share a key; a hint naming the setting behind a refusal (``private_address``: ``scrape.http
 .allow_private_addresses``). ``--json`` prints all of it as one JSON document instead. Nothing is written to the data
-root and no image is fetched (a shared placeholder shows up only in the crawl). ``--html DIR`` saves what the scraper
+root and no image is fetched (one photo URL for ``placeholder_min_people`` people shows as ``shared_url``; the same
+bytes under several URLs only in the crawl). ``--html DIR`` saves what the scraper
 saw (the HTTP body, or Chromium's rendered DOM) as ``DIR/<site>-page<N>.html``.
 
 ``FILE`` is a whole config, or a site file (``staff:`` list, as under ``configs/sites/``), read with the defaults.
@@ -45,6 +49,14 @@ HINTS = {
     "outside_allowed_domains": "the host is not in scrape.allowed_domains (empty: the hosts of the start URLs)",
     "redirect_outside_allowed_domains": "it redirects to a host outside scrape.allowed_domains",
     "robots": "robots.txt disallows it (scrape.http.obey_robots)",
+}
+
+
+# why a photo URL is a placeholder (pipeline.scrape.staff.placeholders)
+PLACEHOLDER_WHY = {
+    "svg": "the URL names an SVG",
+    "pattern": "placeholder_patterns",
+    "shared_url": "the same photo URL for placeholder_min_people or more people: a placeholder or a logo",
 }
 
 
@@ -99,6 +111,24 @@ def read_saved(site: StaffSite, files: list[Path], as_url: str, keep_html: bool 
     return paginate(one, lambda url: None, render)
 
 
+def read_saved_profile(site: StaffSite, pages: list, file: Path) -> list[dict]:
+    """The saved profile page ``file`` read as the first profile page the crawl would follow for ``pages`` (served at
+    that person's profile URL, the crawl's rule: :meth:`~pipeline.scrape.staff.site.StaffScraper.follow_profiles`);
+    returns its ``fetches``-like row (none when nobody needs a profile page)."""
+    from pipeline.scrape.staff.parse import parse_profile
+    from pipeline.scrape.staff.site import StaffScraper
+
+    rows: list[dict] = []
+
+    def read(url: str, render: str) -> dict:
+        rows.append({"url": url, "status": "ok", "reason": None, "read": f"saved file {file}"})
+        return parse_profile(file.read_bytes(), url, site)
+
+    scraper = StaffScraper(None, None, lambda url: None)  # type: ignore[arg-type]  # nothing is fetched
+    scraper.follow_profiles(site.model_copy(update={"max_profiles": 1}), pages, set(), read=read)
+    return rows
+
+
 def _hint(reason: str | None) -> str:
     return f" ({HINTS[reason]})" if reason in HINTS else ""
 
@@ -109,7 +139,7 @@ def _photo_fetch(person: dict, placeholder: str | None, client) -> str:
     if not url:
         return "no: no photo URL"
     if placeholder:
-        return f"no: placeholder ({'the URL names an SVG' if placeholder == 'svg' else 'placeholder_patterns'})"
+        return f"no: placeholder ({PLACEHOLDER_WHY.get(placeholder, placeholder)})"
     refused = client.check_url(url)
     return f"no: {refused[1]}{_hint(refused[1])}" if refused else "yes"
 
@@ -154,6 +184,7 @@ def report(cfg: Config, site: StaffSite, pages: list, fetches: list[dict], clien
         for p in page.people:
             extra = page.extras.get(p["item_id"], {})
             placeholder = extra.get("placeholder")
+            academic = is_academic(p.get("role"), cfg.scrape.non_academic_roles)
             people.append(
                 {
                     "page": n,
@@ -163,12 +194,20 @@ def report(cfg: Config, site: StaffSite, pages: list, fetches: list[dict], clien
                     "image_url": p.get("image_url"),
                     "profile_url": extra.get("profile_url"),
                     "placeholder": placeholder,
-                    "academic": is_academic(p.get("role"), cfg.scrape.non_academic_roles),
-                    "fetch": _photo_fetch(p, placeholder, client),
+                    "academic": academic,
+                    # the crawl keeps no photo of non-academic staff (a skipped row, nothing fetched)
+                    "fetch": _photo_fetch(p, placeholder, client) if academic else "no: non_academic",
                 }
             )
     profiles = [
-        {"url": f["url"], "status": f["status"], "reason": f["reason"], "hint": HINTS.get(f["reason"])} for f in fetches
+        {
+            "url": f["url"],
+            "status": f["status"],
+            "reason": f["reason"],
+            "hint": HINTS.get(f["reason"]),
+            "read": f.get("read"),
+        }
+        for f in fetches
     ]
     return {
         "site": site.name,
@@ -197,6 +236,7 @@ def print_report(rep: dict, out, width: int | None = None) -> None:
         print(f"  next page: {pg['next_url'] or '-'}", file=out)
     for f in rep["profile_pages"]:
         why = f" {f['reason']}" if f["reason"] else ""
+        why += f" ({f['read']})" if f.get("read") else ""
         print(f"profile page: {f['url']} -> {f['status']}{why}{' (' + f['hint'] + ')' if f['hint'] else ''}", file=out)
     people = rep["people"]
     for i, p in enumerate(people, 1):
@@ -246,6 +286,7 @@ def check(
     saved: str | None = None,
     as_url: str | None = None,
     as_json: bool = False,
+    saved_profile: str | None = None,
 ) -> int:
     """Read ``pages`` pages of ``site`` (live, or the ``saved`` files served at ``as_url``) and print the report to
     ``out``; returns the exit code."""
@@ -255,11 +296,19 @@ def check(
     from pipeline.scrape.net.egress import policy_for
     from pipeline.scrape.net.http import HttpClient
     from pipeline.scrape.staff.browser import Browser, missing
+    from pipeline.scrape.staff.placeholders import by_shared_url
     from pipeline.scrape.staff.site import StaffScraper
 
     out = Escaped(out or sys.stdout)  # names, roles, URLs and reasons come from the page
     if saved is not None:
         files = saved_files(saved)[:pages]
+        if saved_profile is not None and not Path(saved_profile).is_file():
+            raise ConfigError(f"--saved-profile {saved_profile}: no such file")
+        if saved_profile is not None and not site.follows_profiles:
+            raise ConfigError(
+                f"--saved-profile: site {site.name!r} follows no profile pages (it needs profile_link and "
+                "profile_photo_selector or profile_role_selector)"
+            )
         if not as_url or urlsplit(as_url).scheme not in ("http", "https") or not urlsplit(as_url).hostname:
             raise ConfigError(f"--saved needs --as URL, the http(s) URL the page was served at (got {as_url!r})")
         site = site.model_copy(update={"start_urls": [as_url]})
@@ -273,9 +322,12 @@ def check(
     try:
         if saved is not None:
             read = read_saved(site, files, as_url, keep_html=bool(html_dir))
+            if saved_profile is not None:
+                fetches = read_saved_profile(site, read, Path(saved_profile))
+            by_shared_url(read, site.placeholder_min_people)
         else:
             no_browser = missing(cfg.scrape.selenium) if site.render != "static" else None
-            if no_browser and (site.render == "browser" or site.load_more):
+            if no_browser and (site.render == "browser" or site.clicks):
                 print(f"error: {no_browser}", file=sys.stderr)
                 return EXIT_NO_BROWSER
             browser = None
@@ -332,6 +384,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--pages {args.pages}: must be 1 or more")
     if getattr(args, "as_url", None) and not getattr(args, "saved", None):
         raise ConfigError("--as URL goes with --saved PATH (the saved page served at URL)")
+    if getattr(args, "saved_profile", None) and not getattr(args, "saved", None):
+        raise ConfigError("--saved-profile FILE goes with --saved PATH --as URL (the listing it belongs to)")
     return check(
         cfg,
         site,
@@ -340,4 +394,5 @@ def main(args: argparse.Namespace) -> int:
         saved=getattr(args, "saved", None),
         as_url=getattr(args, "as_url", None),
         as_json=bool(getattr(args, "json", False)),
+        saved_profile=getattr(args, "saved_profile", None),
     )

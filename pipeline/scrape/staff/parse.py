@@ -18,6 +18,9 @@ whether it is a bot challenge (:func:`challenge`). :func:`parse_profile` reads a
   against ``<base href>`` and the page URL (protocol-relative ones too); only http(s) URLs are kept.
 * :func:`~pipeline.scrape.staff.placeholders.by_url` marks a placeholder photo by its URL before any fetch.
 
+:class:`States` gathers the people of every state a listing goes through (a JavaScript pager that replaces the
+list: the browser's ``next_button``), by key.
+
 A page's outcome is a :class:`StaffPage` (:func:`outcome`: its people, or the error that explains an empty page);
 :func:`paginate` follows next-page links over any renderer (the static one of :mod:`pipeline.scrape.staff.site`, or
 Chromium's, :mod:`pipeline.scrape.staff.browser`).
@@ -66,6 +69,40 @@ class ParsedPage:
     next_url: str | None = None
     scripts: bool = False
     challenge: str | None = None  # the kind of bot challenge this page is, when it is one
+
+
+class States:
+    """The people of every state one listing goes through (a JavaScript pager that replaces the cards in place,
+    ``next_button``), by key (``item_id``): the first state that lists a person gives their row, a later one fills in
+    only what it lacked (a photo URL loaded late); the first next-page link found is kept."""
+
+    def __init__(self) -> None:
+        self.people: dict[str, dict] = {}
+        self.next_url: str | None = None
+        self.scripts = False
+        self.challenge: str | None = None
+
+    def add(self, parsed: ParsedPage) -> int:
+        """Take one state's people; returns how many of them are new."""
+        new = 0
+        for p in parsed.people:
+            have = self.people.get(p["item_id"])
+            if have is None:
+                self.people[p["item_id"]] = dict(p)
+                new += 1
+                continue
+            for k, v in p.items():
+                if have.get(k) is None and v is not None:
+                    have[k] = v
+        self.next_url = self.next_url or parsed.next_url
+        self.scripts = self.scripts or parsed.scripts
+        self.challenge = self.challenge or parsed.challenge
+        return new
+
+    def parsed(self) -> ParsedPage:
+        """Every state's people as one page (in the order they were first seen)."""
+        people = list(self.people.values())
+        return ParsedPage(people, self.next_url, self.scripts, None if people else self.challenge)
 
 
 def select(sel: Selector, spec: str | None) -> list[Selector]:

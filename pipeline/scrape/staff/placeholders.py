@@ -1,6 +1,6 @@
 """A site's "no photo" images: told from headshots by URL, by content and by being shared across people.
 
-Three checks, each giving the reason a photo is a placeholder (rows: status ``no_photo``, reason ``placeholder``):
+Four checks, each giving the reason a photo is a placeholder (rows: status ``no_photo``, reason ``placeholder``):
 
 * :func:`by_url`, before any fetch (:mod:`pipeline.scrape.staff.parse`): the URL matches one of the site's
   ``placeholder_patterns`` (regular expressions, case-insensitive, searched in the URL as written and
@@ -10,6 +10,9 @@ Three checks, each giving the reason a photo is a placeholder (rows: status ``no
 * :func:`by_content`, on the fetched bytes (the staff image task, :mod:`pipeline.scrape.work`): tiny (either side
   under :data:`MIN_SIDE` pixels: a 1x1 GIF) or blank (one flat grey, white or black: a flat saturated colour is left
   to the shared-bytes check) images, and an SVG answer (``image/svg+xml``: not a ``content_type`` error).
+* :func:`by_shared_url`, across the people one scrape of a site found (listing and profile pages), before any
+  fetch: one photo URL for ``placeholder_min_people`` or more of them (a logo a profile selector took for every
+  face, a site's "no photo" file) is ``"shared_url"``; the row keeps the URL; nothing is fetched.
 * :class:`SharedImages`, across one site's people (:mod:`pipeline.scrape.rows`): the same sha256 for
   ``placeholder_min_people`` or more people of one site is that site's placeholder. Rows of a staff site with a
   fetched photo are held until every photo of the site is fetched, then decided together and written; the bytes are
@@ -74,6 +77,28 @@ def by_content(
         except Exception:  # the bytes were verified as an image before; a decoder quirk is not a placeholder
             return None
     return None
+
+
+def by_shared_url(pages: list, min_people: int) -> int:
+    """Mark ``"shared_url"`` (in each page's ``extras``) every person whose photo URL ``min_people`` or more people
+    of ``pages`` (:class:`~pipeline.scrape.staff.parse.StaffPage`) have, unless the URL already says placeholder;
+    returns how many were marked (0 when ``min_people`` is 0: the rule is off)."""
+    if min_people <= 0:
+        return 0
+    people: dict[str, set[str]] = collections.defaultdict(set)
+    for page in pages:
+        for p in page.people:
+            if p.get("image_url"):
+                people[p["image_url"]].add(p["item_id"])
+    marked = 0
+    for page in pages:
+        for p in page.people:
+            if len(people.get(p.get("image_url") or "", ())) >= min_people:
+                extra = page.extras.setdefault(p["item_id"], {})
+                if not extra.get("placeholder"):
+                    extra["placeholder"] = "shared_url"
+                    marked += 1
+    return marked
 
 
 class SharedImages:

@@ -10,11 +10,16 @@
   the page needs scripts: no person found and the page has scripts, or the answer is a 403/429/503 (how bot challenges
   are served: the rendered page tells ``blocked`` from ``http_403``). A challenge page is ``blocked``; nothing tries to
   get past it. A site with a ``load_more`` button is rendered in Chromium at once (clicking needs scripts).
-* Profile pages (``profile_link`` + ``follow_profiles``): for each person with a profile URL but no photo or no role,
-  fetch their page (same render as their listing page, same checks, one request per person, at most
-  ``max_profiles`` per site and run) and take ``profile_photo_selector`` / ``profile_role_selector``. People in
-  ``skip`` (those with a row from an earlier run) are not followed again: a rerun fetches only what is missing. Each
-  profile fetch gives a ``fetches`` row (:attr:`StaffScraper.fetches`).
+* Profile pages (``profile_link`` and a ``profile_photo_selector`` or ``profile_role_selector``, unless
+  ``follow_profiles: false``): for each person with a profile URL but no photo or no role, fetch their page (same
+  render as their listing page, same checks, one request per person, at most ``max_profiles`` per site and run) and
+  take ``profile_photo_selector`` / ``profile_role_selector``. People in ``skip`` (those with a row from an earlier
+  run) are not followed again: a rerun fetches only what is missing. Each profile fetch gives a ``fetches`` row
+  (:attr:`StaffScraper.fetches`).
+* Last, one photo URL given to ``placeholder_min_people`` or more people of the site (a logo a profile selector
+  took, a "no photo" image) marks each of them placeholder ``shared_url``
+  (:func:`~pipeline.scrape.staff.placeholders.by_shared_url`): their rows say ``no_photo: placeholder`` and nothing
+  is fetched.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pipeline.config import StaffSite
 from pipeline.scrape.net.http import FetchResult, HttpClient
 from pipeline.scrape.staff.browser import Browser
 from pipeline.scrape.staff.parse import StaffPage, outcome, paginate, parse_page, parse_profile
+from pipeline.scrape.staff.placeholders import by_shared_url
 from pipeline.store import STATUS_ERROR, now
 
 CHALLENGE_STATUSES = (403, 429, 503)  # statuses bot challenges are served with
@@ -52,12 +58,13 @@ class StaffScraper:
         """Every listing page of ``site`` (at most ``max_pages`` when given), people completed from profile pages."""
         if max_pages is not None:
             site = site.model_copy(update={"max_pages": max_pages})
-        # a "load more" button needs the browser: auto does not fetch the page statically first
-        if site.render == "browser" or (site.render == "auto" and site.load_more and self.browser is not None):
+        # a button to click (load_more, next_button) needs the browser: auto does not fetch the page statically first
+        if site.render == "browser" or (site.render == "auto" and site.clicks and self.browser is not None):
             pages = paginate(site, self.may_fetch, lambda url: self._browser(site, url))
         else:
             pages = paginate(site, self._static_precheck, lambda url: self._static_or_auto(site, url))
         self.follow_profiles(site, pages, skip or set())
+        by_shared_url(pages, site.placeholder_min_people)
         return pages
 
     def _static_precheck(self, url: str) -> tuple[str, str] | None:
@@ -93,9 +100,17 @@ class StaffScraper:
         return self.browser.render_page(site, url, self.keep_html)
 
     # ---------------------------------------------------------------- profile pages
-    def follow_profiles(self, site: StaffSite, pages: list[StaffPage], skip: set[str]) -> int:
-        """Complete people lacking a photo or role from their profile page; returns how many pages were fetched."""
-        if not (site.profile_link and site.follow_profiles and site.max_profiles):
+    def follow_profiles(
+        self,
+        site: StaffSite,
+        pages: list[StaffPage],
+        skip: set[str],
+        read: Callable[[str, str], dict | None] | None = None,
+    ) -> int:
+        """Complete people lacking a photo or role from their profile page; returns how many pages were fetched.
+        ``read(url, render)`` reads one profile page (default :meth:`profile`; check-site: a saved page)."""
+        read = read or (lambda url, render: self.profile(site, url, render))
+        if not site.follows_profiles:
             return 0
         done = 0
         seen: set[str] = set()
@@ -110,7 +125,7 @@ class StaffScraper:
                 seen.add(url)
                 done += 1
                 try:
-                    found = self.profile(site, url, page.render)
+                    found = read(url, page.render)
                 except Exception as e:  # one profile page that cannot be read: that page's error only
                     self.fetches.append(
                         self._row(site, FetchResult(url, "page", STATUS_ERROR, f"internal:{type(e).__name__}"))
