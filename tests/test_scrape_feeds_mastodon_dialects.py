@@ -3,6 +3,7 @@ each answered by the replay server's ``dialect`` (pipeline/testing/mastodon_repl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -108,6 +109,10 @@ def test_akkoma_flake_ids_hidden_follower_counts_and_restricted_timelines(tmp_pa
         shown = [s for s in sim.statuses if s.id in rows and not sim.hidden_followers(s)]
         assert all(rows[s.id]["followers"] == s.followers for s in shown)
         assert all(len(i) == 18 for i in rows)
+        for s in sim.statuses:  # pleroma.emoji_reactions kept as the reactions map; replies_count as replies
+            if s.id in rows:
+                want = {e["name"]: e["count"] for e in sim.emoji_reactions(s)}
+                assert json.loads(rows[s.id]["reactions"]) == want and rows[s.id]["replies"] == s.n % 6
     with MastodonReplay(n=5, dialect="akkoma", restrict_unauthenticated=True) as srv:
         crawl(_cfg(tmp_path / "b", srv.base_url), pool="threads")
         assert _failed(tmp_path / "b") == [("selfie", "auth_required:akkoma:mastodon.access_token_env")]

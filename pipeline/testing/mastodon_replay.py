@@ -238,7 +238,9 @@ class MastodonSim:
             "following_count": 10,
             "statuses_count": 100,
         }
-        if self.dialect == "akkoma":
+        extra = {}
+        if self.dialect == "akkoma":  # Pleroma's StatusView: emoji reactions under "pleroma"
+            extra["pleroma"] = {"emoji_reactions": self.emoji_reactions(st), "local": not domain}
             hidden = self.hidden_followers(st)
             account["pleroma"] = {"hide_followers_count": hidden, "hide_follows_count": False, "is_admin": False}
             if hidden:
@@ -257,12 +259,19 @@ class MastodonSim:
             "tags": [{"name": t, "url": f"https://{self.host}/tags/{t}"} for t in st.tags],
             "favourites_count": st.likes,
             "reblogs_count": st.reblogs,
-            "replies_count": 0,
+            "replies_count": st.n % 6,
+            **extra,
         }
 
     def hidden_followers(self, st: Status) -> bool:
         """Whether the author hides their follower count (Akkoma's ``hide_followers_count``), per account."""
         return bool(self.hide_followers_every) and (st.n % 50) % self.hide_followers_every == 3
+
+    def emoji_reactions(self, st: Status) -> list[dict]:
+        """Akkoma's ``pleroma.emoji_reactions`` of a status: ``[{"name", "count", "me"}]``."""
+        return [{"name": "👍", "count": st.n % 4, "me": False}, {"name": "blobcat", "count": 1, "me": False}][
+            : 1 + st.n % 2
+        ]
 
     def nodeinfo(self, path: str) -> tuple[int, dict[str, str], bytes] | None:
         """The NodeInfo answers of this dialect (None: not a NodeInfo path)."""

@@ -16,8 +16,10 @@
   with its own reason).
 * A status (:func:`parse_status`) becomes a post: ``id``, ``account.id`` (``user_id``), ``account.acct`` made
   ``user@instance`` (``user_acct``), ``account.followers_count``, ``favourites_count`` (``likes``),
-  ``reblogs_count``, tag names, ``created_at``, ``url`` (``post_url``, else ``uri``) and ``counts_from``: the host
-  that served the counts (a server's counts of remote statuses and accounts are what that server has seen).
+  ``reblogs_count``, ``replies_count`` (``replies``), ``quotes_count`` (``quotes``, where sent), Akkoma's
+  ``pleroma.emoji_reactions`` (``reactions``, a JSON map), tag names, ``created_at``, ``url`` (``post_url``, else
+  ``uri``) and ``counts_from``: the host that served the counts (a server's counts of remote statuses and accounts
+  are what that server has seen).
   The image is the first attachment of type ``image`` (a type ``unknown`` one through its ``remote_url``);
   ``gifv``/``video``/``audio`` only, no media, or ``sensitive`` (unless ``include_sensitive``) are skipped with
   a reason (``media_video``, ``no_image``, ``sensitive``). A wrong type is ``bad_post:<field>``.
@@ -55,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import FeedSite
 from pipeline.scrape.feeds.base import (
+    REFRESHED,
     FeedAdapter,
     FeedPage,
     FeedParseError,
@@ -62,6 +65,8 @@ from pipeline.scrape.feeds.base import (
     load_json,
     page_posts,
     parse_count,
+    parse_optional_count,
+    parse_reactions,
     parse_tags,
     parse_text,
     parse_time,
@@ -81,7 +86,6 @@ EXPLAIN = {
     429: "http_429_rate_limited",
 }
 SKIP_MEDIA = ("gifv", "video", "audio")
-REFRESHED = ("likes", "followers", "reblogs", "counts_from")  # what a count refresh reads again
 PASS_KEYS = ("limit", "only_media", "local", "remote", "any[]", "all[]", "none[]", "since_id")
 
 
@@ -114,9 +118,15 @@ def _first_image(media: list, include_unknown: bool = True) -> tuple[str | None,
     return None, "no_image"
 
 
-def _optional_count(value: Any, field: str) -> int | None:
-    """A count that a compatible server may leave out (absent or null: None); another wrong type is an error."""
-    return None if value is None else parse_count(value, field)
+def _emoji_reactions(value: Any) -> str | None:
+    """Akkoma/Pleroma's ``pleroma.emoji_reactions`` (``[{"name", "count", "me"}]``) as the reactions map's JSON."""
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise ValueError("reactions: not a list of objects")
+    counts: dict[str, Any] = {}
+    for r in value:
+        name = parse_text(r.get("name"), "reactions", required=True) or ""
+        counts[name] = parse_count(r.get("count"), "reactions") + counts.get(name, 0)
+    return parse_reactions(counts)[1]
 
 
 def parse_status(st: Any, host: str, include_sensitive: bool = False) -> dict:
@@ -132,12 +142,16 @@ def parse_status(st: Any, host: str, include_sensitive: bool = False) -> dict:
         out["user_id"] = parse_text(acc.get("id"), "user_id", required=True)
         acct = parse_text(acc.get("acct"), "user_acct", required=True)
         out["user_acct"] = home_acct(acct or "", host)
-        out["followers"] = _optional_count(acc.get("followers_count"), "followers")
+        out["followers"] = parse_optional_count(acc.get("followers_count"), "followers")
         pleroma = acc.get("pleroma")
         if isinstance(pleroma, dict) and pleroma.get("hide_followers_count") is True:
             out["followers"] = None  # Akkoma/Pleroma answer 0 for a count its owner hides: unknown, not 0
-        out["likes"] = _optional_count(st.get("favourites_count"), "likes")
+        out["likes"] = parse_optional_count(st.get("favourites_count"), "likes")
         out["reblogs"] = parse_count(st.get("reblogs_count", 0), "reblogs")
+        out["replies"] = parse_optional_count(st.get("replies_count"), "replies")
+        out["quotes"] = parse_optional_count(st.get("quotes_count"), "quotes")  # servers with quote posts
+        if isinstance(st.get("pleroma"), dict) and "emoji_reactions" in st["pleroma"]:
+            out["reactions"] = _emoji_reactions(st["pleroma"]["emoji_reactions"])
         tags = st.get("tags")
         if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, dict) for t in tags)):
             raise ValueError("tags: not a list of Tag objects")
