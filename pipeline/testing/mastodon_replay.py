@@ -25,9 +25,9 @@ port) in a daemon thread. What it does, as the docs describe a real server:
 
 * ``pixelfed`` (``ApiV1Controller::timelineHashtag``): the hashtag timeline needs a user token (403 without one, any
   tag); ids are numeric; no ``Link`` header (clients page by ``max_id``); ``only_media`` defaults to true; with
-  ``strict_only_media`` (Pixelfed before 0.12, which validated it with Laravel's ``boolean`` rule) ``only_media=true``
-  is answered 422 (only ``1``/``0`` pass); ``max_id``/``min_id`` must be integers (422); ``X-RateLimit-Limit`` and
-  ``-Remaining`` without a reset; NodeInfo at ``/api/nodeinfo/2.0.json``;
+  ``strict_only_media`` (older Pixelfed releases, which validated it with Laravel's ``boolean`` rule)
+  ``only_media=true`` is answered 422 (only ``1``/``0`` pass); ``max_id``/``min_id`` must be integers (422);
+  ``X-RateLimit-Limit`` and ``-Remaining`` without a reset; NodeInfo at ``/api/nodeinfo/2.0.json``;
 * ``gotosocial`` (``TagTimelineGETHandler``, swagger ``/api/v1/timelines/tag/{tag_name}``): needs a token (401 without
   one); ids are ULIDs (26 characters of Crockford base32, sorted as text); ``limit`` 1..40; ``only_media``, ``local``
   and the other filters are not read (every status comes back); a ``Link`` header whose links carry only ``limit``;

@@ -409,9 +409,10 @@ class MastodonAdapter(FeedAdapter):
     ) -> FetchResult:
         """A refused hashtag timeline, by the server's software (looked up only here):
 
-        * a 400/422 to a request with ``only_media`` from a server that is not Mastodon (Pixelfed before 0.12
-          validates it as 1/0 and rejects ``true``): asked again without it, for the rest of the run; statuses
-          without media are then skipped here (``no_image``) instead of by the server;
+        * a 400/422 to a request with ``only_media`` from a server that is not Mastodon (older Pixelfed releases
+          validate it with Laravel's ``boolean`` rule, which rejects ``true``): asked again without it (and, when
+          that answers, for the rest of the run); statuses without media are then skipped here (``no_image``)
+          instead of by the server;
         * a 401/403 without a token from a server that wants one for its hashtag timeline (Pixelfed answers 403,
           GoToSocial 401, Akkoma 401 when unauthenticated timelines are restricted): the reason
           ``auth_required:<software>:<what to set>`` names the option (``mastodon.access_token_env``) or the
@@ -419,8 +420,9 @@ class MastodonAdapter(FeedAdapter):
         status = res.http_status
         if status in (400, 422) and query_value(url, "only_media") is not None:
             if self.software(client) != "mastodon":
-                self.no_only_media = True
-                return self._request(client, with_params(url, [], drop=("only_media",)), paging, deadline)
+                again = self._request(client, with_params(url, [], drop=("only_media",)), paging, deadline)
+                self.no_only_media = self.no_only_media or again.ok  # left out for the run once that answers
+                return again
         if status in (401, 403) and not self.auth_headers(url):
             name = self.software(client)
             if name and name != "mastodon":
