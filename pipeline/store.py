@@ -108,6 +108,9 @@ POSTS = pa.schema(
         ("reblogs", pa.int64()),
         ("post_url", pa.string()),
         ("counts_from", pa.string()),  # the host whose counts these are (a federated server's view of the post)
+        ("replies", pa.int64()),  # replies counted by the feed (null where it has none; older parts read as null)
+        ("quotes", pa.int64()),  # quote posts (Bluesky's quoteCount)
+        ("reactions", pa.string()),  # the reactions map as JSON text, {"emoji": count} (Misskey, Akkoma)
         ("image_sha256", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),

@@ -111,6 +111,7 @@ def test_crawl_with_session_refresh_mid_crawl_and_every_field(tmp_path, monkeypa
             assert r["site"] == "b" and r["hashtag"] == "selfie" and r["user_id"] == p.did
             assert r["user_acct"] == f"user{p.author}.bsky.example" and r["likes"] == p.likes
             assert r["reblogs"] == p.reposts and r["posted_at"] == p.created_at and r["counts_from"] is None
+            assert r["replies"] == p.n % 3 and r["quotes"] == p.n % 2 and r["reactions"] is None
             assert sorted(r["tags"]) == sorted(p.tags) and r["post_url"].endswith(p.rkey)
             if r["status"] != "error":
                 assert r["followers"] == sim.followers(p.author)

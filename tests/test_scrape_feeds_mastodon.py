@@ -82,6 +82,7 @@ def test_status_parser_media_accounts_and_wrong_types():
     p = parse_status(local, "h.example")
     assert p["user_acct"] == "user1@h.example" and p["counts_from"] == "h.example"
     assert p["tags"] == ["selfie", "me"] and p["likes"] == 37 and p["followers"] == 153 and p["reblogs"] == 1
+    assert p["replies"] == 1 and p["quotes"] is None and p.get("reactions") is None
     assert p["post_url"].startswith("https://") and p["posted_at"].tzinfo is not None
     sens = {**remote, "sensitive": True}
     assert parse_status(sens, "h")["skip"] == "sensitive" and "skip" not in parse_status(sens, "h", True)

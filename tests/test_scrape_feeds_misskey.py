@@ -3,6 +3,7 @@ on its thread pool (``crawl(cfg, pool="threads")``), as tests/test_scrape_feeds_
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -106,6 +107,8 @@ def test_crawl_pages_by_until_id_with_every_field(tmp_path, monkeypatch, caplog)
             host = sim.remote(nt.user) or "127.0.0.1"
             assert r["user_acct"] == f"@user{nt.user}@{host}" and r["counts_from"] == "127.0.0.1"
             assert r["reblogs"] == nt.n % 4 and r["posted_at"] == nt.created_at and r["tags"] == list(nt.tags)
+            assert r["replies"] == nt.n % 5 and r["quotes"] is None
+            assert json.loads(r["reactions"]) == sim.reactions(nt)  # the map as the server gave it
             assert r["too_young"] == (nt.n % 5 == 1)
             if r["status"] != "error":
                 assert r["followers"] == sim.followers(nt.user)

@@ -240,3 +240,28 @@ def test_cli_prints_one_line_for_unreadable_parquet(tmp_path, monkeypatch, capsy
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert code == cli.EXIT_FAILED and len(err) == 1
     assert err[0] == f"error: unreadable data: Parquet magic bytes not found in footer. (data root: {tmp_path})"
+
+
+def test_posts_parts_written_before_the_reply_quote_reaction_columns_read_them_as_null(tmp_path):
+    """A data root from before ``replies``/``quotes``/``reactions`` reads, refreshes and grows without a migration."""
+    import os
+
+    import pyarrow as pa
+
+    from pipeline.scrape.feeds.refresh import rewrite_rows
+    from pipeline.store import POSTS, now
+
+    root = DataRoot(str(tmp_path))
+    new_cols = ("replies", "quotes", "reactions")
+    old = pa.schema([f for f in POSTS if f.name not in new_cols])
+    os.makedirs(root.path("posts"), exist_ok=True)
+    rows = [{"site": "s", "item_id": i, "likes": 1, "status": "ok"} for i in ("1", "2")]
+    pq.write_table(pa.Table.from_pylist(rows, schema=old), os.path.join(root.path("posts"), "part-old.parquet"))
+    root.write_part("posts", [{"site": "s", "item_id": "3", "replies": 4, "quotes": 1, "reactions": '{"a":2}'}])
+    got = {r["item_id"]: r for r in root.read("posts").to_pylist()}
+    assert root.read("posts").schema == POSTS
+    assert [got["1"][c] for c in new_cols] == [None, None, None]
+    assert [got["3"][c] for c in new_cols] == [4, 1, '{"a":2}']
+    assert rewrite_rows(root, "s", {"2": {"likes": 9, "replies": 3}}, now()) == 1  # a count refresh of an old part
+    got = {r["item_id"]: r for r in root.read("posts").to_pylist()}
+    assert got["2"]["likes"] == 9 and got["2"]["replies"] == 3 and got["1"]["replies"] is None

@@ -56,6 +56,9 @@ def post_row(site: str, hashtag: str, p: dict, scraped: dt.datetime, min_age_s: 
         "reblogs": p.get("reblogs"),
         "post_url": p.get("post_url"),
         "counts_from": p.get("counts_from"),
+        "replies": p.get("replies"),
+        "quotes": p.get("quotes"),
+        "reactions": p.get("reactions"),
     }
     if p.get("posted_at") is not None:
         row["too_young"] = (scraped - p["posted_at"]).total_seconds() < min_age_s

@@ -441,3 +441,34 @@ class BlueskyReplay(Replay):
     """:class:`BlueskySim` served on 127.0.0.1."""
 
     sim_class = BlueskySim
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.testing.bluesky_replay --n 2000 --port-file F``: serve until killed (benchmarks); the
+    login is ``crawler.bsky.example`` with ``--password``."""
+    import argparse
+    import os
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--port-file", required=True)
+    ap.add_argument("--password", default="app-pass-1234")
+    ap.add_argument("--rate-limit", type=int, default=3000)
+    a = ap.parse_args(argv)
+    srv = BlueskyReplay(n=a.n, password=a.password, rate_limit=a.rate_limit, max_hits=10 * a.n + 100,
+                        access_uses=10**9, young_every=0, deleted_authors=()).start()  # fmt: skip
+    with open(a.port_file + ".tmp", "w") as f:
+        f.write(srv.base_url)
+    os.replace(a.port_file + ".tmp", a.port_file)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    srv.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -18,7 +18,25 @@ port) in a daemon thread. What it does, as the docs describe a real server:
   seen, so tests cover both);
 * statuses of local and remote accounts (``acct`` with and without a domain), every media type (image, gifv,
   video, audio, unknown with ``remote_url``, none), sensitive media, tags as ``{name, url}`` objects;
-* media at ``/media/<n>.jpg``: small distinct JPEGs (one noise base per size, a comment segment makes each unique).
+* media at ``/media/<n>.jpg``: small distinct JPEGs (one noise base per size, a comment segment makes each unique);
+* ``/.well-known/nodeinfo`` and the NodeInfo 2.x document it links (``software.name`` = the dialect).
+
+``dialect`` answers as another Mastodon-compatible server does, from its own source and documentation:
+
+* ``pixelfed`` (``ApiV1Controller::timelineHashtag``): the hashtag timeline needs a user token (403 without one, any
+  tag); ids are numeric; no ``Link`` header (clients page by ``max_id``); ``only_media`` defaults to true; with
+  ``strict_only_media`` (older Pixelfed releases, which validated it with Laravel's ``boolean`` rule)
+  ``only_media=true`` is answered 422 (only ``1``/``0`` pass); ``max_id``/``min_id`` must be integers (422);
+  ``X-RateLimit-Limit`` and ``-Remaining`` without a reset; NodeInfo at ``/api/nodeinfo/2.0.json``;
+* ``gotosocial`` (``TagTimelineGETHandler``, swagger ``/api/v1/timelines/tag/{tag_name}``): needs a token (401 without
+  one); ids are ULIDs (26 characters of Crockford base32, sorted as text); ``limit`` 1..40; ``only_media``, ``local``
+  and the other filters are not read (every status comes back); a ``Link`` header whose links carry only ``limit``;
+  NodeInfo at ``/nodeinfo/2.0``;
+* ``akkoma`` (Pleroma's ``TimelineController.hashtag``): public unless ``restrict_unauthenticated`` (401
+  "authorization required for timeline view"); ids are flake ids (18 characters of base62, sorted as text);
+  ``only_media``/``local`` honoured, ``Link`` headers; an account whose owner hides its follower count
+  (``pleroma.hide_followers_count``) is answered with ``followers_count: 0``; no rate-limit headers (a 429
+  ``Throttled`` once over); NodeInfo at ``/nodeinfo/2.0.json`` and ``/nodeinfo/2.1.json``.
 
 Counts can be changed (:meth:`MastodonSim.set_likes`), statuses added (:meth:`MastodonSim.add`), requests are
 counted by kind (:attr:`MastodonSim.hits`). Example::
@@ -57,10 +75,46 @@ class Status:
     acct: str  # "user" (local) or "user@remote.example"
     media: str  # image | gifv | video | audio | unknown | none
     sensitive: bool
+    ident: str = ""  # the dialect's id (ULID, flake id); empty: a Mastodon snowflake
 
     @property
     def id(self) -> str:
-        return str(ID_BASE + self.n * 1000)
+        return self.ident or str(ID_BASE + self.n * 1000)
+
+
+DIALECTS = ("mastodon", "pixelfed", "gotosocial", "akkoma")
+NODEINFO_PATHS = {
+    "mastodon": ("/nodeinfo/2.0",),
+    "pixelfed": ("/api/nodeinfo/2.0.json",),
+    "gotosocial": ("/nodeinfo/2.0",),
+    "akkoma": ("/nodeinfo/2.0.json", "/nodeinfo/2.1.json"),
+}
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+T0_MS = 1_700_000_000_000
+
+
+def _encode(value: int, alphabet: str, width: int) -> str:
+    out = ""
+    for _ in range(width):
+        value, r = divmod(value, len(alphabet))
+        out = alphabet[r] + out
+    return out
+
+
+def dialect_id(dialect: str, n: int) -> str:
+    """Status ``n``'s id as ``dialect`` writes ids (newer ``n``, larger id)."""
+    if dialect == "gotosocial":  # ULID: 48-bit milliseconds, 80 random bits
+        return _encode(T0_MS + n * 1000, CROCKFORD, 10) + _encode((n * 2654435761) % 2**80, CROCKFORD, 16)
+    if dialect == "akkoma":  # flake id: 64-bit milliseconds, 48-bit worker, 16-bit sequence, in base62
+        return _encode(((T0_MS + n * 1000) << 64) | (0xBEEF << 16) | (n % 65536), BASE62, 18)
+    if dialect == "pixelfed":
+        return str(780_000_000_000_000_000 + n * 4096)
+    return ""
+
+
+def _id_order(value: str) -> tuple[int, int | str]:
+    return (0, int(value)) if value.isdigit() else (1, value)
 
 
 def _jpeg_bases() -> list[bytes]:
@@ -96,7 +150,19 @@ class MastodonSim:
         host: str = "127.0.0.1",
         media_base: str | None = None,
         media_cycle: tuple[str, ...] = MEDIA_CYCLE,
+        dialect: str = "mastodon",
+        restrict_unauthenticated: bool | None = None,
+        strict_only_media: bool = False,
+        hide_followers_every: int = 7,
     ):
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect {dialect!r}: one of {DIALECTS}")
+        self.dialect = dialect
+        # the hashtag timeline needs a token: Pixelfed and GoToSocial always, Akkoma when configured so
+        self.restricted = dialect in ("pixelfed", "gotosocial") if restrict_unauthenticated is None else (
+            restrict_unauthenticated)  # fmt: skip
+        self.strict_only_media = strict_only_media
+        self.hide_followers_every = hide_followers_every
         self.tag = tag
         self.token = token
         self.rate_limit, self.rate_window_s = rate_limit, rate_window_s
@@ -135,6 +201,7 @@ class MastodonSim:
                     acct=f"user{i % 50}@remote{i % 4}.example" if i % self.remote_every == 0 else f"user{i % 50}",
                     media=self.media_cycle[i % len(self.media_cycle)],
                     sensitive=bool(self.sensitive_every) and i % self.sensitive_every == 7,
+                    ident=dialect_id(self.dialect, i),
                 )
                 self.statuses.append(st)
                 self.by_id[st.id] = st
@@ -162,6 +229,22 @@ class MastodonSim:
                 "preview_url": url, "remote_url": url if st.media == "unknown" else None,
                 "meta": {}, "description": None, "blurhash": None,
             })  # fmt: skip
+        account = {
+            "id": str(1000 + st.n % 50 + (0 if not domain else 100 * (1 + st.n % 4))),
+            "username": user,
+            "acct": st.acct,
+            "url": f"https://{home}/@{user}",
+            "followers_count": st.followers,
+            "following_count": 10,
+            "statuses_count": 100,
+        }
+        extra = {}
+        if self.dialect == "akkoma":  # Pleroma's StatusView: emoji reactions under "pleroma"
+            extra["pleroma"] = {"emoji_reactions": self.emoji_reactions(st), "local": not domain}
+            hidden = self.hidden_followers(st)
+            account["pleroma"] = {"hide_followers_count": hidden, "hide_follows_count": False, "is_admin": False}
+            if hidden:
+                account["followers_count"] = 0  # Pleroma's AccountView: a hidden count is answered as 0
         return {
             "id": st.id,
             "created_at": st.created_at.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
@@ -171,21 +254,40 @@ class MastodonSim:
             "sensitive": st.sensitive,
             "spoiler_text": "",
             "content": f"<p>#{st.tags[0]} number {st.n}</p>",
-            "account": {
-                "id": str(1000 + st.n % 50 + (0 if not domain else 100 * (1 + st.n % 4))),
-                "username": user,
-                "acct": st.acct,
-                "url": f"https://{home}/@{user}",
-                "followers_count": st.followers,
-                "following_count": 10,
-                "statuses_count": 100,
-            },
+            "account": account,
             "media_attachments": media,
             "tags": [{"name": t, "url": f"https://{self.host}/tags/{t}"} for t in st.tags],
             "favourites_count": st.likes,
             "reblogs_count": st.reblogs,
-            "replies_count": 0,
+            "replies_count": st.n % 6,
+            **extra,
         }
+
+    def hidden_followers(self, st: Status) -> bool:
+        """Whether the author hides their follower count (Akkoma's ``hide_followers_count``), per account."""
+        return bool(self.hide_followers_every) and (st.n % 50) % self.hide_followers_every == 3
+
+    def emoji_reactions(self, st: Status) -> list[dict]:
+        """Akkoma's ``pleroma.emoji_reactions`` of a status: ``[{"name", "count", "me"}]``."""
+        return [{"name": "👍", "count": st.n % 4, "me": False}, {"name": "blobcat", "count": 1, "me": False}][
+            : 1 + st.n % 2
+        ]
+
+    def nodeinfo(self, path: str) -> tuple[int, dict[str, str], bytes] | None:
+        """The NodeInfo answers of this dialect (None: not a NodeInfo path)."""
+        paths = NODEINFO_PATHS[self.dialect]
+        if path == "/.well-known/nodeinfo":
+            links = [{"rel": f"http://nodeinfo.diaspora.software/ns/schema/{p.split('/')[-1].removesuffix('.json')}",
+                      "href": f"{self.base_url}{p}"} for p in paths]  # fmt: skip
+            return 200, {"Content-Type": "application/json"}, json.dumps({"links": links}).encode()
+        if path in paths:
+            version = {"mastodon": "4.3.2", "pixelfed": "0.12.4", "gotosocial": "0.18.1", "akkoma": "3.15.2"}
+            doc = {"version": path.split("/")[-1].removesuffix(".json"),
+                   "software": {"name": self.dialect, "version": version[self.dialect]},
+                   "protocols": ["activitypub"], "openRegistrations": False,
+                   "usage": {"users": {"total": 50}, "localPosts": len(self.statuses)}, "metadata": {}}  # fmt: skip
+            return 200, {"Content-Type": "application/json"}, json.dumps(doc).encode()
+        return None
 
     def image(self, n: int) -> bytes:
         if self._bases is None:
@@ -243,14 +345,23 @@ class MastodonSim:
             except ValueError:
                 return _err(404, "Record not found")
             return 200, {"Content-Type": "image/jpeg"}, self.image(n)
+        info = self.nodeinfo(u.path)
+        if info is not None:
+            self.hits["nodeinfo"] += 1
+            return info
         if not u.path.startswith("/api/v1/"):
             return _err(404, "Not found")
         if "authorization" in headers:
             self.auth_seen.append(headers["authorization"])
         rate_h, over = self._rate()
+        if self.dialect == "pixelfed":  # Laravel's throttle: limit and remaining, the reset only on a 429
+            rate_h = {k: v for k, v in rate_h.items() if k != "X-RateLimit-Reset" or over}
+        elif self.dialect == "akkoma":  # Pleroma's RateLimiter sends no headers until it throttles
+            rate_h = {k: v for k, v in rate_h.items() if k == "Retry-After"}
         if over:
             self.hits["429"] += 1
-            return 429, {**rate_h, "Content-Type": "application/json"}, b'{"error":"Too many requests"}'
+            msg = b'{"error":"Throttled"}' if self.dialect == "akkoma" else b'{"error":"Too many requests"}'
+            return 429, {**rate_h, "Content-Type": "application/json"}, msg
         if u.path.startswith("/api/v1/timelines/tag/"):
             status, h, body = self._timeline(u.path.rsplit("/", 1)[1], q, headers)
         elif u.path.startswith("/api/v1/statuses"):
@@ -272,12 +383,28 @@ class MastodonSim:
 
     def _timeline(self, tag: str, q: dict, headers: dict) -> tuple[int, dict[str, str], bytes]:
         self.hits["timeline"] += 1
-        if tag == "private" and headers.get("authorization") != f"Bearer {self.token}":
+        authed = headers.get("authorization") == f"Bearer {self.token}"
+        if self.restricted and not authed:
+            if self.dialect == "pixelfed":
+                return _err(403, "This action is unauthorized.")
+            if self.dialect == "akkoma":
+                return _err(401, "authorization required for timeline view")
+            return _err(401, "Unauthorized: token not supplied")
+        if tag == "private" and not authed:
             return _err(401, "The access token is invalid")
         if tag == "preview":
             return _err(422, "Timeline preview is disabled")
         if tag not in (self.tag, "private"):
+            if self.dialect in ("pixelfed", "gotosocial"):  # an unknown tag is an empty timeline there
+                return 200, {"Content-Type": "application/json"}, b"[]"
             return _err(404, "Record not found")
+        one = lambda k: q.get(k, [None])[0]  # noqa: E731
+        if self.dialect == "pixelfed":
+            if self.strict_only_media and one("only_media") not in (None, "1", "0"):
+                return _err(422, "The only media field must be true or false.")
+            for k in ("max_id", "min_id"):
+                if one(k) is not None and not str(one(k)).isdigit():
+                    return _err(422, f"The {k} must be an integer.")
         if "max_id" in q:
             wait = self._paging_over()
             if wait is not None:
@@ -291,30 +418,32 @@ class MastodonSim:
         try:
             limit = max(1, min(40, int(q.get("limit", ["20"])[0])))
         except ValueError:
-            return _err(422, "limit is not a number")
-        one = lambda k: q.get(k, [None])[0]  # noqa: E731
+            return _err(422 if self.dialect != "gotosocial" else 400, "limit is not a number")
         rows = [s for s in reversed(self.statuses)]  # newest first
-        if one("only_media") in ("true", "1"):
-            rows = [s for s in rows if s.media != "none"]
-        if one("local") in ("true", "1"):
-            rows = [s for s in rows if "@" not in s.acct]
-        if one("remote") in ("true", "1"):
-            rows = [s for s in rows if "@" in s.acct]
-        if q.get("all[]"):  # any[] widens to other tags; every status here has the timeline's tag already
-            rows = [s for s in rows if all(t in s.tags for t in q["all[]"])]
-        if q.get("none[]"):
-            rows = [s for s in rows if not any(t in s.tags for t in q["none[]"])]
-        key = lambda s: int(s.id)  # noqa: E731
+        media_default = "1" if self.dialect == "pixelfed" else None  # Pixelfed: only_media unless told otherwise
+        if self.dialect != "gotosocial":  # GoToSocial reads none of these filters
+            if (one("only_media") or media_default) in ("true", "1"):
+                rows = [s for s in rows if s.media != "none"]
+            if one("local") in ("true", "1"):
+                rows = [s for s in rows if "@" not in s.acct]
+            if one("remote") in ("true", "1"):
+                rows = [s for s in rows if "@" in s.acct]
+            if q.get("all[]"):  # any[] widens to other tags; every status here has the timeline's tag already
+                rows = [s for s in rows if all(t in s.tags for t in q["all[]"])]
+            if q.get("none[]"):
+                rows = [s for s in rows if not any(t in s.tags for t in q["none[]"])]
+        key = lambda s: _id_order(s.id)  # noqa: E731
         if one("max_id"):
-            rows = [s for s in rows if key(s) < int(one("max_id"))]
+            rows = [s for s in rows if key(s) < _id_order(one("max_id"))]
         if one("since_id"):
-            rows = [s for s in rows if key(s) > int(one("since_id"))]
+            rows = [s for s in rows if key(s) > _id_order(one("since_id"))]
         if one("min_id"):
-            rows = [s for s in rows if key(s) > int(one("min_id"))][-limit:]
+            rows = [s for s in rows if key(s) > _id_order(one("min_id"))][-limit:]
         page = rows[:limit]
         h = {"Content-Type": "application/json"}
-        if page:
-            keep = {k: v[0] for k, v in q.items() if k in ("limit", "only_media", "local", "remote")}
+        if page and self.dialect != "pixelfed":  # Pixelfed's hashtag timeline sends no Link header
+            kept = ("limit",) if self.dialect == "gotosocial" else ("limit", "only_media", "local", "remote")
+            keep = {k: v[0] for k, v in q.items() if k in kept}
             base = f"{self.base_url}/api/v1/timelines/tag/{tag}"
             nxt = f"{base}?{urlencode({**keep, 'max_id': page[-1].id})}"
             prev = f"{base}?{urlencode({**keep, 'min_id': page[0].id})}"

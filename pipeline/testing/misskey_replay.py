@@ -173,7 +173,7 @@ class MisskeySim:
             "cw": None,
             "visibility": "public",
             "renoteCount": nt.n % 4,
-            "repliesCount": 0,
+            "repliesCount": nt.n % 5,
             "reactions": self.reactions(nt),
             "reactionEmojis": {},
             "tags": list(nt.tags),

@@ -86,6 +86,9 @@ API_ERRORS = {
     410: "http_410_gone",
     429: "http_429_rate_limited",
 }
+# the columns a count refresh reads again (every adapter's refresh_counts; feeds/refresh.py rewrites them)
+REFRESHED = ("likes", "followers", "reblogs", "replies", "quotes", "reactions", "counts_from")
+MAX_REACTIONS = 100  # the largest reactions a post's map keeps (a map of every custom emoji could be huge)
 MAX_ITEMS_PER_PAGE = 1000  # more items on one feed page is an error page (too_many_items): no API pages that many
 
 
@@ -161,6 +164,11 @@ def parse_count(value: Any, field: str) -> int:
     return value
 
 
+def parse_optional_count(value: Any, field: str) -> int | None:
+    """:func:`parse_count` of a count an API may leave out: absent or null is None (unknown, not 0)."""
+    return None if value is None or value is MISSING else parse_count(value, field)
+
+
 def parse_text(value: Any, field: str, *, required: bool = False) -> str | None:
     """An id or a URL: JSON text or an integer (as text); None when absent; ``ValueError(field)`` for another type
     (an object, a list, a bool, a float) or, when ``required``, for an absent or empty value."""
@@ -190,6 +198,22 @@ def parse_tags(value: Any, field: str = "tags") -> list[str]:
             raise ValueError(f"{field}: an element is not text ({type(t).__name__})")
         out.append(str(t))
     return out
+
+
+def parse_reactions(value: Any, field: str = "reactions") -> tuple[int, str | None]:
+    """A reactions map ``{"emoji": count}`` → (the sum of its counts, the map as compact JSON text with sorted keys,
+    or None when empty). The :data:`MAX_REACTIONS` largest are kept in the text (the sum counts them all); a map that
+    is not an object, or a count that is not one (:func:`parse_count`), ``ValueError`` naming ``field``."""
+    if value is None or value is MISSING:
+        return 0, None
+    if not isinstance(value, dict):
+        raise ValueError(f"{field}: not an object")
+    counts = {str(k)[:200]: parse_count(v, field) for k, v in value.items()}
+    total = parse_count(sum(counts.values()), field)  # ≤ int64
+    if not counts:
+        return total, None
+    kept = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_REACTIONS])
+    return total, json.dumps(kept, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def load_json(body: bytes) -> Any:
@@ -275,7 +299,8 @@ class FeedAdapter:
     def refresh_counts(
         self, client: Any, ids: list[str], deadline: float | None = None
     ) -> dict[str, dict]:  # pragma: no cover
-        """Fresh counts (``likes``, ``followers``, ``reblogs``, ``counts_from``) by item id for the posts ``ids`` that
+        """Fresh counts (``likes``, ``followers``, ``reblogs``, ``replies``, ``quotes``, ``reactions``,
+        ``counts_from``) by item id for the posts ``ids`` that
         could be read again; the others are left out. No request may start after ``deadline`` (``time.monotonic()``;
         the crawl driver runs this before its workers start). Used only when :attr:`refresh_max` > 0."""
         raise NotImplementedError

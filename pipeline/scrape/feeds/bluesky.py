@@ -8,6 +8,7 @@
 * A post (:func:`parse_post`, a ``postView``) becomes a post: ``uri`` (the ``at://`` URI, ``item_id``),
   ``author.did`` (``user_id``: the stable identity), ``author.handle`` (``user_acct``, for display only),
   ``likeCount`` (``likes``: the AppView's count over the whole network), ``repostCount`` (``reblogs``),
+  ``replyCount`` (``replies``), ``quoteCount`` (``quotes``),
   ``record.createdAt`` (``posted_at``; ``indexedAt`` when it has none), tags from ``record.tags`` and the record's
   ``#tag`` facets, ``post_url`` (``https://bsky.app/profile/<did>/post/<rkey>``); ``counts_from`` stays empty:
   the AppView's counts are the whole network's, not one server's view (the labels stage keeps such posts under
@@ -53,11 +54,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.config import FeedSite
 from pipeline.scrape.feeds.base import (
     API_ERRORS,
+    REFRESHED,
     FeedAdapter,
     FeedPage,
     FeedParseError,
     load_json,
     parse_count,
+    parse_optional_count,
     parse_tags,
     parse_text,
     parse_time_field,
@@ -72,7 +75,6 @@ TID_CHARS = "234567abcdefghijklmnopqrstuvwxyz"  # base32-sortable
 SEARCH = "/xrpc/app.bsky.feed.searchPosts"
 PROFILES = "/xrpc/app.bsky.actor.getProfiles"
 GET_POSTS = "/xrpc/app.bsky.feed.getPosts"  # up to 25 uris a request
-REFRESHED = ("likes", "followers", "reblogs", "counts_from")
 MAX_POSTS_PAGE = 100  # the lexicon's limit: a longer page is cut there
 
 
@@ -167,6 +169,8 @@ def parse_post(pv: Any, host: str, include_sensitive: bool = False) -> dict:
         out["user_acct"] = parse_text(author.get("handle"), "user_acct")
         out["likes"] = parse_count(pv.get("likeCount", 0), "likes")
         out["reblogs"] = parse_count(pv.get("repostCount", 0), "reblogs")
+        out["replies"] = parse_optional_count(pv.get("replyCount"), "replies")
+        out["quotes"] = parse_optional_count(pv.get("quoteCount"), "quotes")
         record = pv.get("record")
         if not isinstance(record, dict):
             raise ValueError("record: not an object")

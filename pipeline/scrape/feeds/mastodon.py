@@ -4,11 +4,22 @@
   entry's ``mastodon:`` section: ``limit`` ≤ 40,
   ``only_media``, ``local``, ``remote``, ``any[]``, ``all[]``, ``none[]`` passed through), the next page from the
   ``Link`` header's ``rel="next"`` (its ``max_id``); the options and a ``since_id`` of the page are carried into
-  the next page's URL when the server's link drops them. The end is an empty page (or no ``rel="next"``).
+  the next page's URL when the server's link drops them. The end is an empty page (or no ``rel="next"``). A server
+  that sends no ``Link`` header at all (Pixelfed) is paged by ``max_id`` = the oldest id of the page.
+* Compatible servers (Pixelfed, GoToSocial, Akkoma, ...): no version checks. Ids are text, ordered by
+  :func:`id_key` (numeric ones by value, others as text: GoToSocial's ULIDs, Akkoma's flake ids), never made numbers.
+  Only when an answer differs by server (a refused or rejected hashtag timeline) is the software looked up by
+  NodeInfo (:mod:`pipeline.scrape.feeds.nodeinfo`, once a run): a rejected ``only_media`` is left out (statuses
+  without media are then skipped here), a timeline that wants a token gives ``auth_required:<software>:<setting>``
+  (:meth:`MastodonAdapter.dialect_fallbacks`). An absent or null ``followers_count`` / ``favourites_count``, and
+  an Akkoma/Pleroma follower count its owner hides (answered as 0), are null (the labels stage excludes such posts
+  with its own reason).
 * A status (:func:`parse_status`) becomes a post: ``id``, ``account.id`` (``user_id``), ``account.acct`` made
   ``user@instance`` (``user_acct``), ``account.followers_count``, ``favourites_count`` (``likes``),
-  ``reblogs_count``, tag names, ``created_at``, ``url`` (``post_url``, else ``uri``) and ``counts_from``: the host
-  that served the counts (a server's counts of remote statuses and accounts are what that server has seen).
+  ``reblogs_count``, ``replies_count`` (``replies``), ``quotes_count`` (``quotes``, where sent), Akkoma's
+  ``pleroma.emoji_reactions`` (``reactions``, a JSON map), tag names, ``created_at``, ``url`` (``post_url``, else
+  ``uri``) and ``counts_from``: the host that served the counts (a server's counts of remote statuses and accounts
+  are what that server has seen).
   The image is the first attachment of type ``image`` (a type ``unknown`` one through its ``remote_url``);
   ``gifv``/``video``/``audio`` only, no media, or ``sensitive`` (unless ``include_sensitive``) are skipped with
   a reason (``media_video``, ``no_image``, ``sensitive``). A wrong type is ``bad_post:<field>``.
@@ -46,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.config import FeedSite
 from pipeline.scrape.feeds.base import (
+    REFRESHED,
     FeedAdapter,
     FeedPage,
     FeedParseError,
@@ -53,11 +65,14 @@ from pipeline.scrape.feeds.base import (
     load_json,
     page_posts,
     parse_count,
+    parse_optional_count,
+    parse_reactions,
     parse_tags,
     parse_text,
     parse_time,
     parse_time_field,
 )
+from pipeline.scrape.feeds.nodeinfo import Software
 from pipeline.scrape.net.address import same_origin
 from pipeline.scrape.net.http import FetchResult
 from pipeline.store import STATUS_ERROR
@@ -71,7 +86,6 @@ EXPLAIN = {
     429: "http_429_rate_limited",
 }
 SKIP_MEDIA = ("gifv", "video", "audio")
-REFRESHED = ("likes", "followers", "reblogs", "counts_from")  # what a count refresh reads again
 PASS_KEYS = ("limit", "only_media", "local", "remote", "any[]", "all[]", "none[]", "since_id")
 
 
@@ -104,6 +118,17 @@ def _first_image(media: list, include_unknown: bool = True) -> tuple[str | None,
     return None, "no_image"
 
 
+def _emoji_reactions(value: Any) -> str | None:
+    """Akkoma/Pleroma's ``pleroma.emoji_reactions`` (``[{"name", "count", "me"}]``) as the reactions map's JSON."""
+    if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+        raise ValueError("reactions: not a list of objects")
+    counts: dict[str, Any] = {}
+    for r in value:
+        name = parse_text(r.get("name"), "reactions", required=True) or ""
+        counts[name] = parse_count(r.get("count"), "reactions") + counts.get(name, 0)
+    return parse_reactions(counts)[1]
+
+
 def parse_status(st: Any, host: str, include_sensitive: bool = False) -> dict:
     """One Status entity → a post dict (module docstring); ``error`` or ``skip`` set when it has no usable image."""
     raw_id = st.get("id") if isinstance(st, dict) else None
@@ -117,9 +142,16 @@ def parse_status(st: Any, host: str, include_sensitive: bool = False) -> dict:
         out["user_id"] = parse_text(acc.get("id"), "user_id", required=True)
         acct = parse_text(acc.get("acct"), "user_acct", required=True)
         out["user_acct"] = home_acct(acct or "", host)
-        out["followers"] = parse_count(acc.get("followers_count"), "followers")
-        out["likes"] = parse_count(st.get("favourites_count"), "likes")
+        out["followers"] = parse_optional_count(acc.get("followers_count"), "followers")
+        pleroma = acc.get("pleroma")
+        if isinstance(pleroma, dict) and pleroma.get("hide_followers_count") is True:
+            out["followers"] = None  # Akkoma/Pleroma answer 0 for a count its owner hides: unknown, not 0
+        out["likes"] = parse_optional_count(st.get("favourites_count"), "likes")
         out["reblogs"] = parse_count(st.get("reblogs_count", 0), "reblogs")
+        out["replies"] = parse_optional_count(st.get("replies_count"), "replies")
+        out["quotes"] = parse_optional_count(st.get("quotes_count"), "quotes")  # servers with quote posts
+        if isinstance(st.get("pleroma"), dict) and "emoji_reactions" in st["pleroma"]:
+            out["reactions"] = _emoji_reactions(st["pleroma"]["emoji_reactions"])
         tags = st.get("tags")
         if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, dict) for t in tags)):
             raise ValueError("tags: not a list of Tag objects")
@@ -248,10 +280,11 @@ def _retry_after(v: Any, wall: float) -> float | None:
     return max(0.0, when.timestamp() - wall)
 
 
-def with_params(url: str, params: list[tuple[str, str]], replace: bool = False) -> str:
-    """``url`` with ``params`` added (kept when ``url`` has the key already, unless ``replace``)."""
+def with_params(url: str, params: list[tuple[str, str]], replace: bool = False, drop: tuple[str, ...] = ()) -> str:
+    """``url`` with ``params`` added (kept when ``url`` has the key already, unless ``replace``) and the keys
+    ``drop`` removed."""
     parts = urlsplit(url)
-    q = parse_qsl(parts.query, keep_blank_values=True)
+    q = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in drop]
     have = {k for k, _ in q}
     new_keys = {k for k, _ in params}
     if replace:
@@ -308,6 +341,8 @@ class MastodonAdapter(FeedAdapter):
         self.host = (urlsplit(site.base_url).hostname or "").lower()
         self.pacer = Pacer(m.paging_requests, m.paging_window_s, m.rate_reserve, share, m.max_wait_s)
         self.incremental = m.incremental
+        self.nodeinfo = Software(site.base_url)
+        self.no_only_media = False  # the server rejected only_media (dialect_fallbacks): it is not sent again
 
     def params(self) -> list[tuple[str, str]]:
         """The timeline's query parameters from config."""
@@ -342,15 +377,57 @@ class MastodonAdapter(FeedAdapter):
     def fetch(self, client: Any, url: str, paging: bool | None = None, deadline: float | None = None) -> Any:
         """One API request, paced (``paging``: counted against the paging limit; by default when the URL pages
         with ``max_id``); a 401/403/404/410/422/429 gets a reason that says what it means. A request the pacer would
-        hold past ``max_wait_s`` (or ``deadline``) is not sent: error ``rate_limited``."""
+        hold past ``max_wait_s`` (or ``deadline``) is not sent: error ``rate_limited``. Where the answer differs by
+        server (:meth:`dialect_fallbacks`), the server's software is looked up once and the request degraded."""
+        if self.no_only_media:
+            url = with_params(url, [], drop=("only_media",))
+        res = self._request(client, url, paging, deadline)
+        if not res.ok and "/timelines/tag/" in url:
+            res = self.dialect_fallbacks(client, url, res, paging, deadline)
+        return res
+
+    def _request(
+        self, client: Any, url: str, paging: bool | None, deadline: float | None, auth: bool = True
+    ) -> FetchResult:
         try:
             self.pacer.wait(query_value(url, "max_id") is not None if paging is None else paging, deadline)
         except RateLimited:
             return FetchResult(url=url, kind="page", status=STATUS_ERROR, reason="rate_limited")
-        res = client.fetch_feed_page(url, headers=self.auth_headers(url))
+        res = client.fetch_feed_page(url, headers=self.auth_headers(url) if auth else None)
         self.pacer.observe(res.headers, res.http_status)
         if res.http_status in EXPLAIN and not res.ok:
             res.reason = EXPLAIN[res.http_status]
+        return res
+
+    def software(self, client: Any) -> str:
+        """The server's software by NodeInfo (:mod:`pipeline.scrape.feeds.nodeinfo`: two requests at most, once a
+        run), ``""`` when it cannot be told."""
+        return self.nodeinfo.get(lambda u: self._request(client, u, paging=False, deadline=None, auth=False))
+
+    def dialect_fallbacks(
+        self, client: Any, url: str, res: FetchResult, paging: bool | None, deadline: float | None
+    ) -> FetchResult:
+        """A refused hashtag timeline, by the server's software (looked up only here):
+
+        * a 400/422 to a request with ``only_media`` from a server that is not Mastodon (older Pixelfed releases
+          validate it with Laravel's ``boolean`` rule, which rejects ``true``): asked again without it (and, when
+          that answers, for the rest of the run); statuses without media are then skipped here (``no_image``)
+          instead of by the server;
+        * a 401/403 without a token from a server that wants one for its hashtag timeline (Pixelfed answers 403,
+          GoToSocial 401, Akkoma 401 when unauthenticated timelines are restricted): the reason
+          ``auth_required:<software>:<what to set>`` names the option (``mastodon.access_token_env``) or the
+          empty variable. Mastodon's own answers keep their reasons."""
+        status = res.http_status
+        if status in (400, 422) and query_value(url, "only_media") is not None:
+            if self.software(client) != "mastodon":
+                again = self._request(client, with_params(url, [], drop=("only_media",)), paging, deadline)
+                self.no_only_media = self.no_only_media or again.ok  # left out for the run once that answers
+                return again
+        if status in (401, 403) and not self.auth_headers(url):
+            name = self.software(client)
+            if name and name != "mastodon":
+                env = self.opts.access_token_env
+                res.reason = f"auth_required:{name}:" + (f"{env}_unset" if env else "mastodon.access_token_env")
         return res
 
     def parse(self, body: bytes, page_url: str, hashtag: str, page: int, headers: dict | None = None) -> FeedPage:
@@ -368,11 +445,28 @@ class MastodonAdapter(FeedAdapter):
             posts = newer
         if not doc or stop:
             return FeedPage(posts=posts, next_url=None, bad_posts=bad)
-        nxt = link_next(headers, page_url)
+        if headers is None or "link" not in headers:  # a server without Link headers (Pixelfed): page by id
+            nxt = self.next_by_id(doc, page_url)
+        else:
+            nxt = link_next(headers, page_url)
         if nxt is None:
             return FeedPage(posts=posts, next_url=None, bad_posts=bad)
         carried = [(k, v) for k, v in parse_qsl(urlsplit(page_url).query) if k in PASS_KEYS]
         return FeedPage(posts=posts, next_url=with_params(nxt, carried), bad_posts=bad)
+
+    def next_by_id(self, doc: list, page_url: str) -> str | None:
+        """The next page of a server that sends no ``Link`` header: ``max_id`` = the oldest id of this page (ids
+        compared by :func:`id_key`, as text when they are not numeric: GoToSocial's ULIDs, Akkoma's flake ids; never
+        as numbers), None when the page has none older than its own ``max_id`` (a server that ignores it)."""
+        raw = [st.get("id") for st in doc if isinstance(st, dict)]
+        ids = [str(i) for i in raw if isinstance(i, str | int) and not isinstance(i, bool) and i != ""]
+        if not ids:
+            return None
+        oldest = min(ids, key=id_key)
+        current = query_value(page_url, "max_id")
+        if current is not None and id_key(oldest) >= id_key(current):
+            return None
+        return with_params(page_url, [("max_id", oldest)], replace=True)
 
     # ---------------------------------------------------------------- incremental reruns (feeds/cursors.py)
     def id_key(self, item_id: str) -> tuple[int, str]:

@@ -7,12 +7,12 @@
   (``/api/notes/search-by-tag?tag=selfie&limit=100&withFiles=true&untilId=…``): :meth:`MisskeyAdapter.fetch` sends
   them as JSON (the crawl's cursors and resumes work on these URLs as on Mastodon's).
 * A note (:func:`parse_note`) becomes a post: ``id``, ``user.id`` (``user_id``), ``@username@host`` (``user_acct``;
-  ``user.host`` null means the serving server's own user), ``likes`` = the sum of the ``reactions`` map (every
-  emoji; the map itself has no column), ``renoteCount`` (``reblogs``), ``tags``, ``createdAt``, ``url`` / ``uri``
-  (remote notes) or ``https://<host>/notes/<id>`` (``post_url``), ``counts_from`` = the serving host (one server's
-  view, as on Mastodon). The image is the first of ``files`` whose ``type`` is ``image/*``; a file marked
-  ``isSensitive`` is skipped (``sensitive``) unless ``include_sensitive``; only video/audio files ``media_video`` /
-  ``media_audio``; none ``no_image``.
+  ``user.host`` null means the serving server's own user), ``likes`` = the sum of the ``reactions`` map (every emoji;
+  the map itself as JSON text: ``reactions``), ``renoteCount`` (``reblogs``), ``repliesCount`` (``replies``),
+  ``tags``, ``createdAt``, ``url`` / ``uri`` (remote notes) or ``https://<host>/notes/<id>`` (``post_url``),
+  ``counts_from`` = the serving host (one server's view, as on Mastodon). The image is the first of ``files`` whose
+  ``type`` is ``image/*``; a file marked ``isSensitive`` is skipped (``sensitive``) unless ``include_sensitive``; only
+  video/audio files ``media_video`` / ``media_audio``; none ``no_image``.
 * Followers: ``POST /api/users/show`` with ``userIds`` (100 a request, cached per process:
   :mod:`pipeline.scrape.feeds.followers`); a user the answer leaves out (deleted, suspended) makes the post an error
   row ``followers_lookup:not_found``.
@@ -41,11 +41,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.config import FeedSite
 from pipeline.scrape.feeds.base import (
     API_ERRORS,
+    REFRESHED,
     FeedAdapter,
     FeedPage,
     FeedParseError,
     load_json,
     parse_count,
+    parse_optional_count,
+    parse_reactions,
     parse_tags,
     parse_text,
     parse_time_field,
@@ -58,7 +61,6 @@ EXPLAIN = API_ERRORS  # feeds/base.py
 SEARCH = "/api/notes/search-by-tag"
 USERS = "/api/users/show"
 NOTE = "/api/notes/show"
-REFRESHED = ("likes", "followers", "reblogs", "counts_from")
 SINCE = "_since"  # the walk's stop id: kept in the page URL, never sent
 BOOL_KEYS = ("withFiles", "reply", "renote", "poll")
 INT_KEYS = ("limit",)
@@ -120,11 +122,9 @@ def parse_note(note: Any, host: str, include_sensitive: bool = False) -> dict:
         name = parse_text(user.get("username"), "user_acct", required=True)
         home = parse_text(user.get("host"), "user_acct") or host
         out["user_acct"] = f"@{name}@{home}"
-        reactions = note.get("reactions") or {}
-        if not isinstance(reactions, dict):
-            raise ValueError("likes: reactions not an object")
-        out["likes"] = parse_count(sum(parse_count(v, "likes") for v in reactions.values()), "likes")  # ≤ int64
+        out["likes"], out["reactions"] = parse_reactions(note.get("reactions") or {}, "likes")  # sum ≤ int64
         out["reblogs"] = parse_count(note.get("renoteCount", 0), "reblogs")
+        out["replies"] = parse_optional_count(note.get("repliesCount"), "replies")
         out["tags"] = parse_tags(note.get("tags"))
         out["posted_at"] = parse_time_field(note.get("createdAt"))
         url = parse_text(note.get("url"), "post_url") or parse_text(note.get("uri"), "post_url")

@@ -1,14 +1,15 @@
-"""Likes mature: posts that were younger than ``min_post_age_days`` when scraped get their counts read again on a
-later run, once they are old enough.
+"""Likes mature: posts that were younger than ``min_post_age_days`` when scraped get their counts read again on a later
+run, once they are old enough.
 
 :func:`refresh_young_posts` runs at the start of a crawl (before any worker starts). For each feed site whose adapter
-refreshes counts (:attr:`~pipeline.scrape.feeds.base.FeedAdapter.refresh_max` > 0: Mastodon's, ``mastodon.refresh_max``
-a run) it finds the ``posts`` rows with status ok, ``too_young`` true and ``posted_at`` at least
-``scrape.min_post_age_days`` ago (at most ``refresh_max`` a run), reads their counts again through the polite HTTP
-client (the adapter's :meth:`~pipeline.scrape.feeds.base.FeedAdapter.refresh_counts`, paced as its pages) and
-rewrites those rows in place (each part file atomically): ``likes``, ``followers``, ``reblogs``, ``counts_from`` and
-``scraped_at`` (now) from the answer, ``too_young`` false. A post that is gone (404) or unreadable keeps its row as
-it was (still too young, so the labels stage leaves it out). Returns how many rows were refreshed.
+refreshes counts (:attr:`~pipeline.scrape.feeds.base.FeedAdapter.refresh_max` > 0: Mastodon's,
+``mastodon.refresh_max`` a run) it finds the ``posts`` rows with status ok, ``too_young`` true and ``posted_at`` at
+least ``scrape.min_post_age_days`` ago (at most ``refresh_max`` a run), reads their counts again through the polite
+HTTP client (the adapter's :meth:`~pipeline.scrape.feeds.base.FeedAdapter.refresh_counts`, paced as its pages) and
+rewrites those rows in place (each part file atomically): ``likes``, ``followers``, ``reblogs``, ``replies``,
+``quotes``, ``reactions``, ``counts_from`` and ``scraped_at`` (now) from the answer, ``too_young`` false. A post that
+is gone (404) or unreadable keeps its row as it was (still too young, so the labels stage leaves it out). Returns how
+many rows were refreshed.
 
 The whole refresh (it runs in the driver, under the scrape lock) has a deadline, ``scrape.refresh_timeout_s``: no
 request starts after it, and what was read by then is written; the rest waits for the next run.
@@ -26,13 +27,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import Config
-from pipeline.scrape.feeds.base import FeedAdapter
+from pipeline.scrape.feeds.base import REFRESHED, FeedAdapter
 from pipeline.scrape.feeds.registry import adapter_for
 from pipeline.store import POSTS, POSTS_DS, STATUS_OK, DataRoot, now, to_table
 
 log = logging.getLogger("facerank.scrape")
 
-UPDATED = ("likes", "followers", "reblogs", "counts_from")  # the columns a refresh rewrites (with scraped_at)
+UPDATED = REFRESHED  # the columns a refresh rewrites (with scraped_at)
 
 
 def young_ids(root: DataRoot, site: str, min_age_days: int, limit: int) -> list[str]:
