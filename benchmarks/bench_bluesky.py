@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,12 +35,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replay_bench import rss_mb, run_child, start_replay  # noqa: E402
+
 HANDLE, PASSWORD = "crawler.bsky.example", "bench-app-pass-0000"
 IMAGE_EMBEDS = ("app.bsky.embed.images#view", "app.bsky.embed.recordWithMedia#view")
-
-
-def _rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def child_ours(url: str, n: int, threads: int, out: str) -> dict:
@@ -67,7 +65,7 @@ def child_ours(url: str, n: int, threads: int, out: str) -> dict:
     sec = time.perf_counter() - t
     return {"seconds": round(sec, 2), "posts": s["posts_written"], "images": s["images_fetched"],
             "posts_per_s": round(s["posts_written"] / sec, 1), "images_per_s": round(s["images_fetched"] / sec, 1),
-            "pages": s["pages"], "rss_mb": _rss_mb()}  # fmt: skip
+            "pages": s["pages"], "rss_mb": rss_mb()}  # fmt: skip
 
 
 def _first_image(post: dict) -> str | None:
@@ -135,29 +133,20 @@ def child_peer(url: str, n: int, threads: int, out: str) -> dict:
     sec = time.perf_counter() - t
     return {"seconds": round(sec, 2), "list_seconds": round(listed, 2), "posts": len(posts), "images": got,
             "authors": len(followers), "posts_per_s": round(len(posts) / sec, 1),
-            "images_per_s": round(got / sec, 1), "rss_mb": _rss_mb(), "requests": requests.__version__}  # fmt: skip
+            "images_per_s": round(got / sec, 1), "rss_mb": rss_mb(), "requests": requests.__version__}  # fmt: skip
 
 
 def _server(n: int, tmp: str, rate_limit: int) -> tuple[subprocess.Popen, str]:
-    port_file = os.path.join(tmp, f"port-{n}")
-    cmd = [sys.executable, "-m", "pipeline.testing.bluesky_replay", "--n", str(n), "--port-file", port_file,
-           "--password", PASSWORD, "--rate-limit", str(rate_limit)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO)
-    for _ in range(600):
-        if os.path.exists(port_file):
-            return proc, Path(port_file).read_text()
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the replay server did not start")
+    return start_replay(
+        "pipeline.testing.bluesky_replay",
+        ["--n", str(n), "--password", PASSWORD, "--rate-limit", str(rate_limit)],
+        tmp,
+        str(n),
+    )
 
 
 def _child(kind: str, url: str, n: int, threads: int, out: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--url", url, "--n", str(n), "--threads", str(threads),
-           "--out", out]  # fmt: skip
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
-    if res.returncode != 0:
-        raise RuntimeError(f"{kind} failed: {res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_child(__file__, kind, url, n, threads, out)
 
 
 def main() -> int:
