@@ -118,6 +118,16 @@ def test_check_feed_reads_a_saved_page_as_if_served_at_its_url(tmp_path, capsys)
     assert rc == 0 and rep["pages"][0]["url"] == as_url and "cdn.bsky.app" in rep["photo_hosts"]
     fetched = [p["item_id"] for p in rep["posts"] if p["crawl"] == "fetch image"]
     assert fetched == [p["item_id"] for p in images]
+    # a JSON API's page with relative links: they resolve against --as, exactly as live
+    post = {"id": 7, "image_url": "/img/7.jpg", "user": {"id": "u7", "followers": 3}, "likes": 2, "tags": ["selfie"],
+            "posted_at": "2026-01-02T03:04:05Z"}  # fmt: skip
+    saved.write_text(json.dumps({"posts": [post], "next_page": "?tag=selfie&page=2"}))
+    cfg = _config(tmp_path, {"name": "j", "adapter": "json", "base_url": "https://feed.example"}, private=False)
+    as_url = "https://www.feed.example/api/feed?tag=selfie&page=1"
+    assert main(["scrape", "check-feed", "--config", cfg, "--site", "j", "--saved", str(saved), "--as", as_url]) == 0
+    out = capsys.readouterr().out
+    assert "next page: https://www.feed.example/api/feed?tag=selfie&page=2" in out
+    assert "image_url:   https://www.feed.example/img/7.jpg" in out and "crawl:       fetch image" in out
     assert not (tmp_path / "data").exists()
 
 

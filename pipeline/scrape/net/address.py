@@ -162,8 +162,8 @@ def photo_hosts(cfg: Config, site: str, domains: list[str] | None = None) -> lis
 def photo_host_setting(site: str, host: str | None) -> str:
     """The settings that would let a photo from ``host`` be fetched for site ``site``, for messages."""
     h = host or "?"
-    parent = h.split(".", 1)[1] if h.count(".") >= 2 else h
+    glob = f" (or '*.{h.split('.', 1)[1]}')" if h.count(".") >= 2 and not h.replace(".", "").isdigit() else ""
     return (
         f"photos of {site} may come from the pages' hosts (the sites' own and scrape.allowed_domains) and photo_hosts: "
-        f"add {h!r} (or '*.{parent}') to this site's photo_hosts, or to scrape.photo_hosts for every site"
+        f"add {h!r}{glob} to this site's photo_hosts, or to scrape.photo_hosts for every site"
     )
