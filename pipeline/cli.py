@@ -12,6 +12,7 @@ Tools::
     python -m pipeline labels import-scores --images DIR --scores FILE  # SCUT-FBP5500-style scores
     python -m pipeline labels import-classes --task NAME --csv FILE --images DIR | --folders DIR  # classes
     python -m pipeline scrape check-site --config FILE --site NAME [--pages N] [--json]   # try a staff site config
+    python -m pipeline scrape check-feed --config FILE --site NAME [--saved F] [--json]   # try a feed site config
     python -m pipeline rate photo.jpg [--model DIR] [--json]
     python -m pipeline best-crop photo.jpg --out best.jpg [--k 24]
     python -m pipeline report --run DATA_ROOT/models/RUN_ID   # the data root is the run's, unless --config says
@@ -201,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--saved-profile", default=None, metavar="FILE",
                     help="with --saved: a saved profile page, read as the first one the crawl follows")  # fmt: skip
     cs.add_argument("--json", action="store_true", help="print the full rows as one JSON document")
+    cf = scsub.add_parser("check-feed", help="read a feed site's first page per hashtag and print its posts as rows")
+    cf.add_argument("--config", required=True, help="a config file, or a site file (configs/sites/*.yaml)")
+    cf.add_argument("--site", required=True, help="the feed site's name")
+    cf.add_argument("--tag", default=None, help="one hashtag instead of the site's hashtags")
+    cf.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config value (a feed by name: scrape.feeds[NAME].max_pages=2)")  # fmt: skip
+    cf.add_argument("--saved", default=None, metavar="FILE",
+                    help="read a saved response body (page.json) instead of fetching the page")  # fmt: skip
+    cf.add_argument("--as", dest="as_url", default=None, metavar="URL",
+                    help="with --saved: the URL it was served at (default: the crawl's first URL)")  # fmt: skip
+    cf.add_argument("--json", action="store_true", help="print the full rows as one JSON document")
 
     # The scheduler parses its own options (pipeline/score/scheduler.py): imported only when it runs.
     sch = sub.add_parser("scheduler", add_help=False, help="submit the score job on score.schedule, one at a time")
@@ -374,14 +386,19 @@ def _scheduler(args: argparse.Namespace) -> int:
 
 
 def _scrape(args: argparse.Namespace) -> int:
-    """``scrape check-site``: its --config may be a site file (pipeline/scrape/staff/check.py), read there."""
+    """``scrape check-site`` / ``check-feed``: their --config may be a site file (pipeline/scrape/staff/check.py,
+    pipeline/scrape/check_feed.py), read there."""
+    if args.scrape_cmd == "check-feed":
+        from pipeline.scrape.check_feed import main as check_feed_main
+
+        return check_feed_main(args)
     from pipeline.scrape.staff.check import main as check_site_main
 
     return check_site_main(args)
 
 
-# Every command's handler. Most take the validated config (_configured); scheduler and scrape check-site read their
-# own (a scheduler's options, a site file).
+# Every command's handler. Most take the validated config (_configured); scheduler and scrape check-site/check-feed
+# read their own (a scheduler's options, a site file).
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "stage": _configured(_stage),
     "all": _configured(_all),

@@ -26,10 +26,11 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -124,6 +125,24 @@ class HttpConfig(_Section):
     retry: RetryConfig = RetryConfig()
 
 
+# a photo host (``photo_hosts``): a host name (it and its subdomains), a glob over the whole name (``*.cloudfront.net``,
+# ``*`` also spans dots) or ``*`` alone (any public host); no scheme, port or path
+_PHOTO_HOST = re.compile(r"^(\*|(\*\.|\*-)?[a-z0-9*]([a-z0-9*.-]*[a-z0-9*])?)$")
+
+
+def _photo_hosts(hosts: list[str]) -> list[str]:
+    out = []
+    for h in hosts:
+        host = str(h).strip().lower().rstrip(".")
+        if not _PHOTO_HOST.match(host):
+            raise ValueError(f"{h!r} is not a host name or a glob such as *.cloudfront.net (no scheme, port or path)")
+        out.append(host)
+    return list(dict.fromkeys(out))
+
+
+PhotoHosts = Annotated[list[str], AfterValidator(_photo_hosts)]
+
+
 class FeedSite(_Section):
     """A hashtag feed. ``adapter`` names its adapter (a name in the registry, pipeline/scrape/feeds/registry.py:
     ``demo``, ``json``, ``mastodon``, ...); that adapter's own options are the entry's section of the same name
@@ -135,6 +154,8 @@ class FeedSite(_Section):
     base_url: str
     hashtags: list[str] = ["selfie"]
     max_pages: int = Field(100, ge=1)
+    # more hosts this feed's images may come from (a media host, a CDN): pipeline.scrape.net.address.photo_hosts
+    photo_hosts: PhotoHosts = []
     options: Any = Field(None, exclude=True)  # the adapter's options model, from its section
 
     @model_validator(mode="before")
@@ -237,6 +258,8 @@ class StaffSite(_Section):
     next_page: str | None = None  # a link to follow for the next page
     scroll_for_lazy_images: bool = True
     max_pages: int = Field(20, ge=1)
+    # more hosts this site's photos may come from (a CDN): pipeline.scrape.net.address.photo_hosts
+    photo_hosts: PhotoHosts = []
 
     @property
     def profile_selector(self) -> str | None:
@@ -319,7 +342,12 @@ class ScrapeConfig(_Section):
     min_post_age_days: int = Field(30, ge=0)
     # the count refresh of young posts (in the driver, before the workers start) starts no request after this long
     refresh_timeout_s: float = Field(600.0, gt=0)
-    allowed_domains: list[str] = []  # empty: the hosts of the configured sites
+    # hosts (each with its subdomains) that pages, API calls and their redirects may reach, added to the configured
+    # sites' own hosts (always allowed); robots.txt goes with them. Photos: the same hosts and photo_hosts
+    allowed_domains: list[str] = []
+    # more hosts every site's photos may come from (docs/sites.md "Where photos may come from"): a host name, a glob
+    # (*.cloudfront.net) or * (any public host); a site's own photo_hosts add to these for that site
+    photo_hosts: PhotoHosts = []
     http: HttpConfig = HttpConfig()
     selenium: SeleniumConfig = SeleniumConfig()
     feeds: list[FeedSite] = []
@@ -864,3 +892,29 @@ def load_config(path: str | os.PathLike | None, overrides: dict[str, Any] | None
         reason = getattr(err, "problem", None) or type(err).__name__
         raise ConfigError(f"{p}: not valid YAML{at}: {reason}") from None
     return parse_config(raw, str(p), overrides)
+
+
+def load_config_or_site_file(path: str, overrides: dict[str, Any] | None = None) -> Config:
+    """A whole config, or a site file (``staff:`` and/or ``feeds:`` lists only, as under ``configs/sites/``) read
+    with the defaults (the check tools take either). Raises :class:`ConfigError`."""
+    p = Path(path)
+    raw = None
+    if p.is_file():
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            raw = None
+    if isinstance(raw, dict) and raw and set(raw) <= {"staff", "feeds"}:
+        return parse_config({"sites": [str(p.resolve())]}, str(p), overrides)
+    return load_config(path, overrides)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as overrides (each value read as YAML). Raises :class:`ConfigError`."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out

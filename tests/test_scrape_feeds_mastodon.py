@@ -396,7 +396,7 @@ def test_token_goes_to_the_sites_origin_only_not_another_port_or_plain_http(monk
     # https -> http: the hop is refused before it is fetched (the first hop's answer stands in for a TLS server)
     client = HttpClient(cfg.scrape.http, ["m.example"])
     hops: list[str] = []
-    monkeypatch.setattr(client, "target", lambda url, hop: (url, None))
+    monkeypatch.setattr(client, "target", lambda url, hop, hosts=None: (url, None))
     monkeypatch.setattr(client, "robots_allowed", lambda url: (True, None))
     monkeypatch.setattr(client, "_one_hop", lambda url, *a: hops.append(url) or "http://m.example/next")
     res = client.fetch_page("https://m.example/start", headers={"Authorization": "Bearer x"})

@@ -176,3 +176,75 @@ def test_inspect_image_rejects_garbage():
         with pytest.raises(ValueError):
             inspect_image(data, 1_000_000)
     assert inspect_image(OK, 1_000_000) == (64, 48)
+
+
+def test_photo_hosts_govern_image_fetches_on_every_hop_with_their_robots_and_the_address_guard(server):
+    """An image fetch given its site's photo hosts is checked against them (globs allowed) instead of the pages'
+    allowed domains, on every redirect hop; the photo host's robots.txt is fetched and obeyed; the address guard
+    still refuses private addresses. The config side: allowed_domains adds to the sites' hosts, photo_hosts add to
+    both, per config and per site."""
+    from pipeline.config import ConfigError, parse_config
+    from pipeline.scrape.net.address import allowed_domains, host_matches, photo_hosts
+
+    port = server.rsplit(":", 1)[1]
+    cdn = f"http://localhost:{port}"
+    c = _client(domains=["127.0.0.1"])  # pages: 127.0.0.1 only
+    assert c.fetch_image(f"{cdn}/img/ok.jpg").reason == "outside_allowed_domains"  # no photo hosts: the pages' rule
+    r = c.fetch_image(f"{cdn}/img/ok.jpg", hosts=["127.0.0.1"])
+    assert (r.status, r.reason) == ("skipped", "outside_photo_hosts")
+    r = c.fetch_image(f"{cdn}/img/ok.jpg", hosts=["127.0.0.1", "local*"])
+    assert r.ok and r.width == 64
+    assert f"{cdn}/robots.txt" in [x.url for x in c.robots.drain() if x.ok]  # the photo host's robots.txt, read
+    assert c.fetch_image(f"{cdn}/private/ok.jpg", hosts=["localhost"]).reason == "robots"  # and obeyed
+    r = c.fetch_image(f"{server}/redirect/away", hosts=["127.0.0.1"])  # 127.0.0.1 -> localhost
+    assert (r.status, r.reason) == ("skipped", "redirect_outside_photo_hosts")
+    assert c.fetch_image(f"{server}/redirect/away", hosts=["127.0.0.1", "localhost"]).ok
+    r = _client(allow_private=False).fetch_image(f"{cdn}/img/ok.jpg", hosts=["*"])  # any host, but public only
+    assert (r.status, r.reason) == ("error", "private_address")
+
+    assert host_matches("d1x.cloudfront.net", ["*.cloudfront.net"]) and host_matches(
+        "a.b.cloudfront.net", ["*.cloudfront.net"]
+    )
+    assert not host_matches("cloudfront.net", ["*.cloudfront.net"]) and not host_matches(
+        "evilcloudfront.net", ["*.cloudfront.net"]
+    )
+    assert host_matches("img.dept.example", ["dept.example"]) and not host_matches(
+        "dept.example.evil.com", ["dept.example"]
+    )
+    assert host_matches("anything.example", ["*"]) and not host_matches("x.example", [])
+
+    site = {"name": "s", "department": "d", "start_urls": ["https://dept.example/people"], "photo_hosts": ["*.cdn.net"]}
+    feed = {"name": "f", "base_url": "https://feed.example"}
+    scrape = {
+        "allowed_domains": ["Profiles.Example"],
+        "photo_hosts": ["media.example"],
+        "staff": [site],
+        "feeds": [feed],
+    }
+    cfg = parse_config({"scrape": scrape})
+    assert allowed_domains(cfg) == ["dept.example", "feed.example", "profiles.example"]  # added to the sites' hosts
+    assert photo_hosts(cfg, "s") == [*allowed_domains(cfg), "media.example", "*.cdn.net"]
+    assert photo_hosts(cfg, "f") == [*allowed_domains(cfg), "media.example"]
+    with pytest.raises(ConfigError, match=r"scrape.photo_hosts: 'https://x.example/' is not a host name or a glob"):
+        parse_config({"scrape": {"photo_hosts": ["https://x.example/"]}})
+
+
+def test_the_crawl_fetches_each_sites_photos_from_its_own_photo_hosts(server, tmp_path):
+    """The crawl's image task (``HttpWork``): a site's own ``photo_hosts`` let its photos come from that host, and
+    not another site's; the refused one is a ``skipped`` result and fetch row ``outside_photo_hosts``."""
+    from contextlib import nullcontext
+
+    from pipeline.config import parse_config
+    from pipeline.scrape.net.address import allowed_domains
+    from pipeline.scrape.work import HttpWork
+
+    cdn = f"http://localhost:{server.rsplit(':', 1)[1]}"
+    feeds = [{"name": "a", "base_url": server, "photo_hosts": ["localhost"]}, {"name": "b", "base_url": server}]
+    http = {"allow_private_addresses": True, "retry": {"attempts": 1}}
+    cfg = parse_config({"data_root": str(tmp_path / "data"), "scrape": {"http": http, "feeds": feeds}})
+    work = HttpWork(cfg, allowed_domains(cfg), lambda host, delay=0.0: nullcontext())
+    tasks = [{"kind": "image", "site": s, "url": f"{cdn}/img/{n}.jpg"} for s, n in (("a", "ok"), ("b", "copy"))]
+    (a, b), _ = work.run(tasks)
+    assert (a["status"], a["reason"], a["width"]) == ("ok", None, 64) and a["sha"]
+    assert (b["status"], b["reason"], b["sha"]) == ("skipped", "outside_photo_hosts", None)
+    assert b["fetch"]["reason"] == "outside_photo_hosts" and b["fetch"]["host"] == "localhost"

@@ -173,6 +173,32 @@ def test_check_site_prints_keys_whole_values_and_warns_on_shared_keys(tmp_path, 
     assert len(rep["warnings"]) == 1 and "'p1'" in rep["warnings"][0]
 
 
+CDN_PAGE = """<html><body>
+<div class="person"><img src="/photos/ann.jpg"><span class="name">Ann Lee</span><span class="role">Lecturer</span></div>
+<div class="person"><img src="https://d1x.cloudfront.net/bo.jpg"><span class="name">Bo Chen</span>
+  <span class="role">Professor</span></div>
+</body></html>"""
+
+
+def test_check_site_says_which_photo_a_crawl_refuses_and_the_setting_that_allows_it(tmp_path, capsys):
+    """A photo on another host (a CDN) is refused by the crawl unless a photo host names it: check-site says so per
+    person, with the setting; a per-site ``photo_hosts`` glob (set by name) lets it through."""
+    entry = {"name": "c", "department": "maths", "start_urls": ["https://dept.example/people"], "person": ".person"}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"staff": [entry]}))
+    page = tmp_path / "people.html"
+    page.write_text(CDN_PAGE)
+    argv = ["scrape", "check-site", "--config", str(cfg), "--site", "c", "--saved", str(page), "--as",
+            entry["start_urls"][0]]  # fmt: skip
+    assert main(argv) == 0
+    ann, bo = _people(capsys.readouterr().out)
+    assert ann["fetch photo"] == "yes"
+    assert bo["fetch photo"].startswith("no: outside_photo_hosts (photos of c may come from")
+    assert "add 'd1x.cloudfront.net' (or '*.cloudfront.net') to this site's photo_hosts" in bo["fetch photo"]
+    assert main(argv + ["--set", "scrape.staff[c].photo_hosts=['*.cloudfront.net']", "--json"]) == 0
+    assert [p["fetch"] for p in json.loads(capsys.readouterr().out)["people"]] == ["yes", "yes"]
+
+
 def test_check_site_follows_pages_and_sets_a_site_by_name(tmp_path, capsys):
     with fixture_site() as srv:
         cfg = _site_file(tmp_path, srv.base, "drupal")  # render: auto in the file

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.config import PrivacyConfig
-from pipeline.privacy.key import SCHEME_KEYED, root_key
+from pipeline.config import ConfigError, PrivacyConfig
+from pipeline.privacy.key import SCHEME_KEYED, check_root_key, key_source, load_key, recorded, root_key
 from pipeline.store import AUDIT_DS, OPTOUT_DS, DataRoot, to_table
 
 log = logging.getLogger("facerank")
@@ -76,8 +76,9 @@ def _rekeyed(table: pa.Table, old: pa.Array, key: bytes) -> pa.Table:
     return table.append_column("scheme", pa.array(new_scheme, pa.string()))
 
 
-def _keyed_list(root: DataRoot, dataset: str, key: bytes) -> tuple[list[str], int]:
-    """Every keyed hash of ``dataset``; old rows are rekeyed in memory and rewritten where the root allows."""
+def _keyed_list(root: DataRoot, dataset: str, key: bytes, rewrite: bool = True) -> tuple[list[str], int]:
+    """Every keyed hash of ``dataset``; old rows are rekeyed in memory and rewritten where the root allows (and
+    ``rewrite``)."""
     out: list[str] = []
     migrated = 0
     for path in root.part_files(dataset):
@@ -86,6 +87,9 @@ def _keyed_list(root: DataRoot, dataset: str, key: bytes) -> tuple[list[str], in
         n = pc.sum(old).as_py() or 0
         if n:
             table = _rekeyed(table, old, key)
+            if not rewrite:
+                out += table.column("subject_hash").to_pylist()
+                continue
             try:
                 root.rewrite_part(path, to_table(table, root.schema(dataset)))
                 migrated += n
@@ -117,6 +121,25 @@ class OptOut:
         if migrated:
             _keyed_list(root, AUDIT_DS, self.key)
             log.info("privacy: %d opt-out rows rewritten from plain sha256 to HMAC-SHA256", migrated)
+
+    @classmethod
+    def peek(cls, root: DataRoot, privacy: PrivacyConfig | None = None) -> tuple[OptOut | None, str]:
+        """The list as the crawl would match it, read without writing anything (``scrape check-feed``): (list, "")
+        or (None, why it was not read): no opt-out rows, no record of the root's key, or no usable key here (the
+        crawl would stop on those two)."""
+        if not root.part_files(OPTOUT_DS):
+            return None, f"no opt-out list under {root.uri}"
+        try:
+            if recorded(root) is None:
+                return None, f"the opt-out list under {root.uri} has no record of its key"
+            key = load_key(privacy, root.uri)
+            check_root_key(root, key, key_source(privacy))  # a record exists: checked, nothing written
+        except ConfigError as err:  # no key here, or not the root's key
+            return None, str(err)
+        self = cls.__new__(cls)
+        self.key = key
+        self.hashes = {h for h in _keyed_list(root, OPTOUT_DS, key, rewrite=False)[0] if h}
+        return self, ""
 
     def blocks(self, kind: str, value: str | None, site: str | None = None) -> bool:
         """Whether the subject is opted out: on every site, or (``site`` given) on that site.

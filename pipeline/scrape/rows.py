@@ -14,7 +14,8 @@ driver's frontier. It owns the per-run decisions:
   fetched photo wait until every photo of the site is fetched, then an image shared by ``placeholder_min_people``
   or more of its people is ``no_photo: placeholder`` for all of them (they keep ``image_sha256``);
 * posts the adapter marks ``skip`` (a Mastodon video, no image, sensitive media) get a ``skipped`` row with that
-  reason and no fetch; with ``cursors`` (:mod:`pipeline.scrape.feeds.cursors`) each feed page handled is recorded there;
+  reason and no fetch (:func:`post_verdict`, which ``scrape check-feed`` asks too); with ``cursors``
+  (:mod:`pipeline.scrape.feeds.cursors`) each feed page handled is recorded there;
 * image dedupe: each image URL is fetched once per run; rows sharing a URL wait for its one fetch and count as
   duplicates; identical bytes from different URLs are stored once by the worker, and are decided per sha256 here
   (workers may race on the same bytes).
@@ -36,6 +37,26 @@ from pipeline.scrape.writer import RowWriter
 from pipeline.store import POSTS_DS, STAFF_DS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, now
 
 _IMAGE_KEYS = ("status", "reason", "sha", "width", "height", "placeholder")
+OPTED_OUT, FETCH = "opted_out", "fetch"  # post_verdict's outcomes besides a row's status
+
+
+def post_verdict(p: dict, optout: OptOut | None, site: str) -> tuple[str, str | None]:
+    """What the crawl does with a parsed feed post (one not stored before), before any image is fetched:
+    (``opted_out``, ``user`` or ``acct``): no row at all; (``error``, reason) or (``skipped``, reason): a row with
+    that status and no fetch; (``fetch``, None): its image is fetched. A post without an id is (``error``, reason)
+    and gets no row (it is counted). ``optout`` None: no opt-out list is consulted (``scrape check-feed`` without
+    one)."""
+    if not p.get("item_id"):
+        return STATUS_ERROR, p.get("error") or "bad_post"
+    if optout is not None and optout.blocks("user", p.get("user_id"), site=site):
+        return OPTED_OUT, "user"
+    if optout is not None and optout.blocks("acct", p.get("user_acct")):  # the account, on whichever server
+        return OPTED_OUT, "acct"
+    if p.get("error"):
+        return STATUS_ERROR, p["error"]
+    if p.get("skip"):  # no image to fetch (a video, no media, sensitive): a skipped row with the reason
+        return STATUS_SKIPPED, p["skip"]
+    return FETCH, None
 
 
 def post_row(site: str, hashtag: str, p: dict, scraped: dt.datetime, min_age_s: float) -> dict[str, Any]:
@@ -165,17 +186,15 @@ class RowBuilder:
         if not item:
             self.n.page_errors_by_reason[p.get("error") or "bad_post"] += 1
             return []
-        if not self._claim((POSTS_DS, site.name, item), "user", p.get("user_id")):
+        if not self._claim((POSTS_DS, site.name, item)):
             return []
-        if self.optout.blocks("acct", p.get("user_acct")):  # the account, on whichever server it was seen
+        verdict, reason = post_verdict(p, self.optout, site.name)
+        if verdict == OPTED_OUT:  # the user on this site, or the account on whichever server it was seen
             self.n.opted_out += 1
             return []
         row = post_row(site.name, hashtag, p, scraped, self.sc.min_post_age_days * 86400)
-        if p.get("error"):
-            self._emit(POSTS_DS, row, STATUS_ERROR, p["error"])
-            return []
-        if p.get("skip"):  # no image to fetch (a video, no media, sensitive): a skipped row with the reason
-            self._emit(POSTS_DS, row, STATUS_SKIPPED, p["skip"])
+        if verdict != FETCH:  # an error row, or skipped with the adapter's reason (a video, no image, sensitive)
+            self._emit(POSTS_DS, row, verdict, reason)
             return []
         return self._want_image(POSTS_DS, row)
 
@@ -223,15 +242,16 @@ class RowBuilder:
         self.site_pending[site.name] = self.site_pending.get(site.name, 0) + 1
         return self._want_image(STAFF_DS, row)
 
-    def _claim(self, key: tuple[str, str, str], optout_kind: str, person: str | None) -> bool:
-        """True when an item is new: not written before, not seen in this run, its person not opted out."""
+    def _claim(self, key: tuple[str, str, str], optout_kind: str | None = None, person: str | None = None) -> bool:
+        """True when an item is new: not written before, not seen in this run, its person (``optout_kind``, when
+        given) not opted out."""
         if key in self.done:
             self.n.skipped_done += 1
             return False
         if key in self.seen:
             return False
         self.seen.add(key)
-        if self.optout.blocks(optout_kind, person, site=key[1]):
+        if optout_kind is not None and self.optout.blocks(optout_kind, person, site=key[1]):
             self.n.opted_out += 1
             return False
         return True

@@ -6,7 +6,8 @@ Tasks and results are plain dicts (they cross process boundaries):
   headers and pacing), parses and completes (``adapter.enrich``: follower lookups) one feed page:
   ``{"task", "status", "reason", "posts", "next_url", "fetch"}`` (a page the adapter cannot read: error
   ``parse_error:<code>``);
-* ``{"kind": "image", "site", "url"}`` → fetches, checks and stores one image (``DataRoot.put_image``, by sha256):
+* ``{"kind": "image", "site", "url"}`` → fetches (from the site's photo hosts:
+  :func:`~pipeline.scrape.net.address.photo_hosts`), checks and stores one image (``DataRoot.put_image``, by sha256):
   ``{"task", "status", "reason", "sha", "width", "height", "new", "fetch"}``;
 * ``{"kind": "image", "site", "url", "staff": true}``: a staff photo, also checked for being a placeholder
   (:func:`~pipeline.scrape.staff.placeholders.by_content`: ``"placeholder"`` in the result);
@@ -32,7 +33,7 @@ from pipeline.config import Config
 from pipeline.privacy import OptOut
 from pipeline.scrape.feeds.base import FeedParseError
 from pipeline.scrape.feeds.registry import adapter_for
-from pipeline.scrape.net.address import resolves_public
+from pipeline.scrape.net.address import photo_hosts, resolves_public
 from pipeline.scrape.net.egress import policy_for
 from pipeline.scrape.net.http import FetchResult, HttpClient
 from pipeline.scrape.staff.browser import Browser
@@ -66,6 +67,9 @@ class HttpWork:
         self.client = HttpClient(cfg.scrape.http, domains, slot)
         self.pool = ThreadPoolExecutor(cfg.scrape.threads_per_actor, thread_name_prefix="fetch")
         self.adapters = {s.name: adapter_for(s, cfg.scrape.num_actors) for s in cfg.scrape.feeds}
+        sites = [s.name for s in [*cfg.scrape.feeds, *cfg.scrape.staff]]
+        # where each site's photos may come from (no domains: every host, as for pages)
+        self.photo_hosts = {name: photo_hosts(cfg, name, domains) for name in sites} if domains else {}
         self.optout_images = optout_images
 
     def run(self, tasks: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -96,7 +100,7 @@ class HttpWork:
         return out
 
     def _image(self, task: dict) -> dict:
-        res: FetchResult = self.client.fetch_image(task["url"])
+        res: FetchResult = self.client.fetch_image(task["url"], self.photo_hosts.get(task["site"]))
         sha, new = None, False
         if res.ok:
             sha = sha256_bytes(res.data or b"")

@@ -5,8 +5,10 @@
   with the latter), and exactly that prepared URL is checked and fetched; a backslash or a control character is
   ``bad_url`` outright (``http://127.0.0.1:1\\@localhost/`` reads as ``localhost`` to one parser and ``127.0.0.1`` to
   another);
-* hosts inside the allowed domains only (:func:`host_allowed`; :func:`allowed_domains`: ``scrape.allowed_domains``
-  or the hosts of the configured sites);
+* pages and API calls (and their redirects) to hosts inside the allowed domains only (:func:`host_allowed`;
+  :func:`allowed_domains`: the hosts of the configured sites and ``scrape.allowed_domains``); photos from those hosts
+  and the photo hosts (:func:`photo_hosts`: ``scrape.photo_hosts`` and the site's own, globs allowed,
+  :func:`host_matches`);
 * private, loopback, link-local and otherwise non-global addresses are not public (:func:`is_public_address`): IPv6
   forms that carry an IPv4 address, IPv4-mapped, IPv4-compatible, NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16`` and
   Teredo, are judged by that IPv4 address; the NAT64 local-use prefix ``64:ff9b:1::/48`` is never public.
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import socket
 from urllib.parse import urlsplit
@@ -124,9 +127,43 @@ def host_allowed(host: str | None, domains: list[str]) -> bool:
     return any(host == d or host.endswith("." + d) for d in (d.lower().rstrip(".") for d in domains))
 
 
+def host_matches(host: str | None, patterns: list[str]) -> bool:
+    """``host`` matches one of ``patterns``: a host name (the host itself or a subdomain of it), a glob over the whole
+    name (``*.cloudfront.net``; ``*`` also spans dots) or ``*`` (any host). An empty list matches nothing."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    for p in patterns:
+        p = p.lower().rstrip(".")
+        if "*" in p:
+            if fnmatch.fnmatchcase(host, p):
+                return True
+        elif host == p or host.endswith("." + p):
+            return True
+    return False
+
+
 def allowed_domains(cfg: Config) -> list[str]:
-    """``scrape.allowed_domains`` or, when empty, the hosts of every configured feed and staff site."""
-    if cfg.scrape.allowed_domains:
-        return list(cfg.scrape.allowed_domains)
+    """Where pages, API calls and their redirects may go: the hosts of every configured feed and staff site, and
+    ``scrape.allowed_domains`` added to them."""
     urls = [f.base_url for f in cfg.scrape.feeds] + [u for s in cfg.scrape.staff for u in s.start_urls]
-    return sorted({h for h in (urlsplit(u).hostname for u in urls) if h})
+    hosts = {h for h in (urlsplit(u).hostname for u in urls) if h}
+    return sorted(hosts | {d.lower().rstrip(".") for d in cfg.scrape.allowed_domains})
+
+
+def photo_hosts(cfg: Config, site: str, domains: list[str] | None = None) -> list[str]:
+    """Where site ``site``'s photos may come from: every host a page may (``domains``, by default
+    :func:`allowed_domains`), ``scrape.photo_hosts`` and the site's own ``photo_hosts``."""
+    own = next((s.photo_hosts for s in [*cfg.scrape.feeds, *cfg.scrape.staff] if s.name == site), [])
+    base = allowed_domains(cfg) if domains is None else list(domains)
+    return list(dict.fromkeys([*base, *cfg.scrape.photo_hosts, *own]))
+
+
+def photo_host_setting(site: str, host: str | None) -> str:
+    """The settings that would let a photo from ``host`` be fetched for site ``site``, for messages."""
+    h = host or "?"
+    glob = f" (or '*.{h.split('.', 1)[1]}')" if h.count(".") >= 2 and not h.replace(".", "").isdigit() else ""
+    return (
+        f"photos of {site} may come from the pages' hosts (the sites' own and scrape.allowed_domains) and photo_hosts: "
+        f"add {h!r}{glob} to this site's photo_hosts, or to scrape.photo_hosts for every site"
+    )

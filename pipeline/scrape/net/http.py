@@ -18,6 +18,10 @@ What it enforces, per request:
   as the host's minimum interval between requests (up to ``max_crawl_delay_s``);
 * redirects followed by hand, one hop at a time, only to hosts inside the allowed domains, never from https to
   plain http (``redirect_downgrade``); headers given for a request (an API token) go to its origin only;
+* an image fetch given its site's photo hosts (``fetch_image(url, hosts=...)``,
+  :func:`~pipeline.scrape.net.address.photo_hosts`) is checked against those instead, on every hop
+  (``outside_photo_hosts``, ``redirect_outside_photo_hosts``); the address guard applies to it as to every fetch, and
+  the robots.txt of a host a fetch was allowed to reach is fetched too;
 * per-host rate and concurrency through a limiter shared by all actors (:mod:`pipeline.scrape.net.ratelimit`);
   without one, a :class:`~pipeline.scrape.net.ratelimit.LocalLimiter` from the config;
 * images: ``X-Robots-Tag: noai``/``noimageai`` → skipped; content type checked; the body streamed and aborted past
@@ -55,6 +59,7 @@ from pipeline.config import HttpConfig
 from pipeline.scrape.net.address import (
     BlockedAddressError,
     host_allowed,
+    host_matches,
     is_public_address,
     prepare_url,
     same_origin,
@@ -212,14 +217,19 @@ class HttpClient:
             self._local.session = None
 
     # ------------------------------------------------------------------ checks
-    def target(self, url: str, hop: int = 0) -> tuple[str | None, tuple[str, str] | None]:
-        """(the prepared URL to fetch, None) or (None, (status, reason) why ``url`` must not be fetched)."""
+    def target(
+        self, url: str, hop: int = 0, hosts: list[str] | None = None
+    ) -> tuple[str | None, tuple[str, str] | None]:
+        """(the prepared URL to fetch, None) or (None, (status, reason) why ``url`` must not be fetched). ``hosts``:
+        an image's photo hosts (globs allowed), checked instead of the allowed domains."""
         try:
             prepared = prepare_url(url)
         except ValueError:
             return None, (STATUS_ERROR, "bad_url")
         host = urlsplit(prepared).hostname
-        if not host_allowed(host, self.allowed_domains):
+        if hosts is not None and not host_matches(host, hosts):
+            return None, (STATUS_SKIPPED, "redirect_outside_photo_hosts" if hop else "outside_photo_hosts")
+        if hosts is None and not host_allowed(host, self.allowed_domains):
             return None, (STATUS_SKIPPED, "redirect_outside_allowed_domains" if hop else "outside_allowed_domains")
         if not self.cfg.allow_private_addresses:
             try:
@@ -230,9 +240,10 @@ class HttpClient:
                 return None, (STATUS_ERROR, "private_address")
         return prepared, None
 
-    def check_url(self, url: str, hop: int = 0) -> tuple[str, str] | None:
-        """Why ``url`` must not be fetched, as (status, reason), or None when it may be."""
-        return self.target(url, hop)[1]
+    def check_url(self, url: str, hop: int = 0, hosts: list[str] | None = None) -> tuple[str, str] | None:
+        """Why ``url`` must not be fetched, as (status, reason), or None when it may be (``hosts``: as
+        :meth:`target`)."""
+        return self.target(url, hop, hosts)[1]
 
     def crawl_delay(self, url: str) -> float:
         """The minimum seconds between requests to ``url``'s host that its robots.txt asks for, capped by
@@ -248,7 +259,11 @@ class HttpClient:
         return min(delay, self.cfg.max_crawl_delay_s)
 
     def _fetch_robots_text(self, url: str) -> FetchResult:
-        return self._get(url, kind="robots", max_bytes=min(self.cfg.max_page_bytes, 1_000_000), check_robots=False)
+        """A host's robots.txt: asked only for a URL already allowed (a photo host's too), so its own host is."""
+        host = urlsplit(url).hostname
+        hosts = None if host_allowed(host, self.allowed_domains) else [*self.allowed_domains, host or ""]
+        cap = min(self.cfg.max_page_bytes, 1_000_000)
+        return self._get(url, kind="robots", max_bytes=cap, check_robots=False, hosts=hosts)
 
     # ------------------------------------------------------------------ public
     def fetch_page(
@@ -267,9 +282,11 @@ class HttpClient:
         cap = min(self.cfg.max_feed_page_bytes, self.cfg.max_page_bytes)
         return self._get(url, kind="page", max_bytes=cap, headers=headers, body=json_body)
 
-    def fetch_image(self, url: str) -> FetchResult:
-        """GET an image with all checks and verification; ``data``, ``width``, ``height`` are set when ok."""
-        res = self._get(url, kind="image", max_bytes=self.cfg.max_image_bytes)
+    def fetch_image(self, url: str, hosts: list[str] | None = None) -> FetchResult:
+        """GET an image with all checks and verification; ``data``, ``width``, ``height`` are set when ok. ``hosts``:
+        its site's photo hosts (:func:`~pipeline.scrape.net.address.photo_hosts`), checked on every hop instead of
+        the allowed domains."""
+        res = self._get(url, kind="image", max_bytes=self.cfg.max_image_bytes, hosts=hosts)
         if res.ok:
             try:
                 res.width, res.height = inspect_image(res.data or b"", self.cfg.max_image_pixels)
@@ -292,11 +309,12 @@ class HttpClient:
         check_robots: bool = True,
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
+        hosts: list[str] | None = None,
     ) -> FetchResult:
         res = FetchResult(url=url, kind=kind, status=STATUS_ERROR)
         hop_url = url
         for hop in range(self.cfg.max_redirects + 1):
-            target, bad = self.target(hop_url, hop)
+            target, bad = self.target(hop_url, hop, hosts)
             if bad or target is None:
                 res.status, res.reason = bad or (STATUS_ERROR, "bad_url")
                 return res

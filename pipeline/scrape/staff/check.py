@@ -11,12 +11,12 @@ URL).
 It prints, per page, its URL, how it was read, the HTTP status, the outcome and the next-page link; per person the
 key (``item_id``), name, role and photo URL in full (wrapped), whether the URL says placeholder, whether the role
 counts as academic and whether the crawl would fetch the photo (``yes``, or why not: ``no: non_academic``, a
-placeholder, a refused address); a warning when people of one
-page share a key; a hint naming the setting behind a refusal (``private_address``: ``scrape.http
-.allow_private_addresses``). ``--json`` prints all of it as one JSON document instead. Nothing is written to the data
-root and no image is fetched (one photo URL for ``placeholder_min_people`` people shows as ``shared_url``; the same
-bytes under several URLs only in the crawl). ``--html DIR`` saves what the scraper
-saw (the HTTP body, or Chromium's rendered DOM) as ``DIR/<site>-page<N>.html``.
+placeholder, a refused address, or a photo whose host is not one of the site's photo hosts, naming the setting that
+allows it); a warning when people of one page share a key; a hint naming the setting behind a refusal
+(``private_address``: ``scrape.http.allow_private_addresses``). ``--json`` prints all of it as one JSON document
+instead. Nothing is written to the data root and no image is fetched (one photo URL for ``placeholder_min_people``
+people shows as ``shared_url``; the same bytes under several URLs only in the crawl). ``--html DIR`` saves what the
+scraper saw (the HTTP body, or Chromium's rendered DOM) as ``DIR/<site>-page<N>.html``.
 
 ``FILE`` is a whole config, or a site file (``staff:`` list, as under ``configs/sites/``), read with the defaults.
 Exit code 0 when every page read gave at least one person, 1 otherwise (the outcome line says why), 2 for a bad
@@ -35,9 +35,7 @@ import textwrap
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import yaml
-
-from pipeline.config import Config, ConfigError, StaffSite, load_config, parse_config
+from pipeline.config import Config, ConfigError, StaffSite, load_config_or_site_file, parse_overrides
 
 EXIT_OK, EXIT_NOTHING, EXIT_CONFIG, EXIT_NO_BROWSER = 0, 1, 2, 5
 SAVED_SUFFIXES = (".html", ".htm", ".xhtml")
@@ -46,8 +44,9 @@ SAVED_SUFFIXES = (".html", ".htm", ".xhtml")
 HINTS = {
     "private_address": "a site on this machine or a private network: set scrape.http.allow_private_addresses: true "
     "(here: --set scrape.http.allow_private_addresses=true)",
-    "outside_allowed_domains": "the host is not in scrape.allowed_domains (empty: the hosts of the start URLs)",
-    "redirect_outside_allowed_domains": "it redirects to a host outside scrape.allowed_domains",
+    "outside_allowed_domains": "pages may come from the configured sites' hosts and scrape.allowed_domains: add the "
+    "host to scrape.allowed_domains",
+    "redirect_outside_allowed_domains": "it redirects to a host outside the sites' hosts and scrape.allowed_domains",
     "robots": "robots.txt disallows it (scrape.http.obey_robots)",
 }
 
@@ -62,17 +61,7 @@ PLACEHOLDER_WHY = {
 
 def load_site(path: str, name: str, overrides: dict | None = None) -> tuple[Config, StaffSite]:
     """The config and the staff site ``name`` from a config file or a site file. Raises :class:`ConfigError`."""
-    p = Path(path)
-    raw = None
-    if p.is_file():
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError):
-            raw = None
-    if isinstance(raw, dict) and raw and set(raw) <= {"staff", "feeds"}:
-        cfg = parse_config({"sites": [str(p.resolve())]}, str(p), overrides)
-    else:
-        cfg = load_config(path, overrides)
+    cfg = load_config_or_site_file(path, overrides)
     sites = {s.name: s for s in cfg.scrape.staff}
     if name not in sites:
         known = ", ".join(sorted(sites)) or "none"
@@ -133,14 +122,19 @@ def _hint(reason: str | None) -> str:
     return f" ({HINTS[reason]})" if reason in HINTS else ""
 
 
-def _photo_fetch(person: dict, placeholder: str | None, client) -> str:
-    """``yes`` when the crawl would fetch the person's photo (robots.txt aside), else why not."""
+def _photo_fetch(person: dict, placeholder: str | None, client, site: str = "", photos: list[str] | None = None) -> str:
+    """``yes`` when the crawl would fetch the person's photo (robots.txt aside), else why not; a photo host refused
+    names the setting that allows it."""
+    from pipeline.scrape.net.address import photo_host_setting
+
     url = person.get("image_url")
     if not url:
         return "no: no photo URL"
     if placeholder:
         return f"no: placeholder ({PLACEHOLDER_WHY.get(placeholder, placeholder)})"
-    refused = client.check_url(url)
+    refused = client.check_url(url, hosts=photos)
+    if refused and refused[1] == "outside_photo_hosts":
+        return f"no: outside_photo_hosts ({photo_host_setting(site, urlsplit(url).hostname)})"
     return f"no: {refused[1]}{_hint(refused[1])}" if refused else "yes"
 
 
@@ -154,8 +148,11 @@ def _block(label: str, value: str, width: int) -> str:
     )  # fmt: skip
 
 
-def report(cfg: Config, site: StaffSite, pages: list, fetches: list[dict], client) -> dict:
-    """What check-site found, as a JSON-able dict: pages, people (full rows), profile pages, warnings."""
+def report(
+    cfg: Config, site: StaffSite, pages: list, fetches: list[dict], client, photos: list[str] | None = None
+) -> dict:
+    """What check-site found, as a JSON-able dict: pages, people (full rows), profile pages, warnings. ``photos``:
+    the site's photo hosts (:func:`~pipeline.scrape.net.address.photo_hosts`)."""
     from pipeline.scrape.staff.people import is_academic
 
     out_pages, people, warnings = [], [], []
@@ -196,7 +193,9 @@ def report(cfg: Config, site: StaffSite, pages: list, fetches: list[dict], clien
                     "placeholder": placeholder,
                     "academic": academic,
                     # the crawl keeps no photo of non-academic staff (a skipped row, nothing fetched)
-                    "fetch": _photo_fetch(p, placeholder, client) if academic else "no: non_academic",
+                    "fetch": _photo_fetch(p, placeholder, client, site.name, photos)
+                    if academic
+                    else "no: non_academic",
                 }
             )
     profiles = [
@@ -292,7 +291,7 @@ def check(
     ``out``; returns the exit code."""
     from contextlib import nullcontext
 
-    from pipeline.scrape.net.address import allowed_domains
+    from pipeline.scrape.net.address import allowed_domains, photo_hosts
     from pipeline.scrape.net.egress import policy_for
     from pipeline.scrape.net.http import HttpClient
     from pipeline.scrape.staff.browser import Browser, missing
@@ -312,7 +311,7 @@ def check(
         if not as_url or urlsplit(as_url).scheme not in ("http", "https") or not urlsplit(as_url).hostname:
             raise ConfigError(f"--saved needs --as URL, the http(s) URL the page was served at (got {as_url!r})")
         site = site.model_copy(update={"start_urls": [as_url]})
-        # the allowed domains of a crawl that starts at --as (when scrape.allowed_domains is empty)
+        # the allowed domains (and photo hosts) of a crawl that starts at --as
         staff = [site if s.name == site.name else s for s in cfg.scrape.staff]
         cfg = cfg.model_copy(update={"scrape": cfg.scrape.model_copy(update={"staff": staff})})
     domains = allowed_domains(cfg)
@@ -349,7 +348,7 @@ def check(
                 if browser is not None:
                     browser.quit()
             fetches = scraper.fetches
-        rep = report(cfg, site, read, fetches, client)
+        rep = report(cfg, site, read, fetches, client, photo_hosts(cfg, site.name, domains))
     finally:
         client.close()
     if as_json:
@@ -373,13 +372,7 @@ def check(
 
 def main(args: argparse.Namespace) -> int:
     """The ``scrape check-site`` command (``args``: config, site, html, set, pages, saved, as_url, json)."""
-    overrides: dict = {}
-    for item in getattr(args, "set", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    cfg, site = load_site(args.config, args.site, overrides)
+    cfg, site = load_site(args.config, args.site, parse_overrides(getattr(args, "set", None)))
     if (getattr(args, "pages", 1) or 1) < 1:
         raise ConfigError(f"--pages {args.pages}: must be 1 or more")
     if getattr(args, "as_url", None) and not getattr(args, "saved", None):
