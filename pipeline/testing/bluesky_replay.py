@@ -33,10 +33,10 @@ import datetime as dt
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline.testing.mastodon_replay import _jpeg_bases, _Server
+from pipeline.testing.mastodon_replay import _jpeg_bases
+from pipeline.testing.replay import Replay, serve
 
 TID_CHARS = "234567abcdefghijklmnopqrstuvwxyz"
 EMBEDS = ("images", "images", "record_with_media", "video", "images", "external", "none", "images", "labelled")
@@ -374,69 +374,6 @@ def _time(v: str) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self, method: str) -> None:
-        try:
-            n = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(n) if n else b""
-            status, headers, out = self.server.sim.handle(method, self.path, dict(self.headers.items()), body)  # type: ignore[attr-defined]
-        except Exception as e:  # a bug here must show, not hang the client
-            status, headers, out = 500, {"Content-Type": "text/plain"}, f"internal error: {e}\n".encode()
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._answer("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._answer("POST")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class Replay:
-    """A sim served on 127.0.0.1 (a free port) in a daemon thread; a context manager. ``sim_class(**kw)``."""
-
-    sim_class: type = BlueskySim
-
-    def __init__(self, **kw: object):
-        self._kw = kw
-        self.server: _Server | None = None
-        self.sim: BlueskySim | None = None
-
-    def start(self) -> Replay:
-        self.server = _Server(("127.0.0.1", 0), _Handler)
-        self.sim = self.sim_class(**self._kw)
-        self.sim.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.server.sim = self.sim  # type: ignore[attr-defined]
-        threading.Thread(target=self.server.serve_forever, name="xrpc-replay", daemon=True).start()
-        return self
-
-    @property
-    def base_url(self) -> str:
-        assert self.sim is not None
-        return self.sim.base_url
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def __enter__(self) -> Replay:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
 class BlueskyReplay(Replay):
     """:class:`BlueskySim` served on 127.0.0.1."""
 
@@ -447,7 +384,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.testing.bluesky_replay --n 2000 --port-file F``: serve until killed (benchmarks); the
     login is ``crawler.bsky.example`` with ``--password``."""
     import argparse
-    import os
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
@@ -456,16 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-limit", type=int, default=3000)
     a = ap.parse_args(argv)
     srv = BlueskyReplay(n=a.n, password=a.password, rate_limit=a.rate_limit, max_hits=10 * a.n + 100,
-                        access_uses=10**9, young_every=0, deleted_authors=()).start()  # fmt: skip
-    with open(a.port_file + ".tmp", "w") as f:
-        f.write(srv.base_url)
-    os.replace(a.port_file + ".tmp", a.port_file)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    srv.stop()
-    return 0
+                        access_uses=10**9, young_every=0, deleted_authors=())  # fmt: skip
+    return serve(srv, a.port_file)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ import json
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from pipeline.testing.replay import Replay, serve
 
 ID_BASE = 110_000_000_000_000_000
 MEDIA_CYCLE = ("image", "image", "image", "gifv", "image", "video", "image", "unknown", "image", "audio", "image",
@@ -455,66 +456,15 @@ def _err(status: int, msg: str) -> tuple[int, dict[str, str], bytes]:
     return status, {"Content-Type": "application/json"}, json.dumps({"error": msg}).encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802
-        try:
-            status, headers, body = self.server.sim.handle(self.path, dict(self.headers.items()))  # type: ignore[attr-defined]
-        except Exception as e:  # a bug here must show, not hang the client
-            status, headers, body = 500, {"Content-Type": "text/plain"}, f"internal error: {e}\n".encode()
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # clients that hang up mid-answer
-
-
-class MastodonReplay:
+class MastodonReplay(Replay):
     """:class:`MastodonSim` served on 127.0.0.1 (keyword options are the sim's); a context manager."""
 
-    def __init__(self, **kw: object):
-        self._kw = kw
-        self.server: _Server | None = None
-        self.sim: MastodonSim | None = None
+    sim_class = MastodonSim
 
-    def start(self) -> MastodonReplay:
-        self.server = _Server(("127.0.0.1", 0), _Handler)
-        port = self.server.server_address[1]
-        self.sim = MastodonSim(**self._kw)  # type: ignore[arg-type]
-        self.sim.base_url = f"http://127.0.0.1:{port}"
-        self.server.sim = self.sim  # type: ignore[attr-defined]
-        threading.Thread(target=self.server.serve_forever, name="mastodon-replay", daemon=True).start()
-        return self
-
-    @property
-    def base_url(self) -> str:
-        assert self.sim is not None
-        return self.sim.base_url
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def __enter__(self) -> MastodonReplay:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def answer(self, method: str, target: str, headers: dict, body: bytes) -> tuple[int, dict, bytes]:
+        if method != "GET":  # the endpoints it plays are all GETs
+            return 405, {"Content-Type": "application/json"}, b'{"error": "Method Not Allowed"}'
+        return self.sim.handle(target, headers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -530,18 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     srv = MastodonReplay(n=a.n, rate_limit=a.rate_limit, rate_window_s=a.rate_window_s, paging_limit=a.paging_limit,
                          paging_window_s=a.paging_window_s, media_cycle=tuple(a.media.split(",")), young_every=0,
-                         sensitive_every=0).start()  # fmt: skip
-    with open(a.port_file + ".tmp", "w") as f:
-        f.write(srv.base_url)
-    import os
-
-    os.replace(a.port_file + ".tmp", a.port_file)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    srv.stop()
-    return 0
+                         sensitive_every=0)  # fmt: skip
+    return serve(srv, a.port_file)
 
 
 if __name__ == "__main__":

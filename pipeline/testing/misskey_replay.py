@@ -25,8 +25,8 @@ import json
 import threading
 import time
 
-from pipeline.testing.bluesky_replay import Replay
 from pipeline.testing.mastodon_replay import _jpeg_bases
+from pipeline.testing.replay import Replay
 
 FILES = ("image/jpeg", "image/png", "video/mp4", "none", "image/jpeg", "audio/mpeg", "image/webp")
 EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
