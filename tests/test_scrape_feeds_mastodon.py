@@ -24,6 +24,7 @@ from pipeline.scrape.feeds.registry import adapter_for
 from pipeline.scrape.writer import CrawlInterrupted
 from pipeline.store import POSTS, DataRoot, now, to_table
 from pipeline.testing.mastodon_replay import MastodonReplay, MastodonSim
+from tests.helpers.feed_truth import mastodon_truth
 
 TOKEN = "tok-3b9f0c1d2e"
 
@@ -53,21 +54,6 @@ def _stop_after(calls: int):
 
 def _posts(tmp_path: Path) -> list[dict]:
     return DataRoot(str(tmp_path / "data")).read("posts").to_pylist()
-
-
-def _truth(sim: MastodonSim) -> dict[str, tuple[str, str | None]]:
-    """What a correct crawl of the sim's selfie timeline (only_media) stores per status."""
-    out = {}
-    for s in sim.statuses:
-        if s.media == "none":
-            continue  # only_media=true: the server never lists it
-        if s.media in ("gifv", "video", "audio"):
-            out[s.id] = ("skipped", f"media_{s.media}")
-        elif s.sensitive:
-            out[s.id] = ("skipped", "sensitive")
-        else:
-            out[s.id] = ("ok", None)
-    return out
 
 
 def test_status_parser_media_accounts_and_wrong_types():
@@ -104,7 +90,7 @@ def test_crawl_reads_every_link_page_and_skips_with_reasons(tmp_path, monkeypatc
         with caplog.at_level(logging.DEBUG):
             s = crawl(cfg, pool="threads")
         sim = srv.sim
-        truth = _truth(sim)
+        truth = mastodon_truth(sim)
         rows = {r["item_id"]: r for r in _posts(tmp_path) if r["hashtag"] == "selfie"}
         assert {i: (r["status"], r["reason"]) for i, r in rows.items()} == truth  # every page, every status
         assert sim.hits["paging"] == 4  # 138 media statuses: 4 pages after the first (the last one empty)
@@ -132,7 +118,7 @@ def test_tag_needing_auth_is_one_error_row_without_token_and_opens_with_it(tmp_p
         s = crawl(
             _cfg(tmp_path / "b", srv.base_url, tags=("private",), access_token_env="MASTODON_TOKEN"), pool="threads"
         )
-        assert s["pages_failed"] == 0 and s["posts_written"] == len(_truth(srv.sim))
+        assert s["pages_failed"] == 0 and s["posts_written"] == len(mastodon_truth(srv.sim))
 
 
 def test_config_limits_and_params_pass_through():
@@ -159,7 +145,7 @@ def test_incremental_rerun_stops_at_newest_stored_status(tmp_path):
         before = srv.sim.hits["timeline"]
         assert crawl(cfg, pool="threads")["posts_written"] == 0
         assert srv.sim.hits["timeline"] - before == 1  # nothing new: one empty page
-        assert {r["item_id"] for r in _posts(tmp_path)} == set(_truth(srv.sim))
+        assert {r["item_id"] for r in _posts(tmp_path)} == set(mastodon_truth(srv.sim))
 
 
 def test_killed_crawl_resumes_from_its_last_cursor(tmp_path):
@@ -168,13 +154,13 @@ def test_killed_crawl_resumes_from_its_last_cursor(tmp_path):
         with pytest.raises(CrawlInterrupted):
             crawl(cfg, pool="threads", on_progress=_stop_after(90))  # pages and images handled, some rows not written
         written = {r["item_id"] for r in _posts(tmp_path)}
-        assert 0 < len(written) < len(_truth(srv.sim))
+        assert 0 < len(written) < len(mastodon_truth(srv.sim))
         t0 = srv.sim.hits["timeline"]
         s = crawl(cfg, pool="threads")
         assert {(r["item_id"], r["status"], r["reason"]) for r in _posts(tmp_path)} == {
-            (i, *v) for i, v in _truth(srv.sim).items()
+            (i, *v) for i, v in mastodon_truth(srv.sim).items()
         }  # exactly the rows of an uninterrupted crawl, each once
-        assert len(_posts(tmp_path)) == len(_truth(srv.sim))
+        assert len(_posts(tmp_path)) == len(mastodon_truth(srv.sim))
         assert srv.sim.hits["timeline"] - t0 < 6 + 2  # resumed: not the whole walk plus a head walk again
         assert s["skipped_done"] < len(written)  # pages before the cursor were not listed again
 
@@ -420,7 +406,7 @@ def test_an_opted_out_account_is_skipped_on_every_server_and_not_missing_from_th
     rows = _posts(tmp_path)
     assert rows and not {r["item_id"] for r in rows} & theirs
     assert all((r["user_acct"] or "").lower() != acct for r in rows)
-    assert s["opted_out"] >= len(theirs & set(_truth(srv.sim)))
+    assert s["opted_out"] >= len(theirs & set(mastodon_truth(srv.sim)))
     state = json.loads((tmp_path / "data" / "feed_cursors" / "m" / "selfie.json").read_text())
     listed = {i for w in state["walks"] for p in w["pages"] for i in p["ids"]}
     assert listed and not listed & theirs  # a blocked status is not one the walk waits for

@@ -12,25 +12,10 @@ from pipeline.scrape.feeds.mastodon import parse_status
 from pipeline.scrape.feeds.nodeinfo import Software, document_href, software_name
 from pipeline.store import DataRoot
 from pipeline.testing.mastodon_replay import MastodonReplay, MastodonSim
+from tests.helpers.feed_truth import mastodon_truth
 from tests.test_scrape_feeds_mastodon import TOKEN, _cfg, _posts
 
 REL = "http://nodeinfo.diaspora.software/ns/schema/"
-
-
-def _truth(sim: MastodonSim, only_media: bool = True) -> dict[str, tuple[str, str | None]]:
-    out = {}
-    for s in sim.statuses:
-        if s.media == "none":
-            if not only_media:
-                out[s.id] = ("skipped", "no_image")
-            continue
-        if s.media in ("gifv", "video", "audio"):
-            out[s.id] = ("skipped", f"media_{s.media}")
-        elif s.sensitive:
-            out[s.id] = ("skipped", "sensitive")
-        else:
-            out[s.id] = ("ok", None)
-    return out
 
 
 def _failed(tmp_path: Path) -> list[tuple[str, str]]:
@@ -71,7 +56,7 @@ def test_pixelfed_token_rejected_only_media_and_no_link_headers(tmp_path, monkey
         srv.sim.hits.clear()
         s = crawl(_cfg(tmp_path / "b", srv.base_url, access_token_env="MASTODON_TOKEN", limit=20), pool="threads")
         rows = {r["item_id"]: (r["status"], r["reason"]) for r in _posts(tmp_path / "b")}
-        assert rows == _truth(srv.sim) and s["pages_failed"] == 0
+        assert rows == mastodon_truth(srv.sim) and s["pages_failed"] == 0
         # only_media=true rejected once (422), then left out; no Link header: paged by max_id to the empty page
         assert srv.sim.hits["timeline"] == 1 + 4 and srv.sim.hits["paging"] == 3
         assert srv.sim.hits["nodeinfo"] == 2  # this run's adapter asked once
@@ -88,7 +73,7 @@ def test_gotosocial_ulids_unread_filters_and_incremental_rerun(tmp_path, monkeyp
         crawl(cfg, pool="threads")
         rows = {r["item_id"]: (r["status"], r["reason"]) for r in _posts(tmp_path)}
         # only_media is not read there: statuses without media come back and are skipped here as no_image
-        assert rows == _truth(srv.sim, only_media=False)
+        assert rows == mastodon_truth(srv.sim, only_media=False)
         assert all(len(i) == 26 and not i.isdigit() for i in rows)  # ULIDs, kept as text
         assert srv.sim.hits["nodeinfo"] == 0  # nothing needed the software's name
         new = srv.sim.add(3)
@@ -102,7 +87,7 @@ def test_akkoma_flake_ids_hidden_follower_counts_and_restricted_timelines(tmp_pa
     with MastodonReplay(n=40, dialect="akkoma") as srv:
         crawl(_cfg(tmp_path / "a", srv.base_url, limit=20), pool="threads")
         rows = {r["item_id"]: r for r in _posts(tmp_path / "a")}
-        assert {i: (r["status"], r["reason"]) for i, r in rows.items()} == _truth(srv.sim)
+        assert {i: (r["status"], r["reason"]) for i, r in rows.items()} == mastodon_truth(srv.sim)
         sim = srv.sim
         hidden = [s for s in sim.statuses if s.id in rows and sim.hidden_followers(s)]
         assert hidden and all(rows[s.id]["followers"] is None for s in hidden)  # not the 0 Akkoma answers
