@@ -909,6 +909,18 @@ def load_config_or_site_file(path: str, overrides: dict[str, Any] | None = None)
     return load_config(path, overrides)
 
 
+def load_site_entry(path: str, kind: Literal["staff", "feeds"], name: str, overrides: dict[str, Any] | None = None):
+    """The config and its ``kind`` site entry named ``name`` (a whole config or a site file, as
+    :func:`load_config_or_site_file`). Raises :class:`ConfigError` naming the sites there are."""
+    cfg = load_config_or_site_file(path, overrides)
+    sites = {s.name: s for s in getattr(cfg.scrape, kind)}
+    if name not in sites:
+        word = "staff" if kind == "staff" else "feed"
+        known = ", ".join(sorted(sites)) or "none"
+        raise ConfigError(f"{path}: no {word} site named {name!r} ({word} sites: {known})")
+    return cfg, sites[name]
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``--set KEY=VALUE`` options as overrides (each value read as YAML). Raises :class:`ConfigError`."""
     out: dict[str, Any] = {}

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.config import Config, ConfigError, FeedSite, load_config_or_site_file, parse_overrides
+from pipeline.config import Config, ConfigError, FeedSite, load_site_entry, parse_overrides
 from pipeline.scrape.staff.check import HINTS, Escaped
 
 EXIT_OK, EXIT_NOTHING, EXIT_CONFIG, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 6, 7
@@ -49,12 +49,7 @@ FIRST = ("user_id", "user_acct", "followers", "likes", "reblogs", "tags", "poste
 
 def load_feed(path: str, name: str, overrides: dict | None = None) -> tuple[Config, FeedSite]:
     """The config and the feed site ``name`` from a config file or a site file. Raises :class:`ConfigError`."""
-    cfg = load_config_or_site_file(path, overrides)
-    sites = {s.name: s for s in cfg.scrape.feeds}
-    if name not in sites:
-        known = ", ".join(sorted(sites)) or "none"
-        raise ConfigError(f"{path}: no feed site named {name!r} (feed sites: {known})")
-    return cfg, sites[name]
+    return load_site_entry(path, "feeds", name, overrides)
 
 
 def _kind(reason: str | None, http_status: int | None) -> str:

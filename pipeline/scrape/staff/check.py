@@ -35,7 +35,7 @@ import textwrap
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.config import Config, ConfigError, StaffSite, load_config_or_site_file, parse_overrides
+from pipeline.config import Config, ConfigError, StaffSite, load_site_entry, parse_overrides
 
 EXIT_OK, EXIT_NOTHING, EXIT_CONFIG, EXIT_NO_BROWSER = 0, 1, 2, 5
 SAVED_SUFFIXES = (".html", ".htm", ".xhtml")
@@ -61,12 +61,7 @@ PLACEHOLDER_WHY = {
 
 def load_site(path: str, name: str, overrides: dict | None = None) -> tuple[Config, StaffSite]:
     """The config and the staff site ``name`` from a config file or a site file. Raises :class:`ConfigError`."""
-    cfg = load_config_or_site_file(path, overrides)
-    sites = {s.name: s for s in cfg.scrape.staff}
-    if name not in sites:
-        known = ", ".join(sorted(sites)) or "none"
-        raise ConfigError(f"{path}: no staff site named {name!r} (staff sites: {known})")
-    return cfg, sites[name]
+    return load_site_entry(path, "staff", name, overrides)
 
 
 def saved_files(path: str) -> list[Path]:
