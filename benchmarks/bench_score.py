@@ -16,7 +16,9 @@ The default run (ours and the plain loop, 20,000 images) takes about 3 minutes o
 the extra rows (``--plain-optimised``: the plain loop with our optimised model; ``--bf16``; ``--rss``: the memory
 runs, several minutes) are asked for.
 
-Prints a table, then one JSON line: {"bench": "score", "ours": …, "peer": …, "ratio": ours/plain, "unit": "images/s"}.
+Also the ceiling: the same model's forward pass alone on ready tensors (:func:`forward_ceiling`), and ours as a share
+of it. Prints a table, then one JSON line: {"bench": "score", "ours": …, "peer": …, "ratio": ours/plain, "unit":
+"images/s", "ceiling": …, "of_ceiling": ours/ceiling, …}.
 """
 
 from __future__ import annotations
@@ -134,6 +136,31 @@ def plain_loop(root_path: str, batch: int, device: str, workers: int, optimize: 
             p = torch.softmax(m.forward(x).float(), 1)[:, 1].cpu().numpy()  # m.model itself unless optimised
             out.append(m.percentile(p))
     return time.perf_counter() - t0, sum(len(o) for o in out)
+
+
+def forward_ceiling(root_path: str, batch: int, device: str, n: int = 4096) -> float:
+    """Images per second of the exported model's forward pass alone, as our scorer runs it (optimised for
+    inference, fp32, torch's default threads) on ready input tensors in batches of ``batch``: no reading, decoding,
+    resizing, normalising or writing. No end-to-end scorer can beat it: the ceiling for ``ours``."""
+    import torch
+
+    from pipeline.model.loaded import LoadedModel
+    from pipeline.store import DataRoot
+
+    root = DataRoot(root_path)
+    m = LoadedModel.load(root.model_dir("bench"), root, device=device)
+    m.optimize_for_inference()
+    x = torch.randn(batch, 3, m.image_size, m.image_size, device=device)
+    with torch.no_grad():
+        for _ in range(3):  # warm-up (graph optimisation, allocator)
+            m.forward(x)
+        steps = max(1, n // batch)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            torch.softmax(m.forward(x).float(), 1)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
 
 
 def ours(root_path: str, batch: int, device: str, actors: int, precision: str = "fp32") -> dict:
@@ -262,9 +289,11 @@ def main() -> None:
     r: dict = {}
     r16: dict = {}
     plain_n, plain_s, opt_n, opt_s = 0, 0.0, 0, 1.0
+    ceiling = None
     if a.n > 0:
         with tempfile.TemporaryDirectory(prefix="bench-score-") as d:
             make_root(d, a.n)
+            ceiling = forward_ceiling(d, a.batch, a.device)
             plain_s, plain_n = plain_loop(d, a.batch, a.device, a.workers)
             if a.plain_optimised:
                 opt_s, opt_n = plain_loop(d, a.batch, a.device, a.workers, optimize=True)
@@ -282,6 +311,8 @@ def main() -> None:
         print(f"{'':28}{'images':>8}{'seconds':>10}{'images/s':>10}")
         print(f"{'ours (Ray Data stage)':28}{r['scored']:>8}{r['seconds']:>10.1f}{ours_ips:>10.1f}")
         print(f"{'plain PyTorch DataLoader':28}{plain_n:>8}{plain_s:>10.1f}{plain_ips:>10.1f}")
+        share = ours_ips / ceiling
+        print(f"{'forward pass alone (ceiling)':28}{'':>8}{'':>10}{ceiling:>10.1f}  ours = {share:.2f} of it")
         if opt_n:
             print(f"{'  same, optimised model':28}{opt_n:>8}{opt_s:>10.1f}{opt_n / opt_s:>10.1f}  (not the peer)")
         if r16:
@@ -317,6 +348,8 @@ def main() -> None:
                 "peer": round(plain_ips, 2) if plain_ips else None,
                 "ratio": round(ours_ips / plain_ips, 3) if ours_ips else None,
                 "unit": "images/s",
+                "ceiling": round(ceiling, 2) if ceiling else None,
+                "of_ceiling": round(ours_ips / ceiling, 3) if ours_ips and ceiling else None,
                 "plain_optimised": round(opt_n / opt_s, 2) if opt_n else None,
                 "ours_bf16": round(r16["scored"] / r16["seconds"], 2) if r16 else None,
                 "n": a.n,
