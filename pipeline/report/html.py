@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import io
 import json
 import posixpath
 from typing import Any
@@ -34,6 +33,7 @@ import pyarrow.fs as pafs
 from pipeline.config import Config
 from pipeline.locks import LockLostError, stage_lock
 from pipeline.model.meta import RecipeError, model_recipe
+from pipeline.plots import png_bytes, pyplot
 from pipeline.privacy import OptOut, report_sidecar
 from pipeline.store import FACES_DS, SCORES_DS, DataRoot
 
@@ -44,28 +44,14 @@ def _uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _png_bytes(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def histogram_png(scores: np.ndarray, title: str) -> bytes:
     """A histogram of scores as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.hist(scores, bins=min(40, max(5, len(scores) // 4)), color="#4477aa", edgecolor="white")
     ax.set_xlabel("score")
     ax.set_ylabel("images")
     ax.set_title(title)
-    return _png_bytes(fig)
+    return png_bytes(fig, dpi=90)
 
 
 def _model_pngs(fs: pafs.FileSystem, model_dir: str) -> list[tuple[str, bytes]]:
