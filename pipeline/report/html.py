@@ -267,8 +267,47 @@ def gather_report(root: DataRoot, run_dir: str, cfg: Config) -> ReportData:
     model_dir = resolve_model_dir(root, run_dir)
     fs, mdir = model_location(model_dir, root)
     model = LoadedModel.load(model_dir, root, device="cpu")
+    by_sha, crops, vals, note = _scored_faces(root, model, cfg)
+    sc = cfg.score
+    ranked = sorted((h for h in by_sha if h in crops), key=lambda h: -by_sha[h][0])
+    n = sc.report_grid
+    top = [(h, crops[h], *by_sha[h]) for h in ranked[:n]]
+    bottom = [(h, crops[h], *by_sha[h]) for h in ranked[::-1][:n]]
+
+    with_crops = [h for h in by_sha if h in crops][: sc.report_tsne_points]
+    tsne = None
+    if len(with_crops) >= 5:
+        thumbs = [decode_image(crops[h]) for h in with_crops]
+        xy = tsne_2d(np.asarray(model.embed(thumbs)), seed=sc.seed)
+        tsne = (xy, thumbs, np.array([by_sha[h][0] for h in with_crops]))
+    return ReportData(
+        fs=fs,
+        mdir=mdir,
+        model_id=str(model.model_id),
+        task=str(getattr(model, "task", "")),
+        class_names=[str(c) for c in getattr(model, "class_names", None) or []],
+        n_scored=len(by_sha),
+        note=note,
+        has_card=fs.get_file_info(posixpath.join(mdir, CARD_FILE)).type == pafs.FileType.File,
+        metrics=_read_json(fs, posixpath.join(mdir, "metrics.json")),
+        top=top,
+        bottom=bottom,
+        scores=vals,
+        training_plots=_model_pngs(fs, mdir),
+        tsne=tsne,
+        shown={h for h, *_ in top + bottom} | (set(with_crops) if tsne is not None else set()),
+    )
+
+
+def _scored_faces(
+    root: DataRoot, model: Any, cfg: Config
+) -> tuple[dict[str, tuple[float, Any]], dict[str, bytes], np.ndarray, str]:
+    """image_sha256 → (score, predicted class) of the faces the model scored, or when it scored none of the face
+    stage's crops scored now; the crops the page may show; every score; a note when they were scored now. The faces
+    on the opt-out list left out."""
+    from pipeline.imaging import decode_image
+
     optout = OptOut(root, cfg.privacy)
-    metrics = _read_json(fs, posixpath.join(mdir, "metrics.json"))
     sc = cfg.score
     try:
         recipe: str | None = model_recipe(model.model_id, model.meta.inputs, cfg.faces, sc.unrecorded_inputs).to_json()
@@ -297,34 +336,7 @@ def gather_report(root: DataRoot, run_dir: str, cfg: Config) -> ReportData:
             vals, _, preds = model.score([decode_image(crops[h]) for h in shas])
         note = "This model has not scored any images yet: the faces below were scored while writing this report."
     by_sha = {h: (float(v), p) for h, v, p in zip(shas, vals, preds, strict=True)}
-    ranked = sorted((h for h in by_sha if h in crops), key=lambda h: -by_sha[h][0])
-    n = sc.report_grid
-    top = [(h, crops[h], *by_sha[h]) for h in ranked[:n]]
-    bottom = [(h, crops[h], *by_sha[h]) for h in ranked[::-1][:n]]
-
-    with_crops = [h for h in by_sha if h in crops][: sc.report_tsne_points]
-    tsne = None
-    if len(with_crops) >= 5:
-        thumbs = [decode_image(crops[h]) for h in with_crops]
-        xy = tsne_2d(np.asarray(model.embed(thumbs)), seed=sc.seed)
-        tsne = (xy, thumbs, np.array([by_sha[h][0] for h in with_crops]))
-    return ReportData(
-        fs=fs,
-        mdir=mdir,
-        model_id=str(model.model_id),
-        task=str(getattr(model, "task", "")),
-        class_names=[str(c) for c in getattr(model, "class_names", None) or []],
-        n_scored=len(by_sha),
-        note=note,
-        has_card=fs.get_file_info(posixpath.join(mdir, CARD_FILE)).type == pafs.FileType.File,
-        metrics=metrics,
-        top=top,
-        bottom=bottom,
-        scores=vals,
-        training_plots=_model_pngs(fs, mdir),
-        tsne=tsne,
-        shown={h for h, *_ in top + bottom} | (set(with_crops) if tsne is not None else set()),
-    )
+    return by_sha, crops, vals, note
 
 
 def render_report(data: ReportData) -> str:
