@@ -377,7 +377,7 @@ class DataRoot:
         return sub_dataset(LABELS_DS, task)
 
     def model_dir(self, run_id: str) -> str:
-        return self.path("models", run_id)
+        return self.path(MODELS_DS, run_id)
 
     def scores_partition(self, day: dt.date) -> str:
         return sub_dataset(SCORES_DS, f"dt={day.isoformat()}")

@@ -8,6 +8,8 @@ apart. Neither kind may close a cycle, and neither may point up or sideways acro
 
 No module but a feed adapter's own and the registry names an adapter: none imports an adapter module, and none
 compares a feed's ``adapter`` with a name (what an adapter does differently is one of its hooks).
+
+Dataset names are spelled once, in ``pipeline/store.py``: no call that names a dataset passes one as a literal.
 """
 
 from __future__ import annotations
@@ -234,3 +236,41 @@ def test_scrape_takes_its_logger_from_logging_not_from_runtime():
     top, inner = import_graph()
     users = sorted(m for m in top if m.startswith("pipeline.scrape") and "pipeline.runtime" in top[m] | inner[m])
     assert users == ["pipeline.scrape.stage"], users  # the stage's entry (stage_entry) is runtime's job
+
+
+# DataRoot's methods (and the labels' ``scan``, ``sub_dataset``) whose first argument is a dataset or a path in one.
+_DATASET_CALLS = {"path", "exists", "mkdir", "schema", "has", "part_files", "part_infos", "quarantine",
+                  "quarantine_unreadable", "require", "dataset", "read", "done_keys", "write_part", "replace",
+                  "clean_tmp", "list_dir", "scan", "sub_dataset"}  # fmt: skip
+
+
+def test_dataset_names_are_spelled_only_in_the_store():
+    """A call that names a dataset takes it from ``pipeline.store`` (``FACES_DS``, ``MODELS_DS``, ...), never as a
+    literal such as ``root.read("faces")`` or ``root.path("models/x")``: one place per name."""
+    names = set()  # the store's *_DS and *_DIR constants, read without importing it (pyarrow is slow to import)
+    for node in ast.parse((PKG / "store.py").read_text()).body:
+        if isinstance(node, ast.Assign):
+            targets = [t for tgt in node.targets for t in (tgt.elts if isinstance(tgt, ast.Tuple) else [tgt])]
+            values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+            for t, v in zip(targets, values, strict=False):
+                if isinstance(t, ast.Name) and t.id.endswith(("_DS", "_DIR")) and isinstance(v, ast.Constant):
+                    names.add(v.value)
+    assert {"posts", "faces", "models", "images", "feed_cursors"} <= names
+
+    def spelled(arg: ast.expr) -> bool:
+        if isinstance(arg, ast.JoinedStr):
+            arg = arg.values[0] if arg.values else arg
+        return isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.split("/")[0] in names
+
+    found = []
+    for path in _modules().values():
+        text = path.read_text()
+        if not any(f"{q}{n}" in text for n in names for q in "'\""):
+            continue  # no literal that starts with a name: nothing to parse
+        for node in ast.walk(ast.parse(text)):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if func in _DATASET_CALLS and spelled(node.args[0]):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:80]}")
+    assert not found, "dataset names spelled by hand:\n" + "\n".join(found)

@@ -37,9 +37,9 @@ from pipeline.faces.recipe import CropRecipe
 from pipeline.placement import remote_args, require_node
 from pipeline.progress import Progress
 from pipeline.runtime import ACTOR_ARGS_NOTE, log, stage_entry
-from pipeline.store import FACES, STATUS_OK, DataRoot, now, to_table
+from pipeline.store import FACES, FACES_DS, POSTS_DS, STAFF_DS, STATUS_OK, DataRoot, now, to_table
 
-SOURCES = ("posts", "staff")
+SOURCES = (POSTS_DS, STAFF_DS)
 
 
 class FaceActor:
@@ -124,8 +124,8 @@ def pending_images(root: DataRoot, recipe: CropRecipe | None = None) -> tuple[pa
     t = t.select(["image_sha256", "width_max", "height_max"]).rename_columns(["image_sha256", "width", "height"])
     n_candidates = t.num_rows
     other = 0
-    if root.has("faces"):
-        f = root.read("faces", columns=["image_sha256", "recipe"])
+    if root.has(FACES_DS):
+        f = root.read(FACES_DS, columns=["image_sha256", "recipe"])
         done = pc.is_in(t["image_sha256"], value_set=f["image_sha256"])
         if recipe is not None:
             f = f.filter(pc.is_in(f["image_sha256"], value_set=t["image_sha256"]))
@@ -169,7 +169,7 @@ def run(cfg: Config) -> dict[str, Any]:
         reasons: Counter[str] = Counter()
         progress = Progress("faces", todo.num_rows, "images", fc.progress_every_s)
         for batch in out.iter_batches(batch_size=fc.part_rows, batch_format="pyarrow"):
-            root.write_part("faces", batch)
+            root.write_part(FACES_DS, batch)
             summary["parts"] += 1
             summary["processed"] += batch.num_rows
             reasons.update(reason_code(r) for r in batch.column("reason").to_pylist())

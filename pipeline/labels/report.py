@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from typing import Any
 
 import polars as pl
@@ -28,6 +27,7 @@ from pipeline.config import Config
 from pipeline.labels.io import scan
 from pipeline.labels.selfie import FILTER_ORDER
 from pipeline.labels.tasks import TASKS
+from pipeline.plots import png_bytes, pyplot
 from pipeline.store import LABELS_DS, STATUS_OK, DataRoot
 
 
@@ -107,20 +107,11 @@ def truth_correlations(ok: pl.LazyFrame, truth: Any) -> dict[str, Any]:
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(png_bytes(fig, dpi=80)).decode()
 
 
 def _plots(stats: dict[str, Any]) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out: list[tuple[str, str]] = []
     for name, task in TASKS.items():
         if stats.get(name) and task.plot:

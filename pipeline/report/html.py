@@ -12,6 +12,9 @@ thumbnails): ``forget`` deletes every report that shows a forgotten person's fac
 ``report`` lock, which ``forget`` also holds, and leaves out every image on the opt-out list; right before the page
 is written the list is read again, and a face on it stops the write (:class:`OptedOutFaceError`).
 
+Two steps: :func:`gather_report` returns what the page shows (:class:`ReportData`: the model's facts, metrics and
+plots, the faces with their scores, the t-SNE points), :func:`render_report` turns that into the page.
+
 The scores come from the score stage's output for this model id. When the model has not scored anything yet, up to
 ``score.report_tsne_points`` face crops of the face stage are scored on the spot, and the page says so.
 """
@@ -21,9 +24,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import io
 import json
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,7 @@ import pyarrow.fs as pafs
 from pipeline.config import Config
 from pipeline.locks import LockLostError, stage_lock
 from pipeline.model.meta import RecipeError, model_recipe
+from pipeline.plots import png_bytes, pyplot
 from pipeline.privacy import OptOut, report_sidecar
 from pipeline.store import FACES_DS, SCORES_DS, DataRoot
 
@@ -44,28 +48,14 @@ def _uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _png_bytes(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def histogram_png(scores: np.ndarray, title: str) -> bytes:
     """A histogram of scores as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.hist(scores, bins=min(40, max(5, len(scores) // 4)), color="#4477aa", edgecolor="white")
     ax.set_xlabel("score")
     ax.set_ylabel("images")
     ax.set_title(title)
-    return _png_bytes(fig)
+    return png_bytes(fig, dpi=90)
 
 
 def _model_pngs(fs: pafs.FileSystem, model_dir: str) -> list[tuple[str, bytes]]:
@@ -229,17 +219,95 @@ def write_report(run_dir: str, cfg: Config) -> str:
         return _write_report(run_dir, cfg)
 
 
+Face = tuple[str, bytes, float, str | None]  # image_sha256, crop JPEG, score, predicted class
+
+
+@dataclass
+class ReportData:
+    """What the page shows, gathered from the model dir and the data root (:func:`gather_report`); no HTML."""
+
+    fs: pafs.FileSystem  # where the model dir is (the page is written there)
+    mdir: str
+    model_id: str
+    task: str
+    class_names: list[str]
+    n_scored: int  # faces with a score (those on the opt-out list left out)
+    note: str  # why the faces were scored on the spot, or ""
+    has_card: bool  # the model dir holds MODEL_CARD.md
+    metrics: dict  # metrics.json
+    top: list[Face]
+    bottom: list[Face]
+    scores: np.ndarray  # every score, for the histogram
+    training_plots: list[tuple[str, bytes]]  # the model dir's PNGs by relative path
+    tsne: tuple[np.ndarray, list[Any], np.ndarray] | None  # 2-D points, thumbnails, their scores; None under 5 faces
+    shown: set[str]  # every face the page shows: the grids and the t-SNE thumbnails (the sidecar's list)
+
+
 def _write_report(run_dir: str, cfg: Config) -> str:
+    root = DataRoot(cfg.data_root)
+    data = gather_report(root, run_dir, cfg)
+    page = render_report(data)
+    out = posixpath.join(data.mdir, "report.html")
+    listed = OptOut(root, cfg.privacy)  # read again right before the write
+    if any(listed.blocks("image", h) for h in data.shown):
+        n = sum(listed.blocks("image", h) for h in data.shown)
+        raise OptedOutFaceError(f"{out}: {n} of its faces joined the opt-out list while it was built: not written")
+    _write_with_sidecar(data.fs, data.mdir, out, page.encode("utf-8"), data.shown)
+    return out if "://" not in root.uri else f"{root.uri.split('://')[0]}://{out}"
+
+
+def gather_report(root: DataRoot, run_dir: str, cfg: Config) -> ReportData:
+    """The model in ``run_dir``, its metrics and plots, its top and bottom scored faces (scored now when it has
+    scored none) and their t-SNE map, without the faces on the opt-out list."""
+    from pipeline.imaging import decode_image
     from pipeline.model.loaded import LoadedModel
     from pipeline.model.meta import model_location, resolve_model_dir
-    from pipeline.report.tsne import tsne_2d, tsne_png
+    from pipeline.report.tsne import tsne_2d
 
-    root = DataRoot(cfg.data_root)
     model_dir = resolve_model_dir(root, run_dir)
     fs, mdir = model_location(model_dir, root)
     model = LoadedModel.load(model_dir, root, device="cpu")
+    by_sha, crops, vals, note = _scored_faces(root, model, cfg)
+    sc = cfg.score
+    ranked = sorted((h for h in by_sha if h in crops), key=lambda h: -by_sha[h][0])
+    n = sc.report_grid
+    top = [(h, crops[h], *by_sha[h]) for h in ranked[:n]]
+    bottom = [(h, crops[h], *by_sha[h]) for h in ranked[::-1][:n]]
+
+    with_crops = [h for h in by_sha if h in crops][: sc.report_tsne_points]
+    tsne = None
+    if len(with_crops) >= 5:
+        thumbs = [decode_image(crops[h]) for h in with_crops]
+        xy = tsne_2d(np.asarray(model.embed(thumbs)), seed=sc.seed)
+        tsne = (xy, thumbs, np.array([by_sha[h][0] for h in with_crops]))
+    return ReportData(
+        fs=fs,
+        mdir=mdir,
+        model_id=str(model.model_id),
+        task=str(getattr(model, "task", "")),
+        class_names=[str(c) for c in getattr(model, "class_names", None) or []],
+        n_scored=len(by_sha),
+        note=note,
+        has_card=fs.get_file_info(posixpath.join(mdir, CARD_FILE)).type == pafs.FileType.File,
+        metrics=_read_json(fs, posixpath.join(mdir, "metrics.json")),
+        top=top,
+        bottom=bottom,
+        scores=vals,
+        training_plots=_model_pngs(fs, mdir),
+        tsne=tsne,
+        shown={h for h, *_ in top + bottom} | (set(with_crops) if tsne is not None else set()),
+    )
+
+
+def _scored_faces(
+    root: DataRoot, model: Any, cfg: Config
+) -> tuple[dict[str, tuple[float, Any]], dict[str, bytes], np.ndarray, str]:
+    """image_sha256 → (score, predicted class) of the faces the model scored, or when it scored none of the face
+    stage's crops scored now; the crops the page may show; every score; a note when they were scored now. The faces
+    on the opt-out list left out."""
+    from pipeline.imaging import decode_image
+
     optout = OptOut(root, cfg.privacy)
-    metrics = _read_json(fs, posixpath.join(mdir, "metrics.json"))
     sc = cfg.score
     try:
         recipe: str | None = model_recipe(model.model_id, model.meta.inputs, cfg.faces, sc.unrecorded_inputs).to_json()
@@ -263,66 +331,47 @@ def _write_report(run_dir: str, cfg: Config) -> str:
     else:  # nothing scored yet: score the face stage's crops now (those made the model's way)
         crops = _crops(root, None, sc.report_tsne_points, recipe)
         crops = {h: c for h, c in crops.items() if not optout.blocks("image", h)}
-        from pipeline.imaging import decode_image
-
         shas = list(crops)
         if shas:  # the score stage's own post-processing (LoadedModel.score)
             vals, _, preds = model.score([decode_image(crops[h]) for h in shas])
         note = "This model has not scored any images yet: the faces below were scored while writing this report."
     by_sha = {h: (float(v), p) for h, v, p in zip(shas, vals, preds, strict=True)}
-    ranked = sorted((h for h in by_sha if h in crops), key=lambda h: -by_sha[h][0])
-    n = sc.report_grid
-    top = [(h, crops[h], *by_sha[h]) for h in ranked[:n]]
-    bottom = [(h, crops[h], *by_sha[h]) for h in ranked[::-1][:n]]
+    return by_sha, crops, vals, note
+
+
+def render_report(data: ReportData) -> str:
+    """The page of :func:`gather_report`'s data: one self-contained HTML document, every image a data URI."""
+    from pipeline.report.tsne import tsne_png
 
     parts = [
-        f"<h1>Model {html.escape(str(model.model_id))}</h1>",
-        f"<p>task: {html.escape(str(getattr(model, 'task', '')))} · classes: "
-        f"{html.escape(', '.join(map(str, getattr(model, 'class_names', None) or [])) or '—')} · "
-        f"{len(by_sha)} scored images · written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC</p>",
+        f"<h1>Model {html.escape(data.model_id)}</h1>",
+        f"<p>task: {html.escape(data.task)} · classes: {html.escape(', '.join(data.class_names)) or '—'} · "
+        f"{data.n_scored} scored images · written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC</p>",
     ]
-    if note:
-        parts.append(f"<p class='note'>{html.escape(note)}</p>")
-    if fs.get_file_info(posixpath.join(mdir, CARD_FILE)).type == pafs.FileType.File:
+    if data.note:
+        parts.append(f"<p class='note'>{html.escape(data.note)}</p>")
+    if data.has_card:
         parts.append(
             f"<p>Model card: <a href='{CARD_FILE}'>{CARD_FILE}</a> (data origin and licence, rows per split and "
             "class, intended use and limits)</p>"
         )
-    parts.append(_metrics_table(metrics))
-    parts.append(_grid(f"Top {len(top)} scored faces", top))
-    parts.append(_grid(f"Bottom {len(bottom)} scored faces", bottom))
-    if len(vals):
-        parts.append(_figure("Score histogram", histogram_png(vals, f"{len(vals)} images")))
-    for rel, png in _model_pngs(fs, mdir):
+    parts.append(_metrics_table(data.metrics))
+    parts.append(_grid(f"Top {len(data.top)} scored faces", data.top))
+    parts.append(_grid(f"Bottom {len(data.bottom)} scored faces", data.bottom))
+    if len(data.scores):
+        parts.append(_figure("Score histogram", histogram_png(data.scores, f"{len(data.scores)} images")))
+    for rel, png in data.training_plots:
         parts.append(_figure(f"Training: {rel}", png))
-    with_crops = [h for h in by_sha if h in crops][: sc.report_tsne_points]
-    if len(with_crops) >= 5:
-        from pipeline.imaging import decode_image
-
-        thumbs = [decode_image(crops[h]) for h in with_crops]
-        emb = np.asarray(model.embed(thumbs))
-        xy = tsne_2d(emb, seed=sc.seed)
-        parts.append(
-            _figure(
-                "t-SNE of the penultimate layer", tsne_png(xy, thumbs, np.array([by_sha[h][0] for h in with_crops]))
-            )
-        )
+    if data.tsne is not None:
+        parts.append(_figure("t-SNE of the penultimate layer", tsne_png(*data.tsne)))
     else:
         parts.append("<section><h2>t-SNE</h2><p>fewer than 5 faces: no map.</p></section>")
-    page = (
+    return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>facerank report {html.escape(str(model.model_id))}</title><style>{CSS}</style></head><body>"
+        f"<title>facerank report {html.escape(data.model_id)}</title><style>{CSS}</style></head><body>"
         + "\n".join(parts)
         + "</body></html>"
     )
-    out = posixpath.join(mdir, "report.html")
-    shown = {h for h, *_ in top + bottom} | (set(with_crops) if len(with_crops) >= 5 else set())
-    listed = OptOut(root, cfg.privacy)  # read again right before the write
-    if any(listed.blocks("image", h) for h in shown):
-        n = sum(listed.blocks("image", h) for h in shown)
-        raise OptedOutFaceError(f"{out}: {n} of its faces joined the opt-out list while it was built: not written")
-    _write_with_sidecar(fs, mdir, out, page.encode("utf-8"), shown)
-    return out if "://" not in root.uri else f"{root.uri.split('://')[0]}://{out}"
 
 
 def _write_with_sidecar(fs: pafs.FileSystem, mdir: str, out: str, page: bytes, shown: set[str]) -> None:

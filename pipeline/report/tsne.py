@@ -8,10 +8,10 @@ Example::
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
+
+from pipeline.plots import png_bytes, pyplot
 
 
 def tsne_2d(embeddings: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -31,10 +31,7 @@ def tsne_png(
     xy: np.ndarray, thumbnails: list[Image.Image], scores: np.ndarray | None = None, zoom_px: int = 28
 ) -> bytes:
     """The map as a PNG: each point a small thumbnail, framed in a colour that follows its score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     fig, ax = plt.subplots(figsize=(9, 9))
@@ -57,7 +54,4 @@ def tsne_png(
     ax.set_yticks([])
     ax.set_title(f"t-SNE of penultimate-layer embeddings ({len(xy)} faces)")
     fig.colorbar(sc, ax=ax, fraction=0.04, label="score")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=90)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import TrainConfig
-from pipeline.store import FACES_DS, STATUS_OK, DataRoot, InputError
+from pipeline.store import FACES_DS, LABELS_DS, STATUS_OK, DataRoot, InputError
 
 if TYPE_CHECKING:
     pass  # imported where a tensor is made: the ingest's Ray Data tasks unpickle this module without it
@@ -193,12 +193,14 @@ def check_crops(root: DataRoot, labels: LabelSet, drop_missing: bool = False) ->
         labels.table = labels.table.filter(present)
         for s in SPLITS:
             if labels.split(s).num_rows == 0:
-                raise TrainInputError(f"labels/{labels.task}: the {s!r} split is empty once rows without a crop go")
+                raise TrainInputError(
+                    f"{LABELS_DS}/{labels.task}: the {s!r} split is empty once rows without a crop go"
+                )
         return
     examples = labels.table.filter(pc.invert(present))["item_id"].to_pylist()[:3]
     raise TrainInputError(
-        f"labels/{labels.task}: {missing} labelled rows have no kept face crop in 'faces' (e.g. items {examples}); "
-        "rerun the faces stage or set train.allow_missing_crops"
+        f"{LABELS_DS}/{labels.task}: {missing} labelled rows have no kept face crop in {FACES_DS!r} "
+        f"(e.g. items {examples}); rerun the faces stage or set train.allow_missing_crops"
     )
 
 
@@ -219,7 +221,7 @@ def one_recipe(faces: pa.Table, task: str) -> str | None:
         diff = CropRecipe.from_json(top["recipe"]).differences(CropRecipe.from_json(other["recipe"]))
         what = f"{diff}"
     raise TrainInputError(
-        f"labels/{task}: its face crops were made in {len(counts)} ways ({what}; "
+        f"{LABELS_DS}/{task}: its face crops were made in {len(counts)} ways ({what}; "
         f"{', '.join(str(c['image_sha256_count']) for c in counts)} crops): a model must be trained on crops made "
         "one way, the way it will score; redo the faces (a fresh data root, or one import) with one faces config"
     )
@@ -263,7 +265,7 @@ def make_datasets(
     import ray.data
     from ray.data.expressions import col
 
-    parts = root.part_infos("faces")
+    parts = root.part_infos(FACES_DS)
     if cache and driver_mb > 0 and sum(f.size or 0 for f in parts) <= driver_mb * 2**20:
         return _shards(_read_in_driver(root, labels.table), world_size)
     files = [f.path for f in parts]
@@ -301,7 +303,7 @@ def _read_in_driver(root: DataRoot, labels: pa.Table) -> dict:
     import ray.data
 
     faces = root.read(
-        "faces",
+        FACES_DS,
         columns=["image_sha256", "kept", "crop_jpeg"],
         filter=pc.field("image_sha256").isin(labels["image_sha256"]),
     )

@@ -600,7 +600,7 @@ def train_loop_per_worker(config: dict) -> None:
 # ------------------------------------------------------------------------------------------------ driver side
 def storage(root: DataRoot, run_id: str) -> str:
     """The Ray Train storage path (on ``root.fs``) whose ``checkpoints/`` folder holds the run's checkpoints."""
-    return root.path("models", run_id)
+    return root.model_dir(run_id)
 
 
 def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):

@@ -14,7 +14,8 @@ with its interval (or MAE with a normal interval) per group, the largest gap bet
 (at least ``min_n`` test rows), and the groups too small to judge. Calibration (:func:`calibration`): scores are
 read as probabilities, so the expected calibration error of the predicted class's probability over equal-width
 bins, and the reliability diagram (:func:`reliability_png`).
-Plots are PNG bytes drawn with matplotlib's Agg backend (no display needed), written by the exporter.
+Plots are PNG bytes drawn with matplotlib's Agg backend (no display needed; :mod:`pipeline.plots`), written by the
+exporter.
 
 Example::
 
@@ -24,12 +25,12 @@ Example::
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 
 from pipeline.model.outputs import softmax
+from pipeline.plots import png_bytes, pyplot
 
 
 def _num(x: float) -> float | None:
@@ -214,27 +215,12 @@ def selection_score(kind: str, metrics: dict) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ plots
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+PLOT_DPI = 100  # the training plots' resolution
 
 
 def reliability_png(cal: dict) -> bytes:
     """The reliability diagram of :func:`calibration`: accuracy against mean probability per bin."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4))
     bins = cal["bins"]
     ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=[b["hi"] - b["lo"] for b in bins],
@@ -245,11 +231,11 @@ def reliability_png(cal: dict) -> bytes:
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (test), ECE {cal['ece']:.3f}")
     ax.legend(loc="upper left")
-    return _png(fig)
+    return png_bytes(fig, dpi=PLOT_DPI)
 
 
 def confusion_png(confusion: list[list[int]], class_names: list[str], title: str = "test") -> bytes:
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(confusion)
     fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(class_names), 1 + 0.8 * len(class_names)))
     ax.imshow(cm, cmap="Blues")
@@ -261,13 +247,13 @@ def confusion_png(confusion: list[list[int]], class_names: list[str], title: str
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black")
-    return _png(fig)
+    return png_bytes(fig, dpi=PLOT_DPI)
 
 
 def roc_png(y_true: np.ndarray, scores: np.ndarray) -> bytes:
     from sklearn.metrics import roc_curve
 
-    plt = _plt()
+    plt = pyplot()
     fpr, tpr, _ = roc_curve(y_true, scores)
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot(fpr, tpr)
@@ -275,11 +261,11 @@ def roc_png(y_true: np.ndarray, scores: np.ndarray) -> bytes:
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title("ROC (test)")
-    return _png(fig)
+    return png_bytes(fig, dpi=PLOT_DPI)
 
 
 def scatter_png(y_true: np.ndarray, y_pred: np.ndarray) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(y_true, y_pred, s=8, alpha=0.6)
     lo, hi = float(min(np.min(y_true), np.min(y_pred))), float(max(np.max(y_true), np.max(y_pred)))
@@ -287,23 +273,23 @@ def scatter_png(y_true: np.ndarray, y_pred: np.ndarray) -> bytes:
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
     ax.set_title("predicted vs true (test)")
-    return _png(fig)
+    return png_bytes(fig, dpi=PLOT_DPI)
 
 
 def histograms_png(y_true: np.ndarray, y_pred: np.ndarray) -> bytes:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     bins = np.histogram_bin_edges(np.concatenate([y_true, y_pred]), bins=20)
     ax.hist(y_true, bins=bins, alpha=0.6, label="true")
     ax.hist(y_pred, bins=bins, alpha=0.6, label="predicted")
     ax.legend()
     ax.set_title("distribution (test)")
-    return _png(fig)
+    return png_bytes(fig, dpi=PLOT_DPI)
 
 
 def curve_png(history: list[dict], metric: str) -> bytes:
     """Training curve: train and validation loss, and the validation metric, per epoch."""
-    plt = _plt()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -315,4 +301,4 @@ def curve_png(history: list[dict], metric: str) -> bytes:
     b.set_xlabel("epoch")
     b.set_ylabel(f"val {metric}")
     fig.suptitle("training curve")
-    return _png(fig)
+    return png_bytes(fig, dpi=PLOT_DPI)

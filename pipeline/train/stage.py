@@ -16,7 +16,7 @@ from __future__ import annotations
 from pipeline.config import Config
 from pipeline.placement import require_node
 from pipeline.runtime import log, stage_entry
-from pipeline.store import DataRoot, now
+from pipeline.store import FACES_DS, MODELS_DS, DataRoot, now
 from pipeline.train.data import TrainInputError, label_folds, load_labels
 
 
@@ -27,9 +27,9 @@ def new_run_id(task: str) -> str:
 
 def _has_checkpoints(root: DataRoot, run_id: str) -> bool:
     """The run (or, for a k-fold run, one of its folds) has a checkpoint to continue from."""
-    if any(n.startswith("checkpoint") for n in root.list_dir("models", run_id, "checkpoints")):
+    if any(n.startswith("checkpoint") for n in root.list_dir(MODELS_DS, run_id, "checkpoints")):
         return True
-    return any(_has_checkpoints(root, f"{run_id}/folds/{f}") for f in root.list_dir("models", run_id, "folds"))
+    return any(_has_checkpoints(root, f"{run_id}/folds/{f}") for f in root.list_dir(MODELS_DS, run_id, "folds"))
 
 
 def pick_run_id(cfg: Config, root: DataRoot, resume: bool) -> str:
@@ -39,16 +39,20 @@ def pick_run_id(cfg: Config, root: DataRoot, resume: bool) -> str:
         if cfg.train.run_id:
             run_id = cfg.train.run_id
         else:
-            runs = [r for r in root.list_dir("models") if r.endswith(f"-{task}") and _has_checkpoints(root, r)]
+            runs = [r for r in root.list_dir(MODELS_DS) if r.endswith(f"-{task}") and _has_checkpoints(root, r)]
             if not runs:
-                raise TrainInputError(f"--resume: no run of task {task!r} with checkpoints under {root.uri}/models")
+                raise TrainInputError(
+                    f"--resume: no run of task {task!r} with checkpoints under {root.uri}/{MODELS_DS}"
+                )
             run_id = sorted(runs)[-1]
         if not _has_checkpoints(root, run_id):
-            raise TrainInputError(f"--resume: run {run_id!r} has no checkpoints under {root.uri}/models/{run_id}")
+            raise TrainInputError(f"--resume: run {run_id!r} has no checkpoints under {root.uri}/{MODELS_DS}/{run_id}")
         return run_id
     run_id = cfg.train.run_id or new_run_id(task)
-    if root.exists("models", run_id):
-        raise TrainInputError(f"run {run_id!r} already exists under {root.uri}/models: use --resume or a new run id")
+    if root.exists(MODELS_DS, run_id):
+        raise TrainInputError(
+            f"run {run_id!r} already exists under {root.uri}/{MODELS_DS}: use --resume or a new run id"
+        )
     return run_id
 
 
@@ -61,7 +65,7 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
     cfg = with_layout(cfg)  # None num_workers / cpus_per_worker: picked for the cluster (TrainConfig.layout)
     root = DataRoot(cfg.data_root)
     root.require(root.labels_dataset(cfg.train.task))
-    root.require("faces")
+    root.require(FACES_DS)
     require_node("train", cfg.ray.placement.train)  # bounded: Ray Train would wait for such a node without end
     if cfg.train.kfold:
         from pipeline.train.kfold import run_kfold
