@@ -49,13 +49,17 @@ def make_root(path: str, n: int, backbone: str = "resnet18", image_size: int = 9
     import torch
     from PIL import Image
 
-    from pipeline.config import TrainConfig
+    from pipeline.config import TrainConfig, load_config
+    from pipeline.faces.recipe import CropRecipe
     from pipeline.model.backbones import backbone as backbone_record
     from pipeline.model.meta import ModelMeta, write_model_meta
     from pipeline.model.network import build_model
     from pipeline.store import DataRoot, now
 
     root = DataRoot(path)
+    # the crops are recorded as made by the default faces settings, and the model as trained on such crops: the
+    # scorer (default config too) reuses every faces row, as in production
+    recipe = CropRecipe.of(load_config(None).faces, detect=True)
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, size=(112, 112, 3), dtype=np.uint8)
     chunk = part_rows
@@ -68,7 +72,14 @@ def make_root(path: str, n: int, backbone: str = "resnet18", image_size: int = 9
             sha = f"{i:064x}"
             posts.append({"site": "bench", "item_id": str(i), "status": "ok", "image_sha256": sha})
             faces.append(
-                {"image_sha256": sha, "n_faces": 1, "kept": True, "crop_jpeg": buf.getvalue(), "processed_at": now()}
+                {
+                    "image_sha256": sha,
+                    "n_faces": 1,
+                    "kept": True,
+                    "crop_jpeg": buf.getvalue(),
+                    "processed_at": now(),
+                    "recipe": recipe.to_json(),
+                }  # fmt: skip
             )
         root.write_part("posts", posts)
         root.write_part("faces", faces)
@@ -91,6 +102,7 @@ def make_root(path: str, n: int, backbone: str = "resnet18", image_size: int = 9
         mean=mean,
         std=std,
         train_config=tc.model_dump(),
+        inputs={"crop": recipe.to_dict(), "pixels": {"size": image_size, "resize": "bilinear", "colour": "RGB"}},
     )
     write_model_meta(root, d, meta)
     return path
