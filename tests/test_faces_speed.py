@@ -1,0 +1,55 @@
+"""The face detector's speed settings: ``detect_min_share`` (a coarser first pyramid scale, part of the crop recipe)
+and ``runtime`` (MTCNN's nets by ONNX Runtime, agreeing with torch). No Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config import FacesConfig
+from pipeline.faces import FaceDetector
+from pipeline.faces.detector import iou, resolve_runtime
+from pipeline.faces.recipe import CropRecipe
+
+
+def test_detect_min_share_is_validated_and_part_of_the_recipe():
+    for bad in ({"detect_min_share": -0.1}, {"detect_min_share": 0.6}, {"runtime": "tensorrt"}):
+        with pytest.raises(ValidationError):
+            FacesConfig.model_validate(bad)
+    a, b = CropRecipe.of(FacesConfig(detect_min_share=0.0)), CropRecipe.of(FacesConfig(detect_min_share=0.1))
+    assert a != b and a.differences(b) == "detect_min_share 0.0 != 0.1"
+    assert CropRecipe.from_json(b.to_json()) == b
+    # a recipe recorded before the setting existed reads as made without it (share 0: the full pyramid)
+    old = a.to_dict()
+    del old["settings"]["detect_min_share"]
+    assert CropRecipe.from_dict(old) == a
+    # how the nets run is not part of it
+    assert CropRecipe.of(FacesConfig(runtime="torch")) == CropRecipe.of(FacesConfig(runtime="onnx"))
+    assert resolve_runtime("torch", "cpu") == "torch" and resolve_runtime("auto", "cuda") == "torch"
+
+
+def test_min_face_follows_the_share_of_the_shorter_side():
+    det = FaceDetector(FacesConfig(detect_min_px=20, detect_min_share=0.1, runtime="torch"), device="cpu")
+    assert det.min_face((800, 600)) == pytest.approx(60.0)
+    assert det.min_face((150, 120)) == 20.0  # never below detect_min_px
+    off = FaceDetector(FacesConfig(detect_min_share=0.0, runtime="torch"), device="cpu")
+    assert off.min_face((800, 600)) == 20.0  # share 0: MTCNN's own full pyramid
+    assert FacesConfig().detect_min_share == 0.06  # the default docs/benchmarks.md measured
+
+
+def test_onnx_runtime_agrees_with_torch_on_real_photos(shared_faces, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    photos = [
+        (shared_faces / p).read_bytes()
+        for p in ("examples/knn_examples/test/kit_with_rose.jpg", "examples/obama_small.jpg")
+    ]
+    torch_det = FaceDetector(FacesConfig(runtime="torch"), device="cpu")
+    onnx_det = FaceDetector(FacesConfig(runtime="onnx", onnx_cache_dir=str(tmp_path)), device="cpu")
+    assert onnx_det.runtime == "onnx" and len(list(tmp_path.glob("*.onnx"))) == 3
+    by_torch, by_onnx = torch_det.process(photos), onnx_det.process(photos)
+    assert [r["n_faces"] for r in by_torch] == [r["n_faces"] for r in by_onnx] == [2, 1]
+    for a, b in zip(by_torch, by_onnx, strict=True):
+        assert a["recipe"] == b["recipe"] and np.allclose(a["probs"], b["probs"], atol=1e-3)
+        assert all(iou(np.array(x), np.array(y)) >= 0.99 for x, y in zip(a["boxes"], b["boxes"], strict=True))
