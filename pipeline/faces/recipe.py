@@ -55,7 +55,7 @@ DETECT_FIELDS = (
 )
 AS_GIVEN_FIELDS = ("decode_max_side", "crop_size", "jpeg_quality")
 # fields added to a mode after recipes were first written, with the value that makes crops as older code made them:
-# a recorded recipe without one reads as having that value
+# a recorded recipe without one reads as having that value, and a recipe with that value is written without it
 ADDED_FIELDS = {"detect": {"detect_min_share": 0.0}}
 
 
@@ -84,7 +84,11 @@ class CropRecipe:
         return {k: _plain(v) for k, v in self.settings}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "mode": self.mode, "settings": self.values}
+        """The recorded form; an added setting at its older value is left out, so that a recipe older code could
+        make is written exactly as older code wrote it (and matches the rows and models it recorded)."""
+        added = ADDED_FIELDS.get(self.mode, {})
+        settings = {k: v for k, v in self.values.items() if not (k in added and v == added[k])}
+        return {"version": self.version, "mode": self.mode, "settings": settings}
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): equal recipes give equal strings."""
