@@ -28,22 +28,26 @@ def test_detect_min_share_is_validated_and_part_of_the_recipe():
     assert resolve_runtime("torch", "cpu") == "torch" and resolve_runtime("auto", "cuda") == "torch"
 
 
-def test_min_face_follows_the_share_of_the_shorter_side():
-    det = FaceDetector(FacesConfig(detect_min_px=20, detect_min_share=0.1, runtime="torch"), device="cpu")
+@pytest.fixture(scope="module")
+def torch_det() -> FaceDetector:
+    return FaceDetector(FacesConfig(runtime="torch"), device="cpu")
+
+
+def test_min_face_follows_the_share_of_the_shorter_side(torch_det):
+    det = torch_det.replace(detect_min_share=0.1)  # detect_min_px 20, the default
     assert det.min_face((800, 600)) == pytest.approx(60.0)
     assert det.min_face((150, 120)) == 20.0  # never below detect_min_px
     assert det.replace(detect_min_share=0.0).min_face((800, 600)) == 20.0  # share 0: MTCNN's own full pyramid
     assert FacesConfig().detect_min_share == 0.06  # the default docs/benchmarks.md measured
 
 
-def test_onnx_runtime_agrees_with_torch_on_real_photos(shared_faces, tmp_path):
+def test_onnx_runtime_agrees_with_torch_on_real_photos(torch_det, shared_faces, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     photos = [
         (shared_faces / p).read_bytes()
         for p in ("examples/knn_examples/test/kit_with_rose.jpg", "examples/obama_small.jpg")
     ]
-    torch_det = FaceDetector(FacesConfig(runtime="torch"), device="cpu")
     onnx_det = FaceDetector(FacesConfig(runtime="onnx", onnx_cache_dir=str(tmp_path)), device="cpu")
     assert onnx_det.runtime == "onnx" and len(list(tmp_path.glob("*.onnx"))) == 3
     by_torch, by_onnx = torch_det.process(photos), onnx_det.process(photos)

@@ -79,18 +79,23 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def onnx_installed() -> bool:
+    """Whether ONNX Runtime and the ONNX package (the exporter needs it) are installed (found, not imported)."""
+    from importlib.util import find_spec
+
+    return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
+
+
 def resolve_runtime(runtime: str, device: str) -> str:
     """``auto`` → ``onnx`` on a CPU when ONNX Runtime and ONNX import, else ``torch``; ``onnx`` needs both and a
     CPU (RuntimeError otherwise)."""
     if runtime == "torch":
         return "torch"
-    from pipeline.faces.onnx_nets import available
-
     if runtime == "auto":
-        return "onnx" if device == "cpu" and available() else "torch"
+        return "onnx" if device == "cpu" and onnx_installed() else "torch"
     if device != "cpu":
         raise RuntimeError(f"faces.runtime onnx runs on the CPU only (device {device}): use runtime torch or auto")
-    if not available():
+    if not onnx_installed():
         raise RuntimeError("faces.runtime onnx needs onnxruntime and onnx: pip install onnxruntime onnx (extra onnx)")
     return "onnx"
 

@@ -6,8 +6,8 @@ atomically (a temporary file renamed), so actors on one node share one export an
 :func:`use_onnx` puts :class:`OrtNet` modules in place of the torch nets: facenet-pytorch's ``detect_face`` (the
 pyramid, NMS, the crops for R-Net and O-Net) runs unchanged and calls them as it calls its torch modules.
 
-:func:`available` says whether ``onnxruntime`` and ``onnx`` (the exporter needs it) can be imported; the detector
-falls back to torch when they cannot and ``faces.runtime`` is ``auto``.
+The detector uses them when ``faces.runtime`` is ``onnx``, or ``auto`` on a CPU with ``onnxruntime`` and ``onnx`` (the
+exporter needs it) installed (:func:`pipeline.faces.detector.resolve_runtime`).
 
 Example::
 
@@ -34,16 +34,6 @@ NETS = {
     "onet": ((2, 3, 48, 48), {0: "n"}),
 }
 OPSET = 17
-
-
-def available() -> bool:
-    """Whether ONNX Runtime and the ONNX package (for the export) can be imported."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def cache_dir(configured: str | None = None) -> Path:
