@@ -351,7 +351,7 @@ class FacesConfig(_Section):
     # scale, skipping P-Net's most expensive passes; faces much smaller than it are not found
     detect_min_share: float = Field(0.06, ge=0, le=0.5)
     # who runs MTCNN's three nets: torch, ONNX Runtime (onnx: facenet-pytorch's weights exported at first use,
-    # pipeline/faces/onnx_nets.py; CPU only), or auto: onnx when onnxruntime and onnx import and the device is cpu
+    # pipeline/faces/onnx_nets.py; CPU only), or auto: onnx on a cpu when onnxruntime and onnx are installed
     runtime: Literal["auto", "torch", "onnx"] = "auto"
     onnx_cache_dir: str | None = None  # where the exported nets are kept (None: ~/.cache/facerank/mtcnn-onnx)
     pyramid_factor: float = Field(0.709, gt=0.1, lt=1.0)  # MTCNN scale-pyramid factor
