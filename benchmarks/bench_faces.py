@@ -6,10 +6,12 @@ Images: the ``../shared/faces`` MANIFEST photos (known face counts), ``astronaut
 * peer: ``MTCNN(keep_all=True)`` and ``detect`` on each PIL image in one process (the facenet-pytorch README way);
   a face counts when p > 0.9.
 * ours: :func:`pipeline.faces.detect_faces` (Ray Data actor pool; bounded detection side, equal-size batches, the
-  full-resolution re-check, the crops) with images ordered by size as the stage orders them; ``n_faces``.
+  full-resolution re-check, the crops; the nets run by ``faces.runtime``, the pyramid from ``detect_min_share``)
+  with images ordered by size as the stage orders them; ``n_faces``.
 
 Both are timed from JPEG bytes to face counts (ours includes starting its actors). Prints a table, then one JSON
-line with ratio = ours / peer images per second. Run: ``python benchmarks/bench_faces.py [-n 500]``.
+line with ratio = ours / peer images per second. Run:
+``python benchmarks/bench_faces.py [-n 500] [--min-share S] [--runtime auto|torch|onnx]``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pipeline.config import FacesConfig  # noqa: E402
+from pipeline.faces.detector import resolve_runtime  # noqa: E402
 from pipeline.faces.quality import read_manifest  # noqa: E402
 from pipeline.imaging import decode_image, to_jpeg  # noqa: E402
 
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--max-side", type=int, default=FacesConfig().max_side)
     ap.add_argument("--batch-size", type=int, default=FacesConfig().batch_size)
+    ap.add_argument("--min-share", type=float, default=FacesConfig().detect_min_share)
+    ap.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=FacesConfig().runtime)
     ap.add_argument("--skip-peer", action="store_true")
     args = ap.parse_args(argv)
 
@@ -116,7 +121,14 @@ def main(argv: list[str] | None = None) -> int:
 
     start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    cfg = FacesConfig(num_actors=args.actors, max_side=args.max_side, batch_size=args.batch_size, device="cpu")
+    cfg = FacesConfig(
+        num_actors=args.actors,
+        max_side=args.max_side,
+        batch_size=args.batch_size,
+        device="cpu",
+        detect_min_share=args.min_share,
+        runtime=args.runtime,
+    )
     ours_s, ours_counts = run_ours(items, cfg)
     ray.shutdown()
     load1 = os.getloadavg()[0]
@@ -128,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{n} images, long side 480..2000 px; {os.cpu_count()} CPUs; load avg {load0:.1f} → {load1:.1f}")
     print(f"{'':<44}{'images/s':>10}{'count right':>14}")
     print(f"{'plain MTCNN(keep_all=True).detect loop':<44}{peer_ips:>10.2f}{peer_acc:>14.3f}")
+    runtime = resolve_runtime(cfg.runtime, "cpu")
     print(f"{f'ours: Ray Data, {args.actors} actors, max_side {args.max_side}':<44}{ours_ips:>10.2f}{ours_acc:>14.3f}")
+    print(f"  nets by {runtime}, detect_min_share {cfg.detect_min_share}")
     for label, counts in (("plain", peer_counts), ("ours", ours_counts)):
         wrong: dict[str, int] = {}
         for it, c in zip(items, counts, strict=True):
@@ -148,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 "peer_count_accuracy": None if args.skip_peer else round(peer_acc, 4),
                 "actors": args.actors,
                 "max_side": args.max_side,
+                "detect_min_share": cfg.detect_min_share,
+                "runtime": runtime,
                 "cpus": os.cpu_count(),
                 "load_avg": [round(load0, 1), round(load1, 1)],
             }

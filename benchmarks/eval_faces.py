@@ -1,9 +1,9 @@
 """Quality of the face stage on real photos: LFW faces vs non-faces, the shared MANIFEST, one photo at 5 scales.
 
-Run: ``python benchmarks/eval_faces.py [--faces-dir ../shared/faces] [--max-side 800]``. Prints a table, then one
-JSON line. Targets (issue 9): LFW recall >= 0.97 and precision >= 0.99; MANIFEST face count right on >= 30 of 32
-including the 3 multi-face photos; obama 240p..1080p the same single face, IoU >= 0.8 after scaling.
-The measures live in :mod:`pipeline.faces.quality` (a test runs them small).
+Run: ``python benchmarks/eval_faces.py [--faces-dir ../shared/faces] [--max-side 800] [--min-share S]
+[--runtime torch|onnx]``. Prints a table, then one JSON line. Targets (issue 9): LFW recall >= 0.97 and precision
+>= 0.99; MANIFEST face count right on >= 30 of 32 including the 3 multi-face photos; obama 240p..1080p the same
+single face, IoU >= 0.8 after scaling. The measures live in :mod:`pipeline.faces.quality` (a test runs them small).
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faces-dir", default=str(REPO.parent / "shared" / "faces"))
     ap.add_argument("--max-side", type=int, default=FacesConfig().max_side)
     ap.add_argument("--lfw-size", type=int, default=160)
+    ap.add_argument("--min-share", type=float, default=FacesConfig().detect_min_share)
+    ap.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=FacesConfig().runtime)
     args = ap.parse_args(argv)
-    det = FaceDetector(FacesConfig(max_side=args.max_side))
+    det = FaceDetector(FacesConfig(max_side=args.max_side, detect_min_share=args.min_share, runtime=args.runtime))
     t0 = time.monotonic()
     lfw = eval_lfw(det, size=args.lfw_size)
     man = eval_manifest(det, Path(args.faces_dir))
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 "multi_ok": man["multi_ok"],
                 "scales_min_iou": sc["min_iou"],
                 "max_side": args.max_side,
+                "detect_min_share": args.min_share,
+                "runtime": det.runtime,
                 "seconds": round(secs, 1),
                 "pass": ok,
             }

@@ -406,6 +406,13 @@ class FacesConfig(_Section):
     image_formats: list[str] = ["JPEG", "PNG", "WEBP", "GIF"]  # the only Pillow decoders run on untrusted bytes
     min_image_px: int = Field(20, ge=12)  # images with a shorter side are rejected (reason image_too_small)
     detect_min_px: int = Field(20, ge=12)  # MTCNN min_face_size, in pixels of the detection copy
+    # ... raised to this share of the detection copy's shorter side (0: off): the pyramid then starts at a coarser
+    # scale, skipping P-Net's most expensive passes; faces much smaller than it are not found
+    detect_min_share: float = Field(0.06, ge=0, le=0.5)
+    # who runs MTCNN's three nets: torch, ONNX Runtime (onnx: facenet-pytorch's weights exported at first use,
+    # pipeline/faces/onnx_nets.py; CPU only), or auto: onnx on a cpu when onnxruntime and onnx are installed
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
+    onnx_cache_dir: str | None = None  # where the exported nets are kept (None: ~/.cache/facerank/mtcnn-onnx)
     pyramid_factor: float = Field(0.709, gt=0.1, lt=1.0)  # MTCNN scale-pyramid factor
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P-/R-/O-net thresholds
     recheck_below: float = Field(0.99, ge=0, le=1)  # faces found on a downscaled copy with a lower probability

@@ -10,7 +10,9 @@ For each image it
    (its batches need equal sizes). Images are decoded one at a time and only their working copies wait for
    MTCNN, at most ``batch_size`` per size and ``batch_mib`` in all (copies plus MTCNN's activations for them), so
    an actor's memory beyond the model is about one decoder buffer (``max_decode_mib``) plus ``batch_mib``,
-   whatever the batch holds;
+   whatever the batch holds. The smallest face sought is ``detect_min_px``, or ``detect_min_share`` of the copy's
+   shorter side when larger (the scale pyramid then starts coarser); the nets run with torch or ONNX Runtime
+   (``runtime``, :mod:`pipeline.faces.onnx_nets`);
 3. maps boxes and landmarks back to original pixels; a face found on a downscaled copy with a probability below
    ``recheck_below`` is confirmed on a working-resolution crop around it (small false faces seen at low
    resolution disappear there);
@@ -75,6 +77,27 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def onnx_installed() -> bool:
+    """Whether ONNX Runtime and the ONNX package (the exporter needs it) are installed (found, not imported)."""
+    from importlib.util import find_spec
+
+    return find_spec("onnxruntime") is not None and find_spec("onnx") is not None
+
+
+def resolve_runtime(runtime: str, device: str) -> str:
+    """``auto`` → ``onnx`` on a CPU when ONNX Runtime and ONNX import, else ``torch``; ``onnx`` needs both and a
+    CPU (RuntimeError otherwise)."""
+    if runtime == "torch":
+        return "torch"
+    if runtime == "auto":
+        return "onnx" if device == "cpu" and onnx_installed() else "torch"
+    if device != "cpu":
+        raise RuntimeError(f"faces.runtime onnx runs on the CPU only (device {device}): use runtime torch or auto")
+    if not onnx_installed():
+        raise RuntimeError("faces.runtime onnx needs onnxruntime and onnx: pip install onnxruntime onnx (extra onnx)")
+    return "onnx"
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -152,8 +175,13 @@ class FaceDetector:
             post_process=False,
             device=self.device,
         )
+        self.runtime = resolve_runtime(cfg.runtime, self.device)
+        if self.runtime == "onnx":
+            from pipeline.faces.onnx_nets import use_onnx
 
-    _MODEL_FIELDS = ("detect_min_px", "thresholds", "pyramid_factor", "device")
+            use_onnx(self.mtcnn, num_threads=torch.get_num_threads(), folder=cfg.onnx_cache_dir)
+
+    _MODEL_FIELDS = ("detect_min_px", "thresholds", "pyramid_factor", "device", "runtime", "onnx_cache_dir")
 
     def replace(self, **changes: Any) -> FaceDetector:
         """A detector sharing this one's loaded model with other policy/crop settings (``crop_size=128``, ...).
@@ -170,7 +198,13 @@ class FaceDetector:
         return other
 
     # ---------------------------------------------------------------- detection
-    def _mtcnn(self, imgs: list[Image.Image]) -> list[tuple[Any, Any, Any]]:
+    def min_face(self, size: tuple[int, int]) -> float:
+        """MTCNN's minimum face size on a detection copy of ``size``: ``detect_min_px``, or ``detect_min_share`` of
+        its shorter side when that is larger."""
+        return max(float(self.cfg.detect_min_px), self.cfg.detect_min_share * min(size))
+
+    def _mtcnn(self, imgs: list[Image.Image], min_face: float | None = None) -> list[tuple[Any, Any, Any]]:
+        self.mtcnn.min_face_size = self.cfg.detect_min_px if min_face is None else min_face
         with self._torch.inference_mode():
             boxes, probs, points = self.mtcnn.detect(imgs, landmarks=True)
         return list(zip(boxes, probs, points, strict=True))
@@ -180,14 +214,15 @@ class FaceDetector:
 
     def _detect_group(self, group: list[_Work]) -> list[Detection | str]:
         """MTCNN on equal-size detection copies at once: a Detection in working pixels (or an error) per image."""
+        min_face = self.min_face(group[0].small.size)
         try:
-            res = self._mtcnn([w.small for w in group])
+            res = self._mtcnn([w.small for w in group], min_face)
         except Exception:  # one bad image must not sink its batch: retry them one by one
             res = None
         out: list[Detection | str] = []
         for k, w in enumerate(group):
             try:
-                b, p, pts = res[k] if res is not None else self._mtcnn([w.small])[0]
+                b, p, pts = res[k] if res is not None else self._mtcnn([w.small], min_face)[0]
                 sx, sy = w.small.size[0] / w.image.size[0], w.small.size[1] / w.image.size[1]
                 det = _to_detection(b, p, pts, sx, sy)
                 if sx < 1.0 and self.cfg.recheck_below > 0:

@@ -8,9 +8,10 @@ A :class:`CropRecipe` names the mode and the settings that change a crop's pixel
 * ``as_given``: the image is a face already (an aligned face set, cartoons, faces cropped elsewhere): its centre
   square resized to ``crop_size`` (the fields in :data:`AS_GIVEN_FIELDS`).
 
-Settings that only change how fast crops are made (actors, batch sizes, devices, memory caps, allowed formats) are
-not part of a recipe. :data:`VERSION` changes when the code that makes crops changes what they hold, so that crops
-made by older code never count as the same recipe.
+Settings that only change how fast crops are made (actors, batch sizes, devices, the nets' runtime, memory caps,
+allowed formats) are not part of a recipe. :data:`VERSION` changes when the code that makes crops changes what they
+hold, so that crops made by older code never count as the same recipe; a setting added later
+(:data:`ADDED_FIELDS`) reads, in a recipe recorded before it, as the value that made crops as before.
 
 Every ``faces`` row records its recipe (the ``recipe`` column, canonical JSON: :meth:`CropRecipe.to_json`); the
 train stage refuses crops made by several recipes and writes the one it trained on into ``model.json``
@@ -40,6 +41,7 @@ DETECT_FIELDS = (
     "decode_max_side",
     "min_image_px",
     "detect_min_px",
+    "detect_min_share",
     "pyramid_factor",
     "thresholds",
     "recheck_below",
@@ -52,6 +54,9 @@ DETECT_FIELDS = (
     "jpeg_quality",
 )
 AS_GIVEN_FIELDS = ("decode_max_side", "crop_size", "jpeg_quality")
+# fields added to a mode after recipes were first written, with the value that makes crops as older code made them:
+# a recorded recipe without one reads as having that value, and a recipe with that value is written without it
+ADDED_FIELDS = {"detect": {"detect_min_share": 0.0}}
 
 
 def _plain(value: Any) -> Any:
@@ -79,7 +84,11 @@ class CropRecipe:
         return {k: _plain(v) for k, v in self.settings}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "mode": self.mode, "settings": self.values}
+        """The recorded form; an added setting at its older value is left out, so that a recipe older code could
+        make is written exactly as older code wrote it (and matches the rows and models it recorded)."""
+        added = ADDED_FIELDS.get(self.mode, {})
+        settings = {k: v for k, v in self.values.items() if not (k in added and v == added[k])}
+        return {"version": self.version, "mode": self.mode, "settings": settings}
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): equal recipes give equal strings."""
@@ -91,7 +100,7 @@ class CropRecipe:
         if not isinstance(d, dict) or d.get("mode") not in MODES or not isinstance(d.get("settings"), dict):
             raise ValueError(f"not a crop recipe: {str(d)[:120]}")
         fields = DETECT_FIELDS if d["mode"] == "detect" else AS_GIVEN_FIELDS
-        s = d["settings"]
+        s = {**ADDED_FIELDS.get(d["mode"], {}), **d["settings"]}
         if sorted(s) != sorted(fields):
             raise ValueError(f"crop recipe ({d['mode']}): settings {sorted(s)} are not {sorted(fields)}")
         return cls(d["mode"], tuple((f, _freeze(s[f])) for f in fields), int(d.get("version", 0)))
