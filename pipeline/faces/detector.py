@@ -96,7 +96,7 @@ def resolve_runtime(runtime: str, device: str) -> str:
     if device != "cpu":
         raise RuntimeError(f"faces.runtime onnx runs on the CPU only (device {device}): use runtime torch or auto")
     if not onnx_installed():
-        raise RuntimeError("faces.runtime onnx needs onnxruntime and onnx: pip install onnxruntime onnx (extra onnx)")
+        raise RuntimeError("faces.runtime onnx needs onnxruntime and onnx: pip install onnxruntime onnx")
     return "onnx"
 
 
