@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers.feed_truth import mastodon_truth
 from pipeline.config import ConfigError, FeedSite, parse_config
 from pipeline.scrape.crawl import crawl
 from pipeline.scrape.feeds.mastodon import Pacer, RateLimited, parse_status
@@ -24,7 +25,6 @@ from pipeline.scrape.feeds.registry import adapter_for
 from pipeline.scrape.writer import CrawlInterrupted
 from pipeline.store import POSTS, DataRoot, now, to_table
 from pipeline.testing.mastodon_replay import MastodonReplay, MastodonSim
-from tests.helpers.feed_truth import mastodon_truth
 
 TOKEN = "tok-3b9f0c1d2e"
 

@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+from test_scrape_feeds_mastodon import TOKEN, _cfg, _posts
+
+from helpers.feed_truth import mastodon_truth
 from pipeline.scrape.crawl import crawl
 from pipeline.scrape.feeds.mastodon import parse_status
 from pipeline.scrape.feeds.nodeinfo import Software, document_href, software_name
 from pipeline.store import DataRoot
 from pipeline.testing.mastodon_replay import MastodonReplay, MastodonSim
-from tests.helpers.feed_truth import mastodon_truth
-from tests.test_scrape_feeds_mastodon import TOKEN, _cfg, _posts
 
 REL = "http://nodeinfo.diaspora.software/ns/schema/"
 
