@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -64,6 +65,13 @@ def _build(root: DataRoot, report_cfg: Config | None = None) -> dict[str, list[s
         root.scores_partition(dt.date(2026, 11, 1)),
         [{"image_sha256": s, "model_id": "m1", "score": i / 5, "status": "ok"} for i, s in enumerate(every)],
     )
+    # a model's per-image test records: the export's test pass and a training checkpoint's test outputs
+    test = pa.table({"image_sha256": every, "label": ["good"] * len(every), "predicted": ["bad"] * len(every)})
+    buf = pa.BufferOutputStream()
+    pq.write_table(test, buf)
+    root.write_bytes_atomic(root.path("models", "m1", "test_predictions.parquet"), buf.getvalue().to_pybytes())
+    ckpt = {"y": [1] * len(every), "outputs": [[0.1, 0.9]] * len(every), "image_sha256": every, "best_epoch": 0}
+    root.write_json(root.path("models", "m1", "checkpoints", "checkpoint_0", "test.json"), ckpt)
     if report_cfg is not None:  # the real report: every crop above inlined, listed in report.images.json
         write_model(root, run_id="m1")
         write_report("m1", report_cfg)
@@ -107,6 +115,10 @@ def test_forget_user_leaves_nothing(tmp_path):
     for s in shas["u2"] + shas["staff"]:
         assert root.has_image(s)
     assert root.read("posts").num_rows == 2 and root.read("faces").num_rows == 3
+    left = pq.read_table(root.path("models", "m1", "test_predictions.parquet"), filesystem=root.fs)
+    ckpt = root.read_json(root.path("models", "m1", "checkpoints", "checkpoint_0", "test.json"))
+    assert left["image_sha256"].to_pylist() == ckpt["image_sha256"] == shas["u2"] + shas["staff"]
+    assert len(ckpt["y"]) == len(ckpt["outputs"]) == 3  # the test records keep the others, aligned
     assert OptOut(root).blocks("user", "u1") and not OptOut(root).blocks("user", "u2")
     audit = root.read("audit").to_pylist()
     assert {a["dataset"] for a in audit} >= {"posts", "faces", "labels/selfie", "fetches", "scores/dt=2026-11-01"}

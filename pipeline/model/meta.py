@@ -28,6 +28,8 @@ from pipeline.faces.recipe import CropRecipe
 from pipeline.store import MODELS_DS, DataRoot, InputError, now
 
 MODEL_JSON = "model.json"  # written last by an export: a folder holding it is a complete model
+TEST_PREDICTIONS = "test_predictions.parquet"  # an export's test pass, one row per image (image_sha256, ...)
+CHECKPOINT_TEST = "test.json"  # a training checkpoint's test outputs: {"y", "outputs", "image_sha256", ...}
 MODEL_KINDS = ("binary", "multiclass", "regression")
 
 

@@ -2,7 +2,8 @@
 
 ``forget(cfg, "user", "u0042")`` removes every row about that person (posts, staff, fetches, faces, labels, scores),
 their raw images and crops, every model report that shows one of their images (each report lists the full sha256 of
-every image it inlines in a sidecar ``report.images.json``), their rows in stale temporaries (``<dataset>/_tmp/``),
+every image it inlines in a sidecar ``report.images.json``), their images in every model's per-image test records
+(``test_predictions.parquet``, each checkpoint's ``test.json``), their rows in stale temporaries (``<dataset>/_tmp/``),
 and every image or crop file that no row points to (``images/aa/.tmp-*`` leftovers included: nobody can say whose
 they are). It adds them to ``optout/`` (:mod:`pipeline.privacy.optout`) so that later scrapes skip them, and appends
 one line per dataset to ``audit/`` holding what was done, when and how many rows, with a keyed hash of the subject,
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import posixpath
 import re
@@ -43,6 +45,7 @@ import pyarrow.parquet as pq
 
 from pipeline import locks
 from pipeline.config import Config
+from pipeline.model.meta import CHECKPOINT_TEST, TEST_PREDICTIONS
 from pipeline.privacy.key import SCHEME_KEYED, root_key
 from pipeline.privacy.optout import LISTS, OptOut, migrate_lists, normal_acct, subject_hash
 from pipeline.store import (
@@ -331,6 +334,37 @@ def _remove_reports(root: DataRoot, shas: set[str]) -> int:
     return removed
 
 
+def _scrub_test_records(root: DataRoot, shas: set[str]) -> tuple[int, int]:
+    """Remove these images from every model's per-image test records: an export's ``test_predictions.parquet`` and
+    each training checkpoint's ``test.json`` (rewritten whole, atomically; the metrics already computed stay).
+    Returns (rows removed, files rewritten)."""
+    if not shas:
+        return 0, 0
+    rows = files = 0
+    for info in walk_files(root, MODELS_DS):
+        name = posixpath.basename(info.path)
+        if name == TEST_PREDICTIONS:
+            table = pq.read_table(pa.BufferReader(root.read_bytes(info.path)))
+            mine = pc.is_in(table["image_sha256"], value_set=pa.array(sorted(shas), pa.string()))
+            n = pc.sum(mine).as_py() or 0
+            if n:
+                buf = pa.BufferOutputStream()
+                pq.write_table(table.filter(pc.invert(pc.fill_null(mine, False))), buf)
+                root.write_bytes_atomic(info.path, buf.getvalue().to_pybytes())
+                rows, files = rows + n, files + 1
+        elif name == CHECKPOINT_TEST:
+            test = json.loads(root.read_bytes(info.path))
+            keys = test.get("image_sha256") or []
+            keep = [i for i, k in enumerate(keys) if k not in shas]
+            if len(keep) < len(keys):
+                for col in ("y", "outputs", "image_sha256"):
+                    if isinstance(test.get(col), list) and len(test[col]) == len(keys):
+                        test[col] = [test[col][i] for i in keep]
+                root.write_bytes_atomic(info.path, json.dumps(test).encode())
+                rows, files = rows + len(keys) - len(keep), files + 1
+    return rows, files
+
+
 # ---------------------------------------------------------------------------------------------------- forget
 def forget(cfg: Config, kind: str, value: str, site: str | None = None) -> dict[str, Any]:
     """Erase a person (or one image) from everything under the data root; returns counts per dataset.
@@ -378,6 +412,7 @@ def _forget(cfg: Config, root: DataRoot, kind: str, value: str, site: str | None
     note(f"{IMAGES_DIR} (unreferenced)", 0, unreferenced)
     reports = _remove_reports(root, who.shas)
     note(f"{MODELS_DS}/*/report.html", 0, reports)
+    note(f"{MODELS_DS}/*/test records", *_scrub_test_records(root, who.shas))
     cursors = _remove_cursors(root, who.posts)
     note(FEED_CURSORS_DIR, 0, cursors)
     _opt_out(root, blocked, who, at)

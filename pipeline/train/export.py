@@ -45,7 +45,7 @@ import torch
 
 from pipeline.config import Config
 from pipeline.model.backbones import backbone
-from pipeline.model.meta import ModelMeta, write_model_meta
+from pipeline.model.meta import CHECKPOINT_TEST, TEST_PREDICTIONS, ModelMeta, write_model_meta
 from pipeline.model.outputs import scores_from_outputs, softmax
 from pipeline.store import DataRoot
 from pipeline.train import metrics as M
@@ -53,7 +53,6 @@ from pipeline.train.card import CARD_FILE, card_facts, card_markdown
 from pipeline.train.data import LabelSet
 
 log = logging.getLogger("facerank.train")
-TEST_PREDICTIONS = "test_predictions.parquet"  # the test pass, one row per image (see test_predictions)
 
 
 # ------------------------------------------------------------------------------------------------ export
@@ -63,7 +62,7 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
         with open(os.path.join(d, "best_model.pt"), "rb") as f:
             weights = f.read()
         state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-        with open(os.path.join(d, "test.json")) as f:
+        with open(os.path.join(d, CHECKPOINT_TEST)) as f:
             test = json.load(f)
     history = json.loads(state["history"])
     y, outputs = np.asarray(test["y"]), np.asarray(test["outputs"], dtype=np.float64)

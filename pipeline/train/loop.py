@@ -59,6 +59,7 @@ import torch
 
 from pipeline.config import Config, TrainConfig
 from pipeline.model.backbones import backbone
+from pipeline.model.meta import CHECKPOINT_TEST
 from pipeline.model.network import build_model
 from pipeline.model.pixels import decode_batch
 from pipeline.placement import train_scaling
@@ -564,7 +565,7 @@ class TrainWorker:
         )
         torch.save(self.best_state, os.path.join(d, "best_model.pt"))
         if test is not None:
-            with open(os.path.join(d, "test.json"), "w") as f:
+            with open(os.path.join(d, CHECKPOINT_TEST), "w") as f:
                 json.dump(test, f)
 
     def finish(self, epoch: int, record: dict | None) -> None:
