@@ -168,7 +168,7 @@ def test_working_copy_budget_flushes_early_without_changing_rows(detector, astro
     def run(mib: int) -> list[dict]:
         det = detector.replace(max_side=256, batch_mib=mib)
         real = det._mtcnn
-        det._mtcnn = lambda batch: passes[mib].append(len(batch)) or real(batch)  # records MTCNN's pass sizes
+        det._mtcnn = lambda batch, *more: passes[mib].append(len(batch)) or real(batch, *more)  # pass sizes
         return det.process(imgs)
 
     grouped, one_by_one = run(128), run(1)  # at 1 MiB each image is its own pass
