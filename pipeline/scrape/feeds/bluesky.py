@@ -240,7 +240,8 @@ class BlueskyAdapter(FeedAdapter):
         super().__init__(site, share)
         self.base = site.base_url.rstrip("/")
         self.host = (urlsplit(site.base_url).hostname or "").lower()
-        self.pacer = Pacer(1, 1.0, self.opts.rate_reserve, share)  # paging budget unused: the server's headers
+        # paging budget unused: the server's headers
+        self.pacer = Pacer(1, 1.0, self.opts.rate_reserve, share, max_wait_s=self.opts.max_wait_s)
         self.session = _Session()
         self.incremental = self.opts.incremental
         self.followers = FollowersLookupClient(
@@ -356,7 +357,7 @@ class BlueskyAdapter(FeedAdapter):
             headers, gen, why = self._auth(client)
             if why:
                 return FetchResult(url=url, kind="page", status=STATUS_ERROR, reason=why)
-            if not self._pace():
+            if not self.pacer.try_wait():
                 return FetchResult(url=url, kind="page", status=STATUS_ERROR, reason="rate_limited")
             same_host = (urlsplit(url).hostname or "").lower() == self.host
             res = client.fetch_feed_page(url, headers=headers if same_host else None)
@@ -373,16 +374,6 @@ class BlueskyAdapter(FeedAdapter):
         elif res.ok and urlsplit(url).path.endswith(SEARCH) and _no_cursor(res.data):
             res.reason = "search_end_unverified"  # the lexicon: the cursor may not reach the whole result set
         return res
-
-    def _pace(self) -> bool:
-        """Wait for the rate-limit window (False: it would take longer than ``max_wait_s``)."""
-        p = self.pacer
-        with p.lock:
-            ahead = max(p.not_before, p.last + p.spread_s) - time.monotonic()
-        if ahead > self.opts.max_wait_s:
-            return False
-        p.wait(False)
-        return True
 
     # ---------------------------------------------------------------- count refresh (feeds/refresh.py)
     @property

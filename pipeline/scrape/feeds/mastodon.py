@@ -220,6 +220,15 @@ class Pacer:
             time.sleep(start - t)
         return start - t
 
+    def try_wait(self) -> bool:
+        """:meth:`wait` for a request outside the paging budget; False at once (no wait) when it could start only
+        more than ``max_wait_s`` from now."""
+        try:
+            self.wait(False)
+        except RateLimited:
+            return False
+        return True
+
     def observe(self, headers: dict | None, http_status: int | None) -> None:
         """Learn from a response's headers: the rate-limit window, and ``Retry-After`` on a 429."""
         h = headers or {}

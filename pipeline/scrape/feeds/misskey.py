@@ -174,7 +174,8 @@ class MisskeyAdapter(FeedAdapter):
         super().__init__(site, share)
         self.base = site.base_url.rstrip("/")
         self.host = (urlsplit(site.base_url).hostname or "").lower()
-        self.pacer = Pacer(1, 1.0, self.opts.rate_reserve, share)  # paging budget unused: the server's headers
+        # paging budget unused: the server's headers
+        self.pacer = Pacer(1, 1.0, self.opts.rate_reserve, share, max_wait_s=self.opts.max_wait_s)
         self.incremental = self.opts.incremental
         self.followers = FollowersLookupClient(
             site.base_url,
@@ -232,7 +233,7 @@ class MisskeyAdapter(FeedAdapter):
         body = json.dumps(body_of(url)).encode()
         res = None
         for _ in range(3):
-            if not self._pace():
+            if not self.pacer.try_wait():
                 return FetchResult(url=url, kind="page", status=STATUS_ERROR, reason="rate_limited")
             res = client.fetch_feed_page(target, headers=self.auth_headers(target), json_body=body)
             res.url = url  # the fetch row names the page (its body's fields), as the crawl's cursors do
@@ -242,15 +243,6 @@ class MisskeyAdapter(FeedAdapter):
         if res.http_status in EXPLAIN and not res.ok:
             res.reason = EXPLAIN[res.http_status]
         return res
-
-    def _pace(self) -> bool:
-        p = self.pacer
-        with p.lock:
-            ahead = max(p.not_before, p.last + p.spread_s) - time.monotonic()
-        if ahead > self.opts.max_wait_s:
-            return False
-        p.wait(False)
-        return True
 
     # ---------------------------------------------------------------- count refresh (feeds/refresh.py)
     @property
