@@ -35,8 +35,7 @@ import threading
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from pipeline.testing.mastodon_replay import _jpeg_bases
-from pipeline.testing.replay import Replay, serve
+from pipeline.testing.replay import Replay, numbered_jpeg, serve
 
 TID_CHARS = "234567abcdefghijklmnopqrstuvwxyz"
 EMBEDS = ("images", "images", "record_with_media", "video", "images", "external", "none", "images", "labelled")
@@ -121,7 +120,6 @@ class BlueskySim:
         self.lock = threading.Lock()
         self._window = (time.time(), 0)
         self._logins = (time.time(), 0)
-        self._bases: list[bytes] | None = None
         self.anchor = dt.datetime.now(dt.UTC).replace(microsecond=0)
         self.add(n)
 
@@ -207,11 +205,7 @@ class BlueskySim:
         return pv
 
     def image(self, n: int) -> bytes:
-        if self._bases is None:
-            self._bases = _jpeg_bases()
-        b = self._bases[n % len(self._bases)]
-        com = f"facerank-bluesky-{n}".encode()
-        return b[:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + b[2:]
+        return numbered_jpeg(n, "bluesky")
 
     # ---------------------------------------------------------------- limits and sessions
     def _rate(self) -> tuple[dict[str, str], bool]:

@@ -51,14 +51,13 @@ import argparse
 import collections
 import dataclasses
 import datetime as dt
-import io
 import json
 import sys
 import threading
 import time
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from pipeline.testing.replay import Replay, serve
+from pipeline.testing.replay import Replay, numbered_jpeg, serve
 
 ID_BASE = 110_000_000_000_000_000
 MEDIA_CYCLE = ("image", "image", "image", "gifv", "image", "video", "image", "unknown", "image", "audio", "image",
@@ -118,19 +117,6 @@ def _id_order(value: str) -> tuple[int, int | str]:
     return (0, int(value)) if value.isdigit() else (1, value)
 
 
-def _jpeg_bases() -> list[bytes]:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    out = []
-    for side in (48, 64, 80, 96):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
-        out.append(buf.getvalue())
-    return out
-
-
 class MastodonSim:
     """The API's answers (module docstring). ``rate_limit`` requests per ``rate_window_s``; ``paging_limit`` paging
     requests per ``paging_window_s``; ``young_every``: every k-th status is 2 days old (the rest 40+ days)."""
@@ -180,7 +166,6 @@ class MastodonSim:
         self.lock = threading.Lock()
         self._window = (time.time(), 0)  # (start, used)
         self._paging = (time.monotonic(), 0)
-        self._bases: list[bytes] | None = None
         self.anchor = dt.datetime.now(dt.UTC).replace(microsecond=0)
         self.add(n)
 
@@ -291,11 +276,7 @@ class MastodonSim:
         return None
 
     def image(self, n: int) -> bytes:
-        if self._bases is None:
-            self._bases = _jpeg_bases()
-        b = self._bases[n % len(self._bases)]
-        com = f"facerank-mastodon-{n}".encode()
-        return b[:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + b[2:]
+        return numbered_jpeg(n, "mastodon")
 
     # ---------------------------------------------------------------- limits
     def _rate(self) -> tuple[dict[str, str], bool]:

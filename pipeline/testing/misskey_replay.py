@@ -25,8 +25,7 @@ import json
 import threading
 import time
 
-from pipeline.testing.mastodon_replay import _jpeg_bases
-from pipeline.testing.replay import Replay
+from pipeline.testing.replay import Replay, numbered_jpeg
 
 FILES = ("image/jpeg", "image/png", "video/mp4", "none", "image/jpeg", "audio/mpeg", "image/webp")
 EPOCH_2000 = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
@@ -100,7 +99,6 @@ class MisskeySim:
         self.auth_seen: list[str] = []
         self.lock = threading.Lock()
         self._window = (time.time(), 0)
-        self._bases: list[bytes] | None = None
         self.anchor = dt.datetime.now(dt.UTC).replace(microsecond=0)
         self.add(n)
 
@@ -186,11 +184,7 @@ class MisskeySim:
         }
 
     def image(self, n: int) -> bytes:
-        if self._bases is None:
-            self._bases = _jpeg_bases()
-        b = self._bases[n % len(self._bases)]
-        com = f"facerank-misskey-{n}".encode()
-        return b[:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + b[2:]
+        return numbered_jpeg(n, "misskey")
 
     def _rate(self) -> tuple[dict[str, str], bool]:
         with self.lock:

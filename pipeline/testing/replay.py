@@ -2,16 +2,42 @@
 
 A sim (:class:`~pipeline.testing.mastodon_replay.MastodonSim`, ``BlueskySim``, ``MisskeySim``) answers requests
 without a socket: ``sim.handle(method, target, headers, body) -> (status, headers, body)``. :class:`Replay` serves
-one on a free port in a daemon thread (a context manager); :func:`serve` is a replay module's ``main``: it writes
+one on a free port in a daemon thread (a context manager); :func:`numbered_jpeg` makes the images they serve;
+:func:`serve` is a replay module's ``main``: it writes
 the base URL to a port file (atomically) and serves until interrupted.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+@functools.cache
+def _jpeg_bases() -> tuple[bytes, ...]:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = []
+    for side in (48, 64, 80, 96):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
+        out.append(buf.getvalue())
+    return tuple(out)
+
+
+def numbered_jpeg(n: int, tag: str) -> bytes:
+    """A small real JPEG, distinct per ``(tag, n)``: one of four noise images with ``facerank-<tag>-<n>`` in a
+    comment segment (so its sha256 differs; decoders skip the comment)."""
+    bases = _jpeg_bases()
+    b = bases[n % len(bases)]
+    com = f"facerank-{tag}-{n}".encode()
+    return b[:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + b[2:]
 
 
 class _Handler(BaseHTTPRequestHandler):
