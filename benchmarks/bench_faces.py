@@ -10,8 +10,15 @@ Images: the ``../shared/faces`` MANIFEST photos (known face counts), ``astronaut
   with images ordered by size as the stage orders them; ``n_faces``.
 
 Both are timed from JPEG bytes to face counts (ours includes starting its actors). Prints a table, then one JSON
-line with ratio = ours / peer images per second. Run:
-``python benchmarks/bench_faces.py [-n 500] [--min-share S] [--runtime auto|torch|onnx]``.
+line with ratio = ours / peer images per second.
+
+``--rss N1,N2`` adds memory runs of ours alone (one child process each, so one run's peak does not hide the next):
+the whole faces stage (:func:`pipeline.faces.stage.run`) over a fresh data root holding N distinct images (the same
+sources and sizes, each made distinct by a JPEG comment segment, stored as the scrape stage stores them, one
+``posts`` row each), sampling the driver's peak RSS and the sum of the Ray workers' RSS every 0.25 s (the face
+actors' own peak beside it). The stage's memory must not grow with the image count beyond its rows. Run:
+``python benchmarks/bench_faces.py [-n 500] [--min-share S] [--runtime auto|torch|onnx] [--rss 500,5000]``
+(``-n 0``: the memory runs alone).
 """
 
 from __future__ import annotations
@@ -20,7 +27,11 @@ import argparse
 import io
 import json
 import os
+import resource
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +109,106 @@ def run_ours(items: list[dict], cfg: FacesConfig) -> tuple[float, list[int]]:
     return secs, [int(got[str(i)]) for i in range(len(items))]
 
 
+def distinct_copies(items: list[dict], n: int) -> list[tuple[bytes, int, int]]:
+    """``n`` (jpeg, width, height), cycling over ``items`` with distinct bytes: a JPEG comment segment after SOI."""
+    out = []
+    for i in range(n):
+        it = items[i % len(items)]
+        com = f"facerank-bench-{i}".encode()
+        out.append(
+            (
+                it["jpeg"][:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + it["jpeg"][2:],
+                it["width"],
+                it["height"],
+            )
+        )
+    return out
+
+
+def memory_child(n: int, faces_dir: str, actors: int) -> dict:
+    """Child process: the faces stage over a data root of ``n`` stored images; seconds, counts and peak RSS."""
+    import psutil
+    import ray
+
+    from pipeline.config import parse_config
+    from pipeline.faces.stage import run
+    from pipeline.runtime import start_local_ray
+    from pipeline.store import DataRoot, now
+
+    items = build_images(min(n, 200), Path(faces_dir))
+    with tempfile.TemporaryDirectory(prefix="bench-faces-") as tmp:
+        root = DataRoot(tmp)
+        rows = []
+        for i, (jpeg, w, h) in enumerate(distinct_copies(items, n)):
+            sha = root.put_image(jpeg)
+            rows.append({"site": "bench", "item_id": f"p{i}", "user_id": f"u{i}", "status": "ok",
+                         "image_sha256": sha, "width": w, "height": h, "scraped_at": now()})  # fmt: skip
+            if len(rows) == 1000:
+                root.write_part("posts", rows)
+                rows = []
+        if rows:
+            root.write_part("posts", rows)
+        del items, rows
+        cfg = parse_config({"data_root": tmp, "faces": {"num_actors": actors, "device": "cpu"}}, "bench")
+        start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        peaks = {"workers": 0, "actor": 0}
+        stop = threading.Event()
+
+        def sample() -> None:
+            me = os.getpid()
+            while not stop.is_set():
+                tot = 0
+                for p in psutil.process_iter(["cmdline", "memory_info"]):
+                    try:
+                        cmd = " ".join(p.info["cmdline"] or [])
+                        if p.pid == me or not cmd.startswith("ray::"):
+                            continue
+                        rss = p.info["memory_info"].rss
+                        tot += rss
+                        if "FaceActor" in cmd:
+                            peaks["actor"] = max(peaks["actor"], rss)
+                    except (psutil.Error, TypeError, AttributeError):
+                        pass
+                peaks["workers"] = max(peaks["workers"], tot)
+                time.sleep(0.25)
+
+        threading.Thread(target=sample, daemon=True).start()
+        t0 = time.perf_counter()
+        summary = run(cfg)
+        secs = time.perf_counter() - t0
+        stop.set()
+        ray.shutdown()
+    return {
+        "n": n,
+        "seconds": round(secs, 1),
+        "processed": summary["processed"],
+        "kept": summary["kept"],
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "workers_peak_rss_mb": round(peaks["workers"] / 2**20),
+        "face_actor_peak_rss_mb": round(peaks["actor"] / 2**20),
+    }
+
+
+def peak_memory(n: int, faces_dir: str, actors: int) -> dict:
+    """:func:`memory_child` in a fresh process (its own Ray), returning its JSON line."""
+    cmd = [sys.executable, __file__, "--memory-child", str(n), "--faces-dir", faces_dir, "--actors", str(actors)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_memory(mem: list[dict]) -> None:
+    """The memory runs' table."""
+    if mem:
+        head = f"{'images':>8}{'seconds':>9}{'driver':>8}{'workers':>9}{'actor':>7}"
+        print(f"\nthe faces stage alone, peak RSS (MB) {head}")
+        for m in mem:
+            print(
+                f"{'':<35}{m['n']:>8}{m['seconds']:>9}{m['driver_peak_rss_mb']:>8}"
+                f"{m['workers_peak_rss_mb']:>9}{m['face_actor_peak_rss_mb']:>7}"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=500)
@@ -108,7 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-share", type=float, default=FacesConfig().detect_min_share)
     ap.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=FacesConfig().runtime)
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--rss", default="", help="image counts for the stage's peak-memory runs, e.g. 500,5000")
+    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_child is not None:
+        print(json.dumps(memory_child(args.memory_child, args.faces_dir, args.actors)))
+        return 0
+    if args.n == 0:  # the memory runs alone
+        mem = [peak_memory(int(x), args.faces_dir, args.actors) for x in args.rss.split(",") if x.strip()]
+        print_memory(mem)
+        print(
+            json.dumps({"bench": "faces", "ours": None, "peer": None, "ratio": None, "unit": "images/s", "memory": mem})
+        )
+        return 0
 
     items = build_images(args.n, Path(args.faces_dir))
     truth = [it["truth"] for it in items]
@@ -149,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             if c != it["truth"]:
                 wrong[it["name"]] = wrong.get(it["name"], 0) + 1
         print(f"  {label} wrong by source: {dict(sorted(wrong.items(), key=lambda kv: -kv[1]))}")
+    mem = [peak_memory(int(x), args.faces_dir, args.actors) for x in args.rss.split(",") if x.strip()]
+    print_memory(mem)
     print(
         json.dumps(
             {
@@ -166,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                 "runtime": runtime,
                 "cpus": os.cpu_count(),
                 "load_avg": [round(load0, 1), round(load1, 1)],
+                **({"memory": mem} if mem else {}),
             }
         )
     )
