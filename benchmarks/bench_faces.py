@@ -12,11 +12,12 @@ Images: the ``../shared/faces`` MANIFEST photos (known face counts), ``astronaut
 Both are timed from JPEG bytes to face counts (ours includes starting its actors). Prints a table, then one JSON
 line with ratio = ours / peer images per second.
 
-``--rss N1,N2`` adds memory runs of ours alone (one child process each, so one run's peak does not hide the next):
-the whole faces stage (:func:`pipeline.faces.stage.run`) over a fresh data root holding N distinct images (the same
-sources and sizes, each made distinct by a JPEG comment segment, stored as the scrape stage stores them, one
-``posts`` row each), sampling the driver's peak RSS and the sum of the Ray workers' RSS every 0.25 s (the face
-actors' own peak beside it). The stage's memory must not grow with the image count beyond its rows. Run:
+``--rss N1,N2`` adds memory runs of ours alone: the whole faces stage (:func:`pipeline.faces.stage.run`) in a child
+process (its own Ray, so one run's peak does not hide the next) over a fresh data root holding N distinct images
+(the same sources and sizes, each made distinct by a JPEG comment segment, stored as the scrape stage stores them,
+one ``posts`` row each; made by this process, outside the measured one), sampling the driver's RSS, the sum of the
+Ray processes' RSS and a face actor's RSS and unique memory (see :func:`memory_child`). The stage's memory must not
+grow with the image count beyond its rows. Run:
 ``python benchmarks/bench_faces.py [-n 500] [--min-share S] [--runtime auto|torch|onnx] [--rss 500,5000]``
 (``-n 0``: the memory runs alone).
 """
@@ -27,12 +28,12 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -109,103 +110,123 @@ def run_ours(items: list[dict], cfg: FacesConfig) -> tuple[float, list[int]]:
     return secs, [int(got[str(i)]) for i in range(len(items))]
 
 
-def distinct_copies(items: list[dict], n: int) -> list[tuple[bytes, int, int]]:
+def distinct_copies(items: list[dict], n: int) -> Iterator[tuple[bytes, int, int]]:
     """``n`` (jpeg, width, height), cycling over ``items`` with distinct bytes: a JPEG comment segment after SOI."""
-    out = []
     for i in range(n):
         it = items[i % len(items)]
         com = f"facerank-bench-{i}".encode()
-        out.append(
-            (
-                it["jpeg"][:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + it["jpeg"][2:],
-                it["width"],
-                it["height"],
-            )
+        yield (
+            it["jpeg"][:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + it["jpeg"][2:],
+            it["width"],
+            it["height"],
         )
-    return out
 
 
-def memory_child(n: int, faces_dir: str, actors: int) -> dict:
-    """Child process: the faces stage over a data root of ``n`` stored images; seconds, counts and peak RSS."""
+def make_root(path: str, n: int, faces_dir: str) -> None:
+    """A data root holding ``n`` distinct stored images and one ``posts`` row (status ok) each."""
+    from pipeline.store import DataRoot, now
+
+    root, rows = DataRoot(path), []
+    for i, (jpeg, w, h) in enumerate(distinct_copies(build_images(min(n, 200), Path(faces_dir)), n)):
+        rows.append({"site": "bench", "item_id": f"p{i}", "user_id": f"u{i}", "status": "ok",
+                     "image_sha256": root.put_image(jpeg), "width": w, "height": h, "scraped_at": now()})  # fmt: skip
+        if len(rows) == 1000:
+            root.write_part("posts", rows)
+            rows = []
+    if rows:
+        root.write_part("posts", rows)
+
+
+def memory_child(root_path: str, actors: int) -> dict:
+    """Child process: the faces stage over ``root_path``; seconds, counts, and peak memory sampled every 0.25 s:
+    the driver's RSS, the sum over its Ray's processes (GCS, raylet, workers), a face actor's RSS and unique memory
+    (USS: its own pages, not the object store's shared ones), the last also over the run's first and second halves
+    (a memory that grows with the images processed shows as a second half above the first)."""
     import psutil
     import ray
 
     from pipeline.config import parse_config
     from pipeline.faces.stage import run
     from pipeline.runtime import start_local_ray
-    from pipeline.store import DataRoot, now
 
-    items = build_images(min(n, 200), Path(faces_dir))
-    with tempfile.TemporaryDirectory(prefix="bench-faces-") as tmp:
-        root = DataRoot(tmp)
-        rows = []
-        for i, (jpeg, w, h) in enumerate(distinct_copies(items, n)):
-            sha = root.put_image(jpeg)
-            rows.append({"site": "bench", "item_id": f"p{i}", "user_id": f"u{i}", "status": "ok",
-                         "image_sha256": sha, "width": w, "height": h, "scraped_at": now()})  # fmt: skip
-            if len(rows) == 1000:
-                root.write_part("posts", rows)
-                rows = []
-        if rows:
-            root.write_part("posts", rows)
-        del items, rows
-        cfg = parse_config({"data_root": tmp, "faces": {"num_actors": actors, "device": "cpu"}}, "bench")
-        start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        peaks = {"workers": 0, "actor": 0}
-        stop = threading.Event()
+    cfg = parse_config({"data_root": root_path, "faces": {"num_actors": actors, "device": "cpu"}}, "bench")
+    start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    samples: list[tuple[float, int, int, int, int]] = []  # (t, driver rss, Ray's rss, actor rss, actor uss)
+    stop = threading.Event()
 
-        def sample() -> None:
-            me = os.getpid()
-            while not stop.is_set():
-                tot = 0
-                for p in psutil.process_iter(["cmdline", "memory_info"]):
-                    try:
-                        cmd = " ".join(p.info["cmdline"] or [])
-                        if p.pid == me or not cmd.startswith("ray::"):
-                            continue
-                        rss = p.info["memory_info"].rss
-                        tot += rss
-                        if "FaceActor" in cmd:
-                            peaks["actor"] = max(peaks["actor"], rss)
-                    except (psutil.Error, TypeError, AttributeError):
-                        pass
-                peaks["workers"] = max(peaks["workers"], tot)
-                time.sleep(0.25)
+    def sample() -> None:
+        me = psutil.Process()
+        procs: dict[int, psutil.Process] = {}
+        tick = 0
+        while not stop.is_set():
+            tot = a_rss = a_uss = 0
+            for p in me.children(recursive=True):  # this Ray's processes only (another Ray may run beside it)
+                try:
+                    p = procs.setdefault(p.pid, p)
+                    cmd = " ".join(p.cmdline())
+                    rss = p.memory_info().rss
+                    tot += rss
+                    if "FaceActor" in cmd:
+                        a_rss = max(a_rss, rss)
+                        if tick % 4 == 0:  # reading smaps is slower: once a second
+                            a_uss = max(a_uss, p.memory_full_info().uss)
+                except (psutil.Error, TypeError, AttributeError):
+                    pass
+            samples.append((time.perf_counter(), me.memory_info().rss, tot, a_rss, a_uss))
+            tick += 1
+            time.sleep(0.25)
 
-        threading.Thread(target=sample, daemon=True).start()
-        t0 = time.perf_counter()
-        summary = run(cfg)
-        secs = time.perf_counter() - t0
-        stop.set()
-        ray.shutdown()
+    t0 = time.perf_counter()
+    threading.Thread(target=sample, daemon=True).start()
+    summary = run(cfg)
+    secs = time.perf_counter() - t0
+    stop.set()
+    ray.shutdown()
+    half = t0 + secs / 2
+    mb = 2**20
+
+    def peak(i: int, rows: list) -> int:
+        return round(max((r[i] for r in rows), default=0) / mb)
+
     return {
-        "n": n,
+        "n": summary["processed"] + summary["already_done"],
         "seconds": round(secs, 1),
         "processed": summary["processed"],
         "kept": summary["kept"],
-        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "workers_peak_rss_mb": round(peaks["workers"] / 2**20),
-        "face_actor_peak_rss_mb": round(peaks["actor"] / 2**20),
+        "driver_peak_rss_mb": peak(1, samples),
+        "workers_peak_rss_mb": peak(2, samples),
+        "face_actor_peak_rss_mb": peak(3, samples),
+        "face_actor_peak_uss_mb": peak(4, samples),
+        "face_actor_uss_mb_halves": [
+            peak(4, [r for r in samples if r[0] < half]),
+            peak(4, [r for r in samples if r[0] >= half]),
+        ],
     }
 
 
 def peak_memory(n: int, faces_dir: str, actors: int) -> dict:
-    """:func:`memory_child` in a fresh process (its own Ray), returning its JSON line."""
-    cmd = [sys.executable, __file__, "--memory-child", str(n), "--faces-dir", faces_dir, "--actors", str(actors)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    """A data root of ``n`` images made here, then :func:`memory_child` over it in a fresh process (its own Ray):
+    the images' preparation is not in the measured process."""
+    with tempfile.TemporaryDirectory(prefix="bench-faces-") as tmp:
+        make_root(tmp, n, faces_dir)
+        cmd = [sys.executable, __file__, "--memory-child", tmp, "--actors", str(actors)]
+        env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def print_memory(mem: list[dict]) -> None:
     """The memory runs' table."""
     if mem:
-        head = f"{'images':>8}{'seconds':>9}{'driver':>8}{'workers':>9}{'actor':>7}"
-        print(f"\nthe faces stage alone, peak RSS (MB) {head}")
+        print("\nthe faces stage alone, peak memory (MB): RSS of the driver, its Ray's processes and a face actor;")
+        print("a face actor's unique memory (USS), over the whole run and its first / second half")
+        print(f"{'images':>8}{'seconds':>9}{'driver':>8}{'workers':>9}{'actor':>7}{'USS':>6}{'USS halves':>12}")
         for m in mem:
+            h1, h2 = m["face_actor_uss_mb_halves"]
             print(
-                f"{'':<35}{m['n']:>8}{m['seconds']:>9}{m['driver_peak_rss_mb']:>8}"
-                f"{m['workers_peak_rss_mb']:>9}{m['face_actor_peak_rss_mb']:>7}"
+                f"{m['n']:>8}{m['seconds']:>9}{m['driver_peak_rss_mb']:>8}{m['workers_peak_rss_mb']:>9}"
+                f"{m['face_actor_peak_rss_mb']:>7}{m['face_actor_peak_uss_mb']:>6}{f'{h1} / {h2}':>12}"
             )
 
 
@@ -220,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=FacesConfig().runtime)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--rss", default="", help="image counts for the stage's peak-memory runs, e.g. 500,5000")
-    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child is not None:
-        print(json.dumps(memory_child(args.memory_child, args.faces_dir, args.actors)))
+        print(json.dumps(memory_child(args.memory_child, args.actors)))
         return 0
     if args.n == 0:  # the memory runs alone
         mem = [peak_memory(int(x), args.faces_dir, args.actors) for x in args.rss.split(",") if x.strip()]
