@@ -43,6 +43,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -401,13 +402,38 @@ class DataRoot:
 
     # ---------------------------------------------------------------- atomic bytes
     def write_bytes_atomic(self, path: str, data: bytes) -> None:
-        """Write ``data`` to the absolute ``path`` under this root: a temp name beside it, then a rename."""
+        """Write ``data`` to the absolute ``path`` under this root: a temp name beside it, then a rename. Locally with
+        plain system calls (the crawl stores every image here): the folder is made only when the temp file cannot
+        be created without it, and the file is fsynced through the descriptor that wrote it."""
         parent = posixpath.dirname(path)
-        self.fs.create_dir(parent, recursive=True)
         tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}")
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
-        self._commit(tmp, path)
+        if not self.local:
+            self.fs.create_dir(parent, recursive=True)
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+            self._commit(tmp, path)
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileNotFoundError:  # the folder is not there yet
+            os.makedirs(parent, exist_ok=True)
+            fd = os.open(tmp, flags, 0o666)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)  # its bytes reach the disk before the rename
+            finally:
+                os.close(fd)
+            self.fence()
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync(parent, directory=True)  # the rename, after it
 
     def fence(self) -> None:
         """Raise :class:`~pipeline.locks.LockLostError` when a lock this process holds on this root was taken over

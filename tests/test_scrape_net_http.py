@@ -248,3 +248,28 @@ def test_the_crawl_fetches_each_sites_photos_from_its_own_photo_hosts(server, tm
     assert (a["status"], a["reason"], a["width"]) == ("ok", None, 64) and a["sha"]
     assert (b["status"], b["reason"], b["sha"]) == ("skipped", "outside_photo_hosts", None)
     assert b["fetch"]["reason"] == "outside_photo_hosts" and b["fetch"]["host"] == "localhost"
+
+
+class _KeepAlive(Handler):
+    protocol_version = "HTTP/1.1"  # the server keeps a connection open between requests
+    seen: list = []
+
+    def do_GET(self):  # noqa: N802
+        _KeepAlive.seen.append((self.client_address[1], self.headers.get_all("Accept"), self.headers["User-Agent"]))
+        if self.path == "/robots.txt":
+            return self.send(200, b"User-agent: *\nAllow: /\n", "text/plain")
+        self.send(200, OK, "image/jpeg")
+
+
+def test_requests_reuse_one_connection_and_a_callers_header_replaces_ours():
+    """One thread's requests to a host go over one kept-alive connection (not a connect per image), each with the
+    client's User-Agent; a header the caller gives (a feed API's ``accept``) replaces the client's own, whatever its
+    case."""
+    _KeepAlive.seen = []
+    with serve(_KeepAlive) as srv:
+        c = _client()
+        assert all(c.fetch_image(f"{srv.base}/img/{i}.jpg").ok for i in range(3))
+        assert c.fetch_page(f"{srv.base}/api", headers={"accept": "application/json"}).ok
+    assert len(_KeepAlive.seen) == 5 and len({port for port, _, _ in _KeepAlive.seen}) == 1  # robots.txt first
+    assert [accept for _, accept, _ in _KeepAlive.seen[1:]] == [["image/*"]] * 3 + [["application/json"]]
+    assert {agent for _, _, agent in _KeepAlive.seen} == {c.cfg.user_agent}

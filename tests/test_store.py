@@ -148,8 +148,15 @@ def test_local_writes_are_fsynced_before_and_after_the_rename(tmp_path, monkeypa
     assert any("/faces/_tmp/" in p for p in synced)  # the file, under its temp name, before the rename
     assert synced[-1] == os.path.dirname(final)  # the folder, after it
     synced.clear()
-    root.write_bytes_atomic(root.image_path("ab" * 32), b"bytes")
+    root.write_bytes_atomic(root.image_path("ab" * 32), b"bytes")  # its folder made on the way
     assert any("/.tmp-" in p for p in synced) and synced[-1] == os.path.dirname(root.image_path("ab" * 32))
+    assert (
+        os.listdir(os.path.dirname(root.image_path("ab" * 32))) == ["ab" * 32] and root.get_image("ab" * 32) == b"bytes"
+    )
+    monkeypatch.setattr(DataRoot, "fence", lambda self: (_ for _ in ()).throw(RuntimeError("lock lost")))
+    with pytest.raises(RuntimeError):  # a write stopped before its rename leaves no temp file behind
+        root.write_bytes_atomic(root.image_path("ac" * 32), b"bytes")
+    assert os.listdir(os.path.dirname(root.image_path("ac" * 32))) == []
 
 
 def test_each_stage_cleans_only_its_own_temporaries_when_it_takes_its_lock(tmp_path):

@@ -1,8 +1,8 @@
 """Address and URL rules of every request the crawl makes (the HTTP client's, and the browser's egress proxy's).
 
-* one URL parser (:func:`prepare_url`): a URL is prepared once by requests (the client that sends it), its host and
-  port must read the same to urllib3's ``parse_url`` and to the stdlib's ``urlsplit`` (requests picks the connection
-  with the latter), and exactly that prepared URL is checked and fetched; a backslash or a control character is
+* one URL parser (:func:`prepare_url`): a URL is prepared once by requests' URL preparation (IDNA, quoting), its
+  host and port must read the same to urllib3's ``parse_url`` (which the client's urllib3 pools send it with) and to
+  the stdlib's ``urlsplit``, and exactly that prepared URL is checked and fetched; a backslash or a control character is
   ``bad_url`` outright (``http://127.0.0.1:1\\@localhost/`` reads as ``localhost`` to one parser and ``127.0.0.1`` to
   another);
 * pages and API calls (and their redirects) to hosts inside the allowed domains only (:func:`host_allowed`;

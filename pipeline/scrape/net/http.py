@@ -50,9 +50,10 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from urllib.parse import urljoin, urlsplit
 
-import requests
 import urllib3
 from PIL import Image
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError, ResponseError
+from urllib3.util import make_headers
 
 from pipeline import imaging
 from pipeline.config import HttpConfig
@@ -69,7 +70,7 @@ from pipeline.scrape.net.transport import (
     WATCHDOG,
     CappedRetry,
     DeadlineExceeded,
-    GuardedAdapter,
+    GuardedPoolManager,
     Hop,
     InterimFlood,
     enter_hop,
@@ -85,6 +86,8 @@ RESPONSE_HEADERS = ("link", "x-ratelimit-limit", "x-ratelimit-remaining", "x-rat
                     "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")  # fmt: skip  # ratelimit-*: XRPC
 NOAI_TOKENS = ("noai", "noimageai")
 CHUNK = 64 * 1024
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})  # with a Location header: a redirect, followed by hand
+ACCEPT_ENCODING = make_headers(accept_encoding=True)["accept-encoding"]  # the encodings urllib3 can decode here
 
 
 @dataclasses.dataclass
@@ -154,7 +157,7 @@ _INSPECT_REASONS = {
 
 
 class HttpClient:
-    """Fetches pages and images politely; thread-safe (one requests session per thread).
+    """Fetches pages and images politely; thread-safe (urllib3 connection pools per thread, kept alive).
 
     ``limiter(host, min_interval)`` is a context manager held around each request to ``host`` (``min_interval``:
     the host's robots.txt Crawl-delay, capped); by default a :class:`~pipeline.scrape.net.ratelimit.LocalLimiter` at the
@@ -176,45 +179,45 @@ class HttpClient:
             limiter = LocalLimiter(cfg.requests_per_second_per_host, cfg.max_concurrency_per_host).slot
         self.limiter = limiter
         self._local = threading.local()
+        self._retries = self._retry()  # immutable: each request's retries derive new ones from it
+        self._timeout = urllib3.Timeout(connect=cfg.connect_timeout_s, read=cfg.read_timeout_s)
         self.robots = RobotsCache(self._fetch_robots_text, cfg.user_agent) if obey_robots else None
         Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels
 
-    # ------------------------------------------------------------------ session
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
-            r = self.cfg.retry
-            retry = CappedRetry(
-                total=r.attempts - 1,
-                connect=r.attempts - 1,
-                read=r.attempts - 1,
-                status=r.attempts - 1,
-                other=0,
-                redirect=0,
-                allowed_methods=frozenset({"GET", "HEAD"}),
-                status_forcelist=RETRY_STATUSES,
-                backoff_factor=r.backoff_s,
-                backoff_max=r.backoff_max_s,
-                backoff_jitter=r.jitter_s,
-                respect_retry_after_header=True,
-                raise_on_status=False,
-                raise_on_redirect=False,
-                retry_after_cap=r.max_retry_after_s,
-            )
-            s = requests.Session()
-            s.trust_env = False  # no proxies or netrc from the environment
-            s.headers["User-Agent"] = self.cfg.user_agent
-            adapter = GuardedAdapter(max_retries=retry, pool_maxsize=4)
-            s.mount("http://", adapter)
-            s.mount("https://", adapter)
-            self._local.session = s
-        return s
+    # ------------------------------------------------------------------ connections
+    def _pool(self) -> GuardedPoolManager:
+        """This thread's connection pools (keep-alive per host, the address guard in every connection)."""
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = GuardedPoolManager(num_pools=10, maxsize=4)
+        return pool
+
+    def _retry(self) -> CappedRetry:
+        r = self.cfg.retry
+        return CappedRetry(
+            total=r.attempts - 1,
+            connect=r.attempts - 1,
+            read=r.attempts - 1,
+            status=r.attempts - 1,
+            other=0,
+            redirect=0,
+            allowed_methods=frozenset({"GET", "HEAD"}),
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=r.backoff_s,
+            backoff_max=r.backoff_max_s,
+            backoff_jitter=r.jitter_s,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+            raise_on_redirect=False,
+            retry_after_cap=r.max_retry_after_s,
+        )
 
     def close(self) -> None:
-        s = getattr(self._local, "session", None)
-        if s is not None:
-            s.close()
-            self._local.session = None
+        """Close this thread's connections."""
+        pool = getattr(self._local, "pool", None)
+        if pool is not None:
+            pool.clear()
+            self._local.pool = None
 
     # ------------------------------------------------------------------ checks
     def target(
@@ -372,22 +375,33 @@ class HttpClient:
         hop: Hop,
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
-    ) -> requests.Response | None:
+    ) -> urllib3.BaseHTTPResponse | None:
         """The response with its headers read, or None with ``res`` holding why there is none."""
         cfg = self.cfg
-        session = self._session()
+        h = {
+            "User-Agent": cfg.user_agent,
+            "Accept-Encoding": ACCEPT_ENCODING,
+            "Accept": "image/*" if kind == "image" else "*/*",
+            "Connection": "keep-alive",
+        }
+        for name, value in (headers or {}).items():  # the caller's headers replace ours, whatever their case
+            for same in [k for k in h if k.lower() == name.lower()]:
+                del h[same]
+            h[name] = value
+        if body:  # an empty body (a procedure without input) is sent without a type
+            h["Content-Type"] = "application/json"
         try:
-            h = {"Accept": "image/*" if kind == "image" else "*/*", **(headers or {})}
-            if body:  # an empty body (a procedure without input) is sent without a type
-                h["Content-Type"] = "application/json"
-            req = session.prepare_request(
-                requests.Request("GET" if body is None else "POST", url, headers=h, data=body)
+            return self._pool().urlopen(
+                "GET" if body is None else "POST",
+                url,  # as prepared and checked (target): urllib3 sends it as is
+                body=body,
+                headers=h,
+                retries=self._retries,
+                redirect=False,
+                preload_content=False,
+                decode_content=True,
+                timeout=self._timeout,
             )
-            if req.url != url:  # never expected: the URL was prepared by the same code
-                res.status, res.reason = STATUS_ERROR, "bad_url"
-                return None
-            timeout = (cfg.connect_timeout_s, cfg.read_timeout_s)
-            return session.send(req, stream=True, allow_redirects=False, timeout=timeout)
         except DeadlineExceeded:
             res.attempts += max(1, hop.requests)
             res.status, res.reason = STATUS_ERROR, "timeout"
@@ -397,46 +411,49 @@ class HttpClient:
         except BlockedAddressError:
             res.attempts += 1
             res.status, res.reason = STATUS_ERROR, "private_address"
-        except requests.exceptions.RetryError:
+        except MaxRetryError as e:  # urllib3 gave up: every attempt was used
             res.attempts += cfg.retry.attempts
-            res.status, res.reason = STATUS_ERROR, "retries_exhausted"
-        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as e:
-            res.attempts += cfg.retry.attempts  # urllib3 gave up: every attempt was used
-            timeout = hop.fired or isinstance(e, requests.exceptions.Timeout) or "timed out" in str(e).lower()
-            res.status, res.reason = STATUS_ERROR, "timeout" if timeout else "connection_error"
-        except requests.exceptions.RequestException as e:
+            if isinstance(e.reason, ResponseError):
+                res.status, res.reason = STATUS_ERROR, "retries_exhausted"
+            else:
+                res.status, res.reason = STATUS_ERROR, "timeout" if _timed_out(e.reason, hop) else "connection_error"
+        except (urllib3.exceptions.TimeoutError, ProtocolError, urllib3.exceptions.SSLError, OSError) as e:
+            res.attempts += cfg.retry.attempts  # a failure not retried (a POST's read error)
+            res.status, res.reason = STATUS_ERROR, "timeout" if _timed_out(e, hop) else "connection_error"
+        except urllib3.exceptions.HTTPError as e:
             res.attempts += 1
             res.status, res.reason = STATUS_ERROR, f"request_error:{type(e).__name__}"
         return None
 
     def _response(
-        self, resp: requests.Response, url: str, kind: str, max_bytes: int, res: FetchResult, hop: Hop
+        self, resp: urllib3.BaseHTTPResponse, url: str, kind: str, max_bytes: int, res: FetchResult, hop: Hop
     ) -> str | None:
         cfg = self.cfg
-        history = getattr(getattr(resp.raw, "retries", None), "history", None) or ()
+        history = getattr(resp.retries, "history", None) or ()
         res.attempts += len(history) + 1
-        res.http_status = resp.status_code
-        res.headers = {k: resp.headers[k] for k in RESPONSE_HEADERS if k in resp.headers}
-        if resp.is_redirect:
-            loc = resp.headers.get("location")
+        res.http_status = resp.status
+        headers = resp.headers
+        res.headers = {k: headers[k] for k in RESPONSE_HEADERS if k in headers}
+        if resp.status in REDIRECT_STATUSES and "location" in headers:
+            loc = headers.get("location")
             if not loc:
                 res.status, res.reason = STATUS_ERROR, "redirect_without_location"
                 return None
             return urljoin(url, loc)
-        if resp.status_code >= 400 or resp.status_code < 200:  # a 1xx other than 100 ends http.client's wait
-            res.status, res.reason = STATUS_ERROR, f"http_{resp.status_code}"
+        if resp.status >= 400 or resp.status < 200:  # a 1xx other than 100 ends http.client's wait
+            res.status, res.reason = STATUS_ERROR, f"http_{resp.status}"
             return None
         if kind == "image":
-            tag = resp.headers.get("X-Robots-Tag", "").lower()
+            tag = headers.get("X-Robots-Tag", "").lower()
             if any(tok in tag.replace(",", " ").split() for tok in NOAI_TOKENS):
                 res.status, res.reason = STATUS_SKIPPED, "noai"
                 return None
-            ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            ctype = headers.get("Content-Type", "").split(";")[0].strip().lower()
             res.content_type = ctype
             if ctype not in cfg.allowed_content_types:
                 res.status, res.reason = STATUS_ERROR, "content_type"
                 return None
-        declared = resp.headers.get("Content-Length")
+        declared = headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > max_bytes:
             res.status, res.reason = STATUS_ERROR, "too_large"
             return None
@@ -449,21 +466,27 @@ class HttpClient:
         return None
 
     @staticmethod
-    def _read_body(resp: requests.Response, max_bytes: int, hop: Hop) -> tuple[bytes | None, str | None]:
+    def _read_body(resp: urllib3.BaseHTTPResponse, max_bytes: int, hop: Hop) -> tuple[bytes | None, str | None]:
         """(body, None) or (None, reason). A read that the watchdog ended at the deadline is a timeout, also when it
         looks like a clean end of a body without Content-Length."""
         buf = bytearray()
         try:
             # read1: returns as soon as some bytes arrive (iter_content waits for a whole CHUNK)
-            while chunk := resp.raw.read1(CHUNK, decode_content=True):
+            while chunk := resp.read1(CHUNK, decode_content=True):
                 buf += chunk
                 if len(buf) > max_bytes:
                     return None, "too_large"
                 if hop.fired or hop.remaining() <= 0:
                     return None, "timeout"
-        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
-            timeout = hop.fired or isinstance(e, requests.exceptions.Timeout) or "timed out" in str(e).lower()
-            return None, "timeout" if timeout else "truncated_body"
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            return None, "timeout" if _timed_out(e, hop) else "truncated_body"
         if hop.fired:
             return None, "timeout"
         return bytes(buf), None
+
+
+def _timed_out(e: BaseException | None, hop: Hop) -> bool:
+    """Whether a failure was a timeout: the hop's deadline fired, or a connect or read timed out (urllib3's
+    ``NewConnectionError``, a refused connection, is a ``TimeoutError`` subclass but no timeout)."""
+    timeout = isinstance(e, urllib3.exceptions.TimeoutError | TimeoutError) and not isinstance(e, NewConnectionError)
+    return hop.fired or timeout or "timed out" in str(e).lower()

@@ -6,14 +6,26 @@
   wrapped), which ends any blocked read at once; each connect's timeout is cut to the time left; a retry or a sleep
   past the deadline is not started (:class:`CappedRetry`). At most ``max_interim_responses`` interim ``100
   Continue`` responses are read (:class:`InterimFlood`);
-* the guarded connections (:class:`GuardedAdapter`, mounted on the client's requests sessions): the host is resolved
-  once by the connection itself, BEFORE any connect, every address must be public
+* the guarded connections (:class:`GuardedPoolManager`, the client's urllib3 pools, one per thread): the host is
+  resolved once by the connection itself, BEFORE any connect, every address must be public
   (:func:`~pipeline.scrape.net.address.is_public_address`) unless the hop allows private ones, and the socket
   connects to exactly a checked address (``Host`` and TLS SNI keep the name): nothing is sent to a refused address
   (:class:`~pipeline.scrape.net.address.BlockedAddressError`), and DNS rebinding has no second lookup to swap.
 
 The calling thread's current hop (:func:`current_hop`, set with :func:`enter_hop`) is how urllib3's connection and
 retry code, which run in the caller's thread, find the deadline.
+
+Example::
+
+    pool = GuardedPoolManager(num_pools=10, maxsize=4)
+    hop = Hop(60.0, guard=True, max_interim=8)
+    outer = enter_hop(hop)
+    WATCHDOG.add(hop)
+    try:
+        resp = pool.urlopen("GET", url, redirect=False, preload_content=False, retries=CappedRetry(2))
+    finally:
+        hop.finish()
+        enter_hop(outer)
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ import threading
 import time
 from typing import Any
 
-from requests.adapters import HTTPAdapter
+from urllib3 import PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
@@ -37,7 +49,7 @@ from pipeline.scrape.net.address import BlockedAddressError, is_public_address
 
 
 class DeadlineExceeded(Exception):
-    """The hop's total deadline passed (not an ``OSError``: urllib3 does not retry it, requests does not wrap it)."""
+    """The hop's total deadline passed (not an ``OSError``: urllib3 neither retries nor wraps it)."""
 
 
 class InterimFlood(Exception):
@@ -148,7 +160,7 @@ class _Watchdog:
 
 
 WATCHDOG = _Watchdog()
-_HOP = threading.local()  # the calling thread's current hop: requests and urllib3 run in the caller's thread
+_HOP = threading.local()  # the calling thread's current hop: urllib3 runs in the caller's thread
 
 
 def current_hop() -> Hop | None:
@@ -260,12 +272,12 @@ class _GuardedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
-class GuardedAdapter(HTTPAdapter):
-    """requests adapter whose connections resolve, check and connect themselves (see :class:`_GuardMixin`)."""
+class GuardedPoolManager(PoolManager):
+    """urllib3 pools whose connections resolve, check and connect themselves (see :class:`_GuardMixin`)."""
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
 
 
 class CappedRetry(Retry):
