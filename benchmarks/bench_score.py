@@ -4,10 +4,13 @@ Both score the same N face crops with the same exported model (resnet18 at 96 px
 depend on them) and the same batch size. Ours: the whole stage over a data root whose ``faces`` rows hold the
 crops (so face detection is reused, as in production), Parquet parts written included. Plain: a DataLoader that
 decodes the same JPEG crops, the model's forward pass, the same percentile lookup, results kept in memory.
-Then peak memory of our stage at 2,000 and 20,000 images, each in a child process whose whole tree (driver, raylet,
-GCS, dashboard, workers, actors) is sampled every 0.2 s: the sum of RSS (shared pages such as the object store
-counted once per process mapping them) and the sum of PSS (shared pages split: the real footprint); and the same
-for a rerun that finds nothing to score (Ray's fixed baseline). Streaming keeps the peak flat in the image count.
+Then (``--rss``) peak memory of our stage at each image count asked for (2,000 and 20,000: ten times apart), each
+in a child process whose whole tree (driver, raylet, GCS, dashboard, workers, actors) is sampled every 0.2 s: the
+driver's own peak RSS (its high-water mark, which the child prints), the Ray workers' peak RSS summed (the scoring
+actor, read tasks, Ray Data's helper actors: the ``ray::`` processes), as ``bench_scrape.py`` reports them, and the
+sums over the tree of RSS (shared pages such as the object store counted once per process mapping them) and of PSS
+(shared pages split: the real footprint); and the same for a rerun that finds nothing to score (Ray's fixed
+baseline). Streaming keeps the peaks flat in the image count.
 
     python benchmarks/bench_score.py [--n 20000] [--batch 32] [--device cpu|cuda] [--bf16] [--plain-optimised]
     python benchmarks/bench_score.py --n 0 --rss 2000,20000     # memory runs only
@@ -16,9 +19,11 @@ The default run (ours and the plain loop, 20,000 images) takes about 3 minutes o
 the extra rows (``--plain-optimised``: the plain loop with our optimised model; ``--bf16``; ``--rss``: the memory
 runs, several minutes) are asked for.
 
-Also the ceiling: the same model's forward pass alone on ready tensors (:func:`forward_ceiling`), and ours as a share
-of it. Prints a table, then one JSON line: {"bench": "score", "ours": …, "peer": …, "ratio": ours/plain, "unit":
-"images/s", "ceiling": …, "of_ceiling": ours/ceiling, …}.
+Also the ceiling: the same model's forward pass alone on ready tensors, run as our scoring actor runs it (the
+stage's batch size, its threads laid out as for the default ``score.calls_per_actor``: on two cores two one-thread
+passes side by side; :func:`forward_ceiling`), and ours as a share of it. Prints a table, then one JSON line:
+{"bench": "score", "ours": …, "peer": …, "ratio": ours/plain, "unit": "images/s", "ceiling": …, "of_ceiling":
+ours/ceiling, "ceiling_layout": …, "driver_rss_mb": {images: MiB}, "workers_rss_mb": {images: MiB}, …}.
 """
 
 from __future__ import annotations
