@@ -334,7 +334,7 @@ def test_crops_decoded_in_the_read_tasks_score_like_predict():
 def test_scoring_actor_runs_batches_side_by_side(data_root):
     """score.calls_per_actor: batches called from several threads at once (as Ray Data does with
     ``max_concurrent_calls_per_actor``) score exactly as one after another; on a CPU the actor's threads are split
-    among the forward passes, never more in all; on a GPU the passes take turns."""
+    among the forward passes, never more in all; on a GPU the passes take turns (``inference.pass_layout``)."""
     import threading
 
     import pyarrow as pa
@@ -364,6 +364,9 @@ def test_scoring_actor_runs_batches_side_by_side(data_root):
         assert inference.Scorer(model_dir, root.uri, "r", "cpu", threads=1, calls=2)._passes._value == 1
         assert inference.Scorer(model_dir, root.uri, "r", "cpu", threads=4, calls=2)._passes._value == 2
         assert torch.get_num_threads() == 2
+        # the layout the actor uses, which bench_score.py's ceiling runs too: (threads per pass, passes at once)
+        assert inference.pass_layout("cpu", 2, 3) == (1, 2) and inference.pass_layout("cpu", 4, 2) == (2, 2)
+        assert inference.pass_layout("cpu", 1, 3) == (1, 1) and inference.pass_layout("cuda", 2, 3) == (2, 1)
         got: dict[int, pd.DataFrame] = {}
 
         def call(i: int) -> None:

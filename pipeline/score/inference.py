@@ -180,6 +180,21 @@ def pick_device(device: str, num_gpus: float) -> str:
     return "cpu"
 
 
+def pass_layout(device: str, threads: int, calls: int) -> tuple[int, int]:
+    """(torch threads per forward pass, forward passes at once) of a scoring actor with ``threads`` torch threads
+    (score.torch_threads, else its CPU reservation) that takes ``calls`` batches at once (score.calls_per_actor).
+
+    On a CPU the threads are split among up to ``calls`` side-by-side passes, at least one each and never more in
+    all (two cores, three calls: two one-thread passes, the third batch waits decoded): independent passes lose less
+    than one pass over more threads when other processes (Ray's own) take a core now and then. On a GPU the passes
+    take turns, each with all the threads.
+    """
+    if device != "cpu":
+        return threads, 1
+    per_pass = max(1, threads // calls)
+    return per_pass, max(1, threads // per_pass)
+
+
 class Scorer:
     """Ray Data actor: loads the model once (optimised for inference), scores prepared crops batch by batch."""
 
@@ -199,13 +214,10 @@ class Scorer:
         from pipeline.model.loaded import LoadedModel
 
         # Up to ``calls`` batches are in this actor at once (score.calls_per_actor), each in its own thread, so one
-        # is decoded while another is in the model. On a CPU the actor's threads (score.torch_threads, else its CPU
-        # reservation) are split among side-by-side forward passes: independent passes lose less than one pass over
-        # more threads when other processes (Ray's own) take a core now and then; never more threads than that in
-        # all. On a GPU the passes take turns.
-        per_pass = max(1, threads // calls) if device == "cpu" else threads
+        # is decoded while another is in the model; the forward passes run as pass_layout says.
+        per_pass, passes = pass_layout(device, threads, calls)
         torch.set_num_threads(per_pass)
-        self._passes = threading.Semaphore(max(1, threads // per_pass) if device == "cpu" else 1)
+        self._passes = threading.Semaphore(passes)
         self.model = LoadedModel.load(model_dir, root=DataRoot(data_root), device=device)
         if optimize:
             self.model.optimize_for_inference()
