@@ -37,6 +37,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import psutil
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from replay_bench import rss_mb  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 PER_PAGE = 500
 
@@ -209,7 +212,7 @@ def run_ours(base: str, n: int, threads: int, out: str) -> dict:
         "seconds": secs,
         "ok": s["images_fetched"],
         "summary": s,
-        "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "driver_peak_rss_mb": rss_mb(),  # the child's own high-water mark (ru_maxrss would carry the parent's)
         "workers_peak_rss_mb": peak_workers / 2**20,
         "cpu_s": cpu,
         "version": _git_version(Path(__import__("pipeline").__file__).parent),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -18,8 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def rss_mb() -> float:
-    """This process's peak resident set, MB."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's peak resident set, MB: ``VmHWM`` of /proc/self/status, the high-water mark of this program's
+    own memory. Not ``ru_maxrss``: Linux carries it over fork and exec, so a child started by a parent that had grown
+    reports at least the parent's size."""
+    with open("/proc/self/status") as f:
+        return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024, 1)
 
 
 def start_replay(module: str, args: list[str], tmp: str, tag: str) -> tuple[subprocess.Popen, str]:
