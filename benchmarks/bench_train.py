@@ -4,8 +4,9 @@ Data: ``--images`` synthetic face-like 112 px JPEG crops (a skin-toned ellipse w
 background; class 1 brighter) in a temp data root laid out as the faces and labels stages write it (``faces``
 parts, ``labels/selfie`` with an 80/10/10 train/val/test split).
 
-Ours: ``pipeline.train.run(cfg)``, timed from the call to its return: Ray Train start, the Ray Data ingest
-(read, join, materialize), every epoch (train, precise BN, validation), a checkpoint per epoch, the test pass and
+Ours: ``pipeline.train.run(cfg)``, timed from the call to its return: Ray Train start, the ingest (read, join,
+into Ray's object store: by the driver with pyarrow for a faces table under ``train.driver_ingest_mb``, as here,
+else by Ray Data), every epoch (train, precise BN, validation), a checkpoint per epoch, the test pass and
 the export (``model.pt``, metrics, plots, model card). Ray itself is started before the clock (a user's cluster
 is up; its start time is printed). Layouts: ``one-worker`` is the stage's CPU default (``train.num_workers`` and
 ``cpus_per_worker`` unset: one worker holding the node's CPUs less ``data_cpus``, ceil of that as torch threads);

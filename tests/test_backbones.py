@@ -235,3 +235,21 @@ def test_every_backbone_record_builds_its_declared_width_and_one_record_adds_one
     m = build_model(TrainConfig(backbone="resnet34", image_size=32), 2)
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 2) and m.eval().embed(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
     assert "resnet34-b627a593.pth" in weights_origin("resnet34", "imagenet")["origin"]
+
+
+def test_the_controller_polls_its_workers_every_half_second_unless_the_environment_says(monkeypatch):
+    """Ray Train's controller notices the end of training at its next poll (2 s apart by default): ``fit`` sets
+    Ray's interval for its trainer (the driver's value is what the controller gets) and restores the environment;
+    a value the user set is kept."""
+    import os
+
+    import pipeline.train.loop as loop
+
+    monkeypatch.delenv(loop.POLL_ENV, raising=False)
+    with loop._poll_every(loop.POLL_S):
+        assert os.environ[loop.POLL_ENV] == "0.5"
+    assert loop.POLL_ENV not in os.environ
+    monkeypatch.setenv(loop.POLL_ENV, "3")
+    with loop._poll_every(loop.POLL_S):
+        assert os.environ[loop.POLL_ENV] == "3"
+    assert os.environ[loop.POLL_ENV] == "3"

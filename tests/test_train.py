@@ -241,9 +241,10 @@ def test_one_scan_feeds_every_split(ray_session, tmp_path, cache, driver_mb):
     """make_datasets: each split holds exactly its labelled kept crops with their targets, from one scan of the
     faces table: val and test once over the workers' shards; train in equal shards (``cache`` false: one lazy
     train set that Ray Train splits), short of at most one row per extra worker. The same rows whether Ray Data's
-    tasks read the table or the driver does (a table under ``driver_mb``)."""
+    tasks read the table or the driver does (a table under ``driver_mb``: Arrow tables in the object store, no Ray
+    Data)."""
     from pipeline.config import TrainConfig
-    from pipeline.train.data import load_labels, make_datasets
+    from pipeline.train.data import load_labels, make_datasets, read_shard
 
     root, crops, classes = make_root(tmp_path)
     faces = root.read("faces").to_pylist()
@@ -254,10 +255,11 @@ def test_one_scan_feeds_every_split(ray_session, tmp_path, cache, driver_mb):
     out = make_datasets(root, labels, world_size=2, cache=cache, driver_mb=driver_mb)
     train = ["train_0", "train_1"] if cache else ["train"]
     assert sorted(out) == sorted(["test_0", "test_1", *train, "val_0", "val_1"])
+    shards = {n: read_shard(ds).to_pylist() for n, ds in out.items()}  # as the workers read them
     if cache:  # DDP needs the same number of steps on every worker
-        assert out["train_0"].count() == out["train_1"].count()
+        assert len(shards["train_0"]) == len(shards["train_1"])
     for split, names in (("train", train), ("val", ["val_0", "val_1"]), ("test", ["test_0", "test_1"])):
-        rows = [r for n in names for r in out[n].take_all()]
+        rows = [r for n in names for r in shards[n]]
         assert all(set(r) == {"image_sha256", "crop_jpeg", "y"} for r in rows)  # the key: test_predictions
         got = sorted((bytes(r["crop_jpeg"]), float(r["y"])) for r in rows)
         shas = set(labels.split(split)["image_sha256"].to_pylist())

@@ -3,9 +3,10 @@
 * :func:`load_labels` reads ``labels/<task>`` (``ok`` rows; no image bytes) and checks it: at least two classes,
   no empty split, no NaN targets, a crop in ``faces`` for every labelled image. Problems raise
   :class:`TrainInputError` with one readable line, before any training starts.
-* :func:`make_datasets` builds one ``ray.data.Dataset`` per split: the ``faces`` Parquet files read by Ray Data
-  (only ``image_sha256``, ``kept`` and ``crop_jpeg``), inner-joined batch by batch with that split's small label
-  table. The crops stream to the Train workers; nothing is collected onto the driver.
+* :func:`make_datasets` builds one shard per split and worker: the ``faces`` Parquet files read by Ray Data
+  (only ``image_sha256``, ``kept`` and ``crop_jpeg``), inner-joined batch by batch with the small label table;
+  a small faces table is read and joined in the driver and its shards put in Ray's object store as Arrow tables.
+  :func:`read_shard` reads a shard of either kind in a worker.
 * :func:`decode_batch` turns JPEG bytes into a normalised float tensor in the worker: resize, and for training
   random crop, horizontal flip and colour jitter (brightness, contrast, saturation).
 
@@ -259,15 +260,16 @@ def make_datasets(
     its shards, streamed from Parquet each epoch and split by Ray Train (data larger than the object store); only
     val + test are scanned once and kept. Either way the crops never pass through the driver process, except
     where ``cache`` holds and the faces files add up to at most ``driver_mb`` MB (``train.driver_ingest_mb``): the
-    driver then reads the three columns of the labelled rows with pyarrow, joins them and hands each split to Ray
-    as Arrow blocks (``ray.data.from_arrow``), the same rows without starting Ray Data's read tasks.
+    driver then reads the three columns of the labelled rows with pyarrow, joins them, cuts the same shards and
+    puts each in Ray's object store as one Arrow table (an ``ObjectRef`` instead of a ``Dataset``): the same rows
+    without Ray Data, in the driver or in the workers (:func:`read_shard` reads either kind).
     """
     import ray.data
     from ray.data.expressions import col
 
     parts = root.part_infos(FACES_DS)
     if cache and driver_mb > 0 and sum(f.size or 0 for f in parts) <= driver_mb * 2**20:
-        return _shards(_read_in_driver(root, labels.table), world_size)
+        return _read_in_driver(root, labels.table, world_size)
     files = [f.path for f in parts]
 
     def scan(wanted: pa.Table) -> ray.data.Dataset:
@@ -297,10 +299,12 @@ def _shards(splits: dict, world_size: int) -> dict:
     }
 
 
-def _read_in_driver(root: DataRoot, labels: pa.Table) -> dict:
-    """:func:`make_datasets`'s small-table path: the labelled rows' kept crops read by pyarrow here, joined, one
-    ``ray.data.from_arrow`` dataset per split."""
-    import ray.data
+def _read_in_driver(root: DataRoot, labels: pa.Table, world_size: int) -> dict:
+    """:func:`make_datasets`'s small-table path: the labelled rows' kept crops read by pyarrow here, joined, cut
+    into the shards :func:`_shards` makes (train equal, val and test every row once) and each put in Ray's object
+    store as one Arrow table. No Ray Data: no block-metadata task here, no streaming executor (nor its stats actor)
+    in the workers, which ``ray.get`` their shards zero-copy (:func:`read_shard`)."""
+    import ray
 
     faces = root.read(
         FACES_DS,
@@ -308,4 +312,28 @@ def _read_in_driver(root: DataRoot, labels: pa.Table) -> dict:
         filter=pc.field("image_sha256").isin(labels["image_sha256"]),
     )
     joined = _JoinLabels(labels)(faces)
-    return {s: ray.data.from_arrow(joined.filter(pc.equal(joined["split"], s)).drop_columns(["split"])) for s in SPLITS}
+    out = {}
+    for s in SPLITS:
+        table = joined.filter(pc.equal(joined["split"], s)).drop_columns(["split"])
+        n = table.num_rows
+        if s == "train":  # equal shards: up to world_size - 1 rows left out
+            bounds = [rank * (n // world_size) for rank in range(world_size + 1)]
+        else:
+            bounds = [rank * n // world_size for rank in range(world_size + 1)]
+        for rank in range(world_size):
+            part = table if world_size == 1 else table.take(pa.array(range(bounds[rank], bounds[rank + 1])))
+            out[f"{s}_{rank}"] = ray.put(part)
+    return out
+
+
+def read_shard(shard) -> pa.Table:
+    """One worker's shard as one Arrow table in this process: an ``ObjectRef`` of the driver's ingest by
+    ``ray.get`` (zero-copy from the object store); a materialized ``Dataset`` (or Ray Train's iterator over one)
+    as its blocks sit in the object store (zero-copy for Arrow blocks), read once instead of one Ray Data
+    execution per epoch."""
+    import ray
+
+    if isinstance(shard, ray.ObjectRef):
+        return ray.get(shard)
+    blocks = list(shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
+    return pa.concat_tables(blocks) if blocks else pa.table({"crop_jpeg": pa.array([], pa.binary()), "y": []})

@@ -1,7 +1,8 @@
 """The exported model: what ``models/<run_id>/`` holds, how it is written, and how the scorer loads it.
 
-``export_run`` takes the finished run's last checkpoint (which carries the best epoch's weights and that model's
-test-set outputs) and writes, through the data root's filesystem (local or ``s3://``)::
+``export_run`` takes the finished run's last checkpoint (which carries the best epoch's weights, that model's
+test-set outputs and the run's history; its ``state.pt`` is not read) and writes, through the data root's
+filesystem (local or ``s3://``)::
 
     models/<run_id>/model.pt          state dict of the best epoch by validation metric
     models/<run_id>/metrics.json      test metrics, best epoch, per-epoch history, label counts
@@ -61,10 +62,13 @@ def export_run(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str, check
     with checkpoint.as_directory() as d:
         with open(os.path.join(d, "best_model.pt"), "rb") as f:
             weights = f.read()
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
         with open(os.path.join(d, CHECKPOINT_TEST)) as f:
             test = json.load(f)
-    history = json.loads(state["history"])
+        if "history" in test:  # the last epoch's test.json carries the history: state.pt (weights and optimiser,
+            history = test["history"]  # three times model.pt's size) is not read
+        else:  # a checkpoint written before test.json held it
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+            history = json.loads(state["history"])
     y, outputs = np.asarray(test["y"]), np.asarray(test["outputs"], dtype=np.float64)
     kind = labels.kind
     test_metrics = M.evaluate(kind, y, outputs, labels.class_names, labels.target_mean, labels.target_std)

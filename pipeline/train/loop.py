@@ -30,9 +30,10 @@ outputs are all-gathered, so each worker computes the same metrics and keeps the
 
 Every epoch rank 0 reports a checkpoint (``state.pt``: weights, optimiser, epoch, phase, history;
 ``best_model.pt``: the best weights so far by validation metric) with ``ray.train.report``. The last epoch's
-checkpoint also holds ``test.json`` (the best model's test-set outputs). Checkpoints live under
-``models/<run_id>/checkpoints/`` on the data root's own filesystem (``RunConfig(storage_filesystem=root.fs)``), so a
-local root keeps them in a local folder and an ``s3://`` root puts them in the bucket. A worker that dies is
+checkpoint also holds ``test.json`` (the best model's test-set outputs and the history, what the export reads).
+Checkpoints live under ``models/<run_id>/checkpoints/`` on the data root's own filesystem
+(``RunConfig(storage_filesystem=root.fs)``), so a local root keeps them in a local folder and an ``s3://`` root puts
+them in the bucket. A worker that dies is
 restarted from the latest checkpoint (``FailureConfig(max_failures)``); running again with the same run id and
 storage continues the run (Ray Train restores its checkpoint manager from storage). Checkpoints load with
 ``torch.load(weights_only=True)``. Each history record carries ``start_epoch``, the epoch its worker process
@@ -51,7 +52,7 @@ import math
 import os
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import pyarrow as pa
@@ -64,7 +65,7 @@ from pipeline.model.network import build_model
 from pipeline.model.pixels import decode_batch
 from pipeline.placement import train_scaling
 from pipeline.store import DataRoot
-from pipeline.train.data import LabelSet, TrainInputError, make_datasets
+from pipeline.train.data import LabelSet, TrainInputError, make_datasets, read_shard
 from pipeline.train.metrics import evaluate, selection_score
 
 log = logging.getLogger("facerank.train")
@@ -143,14 +144,6 @@ def _shard(config: dict, name: str):
 
     shards = config.get("shards")
     return shards[name] if shards is not None else ray.train.get_dataset_shard(name)
-
-
-def _read_shard(ds) -> pa.Table:
-    """A materialized shard (a ``Dataset`` or Ray Train's iterator over one) as one Arrow table in this worker:
-    its blocks as they sit in the object store (zero-copy for Arrow blocks), read once instead of one Ray Data
-    execution per epoch."""
-    blocks = list(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
-    return pa.concat_tables(blocks) if blocks else pa.table({"crop_jpeg": pa.array([], pa.binary()), "y": []})
 
 
 def _table_batches(table: pa.Table, batch_size: int, order: np.ndarray | None = None):
@@ -277,7 +270,7 @@ class TrainWorker:
             ctx.get_world_size(),
             ray.train.torch.get_device(),
             ray.train.get_checkpoint(),
-            _shard(config, "train") if config.get("shards") is None else _read_shard(_shard(config, f"train_{rank}")),
+            _shard(config, "train") if config.get("shards") is None else read_shard(_shard(config, f"train_{rank}")),
         )
 
     @classmethod
@@ -483,7 +476,7 @@ class TrainWorker:
         self.model.eval()
         table = self.eval_tables.get(name)
         if table is None:  # read once, kept for the following epochs
-            table = self.eval_tables[name] = _read_shard(_shard(self.config, f"{name}_{self.rank}"))
+            table = self.eval_tables[name] = read_shard(_shard(self.config, f"{name}_{self.rank}"))
         with torch.no_grad():
             for batch in _table_batches(table, tc.batch_size):
                 x = decode_batch(batch["crop_jpeg"], tc.image_size, self.mean, self.std)
@@ -574,7 +567,8 @@ class TrainWorker:
         self.model.load_state_dict(self.best_state)
         y, out, _, keys = self.predict_split("test", exact=True)
         self.model.load_state_dict(self.last_state)
-        test = {"y": y.tolist(), "outputs": out.tolist(), "image_sha256": keys, "best_epoch": self.best_epoch}
+        test = {"y": y.tolist(), "outputs": out.tolist(), "image_sha256": keys, "best_epoch": self.best_epoch,
+                "history": self.history}  # fmt: skip
         self.report(epoch, record, test)
 
     def run(self) -> None:
@@ -599,6 +593,27 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ driver side
+# How often Ray Train's controller polls its workers (Ray's RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): it
+# notices that the workers finished at its next poll, so half an interval is lost on average at the end of every
+# run (the driver's wait from the workers' last report to fit's return: docs/benchmarks.md, train section).
+POLL_S = 0.5
+POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+@contextmanager
+def _poll_every(seconds: float):
+    """Set :data:`POLL_ENV` (unless the environment sets it) while a trainer starts: Ray Train hands the driver's
+    value to its controller. The environment is restored afterwards."""
+    if POLL_ENV in os.environ:
+        yield
+        return
+    os.environ[POLL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(POLL_ENV, None)
+
+
 def storage(root: DataRoot, run_id: str) -> str:
     """The Ray Train storage path (on ``root.fs``) whose ``checkpoints/`` folder holds the run's checkpoints."""
     return root.model_dir(run_id)
@@ -651,6 +666,7 @@ def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):
         ),
     )
     log.info("train %s: datasets ready in %.1fs; starting %d workers", run_id, time.perf_counter() - t0, tc.num_workers)
-    result = trainer.fit()
+    with _poll_every(POLL_S):
+        result = trainer.fit()
     log.info("train %s: trainer finished in %.1fs", run_id, time.perf_counter() - t0)
     return result

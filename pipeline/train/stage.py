@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import time
+
 from pipeline.config import Config
 from pipeline.placement import require_node
 from pipeline.runtime import log, stage_entry
@@ -79,7 +81,9 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
     result = fit(cfg, root, labels, run_id)
     if result.error is not None:
         raise result.error
+    t0 = time.perf_counter()
     test = export_run(cfg, root, labels, run_id, result.checkpoint)
+    log.info("train %s: exported in %.1fs", run_id, time.perf_counter() - t0)
     return {
         "run_id": run_id,
         "model_dir": root.model_dir(run_id),
