@@ -68,6 +68,11 @@ def serve(port_file: str, n_distinct: int) -> None:
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # TCP_NODELAY on the served sockets, as image servers set it (nginx's tcp_nodelay, on by default for kept-alive
+        # connections): http.server sends the headers and the body in two writes, and with Nagle's algorithm the
+        # body's last segment waits for the client's delayed ACK (about 40 ms on Linux) on every response of a
+        # kept-alive connection, a stall that a client opening a new connection per image does not see
+        disable_nagle_algorithm = True
 
         def log_message(self, *a):
             pass
