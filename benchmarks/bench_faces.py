@@ -47,6 +47,7 @@ from pipeline.config import FacesConfig  # noqa: E402
 from pipeline.faces.detector import resolve_runtime  # noqa: E402
 from pipeline.faces.quality import read_manifest  # noqa: E402
 from pipeline.imaging import decode_image, to_jpeg  # noqa: E402
+from pipeline.testing.replay import with_comment  # noqa: E402
 
 
 def sources(faces_dir: Path) -> list[tuple[str, Image.Image, int]]:
@@ -111,15 +112,10 @@ def run_ours(items: list[dict], cfg: FacesConfig) -> tuple[float, list[int]]:
 
 
 def distinct_copies(items: list[dict], n: int) -> Iterator[tuple[bytes, int, int]]:
-    """``n`` (jpeg, width, height), cycling over ``items`` with distinct bytes: a JPEG comment segment after SOI."""
+    """``n`` (jpeg, width, height), cycling over ``items`` with distinct bytes (a comment segment each)."""
     for i in range(n):
         it = items[i % len(items)]
-        com = f"facerank-bench-{i}".encode()
-        yield (
-            it["jpeg"][:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + it["jpeg"][2:],
-            it["width"],
-            it["height"],
-        )
+        yield with_comment(it["jpeg"], f"facerank-bench-{i}"), it["width"], it["height"]
 
 
 def make_root(path: str, n: int, faces_dir: str) -> None:

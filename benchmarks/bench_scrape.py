@@ -40,6 +40,8 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from replay_bench import rss_mb  # noqa: E402
 
+from pipeline.testing.replay import with_comment  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 PER_PAGE = 500
 
@@ -62,9 +64,7 @@ def serve(port_file: str, n_distinct: int) -> None:
     bases = _bases()
 
     def image(i: int) -> bytes:  # distinct bytes per i: a JPEG comment segment after SOI
-        b = bases[i % len(bases)]
-        com = f"facerank-bench-{i}".encode()
-        return b[:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + b[2:]
+        return with_comment(bases[i % len(bases)], f"facerank-bench-{i}")
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

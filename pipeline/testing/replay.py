@@ -35,9 +35,14 @@ def numbered_jpeg(n: int, tag: str) -> bytes:
     """A small real JPEG, distinct per ``(tag, n)``: one of four noise images with ``facerank-<tag>-<n>`` in a
     comment segment (so its sha256 differs; decoders skip the comment)."""
     bases = _jpeg_bases()
-    b = bases[n % len(bases)]
-    com = f"facerank-{tag}-{n}".encode()
-    return b[:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + b[2:]
+    return with_comment(bases[n % len(bases)], f"facerank-{tag}-{n}")
+
+
+def with_comment(jpeg: bytes, text: str) -> bytes:
+    """``jpeg`` with ``text`` in a comment segment right after its start marker: other bytes (another sha256), the
+    same pixels (decoders skip comments)."""
+    com = text.encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(com) + 2).to_bytes(2, "big") + com + jpeg[2:]
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -321,7 +321,7 @@ def _read_in_driver(root: DataRoot, labels: pa.Table, world_size: int) -> dict:
         else:
             bounds = [rank * n // world_size for rank in range(world_size + 1)]
         for rank in range(world_size):
-            part = table if world_size == 1 else table.take(pa.array(range(bounds[rank], bounds[rank + 1])))
+            part = table.slice(bounds[rank], bounds[rank + 1] - bounds[rank])  # zero-copy
             out[f"{s}_{rank}"] = ray.put(part)
     return out
 
