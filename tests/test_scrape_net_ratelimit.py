@@ -32,7 +32,9 @@ class _Counting:
         return _M()
 
 
-def _hammer(limiters, threads_each: int, per_thread: int, work_s: float) -> list[tuple[float, float]]:
+def _hammer(
+    limiters, threads_each: int, per_thread: int, work_s: float, after_s: float = 0.0
+) -> list[tuple[float, float]]:
     spans: list[tuple[float, float]] = []
     lock = threading.Lock()
 
@@ -43,6 +45,7 @@ def _hammer(limiters, threads_each: int, per_thread: int, work_s: float) -> list
                 time.sleep(work_s)
                 with lock:
                     spans.append((t0, time.monotonic()))
+            time.sleep(after_s)  # outside the slot: checking and storing what was fetched
 
     ts = [threading.Thread(target=run, args=(lim,)) for lim in limiters for _ in range(threads_each)]
     for t in ts:
@@ -91,10 +94,13 @@ def test_leases_keep_cap_and_spacing_across_processes_with_few_round_trips(ray_s
     # an unlimited rate, 16 at once: the leases are used for many requests per round trip
     fast = HostLimiter.remote(1e6, 16, 600.0)
     c, d = (RayLimiter(_Counting(fast), owner, want_slots=8) for owner in ("c", "d"))
-    spans = _hammer([c, d], 8, 25, 0.002)
+    spans = _hammer([c, d], 8, 25, 0.002, after_s=0.002)
     assert len(spans) == 400 and _max_open(spans) <= 16
     asks = sum(x.handle.calls["acquire_block"] + x.handle.calls["more_starts"] for x in (c, d))
     assert asks <= 400 / 8, asks  # the per-request design made 400 acquire calls (and 400 releases)
+    # the threads step out between requests; the leases are kept (LINGER_S), not handed back and asked for again
+    churn = sum(x.handle.calls["acquire_block"] + x.handle.calls["release"] for x in (c, d))
+    assert churn <= 8, churn
     assert _settled(ray, fast) == {"h": 0}
     ray.kill(lim)
     ray.kill(fast)
@@ -102,13 +108,13 @@ def test_leases_keep_cap_and_spacing_across_processes_with_few_round_trips(ray_s
 
 def test_unused_starts_go_back_to_the_host(ray_session):
     ray = ray_session
-    from pipeline.scrape.net.ratelimit import HostLimiter, RayLimiter
+    from pipeline.scrape.net.ratelimit import LINGER_S, HostLimiter, RayLimiter
 
     lim = HostLimiter.remote(5.0, 4, 600.0)  # 0.2 s apart: a lease books two starts
     a, b = RayLimiter(lim, "a", want_slots=4), RayLimiter(lim, "b", want_slots=4)
     with a.slot("h"):
         t_a = time.monotonic()
-    time.sleep(0.05)  # a's lease (one start unused) is released
+    time.sleep(LINGER_S + 0.05)  # a's lease (one start unused) is released once idle for LINGER_S
     with b.slot("h"):
         t_b = time.monotonic()
     assert 0.2 - 0.01 <= t_b - t_a < 0.3  # b starts one interval after a, not after a's unused start

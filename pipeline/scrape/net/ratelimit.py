@@ -23,8 +23,12 @@ instead of twice per request: that round trip to the limiter actor was most of t
 * the slots of all leases never exceed the host's cap; a lease takes at most ``want_slots`` of the free ones and, when
   other owners hold or wait for the host, at most its fair share (``cap // owners``, at least one); a lease is not
   given more starts while another owner waits for the host: its holder releases it and queues again;
-* a lease is released as soon as no thread of its process is in or waiting for a request to the host, so an idle
-  actor holds nothing; one in use books new starts at least every ``RENEW_S``, which renews its expiry.
+* a lease is released once no thread of its process has been in or waiting for a request to the host for
+  ``LINGER_S`` (0.1 s), so an idle actor holds nothing for longer; a busy actor's threads, which step out of their
+  requests to check and store what they fetched, keep the lease between requests instead of handing it back and
+  queueing again (that churn was two limiter calls every few images: docs/benchmarks.md, the scrape profile of
+  2026-12-07); one in use books new starts at least every ``RENEW_S``, which renews its expiry. Another owner
+  waits at most ``LINGER_S`` longer for a lease's slots than it did when leases were handed back at once.
 
 :meth:`HostLimiter.acquire` (one slot, one start, waits until the start) and :meth:`HostLimiter.release` are the
 single-request form of the same. :class:`LocalLimiter` is the same policy for one process (threads), used when no
@@ -55,6 +59,7 @@ BOOK_HORIZON_S = 0.25  # a book's starts reach at most this far ahead of the fir
 LATE_S = 0.002  # a booked start is used at most this late; one that passed longer ago is dropped
 RENEW_S = 30.0  # a lease in use asks for new starts at least this often (which renews its expiry)
 MAX_BOOK_STARTS = 64
+LINGER_S = 0.1  # a lease no thread of its process needs is released after this long
 
 
 def _host_interval(base: float, learned: dict[str, float], host: str, min_interval: float) -> float:
@@ -202,13 +207,15 @@ class _Book:
     active: int = 0
     refilling: bool = False
     retired: bool = False
+    idle_since: float = 0.0  # when its last request ended (this process's clock)
 
 
 class RayLimiter:
     """Client side of :class:`HostLimiter` for one process: ``with limiter.slot(host): ...``, thread-safe.
 
     Threads share one lease per host (``want_slots``: the process's threads), asking for more starts when its starts
-    run out (one round trip per book of starts, not two per request); a lease no thread needs is released at once.
+    run out (one round trip per book of starts, not two per request); a lease no thread has needed for ``LINGER_S``
+    is released by a reaper thread (running while this process holds a lease).
     """
 
     def __init__(self, handle: ray.actor.ActorHandle, owner: str = "", want_slots: int = 1):
@@ -220,6 +227,7 @@ class RayLimiter:
         self._interval: dict[str, float] = {}  # the min_interval each host's lease was booked with
         self._fetching: set[str] = set()
         self._wanting: collections.Counter = collections.Counter()  # threads in or waiting for a request, per host
+        self._reaper: threading.Thread | None = None
 
     def _rpc(self, ref: ray.ObjectRef) -> tuple[object, float]:
         """``ray.get`` with ``_cond`` released; (the reply, when it came in this process's clock)."""
@@ -254,6 +262,7 @@ class RayLimiter:
                 starts = collections.deque(t + d for d in delays)
                 self._books[host] = _Book(host, lease, slots, starts, _gap(delays), t)
                 self._interval[host] = min_interval
+                self._start_reaper()
                 continue
             now = time.monotonic()
             while book.interval >= LATE_S and book.starts and book.starts[0] < now - LATE_S:  # passed unused: gone
@@ -320,12 +329,32 @@ class RayLimiter:
                 self._wanting[host] -= 1
                 if book.retired and book.active == 0:
                     self.handle.release.remote(host, book.lease, book.used)
-                current = self._books.get(host)
-                if current is not None and self._wanting[host] == 0:  # nobody here needs the host: hand it back
-                    self._retire(current)
+                book.idle_since = (
+                    time.monotonic()
+                )  # nobody here needing the host for LINGER_S: the reaper hands it back
                 self._cond.notify_all()
 
     __call__ = slot
+
+    def _start_reaper(self) -> None:
+        """Start the thread that releases idle leases, unless it runs (caller holds ``_cond``)."""
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name="lease-reaper", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        """Release every lease that no thread has needed for ``LINGER_S``; ends when this process holds none."""
+        while True:
+            time.sleep(LINGER_S / 2)
+            with self._cond:
+                t = time.monotonic()
+                for host, book in list(self._books.items()):
+                    if self._wanting[host] == 0 and t - book.idle_since >= LINGER_S:
+                        self._wanting.pop(host, None)
+                        self._retire(book)
+                if not self._books:
+                    self._reaper = None
+                    return
 
 
 class LocalLimiter:
