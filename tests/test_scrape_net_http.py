@@ -273,3 +273,24 @@ def test_requests_reuse_one_connection_and_a_callers_header_replaces_ours():
     assert len(_KeepAlive.seen) == 5 and len({port for port, _, _ in _KeepAlive.seen}) == 1  # robots.txt first
     assert [accept for _, accept, _ in _KeepAlive.seen[1:]] == [["image/*"]] * 3 + [["application/json"]]
     assert {agent for _, _, agent in _KeepAlive.seen} == {c.cfg.user_agent}
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b"Content-Type: image/jpeg\r\nContent-Length: 5\r\nX-Robots-Tag: noai\r\n\r\n", b"A:b\nA:  \t c \n\n",
+     b"Link: <a>; rel=next\r\n  folded: line\r\n\r\n", b"Bad Name: x\r\nB: y\r\n\r\n", b"A: b\rC: d\r\n\r\n",
+     b"A: b\x0cC: d\r\n\r\n", b"A: \x85b\r\n\r\n", b":x\r\nB: y\r\n\r\n", b"From x\r\nB: y\r\n\r\n",
+     b"A: b\r\n", b"\r\n", b"A: caf\xe9\r\n\r\n", b"A: b\r\nA: c\r\n\r\n"],
+)  # fmt: skip
+def test_fast_header_parsing_gives_what_the_email_parser_gives(block):
+    """The transport's header parsing (plain lines directly, any other block through the email package) builds the
+    message http.client's own parsing builds: the same headers in order, payload and defects."""
+    import io
+
+    from pipeline.scrape.net.transport import _EMAIL_PARSE_HEADERS, parse_headers
+
+    fast, slow = parse_headers(io.BytesIO(block + b"body")), _EMAIL_PARSE_HEADERS(io.BytesIO(block + b"body"))
+    assert type(fast) is type(slow) and fast.items() == slow.items()
+    assert fast.get_payload() == slow.get_payload()
+    assert [type(d) for d in fast.defects] == [type(d) for d in slow.defects]
+    assert fast.get("a") == slow.get("a") and fast.get_all("a") == slow.get_all("a")
