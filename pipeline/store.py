@@ -488,6 +488,8 @@ class DataRoot:
 
     # ---------------------------------------------------------------- images
     def has_image(self, sha: str) -> bool:
+        if self.local:  # a stat, without pyarrow's FileInfo (once per stored image in the crawl)
+            return os.path.isfile(self.image_path(sha))
         return self.fs.get_file_info(self.image_path(sha)).type == pafs.FileType.File
 
     def put_image(self, data: bytes, sha: str | None = None) -> str:
