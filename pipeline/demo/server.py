@@ -231,6 +231,7 @@ def _not_found() -> tuple[int, dict[str, str], bytes]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall on kept-alive connections
     server_version = "facerank-demo/1.0"
     server: _Server
 

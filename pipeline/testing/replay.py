@@ -47,6 +47,10 @@ def with_comment(jpeg: bytes, text: str) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as API and image servers set it: the headers and the body go out in two writes, and with Nagle's
+    # algorithm the body's last segment waited for the client's delayed ACK (about 40 ms on Linux) on every response
+    # of a kept-alive connection (the crawl keeps them alive); benchmarks/bench_scrape.py's server does the same
+    disable_nagle_algorithm = True
 
     def _answer(self, method: str) -> None:
         try:
