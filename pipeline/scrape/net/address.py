@@ -2,9 +2,10 @@
 
 * one URL parser (:func:`prepare_url`): a URL is prepared once by requests' URL preparation (IDNA, quoting), its
   host and port must read the same to urllib3's ``parse_url`` (which the client's urllib3 pools send it with) and to
-  the stdlib's ``urlsplit``, and exactly that prepared URL is checked and fetched; a backslash or a control character is
-  ``bad_url`` outright (``http://127.0.0.1:1\\@localhost/`` reads as ``localhost`` to one parser and ``127.0.0.1`` to
-  another);
+  the stdlib's ``urlsplit``, and exactly that prepared URL is checked and fetched (a URL already in that prepared
+  form, as image URLs mostly are, is recognised by one pattern and given back as requests would); a backslash or a
+  control character is ``bad_url`` outright (``http://127.0.0.1:1\\@localhost/`` reads as ``localhost`` to one
+  parser and ``127.0.0.1`` to another);
 * pages and API calls (and their redirects) to hosts inside the allowed domains only (:func:`host_allowed`;
   :func:`allowed_domains`: the hosts of the configured sites and ``scrape.allowed_domains``); photos from those hosts
   and the photo hosts (:func:`photo_hosts`: ``scrape.photo_hosts`` and the site's own, globs allowed,
