@@ -17,8 +17,10 @@ retry code, which run in the caller's thread, find the deadline.
 
 Response headers (:func:`parse_headers`): http.client parses every response's header block with the ``email``
 package (its feed parser: about a tenth of an image fetch's CPU); importing this module makes http.client's
-``parse_headers`` build the same ``HTTPMessage`` directly from plain ``Name: value`` lines, and hand every other
-block (a folded line, a line that is not a header, a stray CR, a block cut short) to the ``email`` package as before.
+``parse_headers``, for the responses to this client's own requests (a thread inside a hop), build the same
+``HTTPMessage`` directly from plain ``Name: value`` lines, and hand every other block (a folded line, a line that is
+not a header, a stray CR, a block cut short) to the ``email`` package as before; any other code's responses in the
+process (boto, Ray) go through the standard library's function untouched.
 The same headers, values, payload and defects either way (``tests/test_scrape_net_http.py::
 test_fast_header_parsing_gives_what_the_email_parser_gives``).
 
@@ -73,7 +75,9 @@ _PLAIN_HEADER = re.compile(r"([\x21-\x39\x3b-\x7e]+):([^\r\n\x0b\x0c\x1c-\x1e\x8
 def parse_headers(fp: Any, _class: type = http.client.HTTPMessage) -> http.client.HTTPMessage:
     """http.client's ``parse_headers``: plain ``Name: value`` lines straight into the message (the email parser's
     compat32 result: the name as sent, the value without leading blanks and the line end); any other block through
-    the email parser, as http.client does."""
+    the email parser, as http.client does; outside a hop of this client, the standard library's function."""
+    if current_hop() is None:
+        return _EMAIL_PARSE_HEADERS(fp, _class)
     lines = http.client._read_headers(fp)  # type: ignore[attr-defined]  # the same line and count limits
     if lines[-1] not in (b"\r\n", b"\n"):
         return _EMAIL_PARSE_HEADERS(_Replay(lines), _class)
