@@ -274,3 +274,17 @@ def test_dataset_names_are_spelled_only_in_the_store():
             if func in _DATASET_CALLS and spelled(node.args[0]):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:80]}")
     assert not found, "dataset names spelled by hand:\n" + "\n".join(found)
+
+
+def test_the_process_group_module_imports_no_torch_at_module_level():
+    """Ray Train's controller unpickles ``pipeline.process_group``'s ``TorchConfig`` and its backend before it starts
+    any worker; a module-level torch import there (Ray's ``ray.train.torch.config`` imports torch) cost it 2-3 CPU
+    seconds (docs/benchmarks.md, train section). What runs in the workers imports torch inside functions."""
+    tree = ast.parse((REPO / "pipeline" / "process_group.py").read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    assert not {n for n in names if n == "torch" or n.startswith(("torch.", "ray.train.torch"))}, names
