@@ -33,7 +33,7 @@ from typing import Any
 import ray
 from ray.train.backend import Backend, BackendConfig
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("facerank.train")
 
 # Torch-free on purpose: Ray Train's controller unpickles this config and its backend (its callbacks hold them)
 # before it starts any worker, and ``ray.train.torch.config`` imports torch, seconds of CPU on the path to the
