@@ -108,6 +108,7 @@ class _LoopbackTorchBackend(Backend):
     """Ray Train's torch backend, without a listening store for one worker or one node (module docstring); on
     several nodes (or another backend) Ray's own ``_TorchBackend``."""
 
+    share_cuda_visible_devices: bool = True  # as Ray's _TorchBackend: GPU workers of a node see each other's GPUs
     store_path: str | None = None
 
     def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
