@@ -240,16 +240,20 @@ def test_every_backbone_record_builds_its_declared_width_and_one_record_adds_one
 def test_the_controller_polls_its_workers_every_half_second_unless_the_environment_says(monkeypatch):
     """Ray Train's controller notices the end of training at its next poll (2 s apart by default): ``fit`` sets
     Ray's interval for its trainer (the driver's value is what the controller gets) and restores the environment;
-    a value the user set is kept."""
+    a value the user set is kept. On one node the preemption watcher is not started (several nodes: Ray's default)."""
     import os
 
     import pipeline.train.loop as loop
 
     monkeypatch.delenv(loop.POLL_ENV, raising=False)
-    with loop._poll_every(loop.POLL_S):
-        assert os.environ[loop.POLL_ENV] == "0.5"
-    assert loop.POLL_ENV not in os.environ
+    monkeypatch.delenv(loop.WATCHER_ENV, raising=False)
+    with loop._env(loop.controller_env(1)):
+        assert os.environ[loop.POLL_ENV] == "0.5" and os.environ[loop.WATCHER_ENV] == "0"
+    assert loop.POLL_ENV not in os.environ and loop.WATCHER_ENV not in os.environ
+    assert loop.WATCHER_ENV not in loop.controller_env(2)
     monkeypatch.setenv(loop.POLL_ENV, "3")
-    with loop._poll_every(loop.POLL_S):
-        assert os.environ[loop.POLL_ENV] == "3"
+    monkeypatch.setenv(loop.WATCHER_ENV, "1")
+    with loop._env(loop.controller_env(1)):
+        assert os.environ[loop.POLL_ENV] == "3" and os.environ[loop.WATCHER_ENV] == "1"
+    assert os.environ[loop.POLL_ENV] == "3"
     assert os.environ[loop.POLL_ENV] == "3"

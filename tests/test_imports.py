@@ -274,3 +274,35 @@ def test_dataset_names_are_spelled_only_in_the_store():
             if func in _DATASET_CALLS and spelled(node.args[0]):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)[:80]}")
     assert not found, "dataset names spelled by hand:\n" + "\n".join(found)
+
+
+def test_the_process_group_module_imports_no_torch_at_module_level():
+    """Ray Train's controller unpickles ``pipeline.process_group``'s ``TorchConfig`` and its backend before it starts
+    any worker; a module-level torch import there (Ray's ``ray.train.torch.config`` imports torch) cost it 2-3 CPU
+    seconds (docs/benchmarks.md, train section). What runs in the workers imports torch inside functions. Standing
+    in for Ray's ``TorchConfig`` and ``_TorchBackend``, its classes assign the same fields, defaults and backend
+    attributes (GPU workers of a node see each other's GPUs) as Ray's source, read here without importing it."""
+    tree = ast.parse((REPO / "pipeline" / "process_group.py").read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    assert not {n for n in names if n == "torch" or n.startswith(("torch.", "ray.train.torch"))}, names
+
+    import importlib.util
+
+    ray_dir = Path(importlib.util.find_spec("ray").origin).parent
+    ray_tree = ast.parse((ray_dir / "train" / "torch" / "config.py").read_text())
+
+    def assigned(tree: ast.Module, cls: str, skip: tuple = ()) -> dict:
+        body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
+        return {
+            n.target.id: ast.literal_eval(n.value)
+            for n in body
+            if isinstance(n, ast.AnnAssign) and n.value is not None and n.target.id not in skip
+        }
+
+    assert assigned(tree, "TorchConfig") == assigned(ray_tree, "TorchConfig")
+    assert assigned(tree, "_LoopbackTorchBackend", skip=("store_path",)) == assigned(ray_tree, "_TorchBackend")

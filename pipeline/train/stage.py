@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 from pipeline.config import Config
@@ -58,6 +60,28 @@ def pick_run_id(cfg: Config, root: DataRoot, resume: bool) -> str:
     return run_id
 
 
+def _warm_export() -> None:
+    """While the workers train: import what the export needs (matplotlib above all) and draw one throwaway figure,
+    at the lowest CPU priority (Linux sets it per thread), so the export after training starts warm and the
+    training threads lose nothing to it."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+    try:
+        import sklearn.metrics  # noqa: F401 (the test metrics and the ROC plot)
+
+        import pipeline.train.export  # noqa: F401
+        from pipeline.plots import png_bytes, pyplot
+
+        fig, ax = pyplot().subplots(figsize=(1, 1))
+        ax.plot([0, 1], [0, 1])
+        ax.set_title("warm")
+        png_bytes(fig, dpi=10)
+    except Exception as e:  # only a head start: the export imports and draws for itself
+        log.debug("train: warming the export failed: %s", e)
+
+
 @stage_entry("train")  # its lock (one run per data root), its log lines, Ray: pipeline/runtime.py
 def run(cfg: Config, *, resume: bool = False) -> dict:
     """Train (or with ``resume`` continue) a model and export its best epoch; returns a JSON-able summary."""
@@ -78,10 +102,13 @@ def run(cfg: Config, *, resume: bool = False) -> dict:
     check_cluster(cfg.train)
     run_id = pick_run_id(cfg, root, resume)
     log.info("train %s: %s %s, rows %s", run_id, labels.kind, labels.class_names, labels.counts())
+    warm = threading.Thread(target=_warm_export, name="warm-export", daemon=True)
+    warm.start()
     result = fit(cfg, root, labels, run_id)
     if result.error is not None:
         raise result.error
     t0 = time.perf_counter()
+    warm.join()
     test = export_run(cfg, root, labels, run_id, result.checkpoint)
     log.info("train %s: exported in %.1fs", run_id, time.perf_counter() - t0)
     return {
