@@ -676,6 +676,9 @@ class ScoreConfig(_Section):
     read_num_cpus: float = Field(0.25, gt=0)  # CPUs reserved per Parquet read task of the face rows (I/O bound)
     read_unit_mb: float = Field(8.0, gt=0)  # face rows (uncompressed MiB) per read task: bounds each task's memory
     read_concurrency: int | None = Field(2, ge=1)  # read tasks at once (None: as many as the CPUs allow)
+    # actors that read the face files' Parquet footers while Ray Data lists them (each a worker process started for
+    # the listing; Ray Data's default is 32): one, with its 128 I/O threads, reads thousands of footers
+    read_footer_actors: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when the actor was given a GPU
     part_rows: int = Field(256, ge=1)  # score rows per atomically written Parquet part
     # streaming bounds of the scoring pipeline: face rows (crops) flow in Ray Data blocks of about block_mb, and

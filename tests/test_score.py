@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import os
 from collections import Counter
 
 import numpy as np
@@ -132,6 +133,36 @@ def test_reuse_reads_only_the_face_rows_to_score(ray_session, cfg, data_root):
     df = _scores(root)
     assert sorted(df.image_sha256) == sorted(first + second) and df.image_sha256.is_unique
     assert sorted(df[df.run_id == s2["run_id"]].image_sha256) == sorted(second)
+
+
+def test_the_face_read_is_planned_with_one_footer_actor_and_leaves_the_environment(monkeypatch):
+    """Ray Data plans a Parquet read with its unit size and footer-reader actors taken from the environment: both
+    are set while ``read_parquet`` runs (one footer actor: Ray's 32 started a worker process each) and restored."""
+    seen, key = {}, "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+    monkeypatch.setenv(key, "7")  # a user's own setting outside the read stays as it was
+    monkeypatch.delenv("RAY_DATA_PARQUET_BIN_PACKING_BYTES", raising=False)
+
+    class FakeDataset:
+        def select_columns(self, cols):
+            return self
+
+        def filter(self, expr):
+            return self
+
+    def read_parquet(paths, **kwargs):
+        seen.update({k: os.environ.get(k) for k in (key, "RAY_DATA_PARQUET_BIN_PACKING_BYTES")})
+        return FakeDataset()
+
+    class Root:
+        fs = None
+
+        def part_files(self, name):
+            return ["faces/part-0.parquet"]
+
+    monkeypatch.setattr(ray.data, "read_parquet", read_parquet)
+    inference.reused_faces(Root(), None, read_unit_mb=1.0)
+    assert seen == {key: "1", "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(2**20)}
+    assert os.environ[key] == "7" and "RAY_DATA_PARQUET_BIN_PACKING_BYTES" not in os.environ
 
 
 def test_face_rows_made_another_way_are_cropped_again(ray_session, cfg, data_root):

@@ -41,19 +41,22 @@ FACE_TYPES = pa.schema(
 
 # ------------------------------------------------------------------------------------------------ face rows
 @contextmanager
-def _read_unit_bytes(n: int):
-    """Ray Data's Parquet bin packing reads its unit size (uncompressed bytes per read task, 128 MiB by default)
-    from ``RAY_DATA_PARQUET_BIN_PACKING_BYTES`` when ``read_parquet`` plans the read: set it for that call only."""
-    key = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
-    old = os.environ.get(key)
-    os.environ[key] = str(n)
+def _parquet_read_env(unit_bytes: int, footer_actors: int):
+    """Ray Data's Parquet reader takes two of its settings from the environment when ``read_parquet`` plans the
+    read: its unit size (uncompressed bytes per read task, ``RAY_DATA_PARQUET_BIN_PACKING_BYTES``, 128 MiB by
+    default) and how many actors read the files' footers while it lists them
+    (``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS``, 32 by default, each with 128 I/O threads). Set both for that call only."""
+    values = {"RAY_DATA_PARQUET_BIN_PACKING_BYTES": unit_bytes, "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": footer_actors}
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: str(v) for key, v in values.items()})
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
+        for key, v in old.items():
+            if v is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = v
 
 
 def reused_faces(
@@ -62,6 +65,7 @@ def reused_faces(
     num_cpus: float = 0.25,
     read_unit_mb: float = 8.0,
     concurrency: int | None = 2,
+    footer_actors: int = 1,
 ) -> ray.data.Dataset:
     """The face stage's rows for ``shas`` (all rows when None), streamed from the ``faces`` part files.
 
@@ -71,11 +75,14 @@ def reused_faces(
     (uncompressed) rows: Ray's default packs up to 128 MiB into one task, whose worker then holds several times
     that, so the read's memory grew with the input up to that size. At most ``concurrency`` read tasks run at
     once (None: as many as the CPUs allow); each reserves ``num_cpus`` (a fraction: they mostly wait on storage),
-    so that the scoring actors can be given the node's cores.
+    so that the scoring actors can be given the node's cores. While Ray Data lists the files, ``footer_actors``
+    actors read their Parquet footers: each is a worker process of its own (Ray's default, 32, started them by the
+    handful, about 2 CPU-seconds each, while the scoring actor loads torch, and killed them once the files were
+    listed).
     """
     from ray.data.expressions import col
 
-    with _read_unit_bytes(int(read_unit_mb * 2**20)):
+    with _parquet_read_env(int(read_unit_mb * 2**20), footer_actors):
         ds = ray.data.read_parquet(
             root.part_files(FACES_DS), filesystem=root.fs, num_cpus=num_cpus, concurrency=concurrency
         )

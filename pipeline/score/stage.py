@@ -189,7 +189,11 @@ def face_pieces(
     pieces = []
     if reuse:  # no filter when every face row is wanted (a first run): the scan reads each row once anyway
         wanted = None if len(reuse) == n_rows else reuse
-        pieces.append(inference.reused_faces(root, wanted, sc.read_num_cpus, sc.read_unit_mb, sc.read_concurrency))
+        pieces.append(
+            inference.reused_faces(
+                root, wanted, sc.read_num_cpus, sc.read_unit_mb, sc.read_concurrency, sc.read_footer_actors
+            )
+        )
     if fresh:
         pieces.append(inference.detected_faces(cfg, root, fresh, recipe, sc.read_num_cpus))
     return pieces, len(reuse), len(fresh)
