@@ -675,7 +675,10 @@ class ScoreConfig(_Section):
     calls_per_actor: int = Field(3, ge=1)
     read_num_cpus: float = Field(0.25, gt=0)  # CPUs reserved per Parquet read task of the face rows (I/O bound)
     read_unit_mb: float = Field(8.0, gt=0)  # face rows (uncompressed MiB) per read task: bounds each task's memory
-    read_concurrency: int | None = Field(2, ge=1)  # read tasks at once (None: as many as the CPUs allow)
+    # read tasks at once (None: as many as the CPUs allow). Each is a worker process beside the scoring actors; one
+    # reads a CPU actor's crops (about 1.2 MB/s at its ceiling here) many times over: 1 measured 4-5 s faster than 2
+    # on 5,000 images (docs/benchmarks.md, score). Raise it for GPU actors (thousands of crops a second)
+    read_concurrency: int | None = Field(1, ge=1)
     # actors that read the face files' Parquet footers while Ray Data lists them (each a worker process started for
     # the listing; Ray Data's default is 32): one, with its 128 I/O threads, reads thousands of footers
     read_footer_actors: int = Field(1, ge=1)
