@@ -144,7 +144,8 @@ class _LoopbackTorchBackend(Backend):
             worker_group.execute(_set_env_vars)
 
     def on_shutdown(self, worker_group: Any, backend_config: TorchConfig) -> None:
-        # Ray's _TorchBackend.on_shutdown, its timeout included
+        # Ray's _TorchBackend.on_shutdown, its timeout included: calling it would import torch in the controller,
+        # seconds on the path from the workers' end to fit() returning
         from ray._private import ray_constants
         from ray.exceptions import GetTimeoutError
         from ray.train.constants import (

@@ -17,6 +17,9 @@ One place for the settings that a local ``ray.init`` (:func:`pipeline.runtime.in
   empty bootstrap config (the file Ray's own cluster launcher writes on a head) stops the probe:
   :func:`ensure_bootstrap_config` writes ``{}`` there if, and only if, no such file exists.
 - Usage stats off (``RAY_USAGE_STATS_ENABLED=0``).
+
+:func:`scoped_env` sets settings that Ray reads from this process's environment when a call plans or starts its
+work (Ray Data's Parquet reader, Ray Train's controller) for that call only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger("facerank")
@@ -90,3 +94,20 @@ def apply(*, loopback: bool = True) -> None:
     Config.initialize("")
     if loopback:
         ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+@contextmanager
+def scoped_env(values: Mapping[str, object], *, keep_set: bool = False) -> Iterator[None]:
+    """Set ``values`` (as strings) in this process's environment for the block, then restore what was there;
+    ``keep_set``: leave alone the ones the environment already sets (the user's choice wins)."""
+    todo = {k: str(v) for k, v in values.items() if not (keep_set and k in os.environ)}
+    old = {k: os.environ.get(k) for k in todo}
+    os.environ.update(todo)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

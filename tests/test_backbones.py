@@ -244,16 +244,17 @@ def test_the_controller_polls_its_workers_every_half_second_unless_the_environme
     import os
 
     import pipeline.train.loop as loop
+    from pipeline.ray_env import scoped_env
 
     monkeypatch.delenv(loop.POLL_ENV, raising=False)
     monkeypatch.delenv(loop.WATCHER_ENV, raising=False)
-    with loop._env(loop.controller_env(1)):
+    with scoped_env(loop.controller_env(1), keep_set=True):
         assert os.environ[loop.POLL_ENV] == "0.5" and os.environ[loop.WATCHER_ENV] == "0"
     assert loop.POLL_ENV not in os.environ and loop.WATCHER_ENV not in os.environ
     assert loop.WATCHER_ENV not in loop.controller_env(2)
     monkeypatch.setenv(loop.POLL_ENV, "3")
     monkeypatch.setenv(loop.WATCHER_ENV, "1")
-    with loop._env(loop.controller_env(1)):
+    with scoped_env(loop.controller_env(1), keep_set=True):
         assert os.environ[loop.POLL_ENV] == "3" and os.environ[loop.WATCHER_ENV] == "1"
     assert os.environ[loop.POLL_ENV] == "3"
     assert os.environ[loop.POLL_ENV] == "3"

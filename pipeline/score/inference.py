@@ -16,9 +16,7 @@ Nothing here imports torch at module level: the driver plans with this module, o
 
 from __future__ import annotations
 
-import os
 import threading
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -28,6 +26,7 @@ import ray
 from pipeline.config import Config
 from pipeline.faces.recipe import CropRecipe
 from pipeline.placement import require_node
+from pipeline.ray_env import scoped_env
 from pipeline.store import FACES_DS, SCORES, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, DataRoot, now
 
 # face-stage reasons that mean the image itself is unusable (an error row, not a skipped one)
@@ -40,25 +39,6 @@ FACE_TYPES = pa.schema(
 
 
 # ------------------------------------------------------------------------------------------------ face rows
-@contextmanager
-def _parquet_read_env(unit_bytes: int, footer_actors: int):
-    """Ray Data's Parquet reader takes two of its settings from the environment when ``read_parquet`` plans the
-    read: its unit size (uncompressed bytes per read task, ``RAY_DATA_PARQUET_BIN_PACKING_BYTES``, 128 MiB by
-    default) and how many actors read the files' footers while it lists them
-    (``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS``, 32 by default, each with 128 I/O threads). Set both for that call only."""
-    values = {"RAY_DATA_PARQUET_BIN_PACKING_BYTES": unit_bytes, "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": footer_actors}
-    old = {key: os.environ.get(key) for key in values}
-    os.environ.update({key: str(v) for key, v in values.items()})
-    try:
-        yield
-    finally:
-        for key, v in old.items():
-            if v is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = v
-
-
 def reused_faces(
     root: DataRoot,
     shas: list[str] | None,
@@ -82,7 +62,12 @@ def reused_faces(
     """
     from ray.data.expressions import col
 
-    with _parquet_read_env(int(read_unit_mb * 2**20), footer_actors):
+    # Ray Data's Parquet reader takes these two from the environment when read_parquet plans the read: the unit size
+    # (uncompressed bytes per read task, 128 MiB by default) and the footer-reading actors (32 by default, each with
+    # 128 I/O threads); set for this call only
+    parquet_env = {"RAY_DATA_PARQUET_BIN_PACKING_BYTES": int(read_unit_mb * 2**20),
+                   "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": footer_actors}  # fmt: skip
+    with scoped_env(parquet_env):
         ds = ray.data.read_parquet(
             root.part_files(FACES_DS), filesystem=root.fs, num_cpus=num_cpus, concurrency=concurrency
         )

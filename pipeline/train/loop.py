@@ -54,7 +54,7 @@ import math
 import os
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 
 import numpy as np
 import pyarrow as pa
@@ -66,6 +66,7 @@ from pipeline.model.meta import CHECKPOINT_TEST
 from pipeline.model.network import build_model
 from pipeline.model.pixels import decode_batch
 from pipeline.placement import train_scaling
+from pipeline.ray_env import scoped_env
 from pipeline.store import DataRoot
 from pipeline.train.data import LabelSet, TrainInputError, make_datasets, read_shard
 from pipeline.train.metrics import evaluate, selection_score
@@ -633,19 +634,6 @@ def controller_env(nodes: int) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def _env(values: dict[str, str]):
-    """Set each of ``values`` that the environment does not set while a trainer starts (Ray Train hands the
-    driver's values of these to its controller); the environment is restored afterwards."""
-    added = [k for k in values if k not in os.environ]
-    os.environ.update({k: values[k] for k in added})
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
 def storage(root: DataRoot, run_id: str) -> str:
     """The Ray Train storage path (on ``root.fs``) whose ``checkpoints/`` folder holds the run's checkpoints."""
     return root.model_dir(run_id)
@@ -700,7 +688,7 @@ def fit(cfg: Config, root: DataRoot, labels: LabelSet, run_id: str):
     )
     log.info("train %s: datasets ready in %.1fs; starting %d workers", run_id, time.perf_counter() - t0, tc.num_workers)
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    with _env(controller_env(nodes)):
+    with scoped_env(controller_env(nodes), keep_set=True):  # Ray Train hands these to its controller
         result = trainer.fit()
     log.info("train %s: trainer finished in %.1fs", run_id, time.perf_counter() - t0)
     return result

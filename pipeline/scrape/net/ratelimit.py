@@ -329,9 +329,8 @@ class RayLimiter:
                 self._wanting[host] -= 1
                 if book.retired and book.active == 0:
                     self.handle.release.remote(host, book.lease, book.used)
-                book.idle_since = (
-                    time.monotonic()
-                )  # nobody here needing the host for LINGER_S: the reaper hands it back
+                # nobody here needing the host for LINGER_S: the reaper hands it back
+                book.idle_since = time.monotonic()
                 self._cond.notify_all()
 
     __call__ = slot
