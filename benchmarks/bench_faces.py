@@ -137,7 +137,10 @@ def memory_child(root_path: str, actors: int) -> dict:
     """Child process: the faces stage over ``root_path``; seconds, counts, and peak memory sampled every 0.25 s:
     the driver's RSS, the sum over its Ray's processes (GCS, raylet, workers), a face actor's RSS and unique memory
     (USS: its own pages, not the object store's shared ones), the last also over the run's first and second halves
-    (a memory that grows with the images processed shows as a second half above the first)."""
+    and over each tenth of the run (a memory that grows with the images processed shows as later parts above earlier
+    ones; the images flow at a steady rate, so a tenth of the run is about a tenth of the images). The USS is taken
+    only while all ``actors`` face actors are alive: when one has exited, the pages it shared with the other become
+    the survivor's own, and its USS jumps with no allocation at all."""
     import psutil
     import ray
 
@@ -156,7 +159,7 @@ def memory_child(root_path: str, actors: int) -> dict:
         procs: dict[int, psutil.Process] = {}
         tick = 0
         while not stop.is_set():
-            tot = a_rss = a_uss = 0
+            tot = a_rss = a_uss = n_actors = 0
             for p in me.children(recursive=True):  # this Ray's processes only (another Ray may run beside it)
                 try:
                     p = procs.setdefault(p.pid, p)
@@ -164,11 +167,14 @@ def memory_child(root_path: str, actors: int) -> dict:
                     rss = p.memory_info().rss
                     tot += rss
                     if "FaceActor" in cmd:
+                        n_actors += 1
                         a_rss = max(a_rss, rss)
                         if tick % 4 == 0:  # reading smaps is slower: once a second
                             a_uss = max(a_uss, p.memory_full_info().uss)
                 except (psutil.Error, TypeError, AttributeError):
                     pass
+            if n_actors < actors:  # starting or ending: a survivor's USS counts the pages it shared (docstring)
+                a_uss = 0
             samples.append((time.perf_counter(), me.memory_info().rss, tot, a_rss, a_uss))
             tick += 1
             time.sleep(0.25)
@@ -198,6 +204,9 @@ def memory_child(root_path: str, actors: int) -> dict:
             peak(4, [r for r in samples if r[0] < half]),
             peak(4, [r for r in samples if r[0] >= half]),
         ],
+        "face_actor_uss_mb_tenths": [
+            peak(4, [r for r in samples if t0 + secs * k / 10 <= r[0] < t0 + secs * (k + 1) / 10]) for k in range(10)
+        ],
     }
 
 
@@ -224,6 +233,9 @@ def print_memory(mem: list[dict]) -> None:
                 f"{m['n']:>8}{m['seconds']:>9}{m['driver_peak_rss_mb']:>8}{m['workers_peak_rss_mb']:>9}"
                 f"{m['face_actor_peak_rss_mb']:>7}{m['face_actor_peak_uss_mb']:>6}{f'{h1} / {h2}':>12}"
             )
+        print("a face actor's USS (MB) in each tenth of the run:")
+        for m in mem:
+            print(f"{m['n']:>8}  " + " ".join(f"{x:>5}" for x in m["face_actor_uss_mb_tenths"]))
 
 
 def main(argv: list[str] | None = None) -> int:
