@@ -140,7 +140,11 @@ def memory_child(root_path: str, actors: int) -> dict:
     and over each tenth of the run (a memory that grows with the images processed shows as later parts above earlier
     ones; the images flow at a steady rate, so a tenth of the run is about a tenth of the images). The USS is taken
     only while all ``actors`` face actors are alive: when one has exited, the pages it shared with the other become
-    the survivor's own, and its USS jumps with no allocation at all."""
+    the survivor's own, and its USS jumps with no allocation at all. Each tenth also splits a face actor's own pages
+    by mapping (:func:`own_memory`): the C heap that ``malloc`` grows with ``brk`` (``[heap]``: glibc's main arena,
+    whose freed chunks stay mapped until the top of the heap is free) and the anonymous mappings (``[anon]``:
+    torch's and numpy's large buffers, the other threads' arenas, Ray's and Arrow's memory), so a growth shows where
+    it is."""
     import psutil
     import ray
 
@@ -151,7 +155,8 @@ def memory_child(root_path: str, actors: int) -> dict:
     cfg = parse_config({"data_root": root_path, "faces": {"num_actors": actors, "device": "cpu"}}, "bench")
     start_local_ray(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    samples: list[tuple[float, int, int, int, int]] = []  # (t, driver rss, Ray's rss, actor rss, actor uss)
+    # (t, driver rss, Ray's rss, actor rss, actor uss, actor heap, actor anon)
+    samples: list[tuple[float, int, int, int, int, int, int]] = []
     stop = threading.Event()
 
     def sample() -> None:
@@ -159,7 +164,7 @@ def memory_child(root_path: str, actors: int) -> dict:
         procs: dict[int, psutil.Process] = {}
         tick = 0
         while not stop.is_set():
-            tot = a_rss = a_uss = n_actors = 0
+            tot = a_rss = a_uss = a_heap = a_anon = n_actors = 0
             for p in me.children(recursive=True):  # this Ray's processes only (another Ray may run beside it)
                 try:
                     p = procs.setdefault(p.pid, p)
@@ -170,12 +175,13 @@ def memory_child(root_path: str, actors: int) -> dict:
                         n_actors += 1
                         a_rss = max(a_rss, rss)
                         if tick % 4 == 0:  # reading smaps is slower: once a second
-                            a_uss = max(a_uss, p.memory_full_info().uss)
+                            uss, heap, anon = own_memory(p)
+                            a_uss, a_heap, a_anon = max(a_uss, uss), max(a_heap, heap), max(a_anon, anon)
                 except (psutil.Error, TypeError, AttributeError):
                     pass
             if n_actors < actors:  # starting or ending: a survivor's USS counts the pages it shared (docstring)
-                a_uss = 0
-            samples.append((time.perf_counter(), me.memory_info().rss, tot, a_rss, a_uss))
+                a_uss = a_heap = a_anon = 0
+            samples.append((time.perf_counter(), me.memory_info().rss, tot, a_rss, a_uss, a_heap, a_anon))
             tick += 1
             time.sleep(0.25)
 
@@ -187,6 +193,7 @@ def memory_child(root_path: str, actors: int) -> dict:
     ray.shutdown()
     half = t0 + secs / 2
     mb = 2**20
+    tenths = [[r for r in samples if t0 + secs * k / 10 <= r[0] < t0 + secs * (k + 1) / 10] for k in range(10)]
 
     def peak(i: int, rows: list) -> int:
         return round(max((r[i] for r in rows), default=0) / mb)
@@ -204,10 +211,25 @@ def memory_child(root_path: str, actors: int) -> dict:
             peak(4, [r for r in samples if r[0] < half]),
             peak(4, [r for r in samples if r[0] >= half]),
         ],
-        "face_actor_uss_mb_tenths": [
-            peak(4, [r for r in samples if t0 + secs * k / 10 <= r[0] < t0 + secs * (k + 1) / 10]) for k in range(10)
-        ],
+        **{
+            f"face_actor_{name}_mb_tenths": [peak(i, tenth) for tenth in tenths]
+            for i, name in ((4, "uss"), (5, "heap"), (6, "anon"))
+        },
     }
+
+
+def own_memory(p) -> tuple[int, int, int]:
+    """A process's own pages (bytes, from its smaps): in all (USS), in the C heap (``[heap]``), in anonymous
+    mappings (``[anon]``)."""
+    uss = heap = anon = 0
+    for m in p.memory_maps(grouped=True):
+        own = m.private_clean + m.private_dirty
+        uss += own
+        if m.path == "[heap]":
+            heap += own
+        elif m.path == "[anon]":
+            anon += own
+    return uss, heap, anon
 
 
 def peak_memory(n: int, faces_dir: str, actors: int) -> dict:
@@ -233,9 +255,11 @@ def print_memory(mem: list[dict]) -> None:
                 f"{m['n']:>8}{m['seconds']:>9}{m['driver_peak_rss_mb']:>8}{m['workers_peak_rss_mb']:>9}"
                 f"{m['face_actor_peak_rss_mb']:>7}{m['face_actor_peak_uss_mb']:>6}{f'{h1} / {h2}':>12}"
             )
-        print("a face actor's USS (MB) in each tenth of the run:")
+        print("a face actor's own memory (MB, the highest of the face actors) in each tenth of the run:")
+        print("all of it (USS), the C heap ([heap]) and the anonymous mappings ([anon])")
         for m in mem:
-            print(f"{m['n']:>8}  " + " ".join(f"{x:>5}" for x in m["face_actor_uss_mb_tenths"]))
+            for name in ("uss", "heap", "anon"):
+                print(f"{m['n']:>8} {name:>5} " + " ".join(f"{x:>5}" for x in m[f"face_actor_{name}_mb_tenths"]))
 
 
 def main(argv: list[str] | None = None) -> int:
