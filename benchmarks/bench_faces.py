@@ -144,7 +144,8 @@ def memory_child(root_path: str, actors: int) -> dict:
     by mapping (:func:`own_memory`): the C heap that ``malloc`` grows with ``brk`` (``[heap]``: glibc's main arena,
     whose freed chunks stay mapped until the top of the heap is free) and the anonymous mappings (``[anon]``:
     torch's and numpy's large buffers, the other threads' arenas, Ray's and Arrow's memory), so a growth shows where
-    it is."""
+    it is; and gives each tenth's median beside its peak: a batch's working copies raise the peak for a moment, a
+    memory kept per image raises the median too."""
     import psutil
     import ray
 
@@ -198,6 +199,10 @@ def memory_child(root_path: str, actors: int) -> dict:
     def peak(i: int, rows: list) -> int:
         return round(max((r[i] for r in rows), default=0) / mb)
 
+    def median(i: int, rows: list) -> int:  # of the samples that read the smaps (the others hold 0)
+        taken = [r[i] for r in rows if r[i]]
+        return round(float(np.median(taken)) / mb) if taken else 0
+
     return {
         "n": summary["processed"] + summary["already_done"],
         "seconds": round(secs, 1),
@@ -212,8 +217,9 @@ def memory_child(root_path: str, actors: int) -> dict:
             peak(4, [r for r in samples if r[0] >= half]),
         ],
         **{
-            f"face_actor_{name}_mb_tenths": [peak(i, tenth) for tenth in tenths]
+            f"face_actor_{name}_mb_tenths{stat}": [f(i, tenth) for tenth in tenths]
             for i, name in ((4, "uss"), (5, "heap"), (6, "anon"))
+            for stat, f in (("", peak), ("_median", median))
         },
     }
 
@@ -255,11 +261,13 @@ def print_memory(mem: list[dict]) -> None:
                 f"{m['n']:>8}{m['seconds']:>9}{m['driver_peak_rss_mb']:>8}{m['workers_peak_rss_mb']:>9}"
                 f"{m['face_actor_peak_rss_mb']:>7}{m['face_actor_peak_uss_mb']:>6}{f'{h1} / {h2}':>12}"
             )
-        print("a face actor's own memory (MB, the highest of the face actors) in each tenth of the run:")
-        print("all of it (USS), the C heap ([heap]) and the anonymous mappings ([anon])")
+        print("a face actor's own memory (MB, the highest of the face actors) in each tenth of the run, its peak and")
+        print("its median: all of it (USS), the C heap ([heap]) and the anonymous mappings ([anon])")
         for m in mem:
-            for name in ("uss", "heap", "anon"):
-                print(f"{m['n']:>8} {name:>5} " + " ".join(f"{x:>5}" for x in m[f"face_actor_{name}_mb_tenths"]))
+            for stat, label in (("", "peak"), ("_median", "median")):
+                for name in ("uss", "heap", "anon"):
+                    row = m[f"face_actor_{name}_mb_tenths{stat}"]
+                    print(f"{m['n']:>8} {label:>6} {name:>4} " + " ".join(f"{x:>5}" for x in row))
 
 
 def main(argv: list[str] | None = None) -> int:
