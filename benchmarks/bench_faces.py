@@ -192,7 +192,6 @@ def memory_child(root_path: str, actors: int) -> dict:
     secs = time.perf_counter() - t0
     stop.set()
     ray.shutdown()
-    half = t0 + secs / 2
     mb = 2**20
     tenths = [[r for r in samples if t0 + secs * k / 10 <= r[0] < t0 + secs * (k + 1) / 10] for k in range(10)]
 
@@ -203,6 +202,11 @@ def memory_child(root_path: str, actors: int) -> dict:
         taken = [r[i] for r in rows if r[i]]
         return round(float(np.median(taken)) / mb) if taken else 0
 
+    per_tenth = {
+        f"face_actor_{name}_mb_tenths{stat}": [f(i, tenth) for tenth in tenths]
+        for i, name in ((4, "uss"), (5, "heap"), (6, "anon"))
+        for stat, f in (("", peak), ("_median", median))
+    }
     return {
         "n": summary["processed"] + summary["already_done"],
         "seconds": round(secs, 1),
@@ -212,15 +216,8 @@ def memory_child(root_path: str, actors: int) -> dict:
         "workers_peak_rss_mb": peak(2, samples),
         "face_actor_peak_rss_mb": peak(3, samples),
         "face_actor_peak_uss_mb": peak(4, samples),
-        "face_actor_uss_mb_halves": [
-            peak(4, [r for r in samples if r[0] < half]),
-            peak(4, [r for r in samples if r[0] >= half]),
-        ],
-        **{
-            f"face_actor_{name}_mb_tenths{stat}": [f(i, tenth) for tenth in tenths]
-            for i, name in ((4, "uss"), (5, "heap"), (6, "anon"))
-            for stat, f in (("", peak), ("_median", median))
-        },
+        **per_tenth,
+        "face_actor_uss_mb_halves": [max(per_tenth["face_actor_uss_mb_tenths"][h : h + 5]) for h in (0, 5)],
     }
 
 
