@@ -79,9 +79,16 @@ def export(net: torch.nn.Module, name: str, folder: Path) -> Path:
 
 class OrtNet(torch.nn.Module):
     """One MTCNN net as an ONNX Runtime session, called like the torch module it replaces (float32 in, tensors
-    out). Its one parameter is a placeholder: ``detect_face`` reads the model's dtype from it."""
+    out). Its one parameter is a placeholder: ``detect_face`` reads the model's dtype from it.
 
-    def __init__(self, path: Path, num_threads: int = 1):
+    ``memory_patterns`` (off here, on in ONNX Runtime's defaults): a session with them on plans one block of memory
+    per distinct set of input shapes and keeps every plan. MTCNN's inputs change shape with every image size (each
+    pyramid level of P-Net) and every number of candidate boxes (R-Net, O-Net), so on real photos, whose sizes all
+    differ, those plans pile up and a face actor's memory grows with the images it has seen
+    (``benchmarks/bench_detector_memory.py``).
+    """
+
+    def __init__(self, path: Path, num_threads: int = 1, memory_patterns: bool = False):
         super().__init__()
         import onnxruntime as ort
 
@@ -89,6 +96,7 @@ class OrtNet(torch.nn.Module):
         so.intra_op_num_threads = max(1, int(num_threads))
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.enable_mem_pattern = memory_patterns
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         self.dtype_anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
 
@@ -97,8 +105,8 @@ class OrtNet(torch.nn.Module):
         return tuple(torch.from_numpy(o) for o in self.session.run(None, {"x": feed}))
 
 
-def use_onnx(mtcnn: Any, num_threads: int = 1, folder: str | None = None) -> None:
+def use_onnx(mtcnn: Any, num_threads: int = 1, folder: str | None = None, memory_patterns: bool = False) -> None:
     """Replace ``mtcnn``'s pnet, rnet and onet by :class:`OrtNet` sessions of their exported weights (CPU)."""
     where = cache_dir(folder)
     for name in NETS:
-        setattr(mtcnn, name, OrtNet(export(getattr(mtcnn, name), name, where), num_threads))
+        setattr(mtcnn, name, OrtNet(export(getattr(mtcnn, name), name, where), num_threads, memory_patterns))
