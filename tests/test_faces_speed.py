@@ -52,8 +52,10 @@ def test_onnx_runtime_agrees_with_torch_on_real_photos(torch_det, shared_faces, 
     assert onnx_det.runtime == "onnx" and len(list(tmp_path.glob("*.onnx"))) == 3
     # memory patterns off: a plan kept per input shape would grow with every new image size
     # (benchmarks/bench_detector_memory.py)
-    sessions = [getattr(onnx_det.mtcnn, name).session for name in ("pnet", "rnet", "onet")]
-    assert [s.get_session_options().enable_mem_pattern for s in sessions] == [False, False, False]
+    from pipeline.faces.onnx_nets import NETS
+
+    sessions = [getattr(onnx_det.mtcnn, name).session for name in NETS]
+    assert [s.get_session_options().enable_mem_pattern for s in sessions] == [False] * len(NETS) == [False] * 3
     by_torch, by_onnx = torch_det.process(photos), onnx_det.process(photos)
     assert [r["n_faces"] for r in by_torch] == [r["n_faces"] for r in by_onnx] == [2, 1]
     for a, b in zip(by_torch, by_onnx, strict=True):
