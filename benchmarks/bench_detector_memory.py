@@ -37,15 +37,13 @@ SIDES = {"ours": False, "peer": True}  # side -> ONNX Runtime memory patterns on
 def images(n: int, faces_dir: Path, seed: int = 1):
     """``n`` JPEGs (bytes), each a benchmark photo at a random long side of 480-2,000 px (made one at a time)."""
     import numpy as np
-    from bench_faces import sources, to_jpeg
+    from bench_faces import rescaled, sources, to_jpeg
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     src = sources(faces_dir)
     for i in range(n):
-        _, img, _ = src[i % len(src)]
-        s = int(rng.integers(480, 2001)) / max(img.size)
-        yield to_jpeg(img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.BILINEAR), 90)
+        yield to_jpeg(rescaled(src[i % len(src)][1], rng, Image.BILINEAR), 90)
 
 
 def child(side: str, n: int, every: int, faces_dir: Path) -> dict:

@@ -63,6 +63,12 @@ def sources(faces_dir: Path) -> list[tuple[str, Image.Image, int]]:
     return out
 
 
+def rescaled(img: Image.Image, rng: np.random.Generator, resample: int = Image.BICUBIC) -> Image.Image:
+    """``img`` at a random long side in 480..2000 px (one draw of ``rng``)."""
+    s = int(rng.integers(480, 2001)) / max(img.size)
+    return img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), resample)
+
+
 def build_images(n: int, faces_dir: Path, seed: int = 0) -> list[dict]:
     """``n`` JPEG images cycling over the sources, each rescaled to a random long side in 480..2000 px."""
     rng = np.random.default_rng(seed)
@@ -70,11 +76,9 @@ def build_images(n: int, faces_dir: Path, seed: int = 0) -> list[dict]:
     items = []
     for i in range(n):
         name, img, truth = src[i % len(src)]
-        long_side = int(rng.integers(480, 2001))
-        s = long_side / max(img.size)
-        size = (max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s)))
-        jpeg = to_jpeg(img.resize(size, Image.BICUBIC), 90)
-        items.append({"name": name, "truth": truth, "jpeg": jpeg, "width": size[0], "height": size[1]})
+        small = rescaled(img, rng)
+        jpeg = to_jpeg(small, 90)
+        items.append({"name": name, "truth": truth, "jpeg": jpeg, "width": small.size[0], "height": small.size[1]})
     return items
 
 
