@@ -93,6 +93,8 @@ def main() -> None:
     ap.add_argument("--serial", action="store_true", help="run the two sides one after the other")
     ap.add_argument("--child", choices=sorted(SIDES), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.every > args.n / 5:
+        ap.error("--every must be at most a fifth of -n: the measure compares the samples of two fifths")
     if args.child:
         print(json.dumps(child(args.child, args.n, args.every, Path(args.faces_dir))))
         return
