@@ -299,6 +299,14 @@ class RayLimiter:
             if book.active == 0:
                 self.handle.release.remote(book.host, book.lease, book.used)  # fire and forget
 
+    def _leave(self, book: _Book) -> None:
+        """A request of ``book`` ends, or gives up a start it woke too late for (caller holds ``_cond``): a retired
+        book's lease is handed back when its last request leaves, on either path (else its slots stay held until the
+        lease expires, ``lease_ttl_s``)."""
+        book.active -= 1
+        if book.retired and book.active == 0:
+            self.handle.release.remote(book.host, book.lease, book.used)
+
     @contextmanager
     def slot(self, host: str, min_interval: float = 0.0) -> Iterator[None]:
         with self._cond:
@@ -316,19 +324,17 @@ class RayLimiter:
                 if book.interval < LATE_S or time.monotonic() - start <= LATE_S:
                     break
                 with self._cond:  # woke too late for this start (a busy machine): take the next one
-                    book.active -= 1
+                    self._leave(book)
                     try:
                         book, start = self._take(host, min_interval)
                     except BaseException:
-                        book.active += 1  # undone in the finally below
+                        book.active += 1  # left again in the finally below
                         raise
             yield
         finally:
             with self._cond:
-                book.active -= 1
+                self._leave(book)
                 self._wanting[host] -= 1
-                if book.retired and book.active == 0:
-                    self.handle.release.remote(host, book.lease, book.used)
                 # nobody here needing the host for LINGER_S: the reaper hands it back
                 book.idle_since = time.monotonic()
                 self._cond.notify_all()
@@ -366,6 +372,14 @@ class LocalLimiter:
         self._last: dict[str, float] = {}
         self._min: dict[str, float] = {}
         self._sems: dict[str, threading.BoundedSemaphore] = {}
+
+    def _leave(self, book: _Book) -> None:
+        """A request of ``book`` ends, or gives up a start it woke too late for (caller holds ``_cond``): a retired
+        book's lease is handed back when its last request leaves, on either path (else its slots stay held until the
+        lease expires, ``lease_ttl_s``)."""
+        book.active -= 1
+        if book.retired and book.active == 0:
+            self.handle.release.remote(book.host, book.lease, book.used)
 
     @contextmanager
     def slot(self, host: str, min_interval: float = 0.0) -> Iterator[None]:
