@@ -373,14 +373,6 @@ class LocalLimiter:
         self._min: dict[str, float] = {}
         self._sems: dict[str, threading.BoundedSemaphore] = {}
 
-    def _leave(self, book: _Book) -> None:
-        """A request of ``book`` ends, or gives up a start it woke too late for (caller holds ``_cond``): a retired
-        book's lease is handed back when its last request leaves, on either path (else its slots stay held until the
-        lease expires, ``lease_ttl_s``)."""
-        book.active -= 1
-        if book.retired and book.active == 0:
-            self.handle.release.remote(book.host, book.lease, book.used)
-
     @contextmanager
     def slot(self, host: str, min_interval: float = 0.0) -> Iterator[None]:
         with self._lock:
