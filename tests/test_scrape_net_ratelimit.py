@@ -124,3 +124,53 @@ def test_unused_starts_go_back_to_the_host(ray_session):
     # b starts one interval after a (or at once when it asked later), not after a's unused start (t_a + 0.4)
     assert t_b - t_a >= 0.2 - 0.01 and t_b < max(t_a + 0.2, t_ask) + 0.1
     ray.kill(lim)
+
+
+def test_a_late_waker_hands_back_a_lease_retired_while_it_slept(ray_session, monkeypatch):
+    """A thread that oversleeps its booked start (a busy machine) while another thread of its process retires the
+    lease (another owner waits for the host) is that lease's last request: it hands the lease back as it gives the
+    start up. Else the lease's slots stayed held until it expired, and every owner of the host waited that long."""
+    ray = ray_session
+    import types
+
+    from pipeline.scrape.net import ratelimit
+    from pipeline.scrape.net.ratelimit import HostLimiter, RayLimiter
+
+    real_sleep = time.sleep
+    overslept: list[str] = []
+
+    def sleep(s: float) -> None:  # the thread "a2" oversleeps its first wait by 0.1 s, once
+        name = threading.current_thread().name
+        if name == "a2" and not overslept:
+            overslept.append(name)
+            s += 0.1
+        real_sleep(s)
+
+    monkeypatch.setattr(ratelimit, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    lim = HostLimiter.remote(5.0, 2, 30.0)  # 0.2 s apart: a lease books two starts; expiry 30 s
+    ray.get(lim.stats.remote())  # the actor is up: the threads below reach it in the order they start
+    a, b = RayLimiter(lim, "a", want_slots=2), RayLimiter(lim, "b", want_slots=2)
+    done: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    def run(lim_, name: str, hold: float) -> None:
+        with lim_.slot("h"):
+            real_sleep(hold)
+        done[name] = time.monotonic() - t0
+
+    def start(lim_, name, hold, after):
+        real_sleep(after)
+        t = threading.Thread(target=run, args=(lim_, name, hold), name=name)
+        t.start()
+        return t
+
+    # a1 takes a's first start and a2 its second (0.2 s on, slept through late); b queues for the host; a3 finds no
+    # start left, is refused more (b waits) and retires a's lease while a2 still sleeps in it
+    ts = [start(a, "a1", 0.08, 0.0), start(a, "a2", 0.0, 0.01), start(b, "b", 0.0, 0.03), start(a, "a3", 0.0, 0.01)]
+    for t in ts:
+        t.join(timeout=15)
+    assert overslept == ["a2"]
+    assert sorted(done) == ["a1", "a2", "a3", "b"], done  # nobody waited for the lease's 30 s expiry
+    assert max(done.values()) < 5.0, done
+    assert _settled(ray, lim) == {"h": 0}
+    ray.kill(lim)
