@@ -138,35 +138,46 @@ def test_a_late_waker_hands_back_a_lease_retired_while_it_slept(ray_session, mon
 
     real_sleep = time.sleep
     overslept: list[str] = []
+    a1_in, a2_asleep, a1_out = threading.Event(), threading.Event(), threading.Event()
 
     def sleep(s: float) -> None:  # the thread "a2" oversleeps its first wait by 0.1 s, once
-        name = threading.current_thread().name
-        if name == "a2" and not overslept:
-            overslept.append(name)
+        if threading.current_thread().name == "a2" and not overslept:
+            overslept.append("a2")
+            a2_asleep.set()
             s += 0.1
         real_sleep(s)
 
-    monkeypatch.setattr(ratelimit, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
     lim = HostLimiter.remote(5.0, 2, 30.0)  # 0.2 s apart: a lease books two starts; expiry 30 s
-    ray.get(lim.stats.remote())  # the actor is up: the threads below reach it in the order they start
+    ray.get(lim.stats.remote())  # the actor is up
+    # this process's limiter clients sleep through ``sleep`` (patched after the actor class was sent to Ray)
+    monkeypatch.setattr(ratelimit, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
     a, b = RayLimiter(lim, "a", want_slots=2), RayLimiter(lim, "b", want_slots=2)
     done: dict[str, float] = {}
     t0 = time.monotonic()
 
-    def run(lim_, name: str, hold: float) -> None:
+    def run(lim_, name: str) -> None:
         with lim_.slot("h"):
-            real_sleep(hold)
+            if name == "a1":
+                a1_in.set()
+                a1_out.wait(timeout=5)
         done[name] = time.monotonic() - t0
 
-    def start(lim_, name, hold, after):
-        real_sleep(after)
-        t = threading.Thread(target=run, args=(lim_, name, hold), name=name)
+    def start(lim_, name: str) -> threading.Thread:
+        t = threading.Thread(target=run, args=(lim_, name), name=name)
         t.start()
         return t
 
-    # a1 takes a's first start and a2 its second (0.2 s on, slept through late); b queues for the host; a3 finds no
-    # start left, is refused more (b waits) and retires a's lease while a2 still sleeps in it
-    ts = [start(a, "a1", 0.08, 0.0), start(a, "a2", 0.0, 0.01), start(b, "b", 0.0, 0.03), start(a, "a3", 0.0, 0.01)]
+    # a1 holds a's first start; a2 takes its second (0.2 s on) and sleeps through it (0.1 s late); b queues for the
+    # host; a3 finds no start left once a1 is out, is refused more (b waits) and retires a's lease while a2 sleeps
+    ts = [start(a, "a1")]
+    assert a1_in.wait(timeout=10)
+    ts.append(start(a, "a2"))
+    assert a2_asleep.wait(timeout=10)
+    ts.append(start(b, "b"))
+    real_sleep(0.03)  # b's request reaches the limiter
+    ts.append(start(a, "a3"))
+    real_sleep(0.02)  # a3 waits for a slot of a's lease
+    a1_out.set()
     for t in ts:
         t.join(timeout=15)
     assert overslept == ["a2"]
