@@ -296,14 +296,19 @@ class RayLimiter:
             del self._books[book.host]
         if not book.retired:
             book.retired = True
-            if book.active == 0:
-                self.handle.release.remote(book.host, book.lease, book.used)  # fire and forget
+            self._release_if_done(book)
 
     def _leave(self, book: _Book) -> None:
         """A request of ``book`` ends, or gives up a start it woke too late for (caller holds ``_cond``): a retired
         book's lease is handed back when its last request leaves, on either path (else its slots stay held until the
-        lease expires, ``lease_ttl_s``)."""
+        lease expires, ``lease_ttl_s``). Its idle time counts from here (the reaper releases a book nobody needed for
+        ``LINGER_S``)."""
         book.active -= 1
+        book.idle_since = time.monotonic()
+        self._release_if_done(book)
+
+    def _release_if_done(self, book: _Book) -> None:
+        """Hand a retired book's lease back once no request of it is left (fire and forget; caller holds ``_cond``)."""
         if book.retired and book.active == 0:
             self.handle.release.remote(book.host, book.lease, book.used)
 
@@ -316,6 +321,7 @@ class RayLimiter:
             except BaseException:
                 self._wanting[host] -= 1
                 raise
+        held: _Book | None = book  # the book whose start this thread holds (None while it asks for another)
         try:
             while True:
                 wait = start - time.monotonic()
@@ -325,18 +331,15 @@ class RayLimiter:
                     break
                 with self._cond:  # woke too late for this start (a busy machine): take the next one
                     self._leave(book)
-                    try:
-                        book, start = self._take(host, min_interval)
-                    except BaseException:
-                        book.active += 1  # left again in the finally below
-                        raise
+                    held = None
+                    book, start = self._take(host, min_interval)
+                    held = book
             yield
         finally:
             with self._cond:
-                self._leave(book)
+                if held is not None:
+                    self._leave(held)
                 self._wanting[host] -= 1
-                # nobody here needing the host for LINGER_S: the reaper hands it back
-                book.idle_since = time.monotonic()
                 self._cond.notify_all()
 
     __call__ = slot
